@@ -1,0 +1,167 @@
+"""Worker-side execution of one :class:`~campaign.tasks.TaskSpec`.
+
+Runs on compute nodes (inside a Parsl worker, a Globus Compute endpoint or a plain subprocess). It never
+opens the campaign database: it writes the app's config, launches the app, and returns a
+:class:`~campaign.tasks.TaskResult` by value. Only the standard library and :mod:`campaign.tasks` are used so
+that the function pickles and imports cheaply on the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
+
+#: Environment variables that carry the batch job id, per scheduler.
+BATCH_JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "FLUX_JOB_ID")
+
+#: Exit status an app uses for "bad input" (mirrors the CLI's convention).
+BAD_INPUT_EXIT = 2
+
+
+def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
+    """The id of the batch job this process runs in, if any."""
+    env = os.environ if environ is None else environ
+    for var in BATCH_JOB_ID_VARS:
+        if env.get(var):
+            return env[var]
+    return None
+
+
+def _tail(path: Path, max_chars: int = 4000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return text[-max_chars:]
+
+
+def app_command(spec: TaskSpec, launcher: Sequence[str] = ()) -> list[str]:
+    """The argv that runs ``spec``'s app, behind ``launcher`` (e.g. ``srun -N 2 --ntasks-per-node 4``)."""
+    workdir = Path(spec.workdir)
+    return [
+        *launcher,
+        sys.executable,
+        "-m",
+        spec.app,
+        "--config",
+        str(workdir / "config.json"),
+        "--result",
+        str(workdir / "result.json"),
+    ]
+
+
+def local_launcher(spec: TaskSpec) -> list[str]:
+    """Launcher for a multi-rank app on this node only: torchrun in standalone mode."""
+    if spec.resources.nodes != 1:
+        raise ValueError("the local launcher runs single-node apps only")
+    if spec.resources.ranks_per_node == 1:
+        return []
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={spec.resources.ranks_per_node}",
+        "--no-python",
+    ]
+
+
+def run_task(spec_json: str | dict[str, Any], launcher: Sequence[str] | str | None = None) -> dict[str, Any]:
+    """Run one task and return its :class:`TaskResult` as a JSON-able dict.
+
+    Args:
+        spec_json: The task, as JSON text or a dict (what crosses Parsl / Globus Compute).
+        launcher: The parallel launcher prefix (a list, or a shell string such as Parsl's
+            ``$PARSL_MPI_PREFIX``). ``None`` picks :func:`local_launcher`.
+
+    Returns:
+        ``TaskResult.model_dump(mode="json")``. Never raises for app failures: they come back as
+        ``exit_cause`` error / walltime / killed with the tail of stderr.
+    """
+    spec = TaskSpec.model_validate_json(spec_json) if isinstance(spec_json, str) else TaskSpec.model_validate(spec_json)
+    workdir = Path(spec.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = workdir / "config.json"
+    tmp = cfg_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(spec.config, indent=2, sort_keys=True))
+    os.replace(tmp, cfg_path)
+    result_path = workdir / "result.json"
+    if result_path.exists():  # a stale result from an earlier attempt must not be mistaken for this one
+        result_path.unlink()
+
+    if launcher is None:
+        prefix: list[str] = local_launcher(spec)
+    elif isinstance(launcher, str):
+        prefix = shlex.split(launcher)
+    else:
+        prefix = list(launcher)
+    argv = app_command(spec, prefix)
+    stdout_path = workdir / f"attempt{spec.attempt}.out"
+    stderr_path = workdir / f"attempt{spec.attempt}.err"
+    env = {**os.environ, **spec.env, "CAMPAIGN_TASK_ID": spec.task_id, "PYTHONUNBUFFERED": "1"}
+    started = utcnow()
+    cause = ExitCause.OK
+    returncode: int | None
+    with stdout_path.open("w") as out, stderr_path.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=spec.resources.walltime_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            returncode = proc.returncode
+            cause = ExitCause.WALLTIME
+    ended = utcnow()
+
+    result: dict[str, Any] | None = None
+    if result_path.exists():
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            result = None
+            cause = ExitCause.ERROR if cause is ExitCause.OK else cause
+            err_text = f"unreadable result file {result_path}: {exc}"
+        else:
+            err_text = None
+    else:
+        err_text = None
+    if cause is ExitCause.OK:
+        if returncode is not None and returncode < 0:
+            cause = ExitCause.KILLED
+        elif returncode != 0 or result is None:
+            cause = ExitCause.ERROR
+        elif isinstance(result, dict) and result.get("status") == "failed":
+            cause = ExitCause.ERROR
+    if cause is not ExitCause.OK and err_text is None:
+        reason = result.get("reason") if isinstance(result, dict) else None
+        err_text = (f"{reason}\n" if reason else "") + _tail(stderr_path)
+        if not err_text.strip():
+            err_text = f"exit status {returncode} and no result file"
+    return TaskResult(
+        task_id=spec.task_id,
+        attempt=spec.attempt,
+        exit_cause=cause,
+        returncode=returncode,
+        result=result,
+        error=err_text,
+        host=socket.gethostname(),
+        batch_job_id=batch_job_id(),
+        started_at=started,
+        ended_at=ended,
+        stdout_path=str(stdout_path),
+        stderr_path=str(stderr_path),
+    ).model_dump(mode="json")
