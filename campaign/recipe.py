@@ -1,0 +1,484 @@
+"""Recipes: the YAML file that declares a campaign, validated by pydantic models.
+
+Loading is cheap (no torch, parsl or sqlalchemy: an import-linter contract checks it) so that ``campaign
+validate`` answers instantly on a login node. Every error names the file, the YAML path and the line.
+
+A recipe may carry ``profiles``: named partial recipes deep-merged over the base before validation, so the
+same recipe scales from the laptop defaults to Frontier (``campaign run recipe.yaml --profile frontier``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: The six message-passing families of the seed work's HPO campaigns (a test checks models.nn agrees).
+FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
+#: Site kinds the dispatcher knows (a test checks the sites package agrees).
+SITE_KINDS: tuple[str, ...] = ("local", "local-htex", "threads", "slurm", "frontier", "aurora", "perlmutter", "globus")
+PRECISIONS: tuple[str, ...] = ("fp64", "fp32", "bf16")
+
+
+class RecipeError(ValueError):
+    """A recipe is unreadable or invalid. ``errors`` holds one ``(location, line, message)`` per problem."""
+
+    def __init__(self, path: str, errors: list[tuple[str, int | None, str]]) -> None:
+        self.path = path
+        self.errors = errors
+        lines = [f"{path}:{line if line else '?'}: {loc}: {msg}" if loc else f"{path}:{line or '?'}: {msg}"
+                 for loc, line, msg in errors]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --------------------------------------------------------------------------------------------------- site
+class SiteSpec(_Strict):
+    """Where the campaign runs. The fields become keyword arguments of the site's Parsl config factory."""
+
+    name: str = Field("local", description="Site kind: " + ", ".join(SITE_KINDS) + ".")
+    account: str | None = Field(None, description="Allocation/project to charge (Frontier, Aurora, Perlmutter).")
+    partition: str | None = Field(None, description="Slurm partition (or PBS queue for Aurora).")
+    qos: str | None = Field(None, description="Slurm quality of service (Perlmutter: regular, debug, …).")
+    walltime: str = Field("01:00:00", pattern=r"^\d{1,3}:\d{2}:\d{2}$", description="Batch job walltime, HH:MM:SS.")
+    nodes_per_block: int = Field(1, ge=1, description="Nodes in each batch job Parsl submits.")
+    init_blocks: int = Field(1, ge=0)
+    min_blocks: int = Field(0, ge=0)
+    max_blocks: int = Field(1, ge=1)
+    worker_init: str = Field("", description="Shell lines run before workers start (module loads, venv activation).")
+    scheduler_options: str = Field("", description="Extra #SBATCH / #PBS lines.")
+    workers: int | None = Field(None, ge=1, description="Local sites: concurrent workers (default: CPU count).")
+    endpoint_id: str | None = Field(None, description="Globus Compute endpoint UUID (site 'globus').")
+    retries: int = Field(2, ge=0, description="Charged retries of a failed task (walltime/node loss are free).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Site-specific extras passed through.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_site(cls, v: str) -> str:
+        if v not in SITE_KINDS:
+            raise ValueError(f"unknown site {v!r}; known sites: {', '.join(SITE_KINDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _blocks(self) -> SiteSpec:
+        if self.min_blocks > self.max_blocks:
+            raise ValueError(f"min_blocks ({self.min_blocks}) exceeds max_blocks ({self.max_blocks})")
+        if self.name == "globus" and not self.endpoint_id:
+            raise ValueError("site 'globus' needs endpoint_id")
+        return self
+
+    def factory_params(self) -> dict[str, Any]:
+        """Keyword arguments for the site factory (``None`` values left out)."""
+        out = {k: v for k, v in self.model_dump().items() if v is not None and k not in ("name", "options", "retries")}
+        out.update(self.options)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+class DatasetSpec(_Strict):
+    """One dataset of the campaign: a registry name and where its raw structures come from."""
+
+    name: str = Field(description="Dataset name from the registry (models/datasets.yaml).")
+    files: list[str] = Field(default_factory=list, description="Raw input files (extxyz, ASE db, HDF5, LMDB).")
+    reader: str | None = Field(None, description="Reader override; default from the registry's source format.")
+    count: int | None = Field(None, ge=1, description="Demo datasets: structures to generate.")
+    shards: int = Field(1, ge=1, le=10_000, description="Parallel preprocessing/generation tasks.")
+    weight: float = Field(1.0, gt=0, description="Loss weight w_d of this dataset's head.")
+    max_structures: int | None = Field(None, ge=1, description="Keep at most this many structures.")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from models.registry import load_registry  # stdlib + yaml only
+
+        reg = load_registry()
+        if v not in reg.names():
+            raise ValueError(f"unknown dataset {v!r}; registered: {', '.join(reg.names())}")
+        return v
+
+
+class PreprocessSpec(_Strict):
+    """Graph construction and filtering, shared by all datasets."""
+
+    cutoff: float = Field(5.0, gt=0, le=20, description="Neighbour cutoff radius, Å.")
+    max_neighbours: int = Field(32, ge=1, le=1024, description="Cap on neighbours per atom (nearest kept).")
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train/val/test fractions.")
+    max_force: float = Field(50.0, gt=0, description="Drop structures with any |F| above this, eV/Å.")
+    min_distance: float = Field(0.5, ge=0, description="Drop structures with two atoms closer than this, Å.")
+    seed: int = 0
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+            raise ValueError(f"split fractions must be non-negative, train > 0, and sum to 1 (got {list(v)})")
+        return v
+
+
+# -------------------------------------------------------------------------------------------------- HPO
+class IntParam(_Strict):
+    """An integer hyperparameter in [low, high]."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> IntParam:
+        if self.low >= self.high:
+            raise ValueError(f"empty or inverted range: low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-uniform range needs low > 0")
+        return self
+
+
+class FloatParam(_Strict):
+    """A real hyperparameter, uniform or log-uniform in [low, high]."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> FloatParam:
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range: low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-uniform range needs low > 0")
+        return self
+
+
+class CategoricalParam(_Strict):
+    """A choice among values."""
+
+    type: Literal["categorical"]
+    choices: list[int | float | str | bool] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, v: list[Any]) -> list[Any]:
+        if len({json.dumps(x) for x in v}) != len(v):
+            raise ValueError("choices must be distinct")
+        return v
+
+
+SearchParam = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+
+
+class EarlyStopSpec(_Strict):
+    """Early stopping of poor trials on the per-epoch validation loss."""
+
+    rule: Literal["none", "median", "successive_halving"] = "median"
+    min_epochs: int = Field(2, ge=1, description="Never stop a trial before this many epochs.")
+    reduction_factor: int = Field(3, ge=2, description="Successive halving: keep 1/η at each rung.")
+
+
+class HPOSpec(_Strict):
+    """One HPO campaign: a message-passing family searched with DeepHyper CBO."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    family: str
+    datasets: list[str] | None = Field(None, description="Dataset names (default: every dataset of the recipe).")
+    precision: str = "fp64"
+    max_trials: int = Field(8, ge=1)
+    trials_in_flight: int = Field(2, ge=1)
+    nodes_per_trial: int = Field(1, ge=1)
+    ranks_per_node: int = Field(1, ge=1)
+    gpus_per_rank: int = Field(0, ge=0)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(16, ge=1)
+    force_weight: float = Field(10.0, ge=0, description="Weight of the force loss in the objective.")
+    search_space: dict[str, SearchParam] = Field(min_length=1)
+    fixed: dict[str, Any] = Field(default_factory=dict, description="Hyperparameters held constant.")
+    early_stopping: EarlyStopSpec = Field(default_factory=EarlyStopSpec)
+    warm_start_from: list[str] = Field(default_factory=list, description="'CAMPAIGN/HPO' whose trials seed this one.")
+    seed: int = 0
+    trial_timeout_s: int | None = Field(None, ge=1, description="Walltime of one trial attempt.")
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        key = v.lower()
+        if key not in FAMILIES:
+            raise ValueError(f"unknown family {v!r}; known families: {', '.join(FAMILIES)}")
+        return key
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _overlap(self) -> HPOSpec:
+        both = set(self.search_space) & set(self.fixed)
+        if both:
+            raise ValueError(f"{sorted(both)[0]!r} is both searched and fixed")
+        return self
+
+
+class PromoteSpec(_Strict):
+    """Which trials become models for long training."""
+
+    top_overall: int = Field(2, ge=0, description="The best k trials across every HPO campaign.")
+    best_per_family: bool = Field(True, description="Also the best trial of each family.")
+    pareto: bool = Field(False, description="Also the accuracy/cost Pareto front.")
+    ensemble_k: int = Field(3, ge=1, description="Size of the recorded top-k ensemble.")
+
+
+class TrainSpec(_Strict):
+    """Long training of promoted models."""
+
+    models: Literal["promoted"] | list[int] = "promoted"
+    epochs: int = Field(20, ge=1)
+    nodes: int = Field(1, ge=1)
+    ranks_per_node: int = Field(2, ge=1)
+    gpus_per_rank: int = Field(0, ge=0)
+    precision: str = "fp32"
+    from_checkpoint: bool = True
+    chunk_walltime_s: int | None = Field(None, ge=1, description="Split runs into chunks of at most this long.")
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+        return v
+
+
+class ScreenSpec(_Strict):
+    """Screening of candidate structures with a trained model or the promoted ensemble."""
+
+    model: Literal["best", "ensemble"] | int = "best"
+    source: Literal["generator", "datasets", "files"] = "generator"
+    files: list[str] = Field(default_factory=list)
+    structures: int = Field(10_000, ge=1)
+    shards: int = Field(4, ge=1)
+    min_atoms: int = Field(2, ge=1)
+    max_atoms: int = Field(64, ge=1)
+    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"])
+    precision: str = "fp32"
+    top_k: int = Field(20, ge=1)
+    criterion: Literal["energy_per_atom"] = "energy_per_atom"
+    max_uncertainty: float | None = Field(None, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _atoms(self) -> ScreenSpec:
+        if self.min_atoms > self.max_atoms:
+            raise ValueError(f"min_atoms ({self.min_atoms}) exceeds max_atoms ({self.max_atoms})")
+        return self
+
+
+class FinetuneTask(_Strict):
+    """A downstream task: a small dataset fine-tuned with a new head and trained from scratch as baseline."""
+
+    name: str
+    dataset: str
+    target: Literal["energy", "gap", "dipole"] = "energy"
+    count: int = Field(100, ge=2)
+    freeze_encoder: bool = False
+    epochs: int = Field(20, ge=1)
+
+
+class FinetuneSpec(_Strict):
+    """Fine-tuning of the best model on downstream tasks."""
+
+    model: Literal["best"] | int = "best"
+    tasks: list[FinetuneTask] = Field(min_length=1)
+
+
+class StagesSpec(_Strict):
+    """The stages of a campaign, run in this order when present."""
+
+    preprocess: PreprocessSpec | None = None
+    hpo: list[HPOSpec] | None = None
+    promote: PromoteSpec | None = None
+    train: TrainSpec | None = None
+    screen: ScreenSpec | None = None
+    finetune: FinetuneSpec | None = None
+
+    @field_validator("hpo")
+    @classmethod
+    def _unique_names(cls, v: list[HPOSpec] | None) -> list[HPOSpec] | None:
+        if v is not None:
+            names = [h.name for h in v]
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"duplicate HPO campaign name {sorted(dup)[0]!r}")
+        return v
+
+
+class Recipe(_Strict):
+    """A campaign recipe."""
+
+    campaign: str = Field(pattern=r"^[A-Za-z0-9_.+-]{1,200}$", description="Campaign name (unique in the database).")
+    description: str = ""
+    seed: int = 0
+    workdir: str = Field("runs", description="Where task directories and outputs go (relative to the recipe's cwd).")
+    database: str | None = Field(None, description="Database URL (overridden by --db and CAMPAIGN_DB).")
+    site: SiteSpec = Field(default_factory=SiteSpec)
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    stages: StagesSpec = Field(default_factory=StagesSpec)
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Named partial recipes merged over this one by --profile."
+    )
+    hpo_defaults: dict[str, Any] = Field(default_factory=dict, description="Defaults applied to every HPO campaign.")
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Recipe:
+        names = [d.name for d in self.datasets]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"dataset {sorted(dup)[0]!r} listed twice")
+        for h in self.stages.hpo or []:
+            for d in h.datasets or []:
+                if d not in names:
+                    raise ValueError(f"HPO campaign {h.name!r} uses dataset {d!r}, which the recipe does not list")
+            if not (h.datasets or names):
+                raise ValueError(f"HPO campaign {h.name!r} has no datasets")
+        return self
+
+    def hash(self) -> str:
+        """sha256 of the validated recipe in canonical JSON (stable across whitespace and key order)."""
+        canon = json.dumps(self.model_dump(mode="json", exclude={"profiles"}), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- loading
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """1-based line of the YAML node at pydantic location ``loc`` (the deepest existing node)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    node = v
+                    line = k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _fmt_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = None,
+                 site: str | None = None) -> Recipe:
+    """Validate recipe YAML text.
+
+    Args:
+        text: The YAML.
+        path: File name used in messages.
+        profile: A name from the recipe's ``profiles`` to merge over the base.
+        site: Override of ``site.name`` (e.g. ``--site frontier``); a profile of that name is applied too.
+
+    Raises:
+        RecipeError: with every problem, its YAML path and line.
+    """
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(path, [("", line, f"malformed YAML: {problem}")]) from exc
+    if data is None:
+        raise RecipeError(path, [("", 1, "the recipe is empty")])
+    if not isinstance(data, dict):
+        raise RecipeError(path, [("", 1, "a recipe must be a mapping (key: value) at the top level")])
+    profiles = data.get("profiles") or {}
+    chosen = profile or (site if site in profiles else None)
+    if chosen is not None:
+        if not isinstance(profiles, dict) or chosen not in profiles:
+            known = ", ".join(profiles) if isinstance(profiles, dict) else ""
+            raise RecipeError(path, [("profiles", _line_of(root, ["profiles"]),
+                                      f"no profile {chosen!r} (known: {known or 'none'})")])
+        data = _deep_merge(data, profiles[chosen])
+    if site is not None:
+        data = _deep_merge(data, {"site": {"name": site}})
+    hpo_defaults = data.get("hpo_defaults") or {}
+    stages = data.get("stages")
+    if isinstance(hpo_defaults, dict) and isinstance(stages, dict) and isinstance(stages.get("hpo"), list):
+        stages["hpo"] = [_deep_merge(hpo_defaults, h) if isinstance(h, dict) else h for h in stages["hpo"]]
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "float", "categorical"))]
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            errors.append((_fmt_loc(loc), _line_of(root, loc), msg))
+        raise RecipeError(path, errors) from None
+
+
+def load_recipe(path: str | Path, *, profile: str | None = None, site: str | None = None) -> Recipe:
+    """Read and validate a recipe file (see :func:`parse_recipe`)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise RecipeError(str(p), [("", None, "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(str(p), [("", None, f"cannot read: {exc}")]) from None
+    return parse_recipe(text, str(p), profile=profile, site=site)
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe."""
+    return Recipe.model_json_schema()

@@ -1,0 +1,67 @@
+"""What every stage implements, and what the steering loop hands it.
+
+A stage plans tasks (:class:`PlannedTask`: a key unique in the campaign plus a :class:`~campaign.tasks.TaskSpec`)
+and consumes their results, possibly planning more (an HPO stage asks for a new trial whenever one is told).
+It never talks to the dispatcher and writes the database only through the :class:`~campaign.ledger.Ledger`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from campaign.tasks import TaskResult, TaskSpec
+
+if TYPE_CHECKING:
+    from campaign.ledger import Ledger
+    from campaign.recipe import Recipe
+    from db import models as m
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """A task a stage wants run. ``key`` makes it idempotent: the same key is never run twice."""
+
+    key: str
+    spec: TaskSpec
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use: the recipe, the ledger, the campaign row and its directories."""
+
+    recipe: Recipe
+    ledger: Ledger
+    campaign_id: int
+    stage_id: int
+    workdir: Path
+    site: str
+    shared: dict[str, Any] = field(default_factory=dict)  # outputs of earlier stages (datasets, models, …)
+
+    def task_dir(self, *parts: str) -> Path:
+        """A directory under the campaign's workdir for one task's files."""
+        return self.workdir.joinpath(*parts)
+
+
+class Stage(Protocol):
+    """A campaign stage."""
+
+    name: str
+    kind: str
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        """Tasks to run first (already-done ones are recognised by key and not re-run)."""
+        ...
+
+    def on_done(self, ctx: StageContext, task: m.Task, result: TaskResult) -> list[PlannedTask]:
+        """A task succeeded (its result is already recorded). Return follow-up tasks."""
+        ...
+
+    def on_failed(self, ctx: StageContext, task: m.Task, result: TaskResult | None) -> list[PlannedTask]:
+        """A task failed for good. Return follow-up tasks (e.g. a new trial)."""
+        ...
+
+    def finish(self, ctx: StageContext) -> str:
+        """All tasks settled: record the stage's outputs, put them in ``ctx.shared``; return ``done``/``failed``."""
+        ...

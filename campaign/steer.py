@@ -1,0 +1,156 @@
+"""The steering loop: the only writer of the campaign database.
+
+For each stage: create its planned tasks (idempotent by key), submit READY tasks through the dispatcher,
+record every attempt as it comes back, hand successes and failures to the stage, and repeat until nothing is
+ready or in flight. A result is committed to the database before the stage sees it. On a restart, tasks left
+SUBMITTED/RUNNING by a dead driver are re-queued (their open attempt closed as ``node_lost``), and DONE tasks are
+never run again.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from campaign.ledger import Ledger
+from campaign.stages.base import PlannedTask, Stage, StageContext
+from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
+
+
+class Dispatcher(Protocol):
+    """What the steering loop needs from a dispatcher (see :mod:`campaign.dispatch`)."""
+
+    name: str
+
+    def submit(self, spec: TaskSpec) -> Future[Any]:
+        """Run ``spec`` somewhere; the future resolves to a TaskResult (or its JSON dict)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop workers and release resources."""
+        ...
+
+
+@dataclass
+class StageProgress:
+    """Counts the live display shows for one stage."""
+
+    name: str
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    ready: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_result(value: Any) -> TaskResult:
+    return value if isinstance(value, TaskResult) else TaskResult.model_validate(value)
+
+
+class Steerer:
+    """Runs stages of one campaign through a dispatcher, recording everything in the ledger.
+
+    Args:
+        ledger: The database writer.
+        dispatcher: Where tasks run.
+        campaign_id: The campaign row.
+        site: Site name recorded on attempts.
+        max_in_flight: Cap on tasks submitted at once (the site's worker count).
+        max_charged_failures: Charged failures per task before it FAILS.
+        on_progress: Called with a :class:`StageProgress` after every event (for the live display).
+    """
+
+    def __init__(self, ledger: Ledger, dispatcher: Dispatcher, campaign_id: int, site: str, *,
+                 max_in_flight: int = 4, max_charged_failures: int = 2,
+                 on_progress: Callable[[StageProgress], None] | None = None) -> None:
+        self.ledger = ledger
+        self.dispatcher = dispatcher
+        self.campaign_id = campaign_id
+        self.site = site
+        self.max_in_flight = max_in_flight
+        self.max_charged = max_charged_failures
+        self.on_progress = on_progress
+        self.attempt_queue: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+
+    def report_attempt(self, result: TaskResult) -> None:
+        """Callback for dispatchers that retry internally: queue an intermediate attempt for recording."""
+        self.attempt_queue.put(result)
+
+    def _drain_attempts(self) -> None:
+        while True:
+            try:
+                res = self.attempt_queue.get_nowait()
+            except queue.Empty:
+                return
+            self.ledger.record_attempt(res, final=False, max_charged=self.max_charged)
+
+    def _create(self, ctx: StageContext, planned: list[PlannedTask]) -> None:
+        for p in planned:
+            self.ledger.create_task(self.campaign_id, ctx.stage_id, p.key, p.spec)
+
+    def run_stage(self, stage: Stage, ctx: StageContext) -> str:
+        """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
+        self.ledger.requeue_lost(self.campaign_id)
+        self._create(ctx, stage.start(ctx))
+        inflight: dict[Future[Any], str] = {}
+        progress = StageProgress(stage.name)
+        while True:
+            ready = [t for t in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.READY])
+                     if t.id not in inflight.values()]
+            for task in ready[: max(0, self.max_in_flight - len(inflight))]:
+                n = self.ledger.begin_attempt(task.id, site=self.site, executor=self.dispatcher.name)
+                spec = TaskSpec.model_validate({**task.spec, "attempt": n})
+                try:
+                    fut = self.dispatcher.submit(spec)
+                except Exception as exc:  # the dispatcher could not even take it: record and fail the attempt
+                    now = utcnow()
+                    self.ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.ERROR,
+                                                          error=f"submit failed: {exc}", started_at=now,
+                                                          ended_at=now), final=True, max_charged=self.max_charged)
+                    continue
+                inflight[fut] = task.id
+            self._drain_attempts()
+            if not inflight:
+                left = self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.READY])
+                if not left:
+                    break
+                continue
+            progress.running = len(inflight)
+            progress.ready = max(0, len(ready) - len(inflight))
+            if self.on_progress:
+                self.on_progress(progress)
+            finished, _ = wait(list(inflight), timeout=1.0, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                task_id = inflight.pop(fut)
+                try:
+                    result = _as_result(fut.result())
+                except Exception as exc:  # the dispatcher lost the task (worker or executor died)
+                    now = utcnow()
+                    task = self._task(task_id)
+                    result = TaskResult(task_id=task_id, attempt=int(task.spec.get("attempt", 1)),
+                                        exit_cause=ExitCause.NODE_LOST, error=f"{type(exc).__name__}: {exc}",
+                                        started_at=now, ended_at=now)
+                self._drain_attempts()
+                state = self.ledger.record_attempt(result, final=True, max_charged=self.max_charged)
+                task = self._task(task_id)
+                if state is TaskState.DONE:
+                    progress.done += 1
+                    self._create(ctx, stage.on_done(ctx, task, result))
+                elif state is TaskState.FAILED:
+                    progress.failed += 1
+                    self._create(ctx, stage.on_failed(ctx, task, result))
+            if self.on_progress:
+                self.on_progress(progress)
+        status = stage.finish(ctx)
+        self.ledger.finish_stage(ctx.stage_id, status)
+        return status
+
+    def _task(self, task_id: str) -> Any:
+        from db import models as m
+
+        with self.ledger.Session() as s:
+            return s.get(m.Task, task_id)
+

@@ -1,0 +1,135 @@
+"""Engines and sessions from a database URL.
+
+The default is a SQLite file ``campaign.db`` in the working directory, overridden by ``--db URL`` or the
+``CAMPAIGN_DB`` environment variable. SQLite runs in WAL mode with a busy timeout and foreign keys on;
+PostgreSQL is reached through ``postgresql+psycopg://…``. :func:`open_readonly` gives a connection that cannot
+write by construction (SQLite ``mode=ro`` + ``query_only`` + an authorizer; PostgreSQL read-only transactions).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_DB_FILE = "campaign.db"
+ENV_VAR = "CAMPAIGN_DB"
+#: How long a SQLite writer waits for a lock before failing (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or used. The message names the URL (without the password)."""
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL: ``url`` if given, else ``$CAMPAIGN_DB``, else ``sqlite:///campaign.db`` in the cwd.
+
+    A bare file path is accepted and turned into a SQLite URL.
+    """
+    chosen = url or os.environ.get(ENV_VAR) or DEFAULT_DB_FILE
+    if "://" not in chosen:
+        chosen = f"sqlite:///{Path(chosen).expanduser().resolve()}"
+    return chosen
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def parse_url(url: str) -> URL:
+    """Parse ``url`` or raise :class:`DatabaseError` with a clear message."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"not a database URL: {url!r} (expected e.g. sqlite:///campaign.db)") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    return parsed
+
+
+def _sqlite_path(parsed: URL) -> str | None:
+    db = parsed.database
+    return None if db in (None, "", ":memory:") else db
+
+
+def _on_sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.close()
+
+
+def _sqlite_begin_immediate(conn: object) -> None:
+    # Take the write lock at BEGIN so that two writers queue on busy_timeout instead of failing with
+    # "database is locked" when a read transaction tries to upgrade to a write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+
+
+def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
+    """A read-write engine for the steering process (the only writer).
+
+    Args:
+        url: Database URL; see :func:`resolve_url`.
+        echo: Log SQL statements.
+
+    Raises:
+        DatabaseError: the URL is malformed or names an unsupported backend.
+    """
+    resolved = resolve_url(url)
+    parsed = parse_url(resolved)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_path(parsed)
+        if path is not None:
+            parent = Path(path).parent
+            if not parent.is_dir():
+                raise DatabaseError(f"{safe_url(parsed)}: directory {parent} does not exist")
+        engine = create_engine(
+            parsed,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+        )
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    return create_engine(
+        parsed,
+        echo=echo,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10},
+    )
+
+
+def check_connection(engine: Engine) -> None:
+    """Open one connection or raise :class:`DatabaseError` naming the URL."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseError(f"cannot reach database {safe_url(engine.url)}: {reason}") from exc
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker bound to ``engine`` (objects stay usable after commit)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on any exception."""
+    with factory() as session, session.begin():
+        yield session
