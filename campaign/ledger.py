@@ -59,7 +59,8 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------------ campaigns
     def open_campaign(self, *, name: str, recipe_text: str, recipe_hash: str, site: str,
-                      recipe_path: str | None = None, resume_only: bool = False) -> m.Campaign:
+                      recipe_path: str | None = None, profile: str | None = None,
+                      resume_only: bool = False) -> m.Campaign:
         """Create the campaign row, or return the existing one when the recipe is the same (a resume).
 
         Raises:
@@ -74,7 +75,7 @@ class Ledger:
                 row = m.Campaign(
                     name=name, recipe_text=recipe_text, recipe_hash=recipe_hash, recipe_path=recipe_path,
                     code_version=campaign.__version__, git_sha=git_sha(), user=getpass.getuser(),
-                    host=socket.gethostname(), site=site, status="running", started_at=utcnow(),
+                    host=socket.gethostname(), site=site, profile=profile, status="running", started_at=utcnow(),
                 )
                 s.add(row)
                 s.flush()

@@ -118,6 +118,7 @@ class Campaign(Base):
     user: Mapped[str | None] = mapped_column(String(100))
     host: Mapped[str | None] = mapped_column(String(200))
     site: Mapped[str] = mapped_column(String(100))
+    profile: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), default="created")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

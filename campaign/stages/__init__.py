@@ -1,0 +1,44 @@
+"""Campaign stages: preprocess, hpo, promote, train, screen, finetune.
+
+:func:`build_stages` turns a recipe's ``stages`` section into stage objects, in the workflow's order. A stage
+kind this version cannot run yet is reported as such (and recorded as ``skipped``), never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from campaign.stages.base import PlannedTask, Stage, StageContext
+
+if TYPE_CHECKING:
+    from campaign.recipe import Recipe
+
+STAGE_ORDER: tuple[str, ...] = ("preprocess", "hpo", "promote", "train", "screen", "finetune")
+
+
+def _builders() -> dict[str, Callable[[Recipe], Stage]]:
+    builders: dict[str, Callable[[Recipe], Stage]] = {}
+    try:
+        from campaign.stages.preprocess import PreprocessStage
+
+        builders["preprocess"] = PreprocessStage
+    except ImportError:  # pragma: no cover - every shipped version has it
+        pass
+    return builders
+
+
+def build_stages(recipe: Recipe) -> list[tuple[str, Stage | None]]:
+    """``(kind, stage)`` for every stage the recipe declares; ``stage`` is None where not available yet."""
+    builders = _builders()
+    out: list[tuple[str, Stage | None]] = []
+    for kind in STAGE_ORDER:
+        section = getattr(recipe.stages, kind)
+        if section is None or (isinstance(section, list) and not section):
+            continue
+        build = builders.get(kind)
+        out.append((kind, build(recipe) if build else None))
+    return out
+
+
+__all__ = ["STAGE_ORDER", "PlannedTask", "Stage", "StageContext", "build_stages"]

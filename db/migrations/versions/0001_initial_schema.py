@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('user', sa.String(length=100), nullable=True),
     sa.Column('host', sa.String(length=200), nullable=True),
     sa.Column('site', sa.String(length=100), nullable=False),
+    sa.Column('profile', sa.String(length=100), nullable=True),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),

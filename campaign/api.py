@@ -1,0 +1,161 @@
+"""The Python API: the same operations as the CLI, for notebooks and scripts.
+
+Example::
+
+    from campaign import api
+    recipe = api.load_recipe("recipes/hpo.yaml")
+    outcome = api.run("recipes/hpo.yaml")
+    df = api.query("SELECT hpo, MIN(objective) FROM trials GROUP BY hpo").to_dataframe()
+
+Nothing here imports torch or parsl until a campaign is run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from campaign.recipe import Recipe, load_recipe, parse_recipe, recipe_schema
+from campaign.runner import RunOutcome, resume_campaign, run_campaign
+
+__all__ = [
+    "Recipe",
+    "RunOutcome",
+    "list_named_queries",
+    "list_sites",
+    "load_recipe",
+    "named_query",
+    "parse_recipe",
+    "query",
+    "recipe_schema",
+    "render_site_script",
+    "resume",
+    "run",
+    "schema_revisions",
+    "status",
+    "upgrade_database",
+]
+
+
+def run(recipe: str | Path, *, db: str | None = None, profile: str | None = None,
+        site: str | None = None) -> RunOutcome:
+    """Run (or resume) the campaign a recipe file declares."""
+    return run_campaign(recipe, db=db, profile=profile, site=site)
+
+
+def resume(name: str, *, db: str | None = None) -> RunOutcome:
+    """Resume a campaign by name from the recipe recorded in the database."""
+    return resume_campaign(name, db=db)
+
+
+def _dialect(db: str | None) -> str:
+    from db.engine import parse_url, resolve_url
+
+    return parse_url(resolve_url(db)).get_backend_name()
+
+
+def query(sql: str, params: Any = (), *, db: str | None = None) -> Any:
+    """Run one read-only SQL statement; returns a :class:`db.readonly.QueryResult` (``.rows``,
+    ``.as_dicts()``, ``.to_dataframe()``)."""
+    from db.readonly import run_readonly
+
+    return run_readonly(sql, params, url=db)
+
+
+def list_named_queries(db: str | None = None) -> list[Any]:
+    """The named queries shipped with campaign (for the database's dialect)."""
+    from db.queries import list_queries
+
+    return list_queries(_dialect(db))
+
+
+def named_query(name: str, params: dict[str, str] | None = None, *, db: str | None = None) -> Any:
+    """Run a named query from ``db/queries`` with ``params`` (strings; numbers and ``null`` converted)."""
+    from db.queries import get_query
+    from db.readonly import run_readonly
+
+    dialect = _dialect(db)
+    q = get_query(name, dialect)
+    return run_readonly(q.for_dialect(dialect), q.bind(params or {}), url=db)
+
+
+def status(campaign: str | None = None, *, db: str | None = None) -> dict[str, Any]:
+    """A snapshot of a campaign (default: the most recent): stages, tasks by state, failures by cause."""
+    from campaign.errors import CampaignInputError
+
+    states = ["CREATED", "READY", "SUBMITTED", "RUNNING", "DONE", "FAILED", "CANCELLED"]
+    if campaign is None:
+        rows = query("SELECT name FROM campaigns ORDER BY id DESC LIMIT 1", db=db).rows
+        if not rows:
+            raise CampaignInputError("the database holds no campaign yet")
+        campaign = rows[0][0]
+    head = query("SELECT id, name, status, site, started_at FROM campaigns WHERE name = ?"
+                 if _dialect(db) == "sqlite" else
+                 "SELECT id, name, status, site, started_at FROM campaigns WHERE name = %s", (campaign,), db=db)
+    if not head.rows:
+        raise CampaignInputError(f"no campaign named {campaign!r}")
+    cid, name, cstatus, site, started = head.rows[0]
+    ph = "?" if _dialect(db) == "sqlite" else "%s"
+    stage_rows = query(f"SELECT id, name, status FROM stages WHERE campaign_id = {ph} ORDER BY id", (cid,), db=db).rows
+    counts = query(f"SELECT stage_id, state, COUNT(*) FROM tasks WHERE campaign_id = {ph} GROUP BY stage_id, state",
+                   (cid,), db=db).rows
+    failures = query(
+        f"SELECT a.exit_cause, COUNT(*) FROM attempts a JOIN tasks t ON t.id = a.task_id "
+        f"WHERE t.campaign_id = {ph} AND a.exit_cause IS NOT NULL AND a.exit_cause <> 'ok' GROUP BY a.exit_cause",
+        (cid,), db=db).rows
+    by_stage: dict[int, dict[str, int]] = {}
+    for sid, state, n in counts:
+        by_stage.setdefault(sid, {})[state] = n
+    return {
+        "campaign": name, "status": cstatus, "site": site, "started_at": started, "states": states,
+        "stages": [{"name": n, "status": s, "tasks": by_stage.get(i, {})} for i, n, s in stage_rows],
+        "failures": dict(failures),
+    }
+
+
+def list_sites() -> list[Any]:
+    """Facts about every site (no Parsl import)."""
+    import sites
+
+    return sites.list_sites()
+
+
+def render_site_script(name: str, params: dict[str, Any]) -> str:
+    """The batch script Parsl would submit for site ``name`` with ``params`` (nothing is submitted)."""
+    import sites
+    from campaign.errors import CampaignInputError
+
+    if name not in sites.site_names():
+        raise CampaignInputError(f"unknown site {name!r}; known sites: {', '.join(sites.site_names())}")
+    from sites.render import render_batch_script
+
+    try:
+        return render_batch_script(name, **params)
+    except (TypeError, ValueError) as exc:
+        raise CampaignInputError(f"site {name}: {exc}") from exc
+
+
+def upgrade_database(db: str | None = None) -> str:
+    """Create or upgrade the schema; returns the revision."""
+    from campaign.runner import database_url
+    from db.engine import check_connection, make_engine
+    from db.migrate import upgrade
+
+    engine = make_engine(database_url(db, None))
+    check_connection(engine)
+    upgrade(engine)
+    from db.migrate import current_revision
+
+    return current_revision(engine) or ""
+
+
+def schema_revisions(db: str | None = None) -> tuple[str | None, str]:
+    """(current revision of the database, head revision of this code)."""
+    from campaign.runner import database_url
+    from db.engine import check_connection, make_engine
+    from db.migrate import current_revision, head_revision
+
+    engine = make_engine(database_url(db, None))
+    check_connection(engine)
+    return current_revision(engine), head_revision()
+

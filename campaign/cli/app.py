@@ -1,0 +1,327 @@
+"""The ``campaign`` command line (Typer + Rich), a thin layer over :mod:`campaign.api`.
+
+Exit codes: 0 success; 1 the campaign ran and something failed; 2 bad input (missing file, malformed YAML,
+schema error, unknown site, unreachable database), reported as one message without a traceback. Heavy modules
+(torch, parsl) are imported only by the commands that run work: ``--help``, ``validate`` and ``sql`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="campaign",
+    help="HPC campaign manager for training graph foundation models of atoms and materials.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+sites_app = typer.Typer(help="Sites the campaign can run on, and the batch scripts it would submit.",
+                        no_args_is_help=True)
+db_app = typer.Typer(help="The campaign database: migrations.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Recipe tools.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+app.add_typer(db_app, name="db")
+app.add_typer(recipe_app, name="recipe")
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: $CAMPAIGN_DB or sqlite:///campaign.db).")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bad_input_exit(func: F) -> F:
+    """Turn bad-input exceptions into one message on stderr and exit status 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from campaign.errors import bad_input_types
+
+        try:
+            return func(*args, **kwargs)
+        except bad_input_types() as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------ run
+@app.command()
+@bad_input_exit
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    db: DbOpt = None,
+    profile: Annotated[str | None, typer.Option(help="Recipe profile to apply (e.g. frontier).")] = None,
+    site: Annotated[str | None, typer.Option(help="Override the recipe's site (its profile is applied too).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")] = False,
+) -> None:
+    """Validate RECIPE and run its campaign. Running the same recipe again resumes it."""
+    from campaign.recipe import load_recipe
+    from campaign.runner import run_campaign
+
+    load_recipe(recipe, profile=profile, site=site)  # validate before touching anything
+    from campaign.cli.live import LiveDisplay
+
+    with LiveDisplay(console, enabled=not quiet) as live:
+        outcome = run_campaign(recipe, db=db, profile=profile, site=site, on_progress=live.update)
+    _print_outcome(outcome)
+
+
+@app.command()
+@bad_input_exit
+def resume(
+    campaign: Annotated[str, typer.Argument(help="Campaign name (or a recipe file, which is re-run).")],
+    db: DbOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Resume a campaign from the database: done tasks are kept, lost ones re-submitted."""
+    from campaign.cli.live import LiveDisplay
+    from campaign.runner import resume_campaign, run_campaign
+
+    with LiveDisplay(console, enabled=not quiet) as live:
+        if campaign.endswith((".yaml", ".yml")) and Path(campaign).exists():
+            outcome = run_campaign(campaign, db=db, on_progress=live.update)
+        else:
+            outcome = resume_campaign(campaign, db=db, on_progress=live.update)
+    _print_outcome(outcome)
+
+
+def _print_outcome(outcome: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"campaign {outcome.campaign}", show_lines=False)
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("note")
+    colors = {"done": "green", "failed": "red", "skipped": "yellow"}
+    for st in outcome.stages:
+        table.add_row(st.kind, f"[{colors.get(st.status, 'white')}]{st.status}[/]", st.note)
+    console.print(table)
+    console.print(f"database: {outcome.database}")
+    console.print(f'try: campaign sql --db {outcome.database} "SELECT kind, state, COUNT(*) FROM tasks GROUP BY 1, 2"',
+                  highlight=False, soft_wrap=True)
+    if not outcome.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ------------------------------------------------------------------------------------------- validate
+@app.command()
+@bad_input_exit
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    profile: Annotated[str | None, typer.Option(help="Validate with this profile applied.")] = None,
+    site: Annotated[str | None, typer.Option(help="Validate with this site.")] = None,
+) -> None:
+    """Check a recipe: every error with its YAML path and line number (exit 2 if any)."""
+    from campaign.recipe import load_recipe
+
+    r = load_recipe(recipe, profile=profile, site=site)
+    stages = [k for k in ("preprocess", "hpo", "promote", "train", "screen", "finetune") if getattr(r.stages, k)]
+    console.print(f"[green]ok[/] {recipe}: campaign {r.campaign!r}, site {r.site.name}, "
+                  f"{len(r.datasets)} datasets, stages: {', '.join(stages) or 'none'}, hash {r.hash()[:12]}")
+
+
+@recipe_app.command("schema")
+def recipe_schema() -> None:
+    """Print the JSON Schema of a recipe."""
+    from campaign.recipe import recipe_schema as schema
+
+    sys.stdout.write(json.dumps(schema(), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ sql
+@app.command()
+@bad_input_exit
+def sql(
+    statement: Annotated[str | None, typer.Argument(help="One read-only SQL statement.")] = None,
+    query: Annotated[str | None, typer.Option("--query", "-Q", help="Run a named query instead.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value for a named query.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    list_queries: Annotated[bool, typer.Option("--list", help="List the named queries.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Query the campaign database, read-only (writes and DDL are refused)."""
+    from campaign import api
+
+    if fmt not in ("table", "csv", "json"):
+        from campaign.errors import CampaignInputError
+
+        raise CampaignInputError(f"--format must be table, csv or json (got {fmt!r})")
+    if list_queries:
+        from rich.table import Table
+
+        table = Table(title="named queries")
+        for col in ("name", "parameters", "description"):
+            table.add_column(col)
+        for q in api.list_named_queries(db):
+            params = ", ".join(k if v is None else f"{k}={v}" for k, v in q.params.items())
+            table.add_row(q.name, params, q.description)
+        console.print(table)
+        return
+    if query is not None:
+        params: dict[str, str] = {}
+        for item in param or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                from db.queries import QueryParamError
+
+                raise QueryParamError(f"--param needs key=value (got {item!r})")
+            params[key.strip()] = value
+        result = api.named_query(query, params, db=db)
+    elif statement:
+        result = api.query(statement, db=db)
+    else:
+        from campaign.errors import CampaignInputError
+
+        raise CampaignInputError("give a SQL statement, --query NAME or --list")
+    _print_rows(result, fmt)
+
+
+def _print_rows(result: Any, fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result.as_dicts(), indent=2, default=str) + "\n")
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for col in result.columns:
+            table.add_column(col, overflow="fold")
+        for row in result.rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+        console.print(f"{len(result.rows)} row(s)")
+
+
+@app.command()
+@bad_input_exit
+def lineage(model: Annotated[int, typer.Argument(help="Model id.")], db: DbOpt = None,
+            fmt: Annotated[str, typer.Option("--format", "-f")] = "table") -> None:
+    """Everything upstream of a model: trials, tasks, datasets, artifacts, parent models."""
+    from campaign import api
+
+    _print_rows(api.named_query("model_lineage", {"model": str(model)}, db=db), fmt)
+
+
+@app.command()
+@bad_input_exit
+def trials(campaign: Annotated[str | None, typer.Argument(help="Campaign name (default: all).")] = None,
+           top: Annotated[int, typer.Option("--top", "-k", help="Trials per HPO campaign.")] = 5,
+           db: DbOpt = None, fmt: Annotated[str, typer.Option("--format", "-f")] = "table") -> None:
+    """The best trials of each HPO campaign."""
+    from campaign import api
+
+    params = {"k": str(top)} | ({"campaign": campaign} if campaign else {})
+    _print_rows(api.named_query("top_trials", params, db=db), fmt)
+
+
+@app.command()
+@bad_input_exit
+def status(campaign: Annotated[str | None, typer.Argument(help="Campaign name (default: the latest).")] = None,
+           db: DbOpt = None) -> None:
+    """Stages, tasks by state and failures by cause."""
+    from rich.table import Table
+
+    from campaign import api
+
+    snap = api.status(campaign, db=db)
+    console.print(f"campaign [bold]{snap['campaign']}[/] ({snap['status']}) on {snap['site']}, "
+                  f"started {snap['started_at']}")
+    table = Table(title="stages")
+    for col in ("stage", "status", *snap["states"]):
+        table.add_column(col)
+    for st in snap["stages"]:
+        table.add_row(st["name"], st["status"], *(str(st["tasks"].get(s, 0)) for s in snap["states"]))
+    console.print(table)
+    if snap["failures"]:
+        ft = Table(title="failed attempts by cause")
+        for col in ("cause", "attempts"):
+            ft.add_column(col)
+        for cause, n in snap["failures"].items():
+            ft.add_row(cause, str(n))
+        console.print(ft)
+
+
+# ---------------------------------------------------------------------------------------------- sites
+@sites_app.command("list")
+def sites_list() -> None:
+    """The sites this version knows, with their facts."""
+    from rich.table import Table
+
+    from campaign import api
+
+    table = Table(title="sites")
+    for col in ("name", "scheduler", "launcher", "GPUs/node", "description"):
+        table.add_column(col)
+    for f in api.list_sites():
+        table.add_row(f.name, f.scheduler, f.launcher, str(f.gpus_per_node), f.description)
+    console.print(table)
+
+
+@sites_app.command("show")
+@bad_input_exit
+def sites_show(
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    nodes: Annotated[int, typer.Option(help="Nodes per batch job.")] = 1,
+    account: Annotated[str | None, typer.Option(help="Allocation to charge.")] = None,
+    partition: Annotated[str | None, typer.Option(help="Partition or queue.")] = None,
+    qos: Annotated[str | None, typer.Option(help="Quality of service.")] = None,
+    walltime: Annotated[str, typer.Option(help="HH:MM:SS.")] = "01:00:00",
+    worker_init: Annotated[str, typer.Option(help="Shell run before workers start.")] = "",
+) -> None:
+    """Render the exact batch script Parsl would submit for NAME, without submitting it."""
+    from campaign import api
+
+    params: dict[str, Any] = {"nodes_per_block": nodes, "walltime": walltime, "worker_init": worker_init}
+    for key, value in (("account", account), ("partition", partition), ("qos", qos)):
+        if value is not None:
+            params[key] = value
+    sys.stdout.write(api.render_site_script(name, params))
+
+
+# ------------------------------------------------------------------------------------------------- db
+@db_app.command("upgrade")
+@bad_input_exit
+def db_upgrade(db: DbOpt = None) -> None:
+    """Create or upgrade the campaign database schema to this version's head."""
+    from campaign import api
+
+    rev = api.upgrade_database(db)
+    console.print(f"database at schema revision {rev}")
+
+
+@db_app.command("current")
+@bad_input_exit
+def db_current(db: DbOpt = None) -> None:
+    """Show the database's schema revision and this version's head."""
+    from campaign import api
+
+    cur, head = api.schema_revisions(db)
+    console.print(f"current: {cur or 'empty'}  head: {head}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,162 @@
+"""Run or resume a campaign: validate, open the database, dispatch each stage, record everything.
+
+The CLI's ``run`` and ``resume`` are thin layers over :func:`run_campaign` and :func:`resume_campaign`.
+Nothing is written before the recipe validates and the database answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from campaign.errors import CampaignInputError
+from campaign.recipe import Recipe, load_recipe, parse_recipe
+
+
+@dataclass
+class StageOutcome:
+    """How one stage ended."""
+
+    kind: str
+    status: str  # done | failed | skipped
+    note: str = ""
+
+
+@dataclass
+class RunOutcome:
+    """The result of running (or resuming) a campaign."""
+
+    campaign: str
+    campaign_id: int
+    database: str
+    status: str  # done | failed
+    stages: list[StageOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every stage that ran succeeded."""
+        return self.status == "done"
+
+
+def database_url(cli_url: str | None, recipe: Recipe | None) -> str:
+    """--db, then CAMPAIGN_DB, then the recipe's ``database``, then ``sqlite:///campaign.db``."""
+    from db.engine import resolve_url
+
+    if cli_url:
+        return resolve_url(cli_url)
+    if os.environ.get("CAMPAIGN_DB"):
+        return resolve_url(None)
+    return resolve_url(recipe.database if recipe else None)
+
+
+def open_database(url: str | None = None) -> Any:
+    """A migrated read-write engine (upgrades an older schema; refuses an unknown newer one)."""
+    from db.engine import check_connection, make_engine
+    from db.migrate import ensure_schema
+
+    engine = make_engine(url)
+    check_connection(engine)
+    ensure_schema(engine)
+    return engine
+
+
+def _prepare_workdir(recipe: Recipe, base: Path) -> Path:
+    workdir = (base / recipe.workdir / recipe.campaign).resolve()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CampaignInputError(f"workdir {workdir} is not writable: {exc.strerror or exc}") from exc
+    return workdir
+
+
+def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: str | None = None,
+            profile: str | None = None, resume_only: bool = False, base_dir: Path | None = None,
+            on_progress: Callable[[Any], None] | None = None) -> RunOutcome:
+    """Run every stage of a validated recipe, resuming whatever an earlier run of it left.
+
+    Args:
+        recipe: The validated recipe.
+        recipe_text: Its YAML (recorded in the database).
+        recipe_path: Where it came from (recorded).
+        db: Database URL override.
+        resume_only: Refuse to create a new campaign (``campaign resume NAME``).
+        base_dir: Directory the recipe's ``workdir`` is relative to (default: cwd).
+        on_progress: Live-display callback (see :class:`campaign.steer.StageProgress`).
+    """
+    from campaign.dispatch import make_dispatcher
+    from campaign.ledger import Ledger
+    from campaign.stages import StageContext, build_stages
+    from campaign.steer import Steerer
+
+    url = database_url(db, recipe)
+    engine = open_database(url)
+    workdir = _prepare_workdir(recipe, base_dir or Path.cwd())
+    ledger = Ledger(engine)
+    row = ledger.open_campaign(name=recipe.campaign, recipe_text=recipe_text, recipe_hash=recipe.hash(),
+                               site=recipe.site.name, recipe_path=recipe_path, profile=profile,
+                               resume_only=resume_only)
+    outcome = RunOutcome(recipe.campaign, row.id, url, "done")
+    shared: dict[str, Any] = {}
+    dispatcher = make_dispatcher(recipe.site.name, recipe.site.factory_params(), workdir / "dispatch")
+    try:
+        steer = Steerer(ledger, dispatcher, row.id, recipe.site.name,
+                        max_in_flight=recipe.site.workers or os.cpu_count() or 1,
+                        max_charged_failures=recipe.site.retries, on_progress=on_progress)
+        if hasattr(dispatcher, "on_attempt"):
+            dispatcher.on_attempt = steer.report_attempt
+        for kind, stage in build_stages(recipe):
+            stage_row = ledger.stage(row.id, kind, kind)
+            if stage is None:
+                ledger.finish_stage(stage_row.id, "skipped")
+                outcome.stages.append(StageOutcome(kind, "skipped", "not available in this version of campaign"))
+                continue
+            ctx = StageContext(recipe=recipe, ledger=ledger, campaign_id=row.id, stage_id=stage_row.id,
+                               workdir=workdir, site=recipe.site.name, shared=shared)
+            status = steer.run_stage(stage, ctx)
+            outcome.stages.append(StageOutcome(kind, status))
+            if status != "done":
+                outcome.status = "failed"
+                break
+    except KeyboardInterrupt:
+        ledger.finish_campaign(row.id, "interrupted")
+        raise
+    finally:
+        dispatcher.shutdown()
+    ledger.finish_campaign(row.id, outcome.status)
+    return outcome
+
+
+def run_campaign(path: str | Path, *, db: str | None = None, profile: str | None = None,
+                 site: str | None = None, on_progress: Callable[[Any], None] | None = None) -> RunOutcome:
+    """Validate ``path`` and run it (a re-run of the same recipe resumes it)."""
+    recipe = load_recipe(path, profile=profile, site=site)
+    text = Path(path).read_text()
+    return execute(recipe, text, str(Path(path).resolve()), db=db, profile=profile, base_dir=Path.cwd(),
+                   on_progress=on_progress)
+
+
+def resume_campaign(name: str, *, db: str | None = None,
+                    on_progress: Callable[[Any], None] | None = None) -> RunOutcome:
+    """Resume the campaign ``name`` from the recipe stored in the database."""
+    from sqlalchemy import select
+
+    from db import models as m
+    from db.engine import session_factory
+
+    engine = open_database(database_url(db, None))
+    with session_factory(engine)() as s:
+        row = s.scalar(select(m.Campaign).where(m.Campaign.name == name))
+    if row is None:
+        raise CampaignInputError(f"no campaign named {name!r} in {database_url(db, None)}")
+    where = row.recipe_path or f"<campaign {name}>"
+    recipe = parse_recipe(row.recipe_text, where, profile=row.profile)
+    if recipe.site.name != row.site:  # the run overrode the site on the command line
+        recipe = parse_recipe(row.recipe_text, where, profile=row.profile, site=row.site)
+    return execute(recipe, row.recipe_text, row.recipe_path, db=db, profile=row.profile, resume_only=True,
+                   on_progress=on_progress)

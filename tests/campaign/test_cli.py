@@ -1,0 +1,102 @@
+"""The CLI: exit codes, clear messages without tracebacks, light imports, read-only SQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from campaign.cli.app import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _light(args: list[str], cwd: Path) -> str:
+    """Run the CLI in a fresh interpreter and report whether torch or parsl got imported."""
+    code = (
+        "import sys\nfrom campaign.cli.app import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'parsl', 'torch_geometric', 'deephyper') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=60)
+    return out.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["validate", str(REPO / "recipes" / "hpo.yaml")],
+                                  ["sql", "SELECT 1"], ["sql", "--list"], ["sites", "list"]])
+def test_light_commands_import_neither_torch_nor_parsl(args: list[str], tmp_path: Path) -> None:
+    if args[0] == "sql" and args[1] == "SELECT 1":
+        from db.engine import make_engine
+        from db.migrate import ensure_schema
+
+        ensure_schema(make_engine(f"sqlite:///{tmp_path / 'campaign.db'}"))
+    assert "HEAVY=\n" in _light(args, tmp_path)
+
+
+def test_validate_ok_and_bad(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["validate", str(REPO / "recipes" / "hpo.yaml")])
+    assert ok.exit_code == 0, ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("campaign: x\nsite: {name: mars}\n")
+    res = runner.invoke(app, ["validate", str(bad)])
+    assert res.exit_code == 2
+    assert f"{bad}:2: site.name: unknown site 'mars'" in res.output.replace("\n", "")
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("content", [None, "campaign: [unclosed\n", "campaign: x\nunknown_key: 1\n"])
+def test_run_refuses_bad_input_and_writes_nothing(tmp_path: Path, content: str | None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    if content is not None:
+        recipe.write_text(content)
+    res = runner.invoke(app, ["run", str(recipe), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if content is None else ["r.yaml"])
+
+
+def test_unreachable_database_is_bad_input(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("campaign: x\n")
+    res = runner.invoke(app, ["run", str(recipe), "--quiet", "--db",
+                              "postgresql+psycopg://nobody@127.0.0.1:9/none"])
+    assert res.exit_code == 2
+    assert "cannot reach database" in res.output and "Traceback" not in res.output
+
+
+def test_sql_formats_and_refusals(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
+    res = runner.invoke(app, ["sql", "--db", url, "--format", "json", "SELECT 1 AS one, 'a' AS two"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == [{"one": 1, "two": "a"}]
+    res = runner.invoke(app, ["sql", "--db", url, "--format", "csv", "SELECT 1 AS one"])
+    assert res.stdout.splitlines() == ["one", "1"]
+    res = runner.invoke(app, ["sql", "--db", url, "DROP TABLE campaigns"])
+    assert res.exit_code == 2 and "read-only" in res.output
+    res = runner.invoke(app, ["sql", "--db", url, "--query", "model_lineage"])
+    assert res.exit_code == 2 and "needs --param model" in res.output
+    res = runner.invoke(app, ["sql", "--db", url, "--query", "top_trials", "--param", "k=3"])
+    assert res.exit_code == 0
+    res = runner.invoke(app, ["sql", "--db", f"sqlite:///{tmp_path / 'missing.db'}", "SELECT 1"])
+    assert res.exit_code == 2 and "no campaign database" in res.output
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_recipe_schema_prints_json() -> None:
+    res = runner.invoke(app, ["recipe", "schema"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["title"] == "Recipe"
+
+
+def test_db_current(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    runner.invoke(app, ["db", "upgrade", "--db", url])
+    res = runner.invoke(app, ["db", "current", "--db", url])
+    assert res.exit_code == 0 and "current: 0001" in res.output

@@ -1,0 +1,113 @@
+"""Recipe loading: shipped recipes validate; every error names the file, YAML path and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campaign.recipe import FAMILIES, RecipeError, load_recipe, parse_recipe, recipe_schema
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = """\
+campaign: t
+datasets:
+  - name: demo-emt
+stages:
+  hpo:
+    - name: p
+      family: painn
+      search_space:
+        lr: {type: float, low: 0.0001, high: 0.01, log: true}
+"""
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path: Path) -> None:
+    recipe = load_recipe(path)
+    for name in recipe.profiles:
+        load_recipe(path, profile=name)
+
+
+def test_hpo_recipe_has_six_families() -> None:
+    recipe = load_recipe(REPO / "recipes" / "hpo.yaml")
+    assert sorted(h.family for h in recipe.stages.hpo or []) == sorted(FAMILIES)
+    assert all(h.precision == "fp64" for h in recipe.stages.hpo or [])
+    frontier = load_recipe(REPO / "recipes" / "hpo.yaml", profile="frontier")
+    assert frontier.site.name == "frontier"
+    assert {h.nodes_per_trial for h in frontier.stages.hpo or []} == {256}
+
+
+def _errors(text: str) -> list[tuple[str, int | None, str]]:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, "r.yaml")
+    return info.value.errors
+
+
+def test_errors_carry_path_and_line() -> None:
+    errs = _errors(MINIMAL.replace("family: painn", "family: gcn").replace("high: 0.01", "high: 0.00001"))
+    assert ("stages.hpo[0].family", 7, "unknown family 'gcn'; known families: " + ", ".join(FAMILIES)) in errs
+    assert any(loc == "stages.hpo[0].search_space.lr" and line == 9 and "inverted" in msg for loc, line, msg in errs)
+
+
+@pytest.mark.parametrize(("text", "loc", "line", "words"), [
+    (MINIMAL + "bogus: 1\n", "bogus", 10, "unknown key"),
+    (MINIMAL.replace("- name: demo-emt", "- name: nope"), "datasets[0].name", 3, "unknown dataset"),
+    (MINIMAL + "site: {name: mars}\n", "site.name", 10, "unknown site"),
+    (MINIMAL + "site: {nodes_per_block: 0}\n", "site.nodes_per_block", 10, "greater than or equal to 1"),
+    (MINIMAL + "site: {name: globus}\n", "site", 10, "endpoint_id"),
+    (MINIMAL.replace("campaign: t", "campaign: 3"), "campaign", 1, "string"),
+    (MINIMAL.replace("lr: {type: float, low: 0.0001, high: 0.01, log: true}", "{}"), "", None, ""),
+])
+def test_bad_inputs(text: str, loc: str, line: int | None, words: str) -> None:
+    errs = _errors(text)
+    if loc:
+        assert any(e[0] == loc and e[1] == line and words in e[2] for e in errs), errs
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ("campaign: t\n  bad indent: [\n", 2, "malformed YAML"),
+    ("campaign: t\ncampaign: u\n", 2, "duplicate key"),
+    ("", 1, "empty"),
+    ("- a list\n", 1, "mapping"),
+])
+def test_malformed_yaml(text: str, line: int, words: str) -> None:
+    (err,) = _errors(text)
+    assert err[1] == line and words in err[2]
+
+
+def test_message_names_the_file() -> None:
+    with pytest.raises(RecipeError, match=r"^r\.yaml:7: stages\.hpo\[0\]\.family"):
+        parse_recipe(MINIMAL.replace("painn", "gcn"), "r.yaml")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="no such file"):
+        load_recipe(tmp_path / "none.yaml")
+
+
+def test_hash_ignores_formatting_but_not_content() -> None:
+    a = parse_recipe(MINIMAL)
+    b = parse_recipe("# comment\n" + MINIMAL.replace("campaign: t", "campaign:   t"))
+    c = parse_recipe(MINIMAL.replace("0.01", "0.02"))
+    assert a.hash() == b.hash() != c.hash()
+
+
+def test_schema_is_json_schema() -> None:
+    schema = recipe_schema()
+    assert schema["type"] == "object" and "campaign" in schema["properties"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                    max_leaves=12))
+def test_arbitrary_documents_never_crash(doc: object) -> None:
+    import yaml
+
+    try:
+        parse_recipe(yaml.safe_dump({"campaign": "t", "stages": doc}), "fuzz.yaml")
+    except RecipeError as exc:
+        assert str(exc).startswith("fuzz.yaml:")

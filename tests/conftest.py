@@ -1,0 +1,54 @@
+"""Shared fixtures: a fresh campaign database on SQLite (default) and on the local PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("CAMPAIGN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pg_database() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(PG_ADMIN_URL)
+    name = f"campaign_test_{uuid.uuid4().hex[:10]}"
+    kw = {"host": admin.host, "port": admin.port or 5432, "user": admin.username, "dbname": admin.database,
+          "autocommit": True, "connect_timeout": 5}
+    if admin.password:
+        kw["password"] = admin.password
+    with psycopg.connect(**kw) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(**kw) as conn:
+            conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database URL on each backend (PostgreSQL runs with ``-m postgres``)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'campaign.db'}"
+    else:
+        yield from _pg_database()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[object]:
+    """A migrated read-write engine on ``db_url``."""
+    from db.engine import make_engine
+    from db.migrate import ensure_schema
+
+    eng = make_engine(db_url)
+    ensure_schema(eng)
+    yield eng
+    eng.dispose()
