@@ -16,12 +16,7 @@ def bad_input_types() -> tuple[type[BaseException], ...]:
     from db.queries import QueryParamError, UnknownQuery
     from db.readonly import QueryError, ReadOnlyViolation
 
-    extra: list[type[BaseException]] = []
-    try:
-        from campaign.dispatch import DispatchConfigError  # type: ignore[attr-defined]
+    from campaign.dispatch.errors import CredentialsMissing
 
-        extra.append(DispatchConfigError)
-    except ImportError:
-        pass
     return (RecipeError, CampaignInputError, DatabaseError, QueryError, ReadOnlyViolation, UnknownQuery,
-            QueryParamError, CampaignConflict, *extra)
+            QueryParamError, CampaignConflict, CredentialsMissing)

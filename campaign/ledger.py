@@ -180,17 +180,22 @@ class Ledger:
             row.spec = spec
             return n
 
-    def record_attempt(self, result: TaskResult, *, final: bool, max_charged: int = 2) -> TaskState:
+    def record_attempt(self, result: TaskResult, *, final: bool, requeue: bool = False,
+                       max_charged: int = 2, max_attempts: int = 8) -> TaskState:
         """Write one attempt's outcome and move the task on.
 
         Args:
             result: What the worker returned.
-            final: Whether the dispatcher gave up retrying (otherwise a retry follows within the dispatcher).
-            max_charged: Charged failures (cause ``error``/``killed``) allowed before the task FAILS; walltime and
-                node loss are never charged.
+            final: Whether the dispatcher is done with this task (otherwise it retries it itself and the task
+                stays SUBMITTED).
+            requeue: After a final failure, put the task back to READY for the steering loop to re-submit (for
+                dispatchers that do not retry), while fewer than ``max_charged`` charged failures (cause
+                ``error``/``killed``; walltime and node loss are free) and ``max_attempts`` attempts were spent.
+            max_charged: Charged failures allowed before the task FAILS (with ``requeue``).
+            max_attempts: Attempts allowed in all (with ``requeue``).
 
         Returns:
-            The task's new state: DONE, FAILED, or READY (to be re-submitted by the steering loop).
+            The task's new state: DONE, FAILED, READY or SUBMITTED.
         """
         with transaction(self.Session) as s:
             task = s.get(m.Task, result.task_id, with_for_update=True)
@@ -219,11 +224,12 @@ class Ledger:
                     task.charged_failures += 1
                 if not final:
                     pass  # the dispatcher retries; the task stays SUBMITTED
-                elif task.charged_failures > max_charged:
-                    task.state = TaskState.FAILED
-                    task.result = result.result
-                else:
+                elif requeue and task.charged_failures <= max_charged and result.attempt < max_attempts:
                     task.state = TaskState.READY
+                else:
+                    task.state = TaskState.FAILED
+                    task.result = result.result or {"status": "failed", "reason": result.exit_cause.value,
+                                                    "message": (result.error or "")[-2000:]}
             return TaskState(task.state)
 
     @staticmethod

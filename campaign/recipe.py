@@ -76,9 +76,12 @@ class SiteSpec(_Strict):
             raise ValueError("site 'globus' needs endpoint_id")
         return self
 
-    def factory_params(self) -> dict[str, Any]:
-        """Keyword arguments for the site factory (``None`` values left out)."""
-        out = {k: v for k, v in self.model_dump().items() if v is not None and k not in ("name", "options", "retries")}
+    def dispatch_params(self) -> dict[str, Any]:
+        """Parameters for ``campaign.dispatch.make_dispatcher``: the keys the recipe set, ``workers`` as
+        ``max_workers``, ``retries``, and ``options`` merged in."""
+        out = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in ("name", "options")}
+        if "workers" in out:
+            out["max_workers"] = out.pop("workers")
         out.update(self.options)
         return out
 

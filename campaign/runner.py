@@ -98,18 +98,19 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
     engine = open_database(url)
     workdir = _prepare_workdir(recipe, base_dir or Path.cwd())
     ledger = Ledger(engine)
+    try:
+        dispatcher = make_dispatcher(recipe.site.name, recipe.site.dispatch_params(), workdir / "dispatch")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CampaignInputError(f"{recipe_path or recipe.campaign}: site: {exc}") from exc
     row = ledger.open_campaign(name=recipe.campaign, recipe_text=recipe_text, recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
                                resume_only=resume_only)
     outcome = RunOutcome(recipe.campaign, row.id, url, "done")
     shared: dict[str, Any] = {}
-    dispatcher = make_dispatcher(recipe.site.name, recipe.site.factory_params(), workdir / "dispatch")
     try:
         steer = Steerer(ledger, dispatcher, row.id, recipe.site.name,
-                        max_in_flight=recipe.site.workers or os.cpu_count() or 1,
-                        max_charged_failures=recipe.site.retries, on_progress=on_progress)
-        if hasattr(dispatcher, "on_attempt"):
-            dispatcher.on_attempt = steer.report_attempt
+                        max_in_flight=recipe.site.workers or os.cpu_count() or 1, on_progress=on_progress)
+        dispatcher.on_attempt = steer.report_attempt
         for kind, stage in build_stages(recipe):
             stage_row = ledger.stage(row.id, kind, kind)
             if stage is None:

@@ -59,19 +59,17 @@ class Steerer:
         campaign_id: The campaign row.
         site: Site name recorded on attempts.
         max_in_flight: Cap on tasks submitted at once (the site's worker count).
-        max_charged_failures: Charged failures per task before it FAILS.
         on_progress: Called with a :class:`StageProgress` after every event (for the live display).
     """
 
     def __init__(self, ledger: Ledger, dispatcher: Dispatcher, campaign_id: int, site: str, *,
-                 max_in_flight: int = 4, max_charged_failures: int = 2,
+                 max_in_flight: int = 4,
                  on_progress: Callable[[StageProgress], None] | None = None) -> None:
         self.ledger = ledger
         self.dispatcher = dispatcher
         self.campaign_id = campaign_id
         self.site = site
         self.max_in_flight = max_in_flight
-        self.max_charged = max_charged_failures
         self.on_progress = on_progress
         self.attempt_queue: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
 
@@ -85,7 +83,7 @@ class Steerer:
                 res = self.attempt_queue.get_nowait()
             except queue.Empty:
                 return
-            self.ledger.record_attempt(res, final=False, max_charged=self.max_charged)
+            self.ledger.record_attempt(res, final=False)
 
     def _create(self, ctx: StageContext, planned: list[PlannedTask]) -> None:
         for p in planned:
@@ -109,7 +107,7 @@ class Steerer:
                     now = utcnow()
                     self.ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.ERROR,
                                                           error=f"submit failed: {exc}", started_at=now,
-                                                          ended_at=now), final=True, max_charged=self.max_charged)
+                                                          ended_at=now), final=True)
                     continue
                 inflight[fut] = task.id
             self._drain_attempts()
@@ -134,7 +132,7 @@ class Steerer:
                                         exit_cause=ExitCause.NODE_LOST, error=f"{type(exc).__name__}: {exc}",
                                         started_at=now, ended_at=now)
                 self._drain_attempts()
-                state = self.ledger.record_attempt(result, final=True, max_charged=self.max_charged)
+                state = self.ledger.record_attempt(result, final=True)
                 task = self._task(task_id)
                 if state is TaskState.DONE:
                     progress.done += 1

@@ -52,3 +52,60 @@ def engine(db_url: str) -> Iterator[object]:
     ensure_schema(eng)
     yield eng
     eng.dispose()
+
+
+def _postgres_up() -> bool:
+    try:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        u = make_url(PG_ADMIN_URL)
+        psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, dbname=u.database,
+                        connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+def _slurm_up() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(s.strip() in ("idle", "mix", "alloc") for s in out.stdout.split())
+
+
+def _cuda_up() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+_SERVICES = {
+    "postgres": (_postgres_up, "CAMPAIGN_REQUIRE_POSTGRES", "PostgreSQL is not reachable on 127.0.0.1:5432"),
+    "slurm": (_slurm_up, "CAMPAIGN_REQUIRE_SLURM", "no running Slurm (bash .ci/slurm.sh start)"),
+    "gpu": (_cuda_up, None, "no CUDA device"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests whose service is absent, with the reason; in CI (the REQUIRE variables) they run and fail."""
+    status: dict[str, bool] = {}
+    for item in items:
+        for marker, (probe, require_var, reason) in _SERVICES.items():
+            if item.get_closest_marker(marker) is None:
+                continue
+            if require_var and os.environ.get(require_var) == "1":
+                continue
+            if marker not in status:
+                status[marker] = probe()
+            if not status[marker]:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -46,9 +46,9 @@ def test_attempts_and_retry_accounting(ledger: Ledger) -> None:
     t = ledger.create_task(cid, st.id, "k", TaskSpec(kind="noop", app="x", workdir="/tmp/x"))
     assert ledger.begin_attempt(t.id, site="local") == 1
     # walltime is free: back to READY without a charge
-    assert ledger.record_attempt(_result(t.id, 1, ExitCause.WALLTIME), final=True, max_charged=1) is TaskState.READY
+    assert ledger.record_attempt(_result(t.id, 1, ExitCause.WALLTIME), final=True, requeue=True, max_charged=1) is TaskState.READY
     assert ledger.begin_attempt(t.id, site="local") == 2
-    assert ledger.record_attempt(_result(t.id, 2, ExitCause.ERROR, error="boom"), final=True,
+    assert ledger.record_attempt(_result(t.id, 2, ExitCause.ERROR, error="boom"), final=True, requeue=True,
                                  max_charged=1) is TaskState.READY
     assert ledger.begin_attempt(t.id, site="local") == 3
     assert ledger.record_attempt(_result(t.id, 3, ExitCause.OK, result={"x": 1}), final=True) is TaskState.DONE
@@ -68,8 +68,20 @@ def test_charged_failures_exhaust_into_failed(ledger: Ledger) -> None:
     t = ledger.create_task(cid, st.id, "k", TaskSpec(kind="noop", app="x", workdir="/tmp/x"))
     for n in (1, 2):
         ledger.begin_attempt(t.id, site="local")
-        state = ledger.record_attempt(_result(t.id, n, ExitCause.ERROR), final=True, max_charged=1)
+        state = ledger.record_attempt(_result(t.id, n, ExitCause.ERROR), final=True, requeue=True, max_charged=1)
     assert state is TaskState.FAILED
+
+
+def test_without_requeue_a_final_failure_fails(ledger: Ledger) -> None:
+    cid = _campaign(ledger)
+    st = ledger.stage(cid, "pre", "preprocess")
+    t = ledger.create_task(cid, st.id, "k", TaskSpec(kind="noop", app="x", workdir="/tmp/x"))
+    ledger.begin_attempt(t.id, site="local")
+    assert ledger.record_attempt(_result(t.id, 1, ExitCause.WALLTIME), final=False) is TaskState.SUBMITTED
+    assert ledger.record_attempt(_result(t.id, 2, ExitCause.NODE_LOST), final=True) is TaskState.FAILED
+    with ledger.Session() as s:
+        assert [a.number for a in s.scalars(select(m.Attempt).where(m.Attempt.task_id == t.id))] == [1, 2]
+        assert s.get(m.Task, t.id).result["reason"] == "node_lost"
 
 
 def test_requeue_lost_closes_open_attempts(ledger: Ledger) -> None:

@@ -1,0 +1,69 @@
+"""Radius graphs with periodic boundaries and a max-neighbour cap, built with ``vesin``.
+
+Convention (:mod:`models.keys`): ``edge_index[0]`` = neighbour j (source), ``edge_index[1]`` = centre i, and
+integer cell shifts ``S`` such that ``r_ij = pos[j] - pos[i] + S @ cell``. Edge vectors are recomputed from
+positions by the model, so only indices and shifts are stored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import vesin
+
+
+def cap_neighbours(
+    i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray, max_neighbours: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sort edges by (centre, distance, neighbour) and keep the ``max_neighbours`` nearest per centre.
+
+    Args:
+        i: [E] centre indices.
+        j: [E] neighbour indices.
+        shift: [E, 3] integer cell shifts.
+        dist: [E] distances, Å.
+        max_neighbours: Cap per centre; ``None`` keeps all.
+
+    Returns:
+        ``(i, j, shift, dist)`` sorted, capped.
+    """
+    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, dist, i))
+    i, j, shift, dist = i[order], j[order], shift[order], dist[order]
+    if max_neighbours is not None and i.size:
+        start = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+        counts = np.diff(np.r_[start, i.size])
+        rank = np.arange(i.size) - np.repeat(start, counts)
+        keep = rank < max_neighbours
+        i, j, shift, dist = i[keep], j[keep], shift[keep], dist[keep]
+    return i, j, shift, dist
+
+
+def radius_graph_pbc(
+    pos: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    cutoff: float,
+    max_neighbours: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs closer than ``cutoff`` (periodic images included), nearest ``max_neighbours`` per centre.
+
+    Args:
+        pos: [N, 3] positions, Å.
+        cell: [3, 3] lattice vectors as rows, Å (ignored along non-periodic directions).
+        pbc: [3] bool periodic directions.
+        cutoff: Radius, Å.
+        max_neighbours: Cap per centre atom, keeping the nearest; ``None`` for no cap.
+
+    Returns:
+        ``edge_index`` [2, E] int64 (row 0 = neighbour j, row 1 = centre i), ``shift`` [E, 3] int32 cell
+        shifts, ``dist`` [E] float64 distances in Å. Sorted by centre, then distance.
+    """
+    pos = np.ascontiguousarray(pos, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.ascontiguousarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, s, d = nl.compute(points=pos, box=box, periodic=[bool(p) for p in pbc], quantities="ijSd")
+    i = i.astype(np.int64)
+    j = j.astype(np.int64)
+    s = s.astype(np.int32).reshape(-1, 3)
+    i, j, s, d = cap_neighbours(i, j, s, np.asarray(d, dtype=np.float64), max_neighbours)
+    return np.stack([j, i]), s, d

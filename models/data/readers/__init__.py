@@ -1,0 +1,54 @@
+"""Readers of published dataset formats. Each yields :class:`~models.data.structure.Structure` records in eV/Å.
+
+A reader is a callable ``read(path, *, units=None, **options) -> Iterator[Structure]`` where ``units`` is the
+registry's units mapping of the source files (``energy``, ``forces``, ``length``, ``stress``). Readers raise
+:class:`models.appio.BadInput` naming the file and the record / field on malformed input.
+
+==============  ====================================================================================
+name            formats
+==============  ====================================================================================
+``ase``         anything ``ase.io`` reads (extxyz as MPtrj/Alexandria exports use) and ASE SQLite ``.db``
+``ani-hdf5``    ANI-1x / Transition1x HDF5 (groups with ``atomic_numbers``, ``coordinates``/``positions``,
+                ``<method>.energy``, ``<method>.forces``)
+``ase-lmdb``    the ASE-LMDB layout of OMat24 / OMol25 / OC20 (``*.aselmdb``, package ``ase-db-backends``)
+==============  ====================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from models.data.structure import Structure
+
+Reader = Callable[..., Iterator[Structure]]
+
+
+def get_reader(name: str) -> Reader:
+    """Return the reader called ``name`` (imported lazily).
+
+    Raises:
+        KeyError: Unknown reader name (lists the known ones).
+    """
+    if name == "ase":
+        from models.data.readers.ase_file import read_ase
+
+        return read_ase
+    if name == "ani-hdf5":
+        from models.data.readers.ani_hdf5 import read_ani_hdf5
+
+        return read_ani_hdf5
+    if name == "ase-lmdb":
+        from models.data.readers.ase_lmdb import read_ase_lmdb
+
+        return read_ase_lmdb
+    raise KeyError(f"unknown reader {name!r}; known readers: {', '.join(READER_NAMES)}")
+
+
+READER_NAMES = ("ase", "ani-hdf5", "ase-lmdb")
+
+
+def read_structures(name: str, path: str | Path, **kwargs: Any) -> Iterator[Structure]:
+    """Shortcut: ``get_reader(name)(path, **kwargs)``."""
+    return get_reader(name)(Path(path), **kwargs)

@@ -1,0 +1,100 @@
+"""The steering loop over a real local dispatcher: attempts, retries and failures land in the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from campaign.dispatch import make_dispatcher
+from campaign.ledger import Ledger
+from campaign.recipe import parse_recipe
+from campaign.stages.base import PlannedTask, StageContext
+from campaign.steer import Steerer
+from campaign.tasks import TaskResult, TaskSpec, TaskState
+from db import models as m
+
+
+class NoopStage:
+    """Three tasks: one succeeds, one fails once then succeeds, one always fails; a follow-up after the first."""
+
+    name = "noop"
+    kind = "noop"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.seen: list[str] = []
+
+    def _task(self, key: str, **cfg: Any) -> PlannedTask:
+        return PlannedTask(key, TaskSpec(kind="noop", app="campaign.apps.noop", config=cfg,
+                                         workdir=str(self.workdir / key)))
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        return [self._task("ok", payload=1), self._task("flaky", fail="error", fail_attempts=1),
+                self._task("broken", fail="error")]
+
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        self.seen.append(task.key)
+        return [self._task("follow-up", payload=2)] if task.key == "ok" else []
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        self.seen.append("failed:" + task.key)
+        return []
+
+    def finish(self, ctx: StageContext) -> str:
+        return "done"
+
+
+def test_steering_records_every_attempt(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name="s", recipe_text="campaign: s", recipe_hash="h", site="local").id
+    stage_row = ledger.stage(cid, "noop", "noop")
+    recipe = parse_recipe("campaign: s\n")
+    ctx = StageContext(recipe=recipe, ledger=ledger, campaign_id=cid, stage_id=stage_row.id, workdir=tmp_path,
+                       site="local")
+    dispatcher = make_dispatcher("local", {"max_workers": 2, "retries": 1}, tmp_path / "dispatch")
+    stage = NoopStage(tmp_path)
+    try:
+        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=2)
+        dispatcher.on_attempt = steer.report_attempt
+        assert steer.run_stage(stage, ctx) == "done"
+    finally:
+        dispatcher.shutdown()
+    assert sorted(stage.seen) == ["failed:broken", "flaky", "follow-up", "ok"]
+    with ledger.Session() as s:
+        tasks = {t.key: t for t in s.scalars(select(m.Task))}
+        attempts = {k: [(a.number, a.exit_cause.value) for a in t.attempts] for k, t in tasks.items()}
+    assert tasks["ok"].state == TaskState.DONE and tasks["ok"].result["payload"] == 1
+    assert attempts["ok"] == [(1, "ok")]
+    assert attempts["flaky"] == [(1, "error"), (2, "ok")]
+    assert attempts["broken"] == [(1, "error"), (2, "error")]
+    assert tasks["broken"].state == TaskState.FAILED
+    assert tasks["follow-up"].state == TaskState.DONE
+
+
+@pytest.mark.slow
+def test_preprocess_stage_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from campaign.runner import run_campaign
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "campaign: e2e\nsite: {name: local, workers: 2}\n"
+        "datasets:\n  - {name: demo-emt, count: 12, shards: 2}\n  - {name: demo-gfn2, count: 6}\n"
+        "stages:\n  preprocess: {cutoff: 4.5, max_neighbours: 12}\n")
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    out = run_campaign(recipe, db=url)
+    assert out.ok and [s.status for s in out.stages] == ["done"]
+    again = run_campaign(recipe, db=url)  # a re-run resumes: nothing runs twice
+    assert again.ok
+    from campaign import api
+
+    assert api.query("SELECT COUNT(*) FROM attempts", db=url).rows == [(5,)]
+    ds = api.query("SELECT name, head_id FROM datasets ORDER BY name", db=url).rows
+    assert ds == [("demo-emt", 100), ("demo-gfn2", 101)]
+    for (path, sha) in api.query("SELECT path, sha256 FROM artifacts", db=url).rows:
+        from campaign.ledger import sha256_file
+
+        assert sha256_file(path) == sha

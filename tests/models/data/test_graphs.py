@@ -1,0 +1,58 @@
+import itertools
+
+import numpy as np
+import pytest
+from ase.build import bulk, fcc111
+
+from models.data.graphs import radius_graph_pbc
+
+
+def brute_force(pos, cell, pbc, cutoff):
+    """Oracle: every (i, j, S) with |pos[j] - pos[i] + S @ cell| < cutoff, excluding self at S=0."""
+    n = len(pos)
+    reach = [int(np.ceil(cutoff / (np.abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(*np.delete(cell, d, 0)))))) + 1
+             if pbc[d] else 0 for d in range(3)]  # fmt: skip
+    out = set()
+    for s in itertools.product(*[range(-r, r + 1) for r in reach]):
+        sv = np.array(s) @ cell
+        for i in range(n):
+            for j in range(n):
+                if i == j and not any(s):
+                    continue
+                d = np.linalg.norm(pos[j] - pos[i] + sv)
+                if d < cutoff:
+                    out.add((i, j, *s))
+    return out
+
+
+@pytest.mark.parametrize("case", ["bulk", "slab", "small_cell", "molecule"])
+def test_matches_brute_force(case):
+    if case == "bulk":
+        a = bulk("Cu", "fcc", cubic=True)
+        a.rattle(0.1, seed=1)
+    elif case == "small_cell":
+        a = bulk("Al", "fcc")  # primitive cell, 1 atom, far below the cutoff: many images
+    elif case == "slab":
+        a = fcc111("Pt", size=(2, 2, 2), vacuum=4.0)
+        a.pbc = (True, True, False)
+        a.rattle(0.05, seed=2)
+    else:
+        a = bulk("Cu", "fcc", cubic=True)
+        a.pbc = False
+        a.cell[:] = 0
+    ei, shift, dist = radius_graph_pbc(a.positions, a.cell.array, a.pbc, 4.0)
+    got = {(int(i), int(j), *map(int, s)) for j, i, s in zip(ei[0], ei[1], shift, strict=True)}
+    assert got == brute_force(a.positions, a.cell.array, a.pbc, 4.0)
+    vec = a.positions[ei[0]] - a.positions[ei[1]] + shift @ a.cell.array
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), dist, atol=1e-10)
+
+
+def test_max_neighbours_keeps_the_nearest():
+    a = bulk("Cu", "fcc", cubic=True).repeat(2)
+    a.rattle(0.1, seed=3)
+    full_ei, _, full_d = radius_graph_pbc(a.positions, a.cell.array, a.pbc, 5.0)
+    ei, _, d = radius_graph_pbc(a.positions, a.cell.array, a.pbc, 5.0, max_neighbours=6)
+    for i in range(len(a)):
+        mine = np.sort(d[ei[1] == i])
+        assert len(mine) == 6
+        np.testing.assert_allclose(mine, np.sort(full_d[full_ei[1] == i])[:6])
