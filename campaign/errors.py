@@ -11,12 +11,11 @@ class CampaignInputError(ValueError):
 
 def bad_input_types() -> tuple[type[BaseException], ...]:
     """Exception types the CLI reports as bad input (exit 2). Imports db lazily (it pulls sqlalchemy)."""
+    from campaign.dispatch.errors import CredentialsMissing
     from campaign.ledger import CampaignConflict
     from db.engine import DatabaseError
     from db.queries import QueryParamError, UnknownQuery
     from db.readonly import QueryError, ReadOnlyViolation
-
-    from campaign.dispatch.errors import CredentialsMissing
 
     return (RecipeError, CampaignInputError, DatabaseError, QueryError, ReadOnlyViolation, UnknownQuery,
             QueryParamError, CampaignConflict, CredentialsMissing)

@@ -1,0 +1,96 @@
+"""Dispatchers: how the steering loop gets tasks run and results back by value.
+
+``make_dispatcher(site_name, params, run_dir)`` returns a :class:`Dispatcher`:
+
+* ``local`` — a process pool running :func:`campaign.worker.run_task` (no Parsl start-up);
+  ``local`` with ``engine: parsl`` — Parsl's HighThroughputExecutor on loopback; ``threads`` — Parsl threads;
+* ``slurm``, ``frontier``, ``perlmutter``, ``aurora`` — Parsl with the site's factory from :mod:`sites`;
+* ``globus`` (or any site given an ``endpoint_id``) — Globus Compute.
+
+Only this package imports Parsl and Globus Compute, and only when a dispatcher of that kind is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from campaign.dispatch.base import AttemptCallback, Dispatcher
+from campaign.dispatch.errors import CredentialsMissing, DispatchError
+from campaign.dispatch.failures import RetryPolicy
+
+__all__ = [
+    "AttemptCallback",
+    "CredentialsMissing",
+    "DispatchError",
+    "Dispatcher",
+    "RetryPolicy",
+    "make_dispatcher",
+]
+
+#: ``params`` keys read by the dispatcher itself; everything else goes to the site's Parsl factory.
+DISPATCH_KEYS = ("engine", "retries", "free_retries", "in_process", "endpoint_id", "max_workers", "interactive")
+
+
+def make_dispatcher(
+    site_name: str,
+    params: dict[str, Any] | None,
+    run_dir: Path,
+    *,
+    on_attempt: AttemptCallback | None = None,
+) -> Dispatcher:
+    """Build the dispatcher for a recipe's ``site:`` section.
+
+    Args:
+        site_name: A name from :func:`sites.list_sites`.
+        params: The site section's parameters. Dispatcher keys: ``engine`` (``process`` | ``parsl``, local
+            site only), ``retries`` (charged retry budget, default 2), ``free_retries`` (uncharged retries of
+            lost nodes/walltime, default 3), ``in_process`` (run light apps inside workers; default auto),
+            ``endpoint_id`` (Globus Compute), ``max_workers`` (local). The rest are keyword arguments of the
+            site's factory (account, partition, walltime, nodes_per_block …).
+        run_dir: The campaign's run directory; Parsl writes its logs and submit scripts under
+            ``run_dir/parsl``.
+        on_attempt: Called with every retried attempt's :class:`~campaign.tasks.TaskResult`.
+
+    Raises:
+        KeyError: unknown site.
+        TypeError: a parameter the site does not accept or a missing required one.
+        CredentialsMissing: Globus Compute without credentials in a non-interactive run.
+    """
+    from sites.facts import get_site
+
+    facts = get_site(site_name)
+    p = dict(params or {})
+    policy = RetryPolicy(max_retries=int(p.pop("retries", 2)), max_free_retries=int(p.pop("free_retries", 3)))
+    in_process = p.pop("in_process", None)
+    engine = p.pop("engine", "process" if site_name == "local" else "parsl")
+    endpoint_id = p.pop("endpoint_id", None)
+    interactive = p.pop("interactive", None)
+    max_workers = p.pop("max_workers", None)
+
+    if facts.kind == "globus" or endpoint_id:
+        if not endpoint_id:
+            raise TypeError(f"site {site_name!r}: missing required parameter endpoint_id")
+        from campaign.dispatch.globus_dispatch import GlobusDispatcher
+
+        return GlobusDispatcher(
+            str(endpoint_id), policy=policy, on_attempt=on_attempt, in_process=in_process, interactive=interactive
+        )
+    if site_name == "local" and engine == "process":
+        if p:
+            raise TypeError(f"site 'local' (process pool): unknown parameter(s) {', '.join(sorted(p))}")
+        from campaign.dispatch.local import LocalDispatcher
+
+        return LocalDispatcher(max_workers, policy=policy, on_attempt=on_attempt, in_process=in_process)
+    if engine != "parsl":
+        raise TypeError(f"site {site_name!r}: engine must be 'process' or 'parsl', got {engine!r}")
+
+    from campaign.dispatch.parsl_dispatch import ParslDispatcher
+    from sites.configs import make_config
+
+    if max_workers is not None and site_name in ("local", "threads"):
+        p["max_workers"] = max_workers
+    parsl_dir = Path(run_dir) / "parsl"
+    parsl_dir.mkdir(parents=True, exist_ok=True)
+    config = make_config(site_name, run_dir=str(parsl_dir), **p)
+    return ParslDispatcher(config, policy=policy, on_attempt=on_attempt, in_process=in_process)
