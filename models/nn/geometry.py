@@ -1,0 +1,120 @@
+"""Edge geometry shared by every message-passing family: edge vectors, strain, cutoff envelopes, radial bases.
+
+Edge vectors are always recomputed from positions (and the cell, for periodic images) so that forces and stress
+are exact autograd derivatives of the energy. No family builds its own neighbour list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def edge_vectors(pos: Tensor, cell: Tensor, edge_index: Tensor, shift: Tensor, batch: Tensor) -> Tensor:
+    """Vectors from each centre atom ``i`` to its neighbour ``j`` (periodic images included).
+
+    ``r_ij = pos[j] - pos[i] + shift_ij @ cell[graph(i)]`` with ``j, i = edge_index``.
+
+    Args:
+        pos: [N, 3] positions, Å.
+        cell: [G, 3, 3] lattice vectors as rows, Å (zeros for molecules).
+        edge_index: [2, E] ``edge_index[0]`` = neighbour j, ``edge_index[1]`` = centre i.
+        shift: [E, 3] integer cell shifts (any float or int dtype).
+        batch: [N] graph index of each atom.
+
+    Returns:
+        [E, 3] edge vectors, Å, in the dtype of ``pos``.
+    """
+    j, i = edge_index[0], edge_index[1]
+    offset = torch.bmm(shift.to(pos.dtype).unsqueeze(1), cell.to(pos.dtype)[batch[i]]).squeeze(1)
+    return pos[j] - pos[i] + offset
+
+
+def apply_strain(pos: Tensor, cell: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Deform positions and cells by a zero symmetric strain that autograd can differentiate against.
+
+    ``pos' = pos (1 + eps_sym)``, ``cell' = cell (1 + eps_sym)``; at ``eps = 0`` the geometry is unchanged and
+    ``stress = (1 / V) dE/d eps``, the sign convention of ``ase.Atoms.get_stress`` (a compressed cell that
+    pushes outwards has negative stress).
+
+    Args:
+        pos: [N, 3] positions, Å.
+        cell: [G, 3, 3] lattice vectors as rows, Å.
+        batch: [N] graph index of each atom.
+
+    Returns:
+        ``(pos', cell', eps)`` with ``eps`` the [G, 3, 3] leaf tensor (requires grad) to differentiate against.
+    """
+    eps = torch.zeros_like(cell, requires_grad=True)
+    sym = 0.5 * (eps + eps.transpose(1, 2))
+    pos = pos + torch.bmm(pos.unsqueeze(1), sym[batch]).squeeze(1)
+    cell = cell + torch.bmm(cell, sym)
+    return pos, cell, eps
+
+
+def cell_volume(cell: Tensor) -> Tensor:
+    """Absolute volume of each cell, [G] in Å^3 (zero for molecules)."""
+    return torch.linalg.det(cell).abs()
+
+
+def cosine_cutoff(dist: Tensor, cutoff: float) -> Tensor:
+    """Cosine envelope ``0.5 (cos(pi r / rc) + 1)`` for ``r < rc``, else 0: value and slope vanish at rc.
+
+    Args:
+        dist: [E] distances, Å.
+        cutoff: rc, Å.
+
+    Returns:
+        [E] envelope in [0, 1].
+    """
+    return 0.5 * (torch.cos(dist * (math.pi / cutoff)) + 1.0) * (dist < cutoff).to(dist.dtype)
+
+
+def polynomial_cutoff(dist: Tensor, cutoff: float, p: int = 6) -> Tensor:
+    """Polynomial envelope of DimeNet/MACE: 1 at 0, value and first two derivatives vanish at rc.
+
+    ``u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)``, ``x = r / rc``.
+
+    Args:
+        dist: [E] distances, Å.
+        cutoff: rc, Å.
+        p: Exponent (DimeNet's ``envelope_exponent + 1``).
+
+    Returns:
+        [E] envelope in [0, 1].
+    """
+    x = dist / cutoff
+    out = (
+        1.0
+        - (p + 1.0) * (p + 2.0) / 2.0 * x.pow(p)
+        + p * (p + 2.0) * x.pow(p + 1)
+        - p * (p + 1.0) / 2.0 * x.pow(p + 2)
+    )
+    return out * (x < 1.0).to(dist.dtype)
+
+
+class BesselBasis(torch.nn.Module):
+    """Radial Bessel basis ``sqrt(2/rc) sin(n pi r / rc) / r`` with learnable frequencies (PaiNN, MACE).
+
+    Args:
+        num_rbf: Number of basis functions.
+        cutoff: rc, Å.
+        trainable: Whether the frequencies are learned.
+    """
+
+    def __init__(self, num_rbf: int, cutoff: float, trainable: bool = False) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        freq = torch.arange(1, num_rbf + 1, dtype=torch.get_default_dtype()) * math.pi / cutoff
+        if trainable:
+            self.freq = torch.nn.Parameter(freq)
+        else:
+            self.register_buffer("freq", freq)
+        self.prefactor = math.sqrt(2.0 / cutoff)
+
+    def forward(self, dist: Tensor) -> Tensor:
+        """Args: dist: [E] distances, Å. Returns: [E, num_rbf]."""
+        d = dist.unsqueeze(-1)
+        return self.prefactor * torch.sin(self.freq.to(d.dtype) * d) / d
