@@ -8,6 +8,7 @@ that the function pickles and imports cheaply on the worker.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,29 @@ BATCH_JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "
 
 #: Exit status an app uses for "bad input" (mirrors the CLI's convention).
 BAD_INPUT_EXIT = 2
+
+#: Apps under this package may run inside the worker process (no Python start-up) when they declare it.
+IN_PROCESS_PACKAGE = "campaign.apps."
+
+
+class AttemptFailed(Exception):
+    """An attempt ended in failure; raised by :func:`run_attempt` so that Parsl's retry handler sees it.
+
+    Attributes:
+        result: The attempt's :class:`~campaign.tasks.TaskResult` as a JSON dict.
+    """
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result)
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[AttemptFailed], tuple[dict[str, Any]]]:
+        return (AttemptFailed, (self.result,))
+
+    def __str__(self) -> str:
+        r = self.result
+        err = (r.get("error") or "").strip().splitlines()
+        return f"task {r.get('task_id')} attempt {r.get('attempt')}: {r.get('exit_cause')}: {err[-1] if err else ''}"
 
 
 def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
@@ -76,19 +101,109 @@ def local_launcher(spec: TaskSpec) -> list[str]:
     ]
 
 
-def run_task(spec_json: str | dict[str, Any], launcher: Sequence[str] | str | None = None) -> dict[str, Any]:
+def wants_in_process(spec: TaskSpec) -> bool:
+    """Whether ``spec`` can run inside this process: a single-rank app of :data:`IN_PROCESS_PACKAGE` that
+    declares ``IN_PROCESS = True``, with no walltime to enforce and no extra environment to isolate."""
+    if not spec.app.startswith(IN_PROCESS_PACKAGE) or spec.resources.is_mpi:
+        return False
+    if spec.resources.walltime_s is not None or spec.env:
+        return False
+    try:
+        module = importlib.import_module(spec.app)
+    except ImportError:
+        return False
+    return bool(getattr(module, "IN_PROCESS", False)) and callable(getattr(module, "run_in_process", None))
+
+
+def _run_in_process(spec: TaskSpec, cfg_path: Path) -> tuple[ExitCause, int, dict[str, Any], str | None]:
+    """Call the app's ``run_in_process(config, config_path)``; map its exceptions like the CLI contract does.
+
+    Nothing is written: config and result travel by value (the steering process records both). The app may
+    write its own outputs under the workdir (``cfg_path.parent``), creating it when it does.
+    """
+    module = importlib.import_module(spec.app)
+    try:
+        payload = {"status": "ok", **module.run_in_process(spec.config, cfg_path)}
+        cause, rc, err = ExitCause.OK, 0, None
+    except Exception as exc:  # the app's failure is the attempt's result, never the worker's
+        reason = getattr(exc, "reason", None)
+        if type(exc).__name__ == "BadInput":
+            rc, reason = BAD_INPUT_EXIT, "bad_input"
+        else:
+            rc, reason = 1, reason or type(exc).__name__
+        payload = {"status": "failed", "reason": reason, "message": str(exc)}
+        cause = ExitCause.ERROR
+        err = f"{reason}\n" + "".join(traceback.format_exception(exc))[-4000:]
+    return cause, rc, payload, err
+
+
+def run_attempt(
+    spec_json: str | dict[str, Any],
+    launcher_env: str | None = None,
+    in_process: bool | None = None,
+    parsl_resource_specification: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one attempt and raise :class:`AttemptFailed` unless it succeeded (for Parsl's retry handler).
+
+    Args:
+        spec_json: The task, as JSON text or a dict.
+        launcher_env: Name of an environment variable holding the launcher prefix (``PARSL_MPI_PREFIX`` in
+            Parsl's MPI mode, set by the worker pool for each task); ``None`` uses the local launcher.
+        in_process: See :func:`run_task`.
+        parsl_resource_specification: Parsl passes the task's resource specification to the function; the
+            launcher prefix in ``launcher_env`` already carries it, so it is not used here.
+
+    Returns:
+        The successful :class:`TaskResult` as a JSON dict.
+    """
+    launcher = os.environ[launcher_env] if launcher_env else None
+    result = run_task(spec_json, launcher, in_process=in_process)
+    if result["exit_cause"] != ExitCause.OK.value:
+        raise AttemptFailed(result)
+    return result
+
+
+def run_task(
+    spec_json: str | dict[str, Any],
+    launcher: Sequence[str] | str | None = None,
+    *,
+    in_process: bool | None = None,
+) -> dict[str, Any]:
     """Run one task and return its :class:`TaskResult` as a JSON-able dict.
 
     Args:
         spec_json: The task, as JSON text or a dict (what crosses Parsl / Globus Compute).
         launcher: The parallel launcher prefix (a list, or a shell string such as Parsl's
             ``$PARSL_MPI_PREFIX``). ``None`` picks :func:`local_launcher`.
+        in_process: Run the app inside this process (``run_in_process``) instead of ``python -m``: ``None``
+            decides with :func:`wants_in_process` (light single-rank apps only), ``False`` never,
+            ``True`` always (the app must offer ``run_in_process``; single rank only).
 
     Returns:
         ``TaskResult.model_dump(mode="json")``. Never raises for app failures: they come back as
         ``exit_cause`` error / walltime / killed with the tail of stderr.
     """
     spec = TaskSpec.model_validate_json(spec_json) if isinstance(spec_json, str) else TaskSpec.model_validate(spec_json)
+    inproc = wants_in_process(spec) if in_process is None else in_process
+    if inproc and launcher is None:
+        if spec.resources.is_mpi:
+            raise ValueError(f"task {spec.task_id}: a multi-rank app cannot run in-process")
+        started = utcnow()
+        cause, rc, payload, err = _run_in_process(spec, Path(spec.workdir) / "config.json")
+        return TaskResult(
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            exit_cause=cause,
+            returncode=rc,
+            result=payload,
+            error=err,
+            host=socket.gethostname(),
+            batch_job_id=batch_job_id(),
+            executor="in-process",
+            started_at=started,
+            ended_at=utcnow(),
+        ).model_dump(mode="json")
+
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.json"

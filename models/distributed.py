@@ -1,0 +1,542 @@
+"""Distributed launch environment, process groups and gradient synchronisation: the ONE place that parses
+rank / world size / local rank / master address.
+
+Launchers supported (checked in this order, most specific first):
+
+* ``torchrun``: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``.
+* Open MPI ``mpiexec``: ``OMPI_COMM_WORLD_RANK`` / ``_SIZE`` / ``_LOCAL_RANK`` / ``_LOCAL_SIZE``.
+* PALS (Cray/HPE ``mpiexec`` on Aurora, Polaris): ``PALS_RANKID``, ``PALS_LOCAL_RANKID``, ``PALS_LOCAL_SIZE``
+  (the world size comes from ``PMI_SIZE``).
+* MPICH / Cray PMI (``PMI_RANK``, ``PMI_SIZE``, ``PMI_LOCAL_RANK``/``MPI_LOCALRANKID``) and PMIx (``PMIX_RANK``
+  with ``PMIX_SIZE`` or ``OMPI_UNIVERSE_SIZE``).
+* Slurm ``srun``: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``/``SLURM_NTASKS``, ``SLURM_LOCALID``,
+  ``SLURM_STEP_NODELIST``/``SLURM_JOB_NODELIST``/``SLURM_NODELIST`` (first host = master address, parsed here
+  from the hostlist expression, no ``scontrol`` needed).
+
+MPI variables win over Slurm ones because ``mpirun`` inside an allocation inherits the daemon step's Slurm
+variables (where ``SLURM_PROCID`` is a node index, not the rank).
+
+The master address for MPI launches comes from ``MASTER_ADDR`` when set, else from the Slurm node list, else
+from the first line of ``$PBS_NODEFILE`` (read by :func:`resolve_master_addr`, the only impure helper). The
+port comes from ``MASTER_PORT``, else is derived from the batch job id so that concurrent jobs differ.
+
+Multi-task parallelism (HydraGNN style): :func:`assign_head_groups` splits the ranks into one group per head;
+:class:`GradSync` all-reduces the encoder gradients over the world and each head's gradients over its group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in a parallel launch.
+
+    Attributes:
+        rank: Global rank, 0-based.
+        world_size: Number of processes.
+        local_rank: Rank on this node (selects the GPU).
+        local_world_size: Processes on this node.
+        master_addr: Host of rank 0 (``None`` when it must be resolved from a node file).
+        master_port: TCP port of the rendezvous.
+        launcher: ``"torchrun"``, ``"mpi"``, ``"slurm"`` or ``"single"``.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str | None = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+    launcher: str = "single"
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world_size > 1
+
+
+def _int(environ: Mapping[str, str], *names: str) -> int | None:
+    for name in names:
+        value = environ.get(name)
+        if value is not None and value.strip() != "":
+            try:
+                return int(value.strip())
+            except ValueError as exc:
+                raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
+    return None
+
+
+def expand_hostlist(expr: str) -> list[str]:
+    """Expand a Slurm hostlist expression into host names.
+
+    Args:
+        expr: e.g. ``"nid[001-003,007],login1"`` or ``"frontier[00010-00011]-ib"``.
+
+    Returns:
+        The hosts in order, e.g. ``["nid001", "nid002", "nid003", "nid007", "login1"]``.
+    """
+    hosts: list[str] = []
+    # split on commas outside brackets
+    tokens, depth, cur = [], 0, ""
+    for ch in expr.strip():
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            tokens.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        tokens.append(cur)
+    for token in tokens:
+        parts = re.split(r"(\[[^\]]*\])", token.strip())
+        choices: list[list[str]] = []
+        for part in parts:
+            if part.startswith("[") and part.endswith("]"):
+                items: list[str] = []
+                for rng in part[1:-1].split(","):
+                    if "-" in rng:
+                        lo, hi = rng.split("-", 1)
+                        width = len(lo)
+                        items.extend(str(k).zfill(width) for k in range(int(lo), int(hi) + 1))
+                    elif rng:
+                        items.append(rng)
+                choices.append(items)
+            elif part:
+                choices.append([part])
+        hosts.extend("".join(p) for p in itertools.product(*choices))
+    return hosts
+
+
+def _port(environ: Mapping[str, str]) -> int:
+    port = _int(environ, "MASTER_PORT")
+    if port is not None:
+        return port
+    job = environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID") or environ.get("LSB_JOBID")
+    digits = re.sub(r"\D", "", job or "")
+    if digits:
+        return DEFAULT_PORT + int(digits[-4:]) % 10000 + 1
+    return DEFAULT_PORT
+
+
+def _slurm_master(environ: Mapping[str, str]) -> str | None:
+    nodelist = (
+        environ.get("SLURM_STEP_NODELIST")
+        or environ.get("SLURM_JOB_NODELIST")
+        or environ.get("SLURM_NODELIST")
+    )
+    if nodelist:
+        hosts = expand_hostlist(nodelist)
+        if hosts:
+            return hosts[0]
+    return None
+
+
+def parse_torchrun(environ: Mapping[str, str]) -> DistEnv | None:
+    """Parse a ``torchrun`` environment, or return ``None`` when it is not one."""
+    rank, world = _int(environ, "RANK"), _int(environ, "WORLD_SIZE")
+    if rank is None or world is None:
+        return None
+    local = _int(environ, "LOCAL_RANK") or 0
+    return DistEnv(
+        rank=rank,
+        world_size=world,
+        local_rank=local,
+        local_world_size=_int(environ, "LOCAL_WORLD_SIZE") or world,
+        master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=_port(environ),
+        launcher="torchrun",
+    )
+
+
+def parse_mpi(environ: Mapping[str, str]) -> DistEnv | None:
+    """Parse an MPI launch (Open MPI, PALS, MPICH/Cray PMI, PMIx), or return ``None``."""
+    if "OMPI_COMM_WORLD_RANK" in environ:
+        rank = _int(environ, "OMPI_COMM_WORLD_RANK")
+        world = _int(environ, "OMPI_COMM_WORLD_SIZE")
+        local = _int(environ, "OMPI_COMM_WORLD_LOCAL_RANK")
+        local_size = _int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE")
+    elif "PALS_RANKID" in environ:
+        rank = _int(environ, "PALS_RANKID")
+        world = _int(environ, "PMI_SIZE", "PALS_SIZE")
+        local = _int(environ, "PALS_LOCAL_RANKID")
+        local_size = _int(environ, "PALS_LOCAL_SIZE")
+    elif "PMI_RANK" in environ:
+        rank = _int(environ, "PMI_RANK")
+        world = _int(environ, "PMI_SIZE")
+        local = _int(environ, "PMI_LOCAL_RANK", "MPI_LOCALRANKID")
+        local_size = _int(environ, "PMI_LOCAL_SIZE", "MPI_LOCALNRANKS")
+    elif "PMIX_RANK" in environ:
+        rank = _int(environ, "PMIX_RANK")
+        world = _int(environ, "PMIX_SIZE", "OMPI_UNIVERSE_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+        local = _int(environ, "PMIX_LOCAL_RANK", "SLURM_LOCALID")
+        local_size = _int(environ, "PMIX_LOCAL_SIZE")
+    else:
+        return None
+    if rank is None or world is None:
+        raise ValueError("MPI launch detected but the world size is not in the environment")
+    return DistEnv(
+        rank=rank,
+        world_size=world,
+        local_rank=local or 0,
+        local_world_size=local_size or 1,
+        master_addr=environ.get("MASTER_ADDR") or _slurm_master(environ),
+        master_port=_port(environ),
+        launcher="mpi",
+    )
+
+
+def parse_slurm(environ: Mapping[str, str]) -> DistEnv | None:
+    """Parse an ``srun`` step environment, or return ``None`` when not inside one."""
+    rank = _int(environ, "SLURM_PROCID")
+    world = _int(environ, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    if rank is None or world is None:
+        return None
+    local_size = _int(environ, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+    if local_size is None:
+        spec = environ.get("SLURM_TASKS_PER_NODE", "")  # e.g. "4(x2),3"
+        m = re.match(r"(\d+)", spec)
+        local_size = int(m.group(1)) if m else 1
+    return DistEnv(
+        rank=rank,
+        world_size=world,
+        local_rank=_int(environ, "SLURM_LOCALID") or 0,
+        local_world_size=local_size,
+        master_addr=environ.get("MASTER_ADDR") or _slurm_master(environ) or "127.0.0.1",
+        master_port=_port(environ),
+        launcher="slurm",
+    )
+
+
+def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """The launch environment of this process (a pure function of ``environ``).
+
+    Args:
+        environ: Environment mapping; ``os.environ`` when ``None``.
+
+    Returns:
+        The parsed :class:`DistEnv`; a single-process one when no launcher is recognised.
+    """
+    env = os.environ if environ is None else environ
+    for parser in (parse_torchrun, parse_mpi, parse_slurm):
+        parsed = parser(env)
+        if parsed is not None:
+            if not 0 <= parsed.rank < parsed.world_size:
+                raise ValueError(
+                    f"{parsed.launcher}: rank {parsed.rank} outside world size {parsed.world_size}"
+                )
+            return parsed
+    return DistEnv()
+
+
+def resolve_master_addr(denv: DistEnv, environ: Mapping[str, str] | None = None) -> str:
+    """The master address, reading ``$PBS_NODEFILE`` when the environment alone does not give it."""
+    if denv.master_addr:
+        return denv.master_addr
+    env = os.environ if environ is None else environ
+    nodefile = env.get("PBS_NODEFILE")
+    if nodefile and os.path.exists(nodefile):
+        with open(nodefile) as fh:
+            for line in fh:
+                if line.strip():
+                    return line.strip()
+    if denv.world_size > 1:
+        raise RuntimeError(
+            f"{denv.launcher} launch: cannot determine the master address; set MASTER_ADDR to rank 0's host"
+        )
+    return "127.0.0.1"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# process group lifecycle
+
+
+def init(denv: DistEnv, *, backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
+    """Initialise the default process group (when ``denv.distributed``) and pick this rank's device.
+
+    Args:
+        denv: The parsed launch environment.
+        backend: ``"gloo"`` or ``"nccl"``; default nccl when CUDA is available, else gloo.
+        timeout_s: Collective timeout, seconds.
+
+    Returns:
+        The device this rank computes on (``cuda:<local_rank>`` or ``cpu``).
+    """
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    device = (
+        torch.device("cuda", denv.local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    )
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if denv.distributed and not dist.is_initialized():
+        backend = backend or ("nccl" if use_cuda else "gloo")
+        addr = resolve_master_addr(denv)
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://{addr}:{denv.master_port}",
+            rank=denv.rank,
+            world_size=denv.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if use_cuda else None,
+        )
+    return device
+
+
+def shutdown(timeout_s: float = 60.0) -> None:
+    """Barrier then destroy the process group (bounded: gloo teardown can otherwise hang)."""
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    """Whether a process group is up."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def comm_device() -> torch.device:
+    """Where small tensors of collectives must live: the current CUDA device under nccl, else the CPU."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce a small tensor over the world (moved to :func:`comm_device` and back); a no-op without a
+    process group.
+
+    Returns:
+        The reduced tensor, on the device ``tensor`` was on.
+    """
+    if not is_initialized():
+        return tensor
+    dev = comm_device()
+    if tensor.device == dev:
+        dist.all_reduce(tensor, op=op)
+        return tensor
+    moved = tensor.to(dev)
+    dist.all_reduce(moved, op=op)
+    return moved.to(tensor.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# multi-task parallelism
+
+
+def assign_head_groups(
+    world_size: int, heads: Sequence[int], weights: Mapping[int, float] | None = None
+) -> dict[int, list[int]]:
+    """Split ``world_size`` ranks into contiguous groups, one per head.
+
+    Ranks are shared out in proportion to ``weights`` (e.g. dataset sizes; equal by default), every head
+    getting at least one rank.
+
+    Args:
+        world_size: Number of ranks.
+        heads: Head ids, in a fixed order identical on every rank.
+        weights: Optional share per head.
+
+    Returns:
+        ``{head_id: [ranks]}``; the ranks of different heads are disjoint and cover ``range(world_size)``.
+
+    Raises:
+        ValueError: when there are fewer ranks than heads.
+    """
+    heads = list(heads)
+    if not heads:
+        raise ValueError("no heads to assign ranks to")
+    if world_size < len(heads):
+        raise ValueError(
+            f"head-grouped parallelism needs at least one rank per head: {world_size} < {len(heads)}"
+        )
+    w = [float((weights or {}).get(h, 1.0)) for h in heads]
+    total = sum(w)
+    spare = world_size - len(heads)
+    extra = [spare * wi / total for wi in w]
+    counts = [1 + int(e) for e in extra]
+    # largest remainders take the leftover ranks
+    order = sorted(range(len(heads)), key=lambda k: (-(extra[k] - int(extra[k])), k))
+    for k in order[: world_size - sum(counts)]:
+        counts[k] += 1
+    groups, start = {}, 0
+    for h, c in zip(heads, counts, strict=True):
+        groups[h] = list(range(start, start + c))
+        start += c
+    return groups
+
+
+def split_parameters(
+    model: torch.nn.Module,
+) -> tuple[list[torch.nn.Parameter], dict[int, list[torch.nn.Parameter]]]:
+    """Encoder parameters and per-head parameters of a multi-head model.
+
+    The model keeps its heads in ``model.heads`` (a ``ModuleDict`` keyed by ``str(head_id)``, or a container
+    such as :class:`models.nn.heads.MultiHead` whose ``heads`` attribute is one); every other parameter belongs
+    to the shared encoder.
+    """
+    heads = getattr(model, "heads", None)
+    if heads is not None and not isinstance(heads, torch.nn.ModuleDict):
+        heads = getattr(heads, "heads", None)  # a MultiHead container holding the ModuleDict
+    if not isinstance(heads, torch.nn.ModuleDict):
+        raise TypeError(
+            "the model must keep its heads in a ModuleDict attribute `heads` keyed by str(head_id)"
+        )
+    head_params = {int(k): [p for p in m.parameters() if p.requires_grad] for k, m in heads.items()}
+    in_heads = {id(p) for ps in head_params.values() for p in ps}
+    encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in in_heads]
+    return encoder, head_params
+
+
+def _reduce_mean(params: Iterable[torch.nn.Parameter], group: dist.ProcessGroup | None, size: int) -> None:
+    params = list(params)
+    if not params or size <= 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+class GradSync:
+    """Gradient synchronisation for data- and multi-task-parallel training (call :meth:`reduce` after
+    ``backward`` and before clipping / the optimizer step).
+
+    * ``grouped=False``: every gradient is averaged over the world (what DDP does; heads absent from a rank's
+      batch contribute zeros, so no ``find_unused_parameters`` and no ``static_graph`` is needed).
+    * ``grouped=True``: encoder gradients are averaged over the world, each head's over its head group;
+      the heads this rank does not own get ``grad=None`` (the optimizer skips them) and are refreshed from
+      their group's first rank by :meth:`broadcast_heads` before evaluation and checkpoints.
+
+    Each call does one flattened all-reduce per parameter set. Every rank must construct this object in the
+    same order (``new_group`` is collective).
+    """
+
+    def __init__(self, model: torch.nn.Module, groups: Mapping[int, Sequence[int]] | None = None) -> None:
+        """Args:
+        model: The (unwrapped) multi-head model.
+        groups: ``{head_id: ranks}`` from :func:`assign_head_groups` for head-grouped parallelism, or ``None``.
+        """
+        self.model = model
+        self.world_size = dist.get_world_size() if is_initialized() else 1
+        self.rank = dist.get_rank() if is_initialized() else 0
+        self.encoder, self.head_params = split_parameters(model)
+        self.groups = {int(h): list(r) for h, r in (groups or {}).items()}
+        self.pg: dict[int, dist.ProcessGroup | None] = {}
+        self.my_heads: list[int] = list(self.head_params)
+        if self.groups:
+            missing = set(self.head_params) - set(self.groups)
+            if missing:
+                raise ValueError(f"heads {sorted(missing)} have no rank group")
+            for h in sorted(self.groups):
+                ranks = self.groups[h]
+                self.pg[h] = dist.new_group(ranks) if is_initialized() else None
+            self.my_heads = [h for h in sorted(self.groups) if self.rank in self.groups[h]]
+
+    @property
+    def grouped(self) -> bool:
+        """Whether heads are synchronised per group."""
+        return bool(self.groups)
+
+    def reduce(self) -> None:
+        """Average gradients over the world (encoder, and heads when not grouped) or head groups."""
+        if not self.grouped:
+            params = self.encoder + [p for h in sorted(self.head_params) for p in self.head_params[h]]
+            _reduce_mean(params, None, self.world_size)
+            return
+        _reduce_mean(self.encoder, None, self.world_size)
+        for h in sorted(self.head_params):
+            if h in self.my_heads:
+                _reduce_mean(self.head_params[h], self.pg[h], len(self.groups[h]))
+            else:
+                for p in self.head_params[h]:
+                    p.grad = None
+
+    @torch.no_grad()
+    def clip_and_check(self, loss: torch.Tensor, max_norm: float) -> tuple[float, bool]:
+        """Global gradient norm (over the encoder and every head, the same value on every rank), clip the
+        gradients to ``max_norm``, and say whether the loss or the norm is non-finite on any rank.
+
+        In grouped mode a rank holds only its own heads' gradients, so each rank contributes
+        ``|g_h|^2 / |group_h|`` of its heads to one small all-reduce (which also carries the NaN flag);
+        clipping with a per-rank norm would let the encoder drift apart between ranks.
+
+        Args:
+            loss: This rank's scalar loss of the step.
+            max_norm: Clip threshold (``inf``: no clipping).
+
+        Returns:
+            ``(total_norm, bad)``.
+        """
+
+        def sq(params: list[torch.nn.Parameter]) -> torch.Tensor:
+            grads = [p.grad.detach() for p in params if p.grad is not None]
+            if not grads:
+                return torch.zeros((), dtype=torch.float64)
+            norms = torch._foreach_norm(grads)
+            return torch.stack([n.to(torch.float64) for n in norms]).square().sum().cpu()
+
+        enc_sq = sq(self.encoder)
+        shared = torch.zeros(2, dtype=torch.float64)
+        shared[1] = float(not bool(torch.isfinite(loss.detach()).all()))
+        for h in sorted(self.head_params):
+            if not self.grouped:
+                enc_sq = enc_sq + sq(self.head_params[h])
+            elif h in self.my_heads:
+                shared[0] += sq(self.head_params[h]) / len(self.groups[h])
+        shared = all_reduce_(shared)
+        total = float(torch.sqrt(enc_sq + shared[0]))
+        bad = bool(shared[1] > 0) or not math.isfinite(total)
+        if not bad and total > max_norm:
+            coef = max_norm / (total + 1e-6)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            torch._foreach_mul_(grads, coef)
+        return total, bad
+
+    @torch.no_grad()
+    def broadcast_heads(self) -> None:
+        """Copy each head's weights from the first rank of its group to every rank (grouped mode only)."""
+        if not self.grouped or not is_initialized():
+            return
+        for h in sorted(self.head_params):
+            params = self.head_params[h]
+            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            dist.broadcast(flat, src=self.groups[h][0])
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.copy_(flat[offset : offset + n].view_as(p))
+                offset += n
+
+    @torch.no_grad()
+    def broadcast_all(self, src: int = 0) -> None:
+        """Make every rank hold rank ``src``'s parameters and buffers (used once, after building the model)."""
+        if not is_initialized():
+            return
+        for t in itertools.chain(self.model.parameters(), self.model.buffers()):
+            dist.broadcast(t.data, src=src)

@@ -1,0 +1,416 @@
+"""The distributed training app: ``python -m models.train --config run.json --result result.json``.
+
+Launch it as one process or under ``torchrun`` / ``srun`` / ``mpiexec`` (see :mod:`models.distributed`); gloo on
+CPU, nccl on GPU. The config is :class:`models.training.config.TrainConfig`.
+
+What it does per epoch: a training pass (the same number of steps on every rank: the minimum of the ranks'
+loader lengths), gradient sync (all ranks, or encoder over all ranks and heads over their head group with
+``head_groups``), a validation pass over every validation graph once, per-head metrics to
+``<output_dir>/metrics.jsonl``, early stopping, and a checkpoint ``checkpoints/last.pt`` (``best.pt`` when the
+validation loss improves) written atomically with a sha256 sidecar.
+
+The result JSON holds ``objective`` (= the BEST epoch's validation loss), ``best_epoch``, ``best_val_metrics``
+per head, ``last_epoch``, ``completed`` (false when ``time_limit_s`` stopped the chunk early: continue it with
+``resume_from``), ``stop_reason``, ``wall_time_s``, ``train_graphs_per_s``, ``peak_memory_bytes`` and the
+checkpoint paths with their sha256.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from models import checkpoint
+from models.appio import BadInput, RunFailed, main_for
+from models.distributed import (
+    GradSync,
+    all_reduce_,
+    assign_head_groups,
+    detect,
+    init,
+    is_initialized,
+    shutdown,
+)
+from models.nn.precision import param_dtype
+from models.training.config import TrainConfig, parse_config
+from models.training.data import dataset_head, eval_batches, open_stores
+from models.training.early_stopping import EarlyStopping
+from models.training.loop import Trainer
+from models.training.metrics import MetricsWriter
+from models.training.schedule import Schedule
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: CUDA max allocated on GPU, else the max resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _agree_min(value: int) -> int:
+    if not is_initialized():
+        return value
+    t = all_reduce_(torch.tensor([value], dtype=torch.int64), op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _agree_flag(flag: bool) -> bool:
+    """True on every rank when rank 0 says so."""
+    if not is_initialized():
+        return flag
+    # rank 0's flag wins: a MAX over (flag on rank 0, 0 elsewhere)
+    mine = 1 if (flag and dist.get_rank() == 0) else 0
+    t = all_reduce_(torch.tensor([mine], dtype=torch.int64), op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any]:
+    """Train as configured on this rank; returns the result dict (identical on every rank).
+
+    Raises:
+        BadInput: unusable config, data or checkpoint.
+        RunFailed: a non-finite loss or gradient (``reason="nan"``).
+    """
+    from models.nn.loss import multitask_loss
+    from models.nn.model import build_model
+
+    t_start = time.perf_counter()
+    denv = detect()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    backend = "gloo" if cfg.device == "cpu" else None
+    device = init(denv, backend=backend)
+    try:
+        return _run(
+            cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss
+        )
+    finally:
+        shutdown()
+
+
+def _run(
+    cfg: TrainConfig,
+    config_path: Path | str,
+    rank: int,
+    world: int,
+    device: torch.device,
+    t_start: float,
+    build_model: Any,
+    loss_fn: Any,
+) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoints"
+    dtype = param_dtype(cfg.precision)
+
+    resume: dict[str, Any] | None = None
+    if cfg.resume_from:
+        try:
+            resume = checkpoint.load(cfg.resume_from)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BadInput(f"{config_path}: field 'resume_from': {exc}") from exc
+    model_cfg = resume["model_config"] if resume else cfg.model
+    assert model_cfg is not None
+
+    seed_everything(cfg.seed)
+    try:
+        model = build_model(dict(model_cfg))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadInput(f"{config_path}: field 'model': {exc}") from exc
+    model = model.to(device=device, dtype=dtype)
+    heads = sorted(int(h) for h in model.head_ids)
+
+    # --- data: which head each dataset feeds, and which datasets this rank reads
+    train_stores = open_stores(cfg.data_root, cfg.datasets, cfg.train_split, dtype)
+    val_stores = open_stores(cfg.data_root, cfg.datasets, cfg.val_split, dtype)
+    ds_head = {name: dataset_head(s, name, cfg.dataset_heads) for name, s in train_stores.items()}
+    unknown = sorted({h for h in ds_head.values() if h not in heads})
+    if unknown:
+        raise BadInput(f"{config_path}: datasets feed heads {unknown} that the model does not have ({heads})")
+    head_refs = {
+        str(ds_head[n]): {str(z): e for z, e in s.reference_energies.items()}
+        for n, s in train_stores.items()
+        if s.reference_energies
+    }
+    groups = None
+    loader_rank, loader_world, my_datasets = rank, world, list(cfg.datasets)
+    if cfg.head_groups and world > 1:
+        used = sorted(set(ds_head.values()))
+        sizes = {h: sum(len(s) for n, s in train_stores.items() if ds_head[n] == h) for h in used}
+        try:
+            groups = assign_head_groups(world, used, sizes)
+        except ValueError as exc:
+            raise BadInput(f"{config_path}: field 'head_groups': {exc}") from exc
+        # heads without data get a one-rank "group" of rank 0 so every head has an owner
+        for h in heads:
+            groups.setdefault(h, [0])
+        my_head = next(h for h in used if rank in groups[h])
+        my_datasets = [n for n in cfg.datasets if ds_head[n] == my_head]
+        loader_rank, loader_world = groups[my_head].index(rank), len(groups[my_head])
+
+    from models.data.loader import MultiDatasetLoader
+
+    try:
+        loader = MultiDatasetLoader(
+            [train_stores[n] for n in my_datasets],
+            cfg.batch_size,
+            sampling=cfg.sampling,
+            rank=loader_rank,
+            world_size=loader_world,
+            seed=cfg.seed,
+        )
+    except ValueError as exc:
+        raise BadInput(f"{config_path}: field 'sampling' or 'batch_size': {exc}") from exc
+
+    sync = GradSync(model, groups)
+    if resume is None:
+        sync.broadcast_all(0)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.optimizer.lr,
+        weight_decay=cfg.optimizer.weight_decay,
+        betas=cfg.optimizer.betas,
+        eps=cfg.optimizer.eps,
+    )
+    steps_per_epoch = _agree_min(len(loader))
+    if steps_per_epoch == 0:
+        raise BadInput(
+            f"{config_path}: a rank has no training batch (batch_size {cfg.batch_size} too large?)"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    schedule = Schedule(opt, cfg.scheduler.model_dump(), total_steps=total_steps)
+    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
+    trainer = Trainer(
+        model,
+        optimizer=opt,
+        schedule=schedule,
+        sync=sync,
+        loss_fn=loss_fn,
+        device=device,
+        precision=cfg.precision,
+        head_weights=cfg.head_weights,
+        force_weight=cfg.force_weight,
+        energy_loss=cfg.energy_loss,
+        grad_clip=cfg.grad_clip,
+    )
+
+    start_epoch = 0
+    best: dict[str, Any] = {"epoch": -1, "loss": math.inf, "per_head": {}}
+    ckpts: dict[str, dict[str, str]] = {}
+    if resume is not None:
+        model.load_state_dict(resume["model_state"])
+        per_rank = resume["ranks"]
+        mine = per_rank[rank] if len(per_rank) == world else per_rank[0]
+        opt.load_state_dict(mine.get("optimizer") or resume["optimizer"])
+        schedule.load_state_dict(resume["scheduler"])
+        stopper.load_state_dict(resume["early_stopping"])
+        loader.load_state_dict(mine["loader"])
+        checkpoint.set_rng_state(mine["rng"])
+        trainer.step = int(resume["step"])
+        start_epoch = int(resume["epoch"]) + 1
+        best = resume["best"]
+        ckpts = dict(resume.get("checkpoints", {}))
+
+    writer = (
+        MetricsWriter(out / "metrics.jsonl", resume_after_epoch=start_epoch - 1 if resume else None)
+        if rank == 0
+        else None
+    )
+
+    train_graphs, train_seconds = 0, 0.0
+    epoch_seconds = 0.0
+    last_epoch = start_epoch - 1
+    stop_reason = "epochs"
+    completed = True
+    epoch = start_epoch
+    while epoch < cfg.epochs:
+        if stopper.should_stop:  # e.g. resumed from a run that had already stopped early
+            stop_reason = "early_stopping"
+            break
+        if cfg.max_steps and trainer.step >= cfg.max_steps:
+            stop_reason = "max_steps"
+            break
+        if cfg.chunk_epochs is not None and epoch - start_epoch >= cfg.chunk_epochs:
+            stop_reason, completed = "chunk_epochs", False
+            break
+        if cfg.time_limit_s is not None and epoch > start_epoch:
+            # the next epoch must end before the limit (estimate: the slowest epoch so far, +20 %)
+            elapsed = time.perf_counter() - t_start
+            if _agree_flag(elapsed + 1.2 * epoch_seconds > cfg.time_limit_s):
+                stop_reason, completed = "time_limit", False
+                break
+        t_epoch = time.perf_counter()
+        loader.set_epoch(epoch)
+        steps = steps_per_epoch
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps - trainer.step)
+        tr = trainer.train_epoch(loader, steps, epoch=epoch)
+        train_graphs += tr.graphs
+        train_seconds += tr.seconds
+        va = trainer.evaluate(eval_batches(val_stores, cfg.batch_size, rank=rank, world_size=world))
+        if not math.isfinite(va.loss):
+            raise RunFailed(f"validation loss is {va.loss} at epoch {epoch}", reason="nan")
+        schedule.after_epoch(va.loss)
+        improved = stopper.update(epoch, va.loss)
+        if improved:
+            best = {"epoch": epoch, "loss": va.loss, "per_head": {str(h): m for h, m in va.per_head.items()}}
+        if writer is not None:
+            writer.write(epoch, "train", {**tr.as_rows(), None: {"loss": tr.loss, "lr": schedule.lr}})
+            writer.write(epoch, "val", va.as_rows())
+        last_epoch = epoch
+        epoch += 1
+        if improved:
+            ckpts["best"] = _save_best(model, model_cfg, head_refs, epoch - 1, va, ckpt_dir / "best.pt", rank)
+        ckpts["last"] = _save_last(
+            ckpt_dir / "last.pt",
+            rank,
+            model,
+            model_cfg,
+            head_refs,
+            opt,
+            schedule,
+            stopper,
+            loader,
+            trainer.step,
+            last_epoch,
+            best,
+            ckpts,
+            cfg,
+            grouped=groups is not None,
+        )
+        epoch_seconds = max(epoch_seconds, time.perf_counter() - t_epoch)
+    else:
+        if cfg.max_steps and trainer.step >= cfg.max_steps:
+            stop_reason = "max_steps"
+
+    if "last" not in ckpts and cfg.resume_from:  # stopped before any epoch of this chunk
+        ckpts["last"] = {"path": cfg.resume_from, "sha256": checkpoint.sha256_file(cfg.resume_from)}
+    wall = time.perf_counter() - t_start
+    mem = max(_gather(peak_memory_bytes(device)))
+    return {
+        "completed": completed,
+        "stop_reason": stop_reason,
+        "objective": best["loss"] if best["epoch"] >= 0 else None,
+        "best_val_loss": best["loss"] if best["epoch"] >= 0 else None,
+        "best_epoch": best["epoch"],
+        "best_val_metrics": best["per_head"],
+        "last_epoch": last_epoch,
+        "epochs_this_chunk": last_epoch - start_epoch + 1,
+        "steps": trainer.step,
+        "wall_time_s": wall,
+        "train_graphs_per_s": train_graphs / train_seconds if train_seconds > 0 else None,
+        "peak_memory_bytes": mem,
+        "checkpoints": ckpts,
+        "metrics_path": str(out / "metrics.jsonl"),
+        "world_size": world,
+        "precision": cfg.precision,
+        "head_groups": {str(h): r for h, r in groups.items()} if groups else None,
+    }
+
+
+def _save_best(
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    head_refs: dict[str, Any],
+    epoch: int,
+    va: Any,
+    path: Path,
+    rank: int,
+) -> dict[str, str]:
+    """Weights-only checkpoint of the best epoch (enough for :class:`models.inference.Predictor`)."""
+    digest = ""
+    if rank == 0:
+        digest = checkpoint.save(
+            {
+                "model_config": dict(model_cfg),
+                "model_state": model.state_dict(),
+                "head_references": head_refs,
+                "epoch": epoch,
+                "val_loss": va.loss,
+                "val_metrics": {str(h): m for h, m in va.per_head.items()},
+            },
+            path,
+        )
+    return {"path": str(path), "sha256": _agree_str(digest)}
+
+
+def _agree_str(value: str) -> str:
+    return _gather(value)[0]
+
+
+def _save_last(
+    path: Path,
+    rank: int,
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    head_refs: dict[str, Any],
+    opt: torch.optim.Optimizer,
+    schedule: Schedule,
+    stopper: EarlyStopping,
+    loader: Any,
+    step: int,
+    epoch: int,
+    best: dict[str, Any],
+    ckpts: dict[str, dict[str, str]],
+    cfg: TrainConfig,
+    *,
+    grouped: bool,
+) -> dict[str, str]:
+    """Full resumable state; per-rank parts (RNG, sampler, and the optimizer in grouped mode) are gathered."""
+    mine: dict[str, Any] = {"rng": checkpoint.rng_state(), "loader": loader.state_dict()}
+    if grouped:
+        mine["optimizer"] = opt.state_dict()
+    per_rank = _gather(mine)
+    digest = ""
+    if rank == 0:
+        digest = checkpoint.save(
+            {
+                "model_config": dict(model_cfg),
+                "model_state": model.state_dict(),
+                "head_references": head_refs,
+                "optimizer": None if grouped else opt.state_dict(),
+                "scheduler": schedule.state_dict(),
+                "early_stopping": stopper.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best": best,
+                "ranks": per_rank,
+                "checkpoints": {k: v for k, v in ckpts.items() if k != "last"},
+                "train_config": cfg.model_dump(mode="json"),
+            },
+            path,
+        )
+    return {"path": str(path), "sha256": _agree_str(digest)}
+
+
+def app(raw: dict[str, Any], config_path: Path) -> dict[str, Any]:
+    """``main_for`` entry: validate the config and train."""
+    return run(parse_config(raw, config_path), config_path)
+
+
+if __name__ == "__main__":
+    main_for(app, "Train a multi-head GNN (DDP over torchrun / srun / mpiexec).")

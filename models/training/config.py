@@ -1,0 +1,106 @@
+"""The training app's configuration, validated with one clear error naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.appio import BadInput
+
+
+class OptimizerConfig(BaseModel):
+    """AdamW settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+
+class SchedulerConfig(BaseModel):
+    """Learning-rate schedule (see :class:`models.training.schedule.Schedule`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(5, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """``python -m models.train`` config (JSON).
+
+    Attributes:
+        data_root: Directory of the ADIOS2 stores written by the preprocessing app.
+        datasets: Dataset names to train on (one head each, from the registry).
+        dataset_heads: Optional ``{dataset: head_id}`` when the stores do not say which head they feed.
+        batch_size: Graphs per batch per rank.
+        sampling: Multi-dataset sampling rule passed to the loader.
+        train_split / val_split: Split names.
+        model: The ``build_model`` config (ignored when resuming: the checkpoint's is used).
+        optimizer / scheduler: AdamW and schedule settings.
+        epochs: Epochs to run in total (over all chunks of a resumed run).
+        max_steps: Stop after this many optimizer steps in total.
+        time_limit_s: Stop at an epoch boundary before this many seconds (walltime-aware chunks; at least one
+            epoch runs per chunk so a chunk always makes progress).
+        chunk_epochs: Stop after this many epochs of this chunk (the schedule still spans ``epochs``).
+        precision: ``fp64`` | ``fp32`` | ``bf16`` (bf16 autocast with fp32 weights).
+        force_weight: Weight of the force term in the loss.
+        energy_loss: Energy loss kind passed to ``multitask_loss``.
+        head_weights: ``{head_id: weight}`` of each head's loss (1 by default).
+        patience / min_delta: Early stopping on the validation loss (0 patience: never stop).
+        grad_clip: Max global gradient norm (0: no clipping).
+        head_groups: Multi-task parallelism: ranks grouped per head, heads synchronised within their group.
+        output_dir: Where checkpoints and ``metrics.jsonl`` go.
+        seed: Seed of the model initialisation and the samplers.
+        resume_from: A checkpoint to continue from (model, optimizer, schedule, samplers, RNG).
+        device: ``auto`` | ``cpu`` | ``cuda``.
+        threads: torch intra-op threads per rank (default: leave torch's choice).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    data_root: str
+    datasets: list[str] = Field(min_length=1)
+    dataset_heads: dict[str, int] | None = None
+    batch_size: int = Field(16, ge=1)
+    sampling: str = "proportional"
+    train_split: str = "train"
+    val_split: str = "val"
+    model: dict[str, Any] | None = None
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    time_limit_s: float | None = Field(None, gt=0)
+    chunk_epochs: int | None = Field(None, ge=1)
+    precision: Literal["fp64", "fp32", "bf16"] = "fp32"
+    force_weight: float = Field(10.0, ge=0)
+    energy_loss: str = "mse"
+    head_weights: dict[int, float] | None = None
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    grad_clip: float = Field(10.0, ge=0)
+    head_groups: bool = False
+    output_dir: str
+    seed: int = 0
+    resume_from: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+
+
+def parse_config(raw: dict[str, Any], path: Path | str) -> TrainConfig:
+    """Validate ``raw`` (read from ``path``), raising :class:`BadInput` naming the file and field."""
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise BadInput(f"{path}: field '{field}': {err['msg']}{more}") from None
+    if cfg.model is None and cfg.resume_from is None:
+        raise BadInput(f"{path}: field 'model': required unless 'resume_from' gives a checkpoint")
+    return cfg

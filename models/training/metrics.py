@@ -1,0 +1,60 @@
+"""Per-epoch metrics as JSON lines: one object per (epoch, split, head, name) with its value.
+
+``metrics.jsonl`` lines look like ``{"epoch": 3, "split": "val", "head": 0, "name": "force_mae", "value": 0.04}``
+(``head`` is ``null`` for run-level figures such as the total loss or the learning rate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class MetricsWriter:
+    """Append metrics lines; on resume, drop lines of epochs after the checkpoint so none are duplicated."""
+
+    def __init__(self, path: str | os.PathLike[str], *, resume_after_epoch: int | None = None) -> None:
+        """Args:
+        path: The ``metrics.jsonl`` file.
+        resume_after_epoch: When resuming, the checkpoint's last epoch; later lines are removed (atomically).
+        """
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_after_epoch is not None and self.path.exists():
+            kept = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["epoch"] <= resume_after_epoch
+            ]
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("".join(k + "\n" for k in kept))
+            os.replace(tmp, self.path)
+        elif resume_after_epoch is None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, epoch: int, split: str, values: Mapping[int | None, Mapping[str, float]]) -> None:
+        """Append ``values`` = ``{head_or_None: {name: value}}`` for one epoch and split, then flush."""
+        lines = [
+            json.dumps({"epoch": epoch, "split": split, "head": head, "name": name, "value": float(v)})
+            for head, named in values.items()
+            for name, v in named.items()
+        ]
+        with open(self.path, "a") as fh:
+            fh.write("".join(ln + "\n" for ln in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All lines of a metrics file as dicts."""
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def select(rows: Iterable[Mapping[str, Any]], **match: Any) -> list[Mapping[str, Any]]:
+    """The rows whose fields equal ``match`` (e.g. ``split="val", name="loss"``)."""
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]

@@ -1,0 +1,63 @@
+"""The worker: in-process mode for light apps, subprocess mode, and the failure causes it reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from campaign.tasks import ExitCause, TaskResult
+from campaign.worker import AttemptFailed, run_attempt, run_task, wants_in_process
+
+
+def test_noop_runs_in_process(make_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec(payload={"x": 1})
+    assert wants_in_process(spec)
+    res = TaskResult.model_validate(run_task(spec.model_dump_json()))
+    assert res.ok and res.executor == "in-process" and res.result["payload"] == {"x": 1}
+    assert res.result["pid"] == os.getpid()  # no Python start-up
+    assert not Path(spec.workdir).exists()  # config and result travel by value only
+
+
+def test_in_process_failures_map_like_the_cli(make_spec) -> None:  # type: ignore[no-untyped-def]
+    err = TaskResult.model_validate(run_task(make_spec(fail="error").model_dump()))
+    assert err.exit_cause is ExitCause.ERROR and err.returncode == 1 and err.result["reason"] == "asked"
+    bad = TaskResult.model_validate(run_task(make_spec(sleep_s="x").model_dump()))
+    assert bad.exit_cause is ExitCause.ERROR and bad.returncode == 2 and "sleep_s" in bad.error
+
+
+def test_subprocess_mode_same_result(make_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec(payload=7)
+    res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=False))
+    assert res.ok and res.executor is None and res.result["payload"] == 7 and res.returncode == 0
+    assert res.result["pid"] != os.getpid()
+    assert json.loads((Path(spec.workdir) / "config.json").read_text()) == {"payload": 7}
+    assert json.loads((Path(spec.workdir) / "result.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("config", "resources", "cause"),
+    [
+        ({"sleep_s": 30}, {"walltime_s": 1}, ExitCause.WALLTIME),
+        ({"fail": "signal"}, {}, ExitCause.KILLED),
+        ({"fail": "crash"}, {}, ExitCause.ERROR),
+    ],
+)
+def test_subprocess_causes(make_spec, config, resources, cause) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec(resources=resources, **config)
+    assert not wants_in_process(spec) or not resources
+    res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=False))
+    assert res.exit_cause is cause
+
+
+def test_run_attempt_raises_with_the_result(make_spec) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(AttemptFailed) as info:
+        run_attempt(make_spec(fail="error").model_dump_json())
+    assert info.value.result["exit_cause"] == "error"
+    assert "asked" in str(info.value)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.result == info.value.result

@@ -1,0 +1,118 @@
+"""Fine-tuning a pre-trained checkpoint on a small new dataset (new head), frozen or not, and the scratch
+baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from models import checkpoint
+from models.appio import BadInput
+from models.finetune import finetune, parse_config
+from models.inference import Predictor
+from models.train import run
+from models.training.config import parse_config as parse_train
+from tests.models.train.emt_data import write_dataset
+
+
+def _nobles(count: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(count):
+        el, a = [("Ni", 3.52), ("Pd", 3.89), ("Pt", 3.92)][k % 3]
+        atoms = bulk(el, "fcc", a=a * rng.uniform(0.97, 1.03), cubic=True)
+        atoms.rattle(stdev=0.08, seed=int(rng.integers(1 << 31)))
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from tests.models.train.conftest import TINY_PAINN
+
+    out = tmp_path_factory.mktemp("pre")
+    write_dataset(
+        out / "stores", "nobles", 7, {"train": _nobles(16, 1), "val": _nobles(6, 2), "test": _nobles(6, 3)}
+    )
+    cfg = {
+        "data_root": str(data_root),
+        "datasets": ["metals", "molecules"],
+        "batch_size": 4,
+        "model": dict(TINY_PAINN),
+        "epochs": 2,
+        "precision": "fp64",
+        "optimizer": {"lr": 0.005},
+        "output_dir": str(out / "run"),
+    }
+    res = run(parse_train(cfg, "pre.json"), "pre.json")
+    return {"ckpt": res["checkpoints"]["best"]["path"], "root": str(out / "stores")}
+
+
+def _ft(pretrained: dict[str, Any], tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    cfg = {
+        "checkpoint": pretrained["ckpt"],
+        "data_root": pretrained["root"],
+        "dataset": "nobles",
+        "epochs": 3,
+        "batch_size": 4,
+        "precision": "fp64",
+        "output_dir": str(tmp_path / "ft"),
+        "optimizer": {"lr": 0.01},
+        **kw,
+    }
+    return finetune(parse_config(cfg, "ft.json"), "ft.json")
+
+
+def test_frozen_encoder_new_head(pretrained: dict[str, Any], tmp_path: Path) -> None:
+    res = _ft(pretrained, tmp_path, freeze_encoder=True)
+    assert res["head"] == 7 and set(res["test_metrics"]) == {"7"}
+    assert res["test_metrics"]["7"]["force_mae"] > 0 and math_finite(res["test_loss"])
+    before = checkpoint.load(pretrained["ckpt"])["model_state"]
+    after = checkpoint.load(res["checkpoint"]["path"])
+    assert after["model_config"]["heads"] == [0, 1, 7]
+    for k, v in before.items():  # encoder and the old heads are untouched
+        assert torch.equal(v, after["model_state"][k]), k
+    assert any(k.startswith("heads.heads.7.") for k in after["model_state"])
+    pred = Predictor.from_checkpoint(res["checkpoint"]["path"], precision="fp64")
+    assert pred.head_ids == [0, 1, 7]
+    n_head = sum(v.numel() for k, v in after["model_state"].items() if k.startswith("heads.heads.7."))
+    assert res["trainable_parameters"] == n_head
+
+
+def test_unfrozen_and_scratch_baseline(pretrained: dict[str, Any], tmp_path: Path) -> None:
+    tuned = _ft(pretrained, tmp_path / "a", init_from_head=0)
+    scratch = _ft(pretrained, tmp_path / "b", from_scratch=True)
+    # same trainable set: the encoder and the new head (the old heads stay fixed)
+    assert tuned["trainable_parameters"] == scratch["trainable_parameters"] > 0
+    assert checkpoint.load(scratch["checkpoint"]["path"])["model_config"]["heads"] == [7]
+    before = checkpoint.load(pretrained["ckpt"])["model_state"]
+    after = checkpoint.load(tuned["checkpoint"]["path"])["model_state"]
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("encoder."))
+    for res in (tuned, scratch):
+        assert res["objective"] == pytest.approx(res["best_val_loss"]) and math_finite(res["test_loss"])
+
+
+def test_bad_finetune_config(pretrained: dict[str, Any]) -> None:
+    with pytest.raises(BadInput, match="field 'checkpoint'"):
+        parse_config({"data_root": "x", "dataset": "y", "output_dir": "z"}, "ft.json")
+    with pytest.raises(BadInput, match="freeze_encoder"):
+        parse_config(
+            {
+                "checkpoint": "c",
+                "data_root": "x",
+                "dataset": "y",
+                "output_dir": "z",
+                "from_scratch": True,
+                "freeze_encoder": True,
+            },
+            "ft.json",
+        )
+
+
+def math_finite(x: float | None) -> bool:
+    return x is not None and np.isfinite(x)

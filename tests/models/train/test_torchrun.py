@@ -1,0 +1,89 @@
+"""``torchrun --nproc_per_node=2 -m models.train`` on tiny data (gloo on CPU), bounded by a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models import checkpoint
+from models.training.metrics import read_metrics, select
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _torchrun(cfg: dict[str, Any], tmp_path: Path, name: str) -> tuple[subprocess.CompletedProcess, Path]:
+    cfg_path = tmp_path / f"{name}.json"
+    cfg_path.write_text(json.dumps(cfg))
+    result = tmp_path / f"{name}.result.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "models.train",
+        "--config",
+        str(cfg_path),
+        "--result",
+        str(result),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return proc, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("head_groups", [False, True])
+def test_two_ranks(train_config: dict[str, Any], tmp_path: Path, head_groups: bool) -> None:
+    cfg = {**train_config, "epochs": 2, "head_groups": head_groups, "device": "cpu"}
+    proc, result = _torchrun(cfg, tmp_path, "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(result.read_text())
+    assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"]
+    assert res["head_groups"] == ({"0": [0], "1": [1]} if head_groups else None)
+    rows = read_metrics(res["metrics_path"])
+    val = select(rows, split="val", head=None, name="loss")
+    assert [r["epoch"] for r in val] == [0, 1]  # written once (rank 0), not per rank
+    # both heads were trained and validated (in grouped mode each on its own rank)
+    assert {r["head"] for r in select(rows, split="val", name="force_mae")} == {0, 1}
+    ckpt = checkpoint.load(res["checkpoints"]["last"]["path"])
+    assert len(ckpt["ranks"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+def test_two_ranks_under_srun(train_config: dict[str, Any], tmp_path: Path) -> None:
+    """A real ``srun`` step: rank, world size and master address come from the Slurm variables."""
+    cfg_path = tmp_path / "srun.json"
+    cfg_path.write_text(json.dumps({**train_config, "epochs": 1, "head_groups": True, "device": "cpu"}))
+    result = tmp_path / "srun.result.json"
+    cmd = [
+        "srun",
+        "--ntasks=2",
+        "--cpus-per-task=1",
+        "--time=5",
+        "--export=ALL,OMP_NUM_THREADS=1",
+        sys.executable,
+        "-m",
+        "models.train",
+        "--config",
+        str(cfg_path),
+        "--result",
+        str(result),
+    ]
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(result.read_text())
+    assert res["status"] == "ok" and res["world_size"] == 2 and res["head_groups"] == {"0": [0], "1": [1]}
