@@ -40,10 +40,11 @@ def _model() -> torch.nn.Module:
     return model.eval()
 
 
-def test_every_head_matches_the_model_routed_to_it(data_root: Path) -> None:
+@pytest.mark.parametrize("force_method", ["loop", "vmap"])
+def test_every_head_matches_the_model_routed_to_it(data_root: Path, force_method: str) -> None:
     model = _model()
     batch = _mixed_batch(data_root)
-    pred = Predictor(model, precision="fp64").predict(batch.clone(), forces=True)
+    pred = Predictor(model, precision="fp64", force_method=force_method).predict(batch.clone(), forces=True)
     assert pred["heads"] == [0, 1, 5]
     g, n = batch.num_graphs, batch.pos.size(0)
     assert pred["energy"].shape == (g, 3) and pred["forces"].shape == (n, 3, 3)
