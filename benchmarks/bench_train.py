@@ -17,6 +17,9 @@ Measured in one run, interleaved (the order alternates every repetition), median
 * 2-rank DDP weak scaling on CPU: 1 rank x 1 thread vs 2 ranks x 1 thread (gloo), same batches per rank;
   efficiency = step time with 1 rank / step time with 2 ranks.
 
+Threads: 1 by default (``--threads N`` to change); on a shared machine OpenMP's multi-threaded timings swing
+wildly with the neighbours' load, single-threaded ones are reproducible.
+
 Data: rattled, strained fcc Cu/Ag/Au cells (32 atoms) and small H/C/N/O molecules, EMT energies and forces,
 written to a temporary ADIOS2 store and read back as batches of 8 graphs (half cells, half molecules).
 
@@ -418,7 +421,12 @@ def ddp_step_seconds(world: int, root: Path, n_batches: int, reps: int) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run (fewer batches and repetitions)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine multi-threaded OpenMP timings swing by 3x+)",
+    )
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--store", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, default=None, help=argparse.SUPPRESS)
