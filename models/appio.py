@@ -70,7 +70,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def is_rank_zero() -> bool:
     """Whether this process is rank 0 of its launch (torchrun, Slurm, MPI) or not launched in parallel."""
-    for var in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
         if var in os.environ:
             return os.environ[var] == "0"
     return True
