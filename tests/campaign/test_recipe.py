@@ -59,12 +59,12 @@ def test_errors_carry_path_and_line() -> None:
     (MINIMAL + "site: {nodes_per_block: 0}\n", "site.nodes_per_block", 10, "greater than or equal to 1"),
     (MINIMAL + "site: {name: globus}\n", "site", 10, "endpoint_id"),
     (MINIMAL.replace("campaign: t", "campaign: 3"), "campaign", 1, "string"),
-    (MINIMAL.replace("lr: {type: float, low: 0.0001, high: 0.01, log: true}", "{}"), "", None, ""),
+    (MINIMAL.replace("lr: {type: float, low: 0.0001, high: 0.01, log: true}", "{}"), "stages.hpo[0].search_space",
+     8, "at least 1 item"),
 ])
 def test_bad_inputs(text: str, loc: str, line: int | None, words: str) -> None:
     errs = _errors(text)
-    if loc:
-        assert any(e[0] == loc and e[1] == line and words in e[2] for e in errs), errs
+    assert any(e[0] == loc and e[1] == line and words in e[2] for e in errs), errs
 
 
 @pytest.mark.parametrize(("text", "line", "words"), [
