@@ -266,6 +266,9 @@ class Trial(Base):
     status: Mapped[str] = mapped_column(String(20), default="asked")
     failure: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"), index=True)
+    ask_event: Mapped[int | None] = mapped_column(Integer)  # position of its ask in the optimizer's ask/tell log
+    tell_event: Mapped[int | None] = mapped_column(Integer)  # position of its tell (None: not told yet)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)  # the trial's training wall time (the cost axis)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
