@@ -121,6 +121,13 @@ class Steerer:
             if self.on_progress:
                 self.on_progress(progress)
             finished, _ = wait(list(inflight), timeout=1.0, return_when=FIRST_COMPLETED)
+            poll = getattr(stage, "poll", None)
+            if poll is not None:
+                running_ids = set(inflight.values())
+                running = [t for t in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id,
+                                                        states=[TaskState.SUBMITTED, TaskState.RUNNING])
+                           if t.id in running_ids]
+                self._create(ctx, poll(ctx, running))
             for fut in finished:
                 task_id = inflight.pop(fut)
                 try:

@@ -6,6 +6,7 @@ kind this version cannot run yet is reported as such (and recorded as ``skipped`
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,14 +18,28 @@ if TYPE_CHECKING:
 STAGE_ORDER: tuple[str, ...] = ("preprocess", "hpo", "promote", "train", "screen", "finetune")
 
 
+#: Stage kind -> (module, class). A module that does not exist yet makes its stage "not available" (recorded as
+#: ``skipped``); any other import error is a bug and propagates.
+STAGE_CLASSES: dict[str, tuple[str, str]] = {
+    "preprocess": ("campaign.stages.preprocess", "PreprocessStage"),
+    "hpo": ("campaign.stages.hpo", "HPOStage"),
+    "promote": ("campaign.stages.promote", "PromoteStage"),
+    "train": ("campaign.stages.train", "TrainStage"),
+    "screen": ("campaign.stages.screen", "ScreenStage"),
+    "finetune": ("campaign.stages.finetune", "FinetuneStage"),
+}
+
+
 def _builders() -> dict[str, Callable[[Recipe], Stage]]:
     builders: dict[str, Callable[[Recipe], Stage]] = {}
-    try:
-        from campaign.stages.preprocess import PreprocessStage
-
-        builders["preprocess"] = PreprocessStage
-    except ImportError:  # pragma: no cover - every shipped version has it
-        pass
+    for kind, (module_name, cls_name) in STAGE_CLASSES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        builders[kind] = getattr(module, cls_name)
     return builders
 
 
@@ -41,4 +56,4 @@ def build_stages(recipe: Recipe) -> list[tuple[str, Stage | None]]:
     return out
 
 
-__all__ = ["STAGE_ORDER", "PlannedTask", "Stage", "StageContext", "build_stages"]
+__all__ = ["STAGE_CLASSES", "STAGE_ORDER", "PlannedTask", "Stage", "StageContext", "build_stages"]

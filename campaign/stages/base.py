@@ -62,6 +62,12 @@ class Stage(Protocol):
         """A task failed for good. Return follow-up tasks (e.g. a new trial)."""
         ...
 
+    def poll(self, ctx: StageContext, running: list[m.Task]) -> list[PlannedTask]:
+        """Called about once a second while tasks are in flight (``running``: this stage's tasks now in
+        flight). Return follow-up tasks. A stage with nothing to watch returns ``[]`` (early stopping of HPO
+        trials reads their per-epoch metrics here)."""
+        ...
+
     def finish(self, ctx: StageContext) -> str:
         """All tasks settled: record the stage's outputs, put them in ``ctx.shared``; return ``done``/``failed``."""
         ...
