@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,13 @@ def _run(
     dtype = param_dtype(cfg.precision)
 
     resume: dict[str, Any] | None = None
-    if cfg.resume_from:
+    if cfg.resume_from is None and cfg.auto_resume and (ckpt_dir / "last.pt").exists():
+        try:
+            resume = checkpoint.load(ckpt_dir / "last.pt")
+            cfg = cfg.model_copy(update={"resume_from": str(ckpt_dir / "last.pt")})
+        except (OSError, ValueError, RuntimeError) as exc:  # e.g. a sidecar mismatch: start over, loudly
+            print(f"auto_resume: ignoring {ckpt_dir / 'last.pt'}: {exc}; starting from scratch", file=sys.stderr)
+    elif cfg.resume_from:
         try:
             resume = checkpoint.load(cfg.resume_from)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -251,6 +258,9 @@ def _run(
         if stopper.should_stop:  # e.g. resumed from a run that had already stopped early
             stop_reason = "early_stopping"
             break
+        if cfg.stop_file and (epoch > start_epoch or resume is not None) and _agree_flag(Path(cfg.stop_file).exists()):
+            stop_reason = "stopped"  # asked to stop by the campaign (early stopping of a poor HPO trial)
+            break
         if cfg.max_steps and trainer.step >= cfg.max_steps:
             stop_reason = "max_steps"
             break
@@ -327,6 +337,8 @@ def _run(
         "checkpoints": ckpts,
         "metrics_path": str(out / "metrics.jsonl"),
         "world_size": world,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "resumed_from_epoch": start_epoch if resume is not None else None,
         "precision": cfg.precision,
         "head_groups": {str(h): r for h, r in groups.items()} if groups else None,
     }

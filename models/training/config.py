@@ -58,6 +58,10 @@ class TrainConfig(BaseModel):
         output_dir: Where checkpoints and ``metrics.jsonl`` go.
         seed: Seed of the model initialisation and the samplers.
         resume_from: A checkpoint to continue from (model, optimizer, schedule, samplers, RNG).
+        auto_resume: Continue from ``<output_dir>/checkpoints/last.pt`` when it exists and verifies (a retried
+            attempt or the next walltime chunk of the same run picks up where the previous one stopped).
+        stop_file: Stop at the next epoch boundary once this file exists (how a campaign stops a poor HPO trial
+            early: the run ends normally, ``stop_reason`` ``"stopped"``, best checkpoint and result written).
         device: ``auto`` | ``cpu`` | ``cuda``.
         threads: torch intra-op threads per rank (default: leave torch's choice).
     """
@@ -88,6 +92,8 @@ class TrainConfig(BaseModel):
     output_dir: str
     seed: int = 0
     resume_from: str | None = None
+    auto_resume: bool = False
+    stop_file: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
 

@@ -68,6 +68,25 @@ def test_resume_continues_exactly(train_config: dict[str, Any], tmp_path: Path) 
     assert [r["epoch"] for r in select(rows, split="val", head=None, name="loss")] == [0, 1, 2, 3]
 
 
+def test_auto_resume_continues_a_retried_attempt(train_config: dict[str, Any], tmp_path: Path) -> None:
+    straight = _train(train_config)
+    cfg = {**train_config, "output_dir": str(tmp_path / "retried"), "auto_resume": True}
+    first = _train({**cfg, "chunk_epochs": 1})  # the first attempt is cut after one epoch
+    assert first["resumed_from_epoch"] is None and first["last_epoch"] == 0
+    second = _train(cfg)  # the same config again: picks up last.pt on its own
+    assert second["resumed_from_epoch"] == 1 and second["completed"] and second["steps"] == straight["steps"]
+    assert second["objective"] == straight["objective"]
+
+
+def test_stop_file_ends_the_run_at_an_epoch_boundary(train_config: dict[str, Any], tmp_path: Path) -> None:
+    stop = tmp_path / "STOP"
+    stop.write_text("pruned by the campaign")
+    res = _train({**train_config, "stop_file": str(stop)})
+    # one epoch always runs, then the request is honoured; the run still reports its best epoch
+    assert res["completed"] and res["stop_reason"] == "stopped" and res["last_epoch"] == 0
+    assert res["objective"] is not None and res["checkpoints"]["best"]["path"]
+
+
 def test_time_limit_stops_at_epoch_boundary(train_config: dict[str, Any]) -> None:
     res = _train({**train_config, "time_limit_s": 1e-3})
     # a chunk always makes one epoch of progress, then stops before the limit would be crossed
