@@ -21,6 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 #: The six message-passing families of the seed work's HPO campaigns (a test checks models.nn agrees).
 FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
+
+#: Hyperparameters an HPO campaign may search or fix. Model keys mirror ``models.nn.model`` (COMMON_DEFAULTS and
+#: FAMILY_DEFAULTS; a test keeps them equal) so that a misspelt name fails validation, not a trial.
+MODEL_KEYS: frozenset[str] = frozenset({"hidden", "layers", "cutoff", "num_rbf", "max_z", "head_hidden"})
+FAMILY_MODEL_KEYS: dict[str, frozenset[str]] = {
+    "painn": frozenset(),
+    "schnet": frozenset({"num_filters"}),
+    "egnn": frozenset({"avg_num_neighbors"}),
+    "dimenet++": frozenset({"num_radial", "num_spherical", "int_emb_size", "basis_emb_size", "out_emb_channels",
+                            "envelope_exponent"}),
+    "mace": frozenset({"max_ell", "hidden_ell", "correlation", "avg_num_neighbors"}),
+    "pna": frozenset({"deg", "aggregators", "scalers", "towers"}),
+}
+#: Training hyperparameters: optimizer (lr, weight_decay), schedule (warmup_steps) and loop settings.
+TRAINING_KEYS: frozenset[str] = frozenset({"lr", "weight_decay", "warmup_steps", "batch_size", "force_weight",
+                                           "grad_clip"})
 PRECISIONS: tuple[str, ...] = ("fp64", "fp32", "bf16")
 
 
@@ -185,6 +201,7 @@ class EarlyStopSpec(_Strict):
     rule: Literal["none", "median", "successive_halving"] = "median"
     min_epochs: int = Field(2, ge=1, description="Never stop a trial before this many epochs.")
     reduction_factor: int = Field(3, ge=2, description="Successive halving: keep 1/η at each rung.")
+    min_peers: int = Field(2, ge=1, description="Median rule: other trials that must have reached the same epoch.")
 
 
 class HPOSpec(_Strict):
@@ -229,6 +246,11 @@ class HPOSpec(_Strict):
         both = set(self.search_space) & set(self.fixed)
         if both:
             raise ValueError(f"{sorted(both)[0]!r} is both searched and fixed")
+        known = MODEL_KEYS | FAMILY_MODEL_KEYS[self.family] | TRAINING_KEYS
+        unknown = sorted((set(self.search_space) | set(self.fixed)) - known)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter {unknown[0]!r} for family {self.family!r}; "
+                             f"known: {', '.join(sorted(known))}")
         return self
 
 
@@ -238,20 +260,34 @@ class PromoteSpec(_Strict):
     top_overall: int = Field(2, ge=0, description="The best k trials across every HPO campaign.")
     best_per_family: bool = Field(True, description="Also the best trial of each family.")
     pareto: bool = Field(False, description="Also the accuracy/cost Pareto front.")
-    ensemble_k: int = Field(3, ge=1, description="Size of the recorded top-k ensemble.")
+    pareto_cost: Literal["wall_time_s", "n_params"] = Field(
+        "wall_time_s", description="Cost axis of the Pareto front: training wall time or parameter count.")
+    ensemble_k: int = Field(3, ge=1, description="Size of the recorded ensemble: the k best promoted models.")
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> PromoteSpec:
+        if self.top_overall == 0 and not self.best_per_family and not self.pareto:
+            raise ValueError("the rule selects nothing: set top_overall > 0, best_per_family or pareto")
+        return self
 
 
 class TrainSpec(_Strict):
     """Long training of promoted models."""
 
-    models: Literal["promoted"] | list[int] = "promoted"
+    models: Literal["promoted"] | list[int] = Field(
+        "promoted", description="'promoted' (the promote stage's models) or model ids from the database.")
+    from_campaign: str | None = Field(
+        None, description="With models 'promoted': take the promoted models of this earlier campaign.")
+    top: int | None = Field(None, ge=1, description="Train only the n best of those models (by objective).")
     epochs: int = Field(20, ge=1)
     nodes: int = Field(1, ge=1)
     ranks_per_node: int = Field(2, ge=1)
     gpus_per_rank: int = Field(0, ge=0)
     precision: str = "fp32"
-    from_checkpoint: bool = True
-    chunk_walltime_s: int | None = Field(None, ge=1, description="Split runs into chunks of at most this long.")
+    from_checkpoint: bool = Field(True, description="Start from the promoted model's checkpoint (else scratch).")
+    chunk_walltime_s: float | None = Field(
+        None, gt=0, description="Seconds per chunk: each chunk stops at an epoch boundary before this, and the "
+        "next chunk continues from its checkpoint (at least one epoch per chunk). Keep it under the site walltime.")
 
     @field_validator("precision")
     @classmethod
@@ -260,47 +296,173 @@ class TrainSpec(_Strict):
             raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
         return v
 
+    @field_validator("models")
+    @classmethod
+    def _ids(cls, v: Literal["promoted"] | list[int]) -> Literal["promoted"] | list[int]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one model id, or 'promoted'")
+            if len(set(v)) != len(v):
+                raise ValueError("model ids must be distinct")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> TrainSpec:
+        if self.from_campaign is not None and self.models != "promoted":
+            raise ValueError("from_campaign goes with models: promoted (model ids need no campaign)")
+        return self
+
 
 class ScreenSpec(_Strict):
     """Screening of candidate structures with a trained model or the promoted ensemble."""
 
-    model: Literal["best", "ensemble"] | int = "best"
+    model: Literal["best", "ensemble"] | int = Field(
+        "best", description="'best': the best trained model (else the best promoted one); 'ensemble': the "
+        "promoted ensemble; an integer: that models.id from the database.")
+    from_campaign: str | None = Field(None, description="Take 'best'/'ensemble' from this earlier campaign.")
+    ensemble: str | None = Field(None, description="Ensemble name (default: the campaign's newest ensemble).")
     source: Literal["generator", "datasets", "files"] = "generator"
-    files: list[str] = Field(default_factory=list)
-    structures: int = Field(10_000, ge=1)
-    shards: int = Field(4, ge=1)
+    files: list[str] = Field(default_factory=list, description="source 'files': ASE-readable structure files.")
+    datasets: list[str] = Field(default_factory=list,
+                                description="source 'datasets': preprocessed datasets (default: all of them).")
+    split: Literal["train", "val", "test"] = Field("test", description="source 'datasets': which split.")
+    structures: int = Field(10_000, ge=1, description="Structures to screen in all (generator; cap otherwise).")
+    shards: int = Field(4, ge=1, le=1_000_000, description="Independent screening tasks.")
     min_atoms: int = Field(2, ge=1)
-    max_atoms: int = Field(64, ge=1)
-    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"])
+    max_atoms: int = Field(64, ge=1, le=100_000)
+    max_species: int = Field(4, ge=1, description="Generator: most distinct elements per candidate.")
+    periodic: bool = Field(True, description="Generator: periodic cells (true) or clusters (false).")
+    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], min_length=1)
+    head: str | int | None = Field(None, description="Criterion head: a dataset name or head id (default: the "
+                                   "model's first head).")
     precision: str = "fp32"
+    forces: bool = Field(True, description="Compute the criterion head's forces (one backward pass).")
+    write_forces: bool = Field(False, description="Also stream the forces to the ADIOS2 output shards.")
+    max_atoms_per_batch: int | None = Field(None, ge=1, description="Atom budget per batch (default: memory).")
+    gpus_per_shard: int = Field(0, ge=0)
     top_k: int = Field(20, ge=1)
     criterion: Literal["energy_per_atom"] = "energy_per_atom"
-    max_uncertainty: float | None = Field(None, gt=0)
+    max_uncertainty: float | None = Field(None, gt=0, description="Drop candidates whose ensemble spread of "
+                                          "the energy per atom exceeds this, eV/atom (needs model: ensemble).")
     seed: int = 0
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+        return v
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, v: str | int | None) -> str | int | None:
+        if isinstance(v, str):
+            from models.registry import load_registry  # stdlib + yaml only
+
+            if v not in load_registry().names():
+                raise ValueError(f"unknown dataset {v!r} for the criterion head")
+        elif isinstance(v, int) and v < 0:
+            raise ValueError("a head id is >= 0")
+        return v
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, v: list[str]) -> list[str]:
+        from ase.data import atomic_numbers
+
+        bad = [e for e in v if e not in atomic_numbers or e == "X"]
+        if bad:
+            raise ValueError(f"not chemical symbols: {bad}")
+        return v
 
     @model_validator(mode="after")
     def _atoms(self) -> ScreenSpec:
         if self.min_atoms > self.max_atoms:
             raise ValueError(f"min_atoms ({self.min_atoms}) exceeds max_atoms ({self.max_atoms})")
+        if self.max_uncertainty is not None and self.model != "ensemble":
+            raise ValueError("max_uncertainty needs model: ensemble (a single model has no spread)")
+        if self.source == "files" and not self.files:
+            raise ValueError("source 'files' needs files")
+        if self.ensemble is not None and self.model != "ensemble":
+            raise ValueError("ensemble is only used with model: ensemble")
+        if self.from_campaign is not None and isinstance(self.model, int):
+            raise ValueError("from_campaign picks 'best' or 'ensemble'; an explicit model id needs no campaign")
         return self
+
+
+#: Downstream data the fine-tune app generates and labels itself (models/finetune.py, DOWNSTREAM_KINDS).
+FINETUNE_GENERATED: tuple[str, ...] = ("xtb-molecules", "emt-alloys")
 
 
 class FinetuneTask(_Strict):
     """A downstream task: a small dataset fine-tuned with a new head and trained from scratch as baseline."""
 
-    name: str
-    dataset: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]{1,100}$")
+    dataset: str = Field("xtb-molecules", description="'xtb-molecules' (GFN2-xTB labels: energy, HOMO-LUMO gap, "
+                         "dipole) or 'emt-alloys' (EMT energies of bcc/hcp alloys, absent from the demo "
+                         "pre-training), generated and labelled by the fine-tune app; any other name needs files.")
+    files: list[str] = Field(default_factory=list, description="ASE-readable files holding the labelled data "
+                             "(the target in atoms.info[target], or the calculator's energy for 'energy').")
     target: Literal["energy", "gap", "dipole"] = "energy"
-    count: int = Field(100, ge=2)
+    count: int = Field(100, ge=10, description="Structures to generate (or at most to read from files).")
+    elements: list[str] = Field(default_factory=lambda: ["Ni", "Al", "Cu"],
+                                description="emt-alloys: the alloy's elements (EMT: Al Cu Ag Au Ni Pd Pt).")
+    head: int | None = Field(None, ge=0, description="Head id of the new head (default 1000 + task position).")
     freeze_encoder: bool = False
     epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(10, ge=0)
+    scratch: bool = Field(True, description="Also train the same architecture from scratch (the baseline).")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _data(self) -> FinetuneTask:
+        if not self.files and self.dataset not in FINETUNE_GENERATED:
+            raise ValueError(f"dataset {self.dataset!r} is not generated here ({', '.join(FINETUNE_GENERATED)}); "
+                             "give files")
+        if not self.files and self.target in ("gap", "dipole") and self.dataset != "xtb-molecules":
+            raise ValueError(f"target {self.target!r} is a GFN2-xTB property: use dataset 'xtb-molecules'")
+        if not self.files and self.dataset == "emt-alloys":
+            bad = [e for e in self.elements if e not in ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")]
+            if bad or not self.elements:
+                raise ValueError(f"EMT has no parameters for {bad or 'no elements'} (use Al Cu Ag Au Ni Pd Pt)")
+        return self
 
 
 class FinetuneSpec(_Strict):
     """Fine-tuning of the best model on downstream tasks."""
 
-    model: Literal["best"] | int = "best"
+    model: Literal["best"] | int = Field("best", description="'best': the best trained (else promoted) model; "
+                                          "an integer: that models.id from the database.")
+    from_campaign: str | None = Field(None, description="Take 'best' from this earlier campaign.")
+    precision: str = "fp32"
     tasks: list[FinetuneTask] = Field(min_length=1)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> FinetuneSpec:
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate fine-tune task name {dup[0]!r}")
+        heads = [t.head for t in self.tasks if t.head is not None]
+        if len(set(heads)) != len(heads):
+            raise ValueError("two fine-tune tasks use the same head id")
+        if self.from_campaign is not None and isinstance(self.model, int):
+            raise ValueError("from_campaign picks 'best'; an explicit model id needs no campaign")
+        return self
+
+    def head_of(self, position: int) -> int:
+        """Head id of task ``position`` (its ``head`` or 1000 + position)."""
+        task = self.tasks[position]
+        return task.head if task.head is not None else 1000 + position
 
 
 class StagesSpec(_Strict):

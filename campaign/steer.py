@@ -118,8 +118,7 @@ class Steerer:
                 continue
             progress.running = len(inflight)
             progress.ready = max(0, len(ready) - len(inflight))
-            if self.on_progress:
-                self.on_progress(progress)
+            self._report(stage, progress)
             finished, _ = wait(list(inflight), timeout=1.0, return_when=FIRST_COMPLETED)
             poll = getattr(stage, "poll", None)
             if poll is not None:
@@ -147,11 +146,22 @@ class Steerer:
                 elif state is TaskState.FAILED:
                     progress.failed += 1
                     self._create(ctx, stage.on_failed(ctx, task, result))
-            if self.on_progress:
-                self.on_progress(progress)
+            self._report(stage, progress)
         status = stage.finish(ctx)
         self.ledger.finish_stage(ctx.stage_id, status)
         return status
+
+    def _report(self, stage: Stage, progress: StageProgress) -> None:
+        """Send the stage's progress (and its sub-campaigns', e.g. one row per HPO campaign) to the display."""
+        if not self.on_progress:
+            return
+        self.on_progress(progress)
+        sub = getattr(stage, "sub_progress", None)
+        for row in sub() if sub is not None else []:
+            self.on_progress(StageProgress(name=row["name"], done=row.get("done", 0), failed=row.get("failed", 0),
+                                           running=row.get("running", 0), ready=row.get("ready", 0),
+                                           extra={k: v for k, v in row.items()
+                                                  if k not in ("name", "done", "failed", "running", "ready")}))
 
     def _task(self, task_id: str) -> Any:
         from db import models as m

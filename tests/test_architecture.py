@@ -22,3 +22,11 @@ def test_recipe_families_match_the_models() -> None:
     from models.nn import FAMILIES as MODEL_FAMILIES
 
     assert tuple(FAMILIES) == tuple(MODEL_FAMILIES)
+
+
+def test_recipe_hyperparameter_names_match_the_models() -> None:
+    from campaign.recipe import FAMILY_MODEL_KEYS, MODEL_KEYS
+    from models.nn.model import COMMON_DEFAULTS, FAMILY_DEFAULTS
+
+    assert set(COMMON_DEFAULTS) - {"heads"} == MODEL_KEYS  # heads come from the datasets, never searched
+    assert {f: set(d) for f, d in FAMILY_DEFAULTS.items()} == {f: set(k) for f, k in FAMILY_MODEL_KEYS.items()}

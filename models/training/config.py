@@ -35,7 +35,8 @@ class TrainConfig(BaseModel):
     """``python -m models.train`` config (JSON).
 
     Attributes:
-        data_root: Directory of the ADIOS2 stores written by the preprocessing app.
+        data_root: Directory of the ADIOS2 stores written by the preprocessing app, or ``{dataset: directory}``
+            when each dataset was preprocessed into its own directory (as the campaign's preprocess stage does).
         datasets: Dataset names to train on (one head each, from the registry).
         dataset_heads: Optional ``{dataset: head_id}`` when the stores do not say which head they feed.
         batch_size: Graphs per batch per rank.
@@ -58,8 +59,13 @@ class TrainConfig(BaseModel):
         output_dir: Where checkpoints and ``metrics.jsonl`` go.
         seed: Seed of the model initialisation and the samplers.
         resume_from: A checkpoint to continue from (model, optimizer, schedule, samplers, RNG).
+        init_from: A checkpoint (``best.pt`` or ``last.pt``) whose model config and weights start this run, with
+            a fresh optimizer, schedule and epoch count (long training continued from an HPO trial's best
+            checkpoint). ``model`` is then ignored; a resume (``resume_from`` / ``auto_resume``) wins over it.
         auto_resume: Continue from ``<output_dir>/checkpoints/last.pt`` when it exists and verifies (a retried
-            attempt or the next walltime chunk of the same run picks up where the previous one stopped).
+            attempt or the next walltime chunk of the same run picks up where the previous one stopped). It
+            wins over ``resume_from``: a retried attempt of a chunk that was started with ``resume_from``
+            continues from its own newer checkpoint; without one, ``resume_from`` is used.
         stop_file: Stop at the next epoch boundary once this file exists (how a campaign stops a poor HPO trial
             early: the run ends normally, ``stop_reason`` ``"stopped"``, best checkpoint and result written).
         device: ``auto`` | ``cpu`` | ``cuda``.
@@ -67,7 +73,7 @@ class TrainConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    data_root: str
+    data_root: str | dict[str, str]
     datasets: list[str] = Field(min_length=1)
     dataset_heads: dict[str, int] | None = None
     batch_size: int = Field(16, ge=1)
@@ -92,6 +98,7 @@ class TrainConfig(BaseModel):
     output_dir: str
     seed: int = 0
     resume_from: str | None = None
+    init_from: str | None = None
     auto_resume: bool = False
     stop_file: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -107,6 +114,6 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> TrainConfig:
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise BadInput(f"{path}: field '{field}': {err['msg']}{more}") from None
-    if cfg.model is None and cfg.resume_from is None:
-        raise BadInput(f"{path}: field 'model': required unless 'resume_from' gives a checkpoint")
+    if cfg.model is None and cfg.resume_from is None and cfg.init_from is None:
+        raise BadInput(f"{path}: field 'model': required unless 'resume_from' or 'init_from' gives a checkpoint")
     return cfg

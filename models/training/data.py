@@ -15,18 +15,24 @@ from models.appio import BadInput
 
 
 def open_stores(
-    root: str | Path, datasets: Sequence[str], split: str, dtype: torch.dtype = torch.float32
+    root: str | Path | Mapping[str, str], datasets: Sequence[str], split: str, dtype: torch.dtype = torch.float32
 ) -> dict[str, Any]:
-    """Open ``split`` of every dataset under ``root`` with float fields in ``dtype``; a missing store is a
-    :class:`BadInput` naming it."""
+    """Open ``split`` of every dataset under ``root`` (one directory, or ``{dataset: directory}``) with float
+    fields in ``dtype``; a missing store is a :class:`BadInput` naming it."""
     from models.data.store import open_split
 
     stores: dict[str, Any] = {}
     for name in datasets:
+        if isinstance(root, Mapping):
+            if name not in root:
+                raise BadInput(f"field 'data_root': no directory for dataset '{name}' (have {sorted(root)})")
+            where: str | Path = root[name]
+        else:
+            where = root
         try:
-            stores[name] = open_split(root, name, split, dtype=dtype)
+            stores[name] = open_split(where, name, split, dtype=dtype)
         except (FileNotFoundError, KeyError, OSError) as exc:
-            raise BadInput(f"{root}: dataset '{name}' split '{split}' cannot be opened ({exc})") from exc
+            raise BadInput(f"{where}: dataset '{name}' split '{split}' cannot be opened ({exc})") from exc
     return stores
 
 
