@@ -29,6 +29,7 @@ __all__ = [
     "query",
     "recipe_schema",
     "render_site_script",
+    "report",
     "resume",
     "run",
     "schema_revisions",
@@ -80,37 +81,27 @@ def named_query(name: str, params: dict[str, str] | None = None, *, db: str | No
 
 
 def status(campaign: str | None = None, *, db: str | None = None) -> dict[str, Any]:
-    """A snapshot of a campaign (default: the most recent): stages, tasks by state, failures by cause."""
-    from campaign.errors import CampaignInputError
+    """A snapshot of a campaign (default: the most recent): stages with tasks by state, best objective per HPO
+    campaign, attempts in flight (host, elapsed seconds) and failures by cause, as JSON-able data.
 
-    states = ["CREATED", "READY", "SUBMITTED", "RUNNING", "DONE", "FAILED", "CANCELLED"]
-    if campaign is None:
-        rows = query("SELECT name FROM campaigns ORDER BY id DESC LIMIT 1", db=db).rows
-        if not rows:
-            raise CampaignInputError("the database holds no campaign yet")
-        campaign = rows[0][0]
-    head = query("SELECT id, name, status, site, started_at FROM campaigns WHERE name = ?"
-                 if _dialect(db) == "sqlite" else
-                 "SELECT id, name, status, site, started_at FROM campaigns WHERE name = %s", (campaign,), db=db)
-    if not head.rows:
-        raise CampaignInputError(f"no campaign named {campaign!r}")
-    cid, name, cstatus, site, started = head.rows[0]
-    ph = "?" if _dialect(db) == "sqlite" else "%s"
-    stage_rows = query(f"SELECT id, name, status FROM stages WHERE campaign_id = {ph} ORDER BY id", (cid,), db=db).rows
-    counts = query(f"SELECT stage_id, state, COUNT(*) FROM tasks WHERE campaign_id = {ph} GROUP BY stage_id, state",
-                   (cid,), db=db).rows
-    failures = query(
-        f"SELECT a.exit_cause, COUNT(*) FROM attempts a JOIN tasks t ON t.id = a.task_id "
-        f"WHERE t.campaign_id = {ph} AND a.exit_cause IS NOT NULL AND a.exit_cause <> 'ok' GROUP BY a.exit_cause",
-        (cid,), db=db).rows
-    by_stage: dict[int, dict[str, int]] = {}
-    for sid, state, n in counts:
-        by_stage.setdefault(sid, {})[state] = n
-    return {
-        "campaign": name, "status": cstatus, "site": site, "started_at": started, "states": states,
-        "stages": [{"name": n, "status": s, "tasks": by_stage.get(i, {})} for i, n, s in stage_rows],
-        "failures": dict(failures),
-    }
+    ``failures`` maps exit cause -> failed attempts; ``failures_detail`` adds tasks, last seen and latest error.
+    """
+    from campaign.report.database import readonly_engine
+    from campaign.status import collect_status
+
+    engine = readonly_engine(db)
+    try:
+        return collect_status(engine, campaign).to_dict()
+    finally:
+        engine.dispose()
+
+
+def report(campaign: str, out: str | Path, *, db: str | None = None) -> Any:
+    """Write the HTML report of ``campaign`` (figures as PNGs) into the folder ``out``; returns a
+    :class:`campaign.report.ReportOutcome` (``.index``, ``.images``, ``.empty_sections``)."""
+    from campaign.report import build_report
+
+    return build_report(campaign, out, db=db)
 
 
 def list_sites() -> list[Any]:

@@ -142,6 +142,32 @@ def recipe_schema() -> None:
     sys.stdout.write(json.dumps(schema(), indent=2) + "\n")
 
 
+@recipe_app.command("reference")
+@bad_input_exit
+def recipe_reference(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
+) -> None:
+    """Print (or write) the Markdown recipe reference generated from the schema (docs/recipe-reference.md)."""
+    import os
+    import tempfile
+
+    from campaign.cli.recipe_reference import render_reference
+    from campaign.errors import CampaignInputError
+
+    text = render_reference()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    if not out.parent.is_dir():
+        raise CampaignInputError(f"--out {out}: directory {out.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    console.print(f"wrote {out}", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------------ sql
 @app.command()
 @bad_input_exit
@@ -235,29 +261,52 @@ def trials(campaign: Annotated[str | None, typer.Argument(help="Campaign name (d
 
 @app.command()
 @bad_input_exit
-def status(campaign: Annotated[str | None, typer.Argument(help="Campaign name (default: the latest).")] = None,
-           db: DbOpt = None) -> None:
-    """Stages, tasks by state and failures by cause."""
-    from rich.table import Table
+def status(
+    campaign: Annotated[str | None, typer.Argument(help="Campaign name (default: the latest).")] = None,
+    db: DbOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh live until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.", min=0.2)] = 2.0,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Stages, tasks by state, best objective per HPO campaign, attempts in flight and failures by cause."""
+    from campaign.errors import CampaignInputError
+    from campaign.report.database import readonly_engine
+    from campaign.status import collect_status, render_status
 
+    if fmt not in ("table", "json"):
+        raise CampaignInputError(f"--format must be table or json (got {fmt!r})")
+    if watch and fmt == "json":
+        raise CampaignInputError("--watch shows a table; leave out --format json")
+    engine = readonly_engine(db)
+    try:
+        snap = collect_status(engine, campaign)  # bad input (unknown campaign, no database) fails here, once
+        if fmt == "json":
+            sys.stdout.write(json.dumps(snap.to_dict(), indent=2) + "\n")
+        elif watch:
+            from campaign.cli.live import watch as watch_live
+
+            watch_live(console, lambda: render_status(collect_status(engine, snap.campaign)), interval=interval)
+        else:
+            console.print(render_status(snap))
+    finally:
+        engine.dispose()
+
+
+@app.command()
+@bad_input_exit
+def report(
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (index.html and its PNG figures).")],
+    db: DbOpt = None,
+) -> None:
+    """Write a static HTML report with figures: HPO, hyperparameters, promotion, loss curves, parity,
+    screening, fine-tuning and resources. Readable offline."""
     from campaign import api
 
-    snap = api.status(campaign, db=db)
-    console.print(f"campaign [bold]{snap['campaign']}[/] ({snap['status']}) on {snap['site']}, "
-                  f"started {snap['started_at']}")
-    table = Table(title="stages")
-    for col in ("stage", "status", *snap["states"]):
-        table.add_column(col)
-    for st in snap["stages"]:
-        table.add_row(st["name"], st["status"], *(str(st["tasks"].get(s, 0)) for s in snap["states"]))
-    console.print(table)
-    if snap["failures"]:
-        ft = Table(title="failed attempts by cause")
-        for col in ("cause", "attempts"):
-            ft.add_column(col)
-        for cause, n in snap["failures"].items():
-            ft.add_row(cause, str(n))
-        console.print(ft)
+    outcome = api.report(campaign, out, db=db)
+    console.print(f"report: {outcome.index} ({len(outcome.images)} figures)", highlight=False, soft_wrap=True)
+    if outcome.empty_sections:
+        console.print(f"no data yet: {', '.join(outcome.empty_sections)}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------- sites

@@ -1,11 +1,14 @@
-"""The live Rich display of a running campaign: one row per stage with task counts."""
+"""Live Rich displays: the progress of a running campaign (one row per stage with task counts) and
+``campaign status --watch`` (a status snapshot re-read every few seconds)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
@@ -45,3 +48,23 @@ class LiveDisplay:
         if self._live is not None:
             self._live.__exit__(et, ev, tb)
             self._live = None
+
+
+def watch(console: Console, render: Callable[[], RenderableType], *, interval: float = 2.0,
+          max_updates: int | None = None, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Show ``render()`` and refresh it every ``interval`` seconds until Ctrl-C (or ``max_updates`` renders).
+
+    Returns:
+        How many times the display was rendered.
+    """
+    shown = 0
+    with Live(render(), console=console, refresh_per_second=4, transient=False, auto_refresh=False) as live:
+        shown = 1
+        try:
+            while max_updates is None or shown < max_updates:
+                sleep(interval)
+                live.update(render(), refresh=True)
+                shown += 1
+        except KeyboardInterrupt:
+            pass
+    return shown

@@ -1,0 +1,125 @@
+"""campaign status: stages and tasks by state, best objective per HPO campaign, attempts in flight with host and
+elapsed time, failures by cause; one campaign among several; JSON output; --watch; bad input."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from campaign.cli.app import app
+from campaign.cli.live import watch
+from campaign.report.database import readonly_engine
+from campaign.status import UnknownCampaign, collect_status, format_duration, render_status
+from tests.report.campaign_fixture import NOW, T0, build_campaign
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def two(engine: object, db_url: str, tmp_path: Path) -> tuple[str, dict, dict]:
+    """A campaign still in its HPO stage (created first) and a finished one (the latest)."""
+    hpo = build_campaign(engine, tmp_path, name="hpo-only", stages=("preprocess", "hpo"))  # type: ignore[arg-type]
+    full = build_campaign(engine, tmp_path, name="demo-hpo")  # type: ignore[arg-type]
+    return db_url, hpo, full
+
+
+def test_snapshot_of_a_campaign_in_its_hpo_stage(two: tuple[str, dict, dict]) -> None:
+    url, facts, _ = two
+    eng = readonly_engine(url)
+    snap = collect_status(eng, "hpo-only", now=NOW)
+    eng.dispose()
+    assert [(s.name, s.status) for s in snap.stages] == [("preprocess", "done"), ("hpo", "running")]
+    assert snap.stages[0].tasks == {"DONE": 3}
+    # 36 trials: 1 failed (painn #2), 2 in flight (mace #5, pna #5), the rest done; nothing of the other campaign
+    assert snap.stages[1].tasks == {"DONE": 33, "FAILED": 1, "RUNNING": 2}
+    best = {h.hpo: h.best_objective for h in snap.hpo}
+    assert best == pytest.approx(facts["best_objective"])
+    painn = next(h for h in snap.hpo if h.hpo == "painn")
+    assert (painn.trials, painn.done, painn.pruned, painn.failed, painn.in_flight) == (6, 4, 1, 1, 0)
+    assert painn.best_config is not None and set(painn.best_config) == {"hidden", "layers", "lr", "cutoff"}
+    assert {h.hpo: h.in_flight for h in snap.hpo if h.in_flight} == {"mace": 1, "pna": 1}
+    assert snap.running_total == 2 and {r.key for r in snap.running} == {"hpo/mace/5", "hpo/pna/5"}
+    for r in snap.running:  # submitted, not started: elapsed counts from the submission
+        assert r.attempt == 2 and r.site == "local" and r.host is None
+        assert r.elapsed_s == pytest.approx((NOW - r.since).total_seconds()) and r.since > T0
+    causes = {f.cause: (f.attempts, f.tasks) for f in snap.failures}
+    assert causes == {"error": (3, 1), "node_lost": (6, 6), "walltime": (2, 2)}
+    assert next(f for f in snap.failures if f.cause == "error").last_error.endswith("error in hpo/painn/2")
+
+
+def test_default_is_the_latest_campaign_and_json(two: tuple[str, dict, dict]) -> None:
+    url, _, full = two
+    res = runner.invoke(app, ["status", "--db", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    snap = json.loads(res.stdout)
+    assert snap["campaign"] == "demo-hpo" and [s["name"] for s in snap["stages"]] == [
+        "preprocess", "hpo", "promote", "train", "screen", "finetune"]
+    assert snap["tasks"]["SUBMITTED"] == 1 and snap["running_total"] == full["in_flight"]
+    assert snap["running"][0]["site"] == "frontier" and snap["failures"]["walltime"] == 2  # the train chunks
+    assert snap["failures_detail"][0]["cause"] == "node_lost"
+
+
+def test_table_output_names_everything(two: tuple[str, dict, dict]) -> None:
+    url, _, _ = two
+    res = runner.invoke(app, ["status", "hpo-only", "--db", url], env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    for text in ("campaign hpo-only running", "stages (tasks by state)", "HPO campaigns", "dimenet++",
+                 "attempts in flight (2)", "hpo/mace/5", "failed attempts by cause", "node_lost",
+                 "RuntimeError: error in hpo/painn/2"):
+        assert text in res.output, text
+
+
+def test_bad_input(two: tuple[str, dict, dict], tmp_path: Path) -> None:
+    url, _, _ = two
+    res = runner.invoke(app, ["status", "nope", "--db", url])
+    assert res.exit_code == 2 and "no campaign named 'nope'; known: demo-hpo, hpo-only" in res.output
+    res = runner.invoke(app, ["status", "--db", f"sqlite:///{tmp_path / 'absent.db'}"])
+    assert res.exit_code == 2 and "no campaign database" in res.output and not (tmp_path / "absent.db").exists()
+    res = runner.invoke(app, ["status", "--db", url, "--watch", "--format", "json"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_empty_database(engine: object, db_url: str) -> None:
+    eng = readonly_engine(db_url)
+    with pytest.raises(UnknownCampaign, match="holds no campaign yet"):
+        collect_status(eng)
+    eng.dispose()
+
+
+def test_watch_refreshes_with_new_data(two: tuple[str, dict, dict]) -> None:
+    url, _, _ = two
+    eng = readonly_engine(url)
+    snaps = []
+
+    def render() -> object:
+        snaps.append(collect_status(eng, "hpo-only", now=NOW + timedelta(seconds=len(snaps))))
+        return render_status(snaps[-1])
+
+    console = Console(record=True, width=160, force_terminal=True)
+    assert watch(console, render, interval=0.01, max_updates=3, sleep=lambda _s: None) == 3
+    eng.dispose()
+    assert len(snaps) == 3 and snaps[2].running[0].elapsed_s == snaps[0].running[0].elapsed_s + 2
+    assert "hpo/mace/5" in console.export_text()
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (4, 65, 3725, 90061)] == ["4s", "1m05s", "1h02m05s", "1d01h01m"]
+
+
+def test_status_and_report_import_neither_torch_nor_parsl(two: tuple[str, dict, dict], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url, _, _ = two
+    code = ("import sys\nfrom campaign.cli.app import app\n"
+            f"for args in (['status', '--db', {url!r}], ['report', 'demo-hpo', '--out', {str(tmp_path / 'r')!r}, "
+            f"'--db', {url!r}]):\n    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+            "print('HEAVY=' + ','.join(m for m in ('torch', 'parsl', 'deephyper') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "HEAVY=\n" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+    assert (tmp_path / "r" / "index.html").exists()
