@@ -518,7 +518,9 @@ class Recipe(_Strict):
 
     def hash(self) -> str:
         """sha256 of the validated recipe in canonical JSON (stable across whitespace and key order)."""
-        canon = json.dumps(self.model_dump(mode="json", exclude={"profiles"}), sort_keys=True, separators=(",", ":"))
+        # where a campaign is stored (database URL, possibly with a password) is not part of what it is
+        canon = json.dumps(self.model_dump(mode="json", exclude={"profiles", "database"}), sort_keys=True,
+                           separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
 

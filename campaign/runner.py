@@ -7,6 +7,7 @@ Nothing is written before the recipe validates and the database answers.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,13 @@ def database_url(cli_url: str | None, recipe: Recipe | None) -> str:
     return resolve_url(recipe.database if recipe else None)
 
 
+def redact_database_password(recipe_text: str) -> str:
+    """The recipe text with the password of a ``database:`` URL replaced by ``***`` (stored in the database,
+    shown in reports: a secret must not travel with it)."""
+    return re.sub(r"(?m)^(\s*database\s*:\s*['\"]?[A-Za-z0-9+.-]+://[^:/@\s]+:)[^@\s]+(@)", r"\1***\2",
+                  recipe_text)
+
+
 def open_database(url: str | None = None) -> Any:
     """A migrated read-write engine (upgrades an older schema; refuses an unknown newer one)."""
     from db.engine import check_connection, make_engine
@@ -93,6 +101,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
     from campaign.ledger import Ledger
     from campaign.stages import StageContext, build_stages
     from campaign.steer import Steerer
+    from db.engine import safe_url
 
     url = database_url(db, recipe)
     engine = open_database(url)
@@ -102,10 +111,11 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         dispatcher = make_dispatcher(recipe.site.name, recipe.site.dispatch_params(), workdir / "dispatch")
     except (KeyError, TypeError, ValueError) as exc:
         raise CampaignInputError(f"{recipe_path or recipe.campaign}: site: {exc}") from exc
-    row = ledger.open_campaign(name=recipe.campaign, recipe_text=recipe_text, recipe_hash=recipe.hash(),
+    row = ledger.open_campaign(name=recipe.campaign, recipe_text=redact_database_password(recipe_text),
+                               recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
                                resume_only=resume_only)
-    outcome = RunOutcome(recipe.campaign, row.id, url, "done")
+    outcome = RunOutcome(recipe.campaign, row.id, safe_url(url), "done")
     shared: dict[str, Any] = {}
     try:
         steer = Steerer(ledger, dispatcher, row.id, recipe.site.name,
@@ -148,16 +158,18 @@ def resume_campaign(name: str, *, db: str | None = None,
     from sqlalchemy import select
 
     from db import models as m
-    from db.engine import session_factory
+    from db.engine import safe_url, session_factory
 
     engine = open_database(database_url(db, None))
     with session_factory(engine)() as s:
         row = s.scalar(select(m.Campaign).where(m.Campaign.name == name))
     if row is None:
-        raise CampaignInputError(f"no campaign named {name!r} in {database_url(db, None)}")
+        raise CampaignInputError(f"no campaign named {name!r} in {safe_url(database_url(db, None))}")
     where = row.recipe_path or f"<campaign {name}>"
     recipe = parse_recipe(row.recipe_text, where, profile=row.profile)
     if recipe.site.name != row.site:  # the run overrode the site on the command line
         recipe = parse_recipe(row.recipe_text, where, profile=row.profile, site=row.site)
-    return execute(recipe, row.recipe_text, row.recipe_path, db=db, profile=row.profile, resume_only=True,
+    # the database the campaign was found in (the stored recipe's own URL has its password redacted)
+    return execute(recipe, row.recipe_text, row.recipe_path, db=database_url(db, None), profile=row.profile,
+                   resume_only=True,
                    on_progress=on_progress)

@@ -93,6 +93,13 @@ class Steerer:
         """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
         self.ledger.requeue_lost(self.campaign_id)
         self._create(ctx, stage.start(ctx))
+        # A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
+        # (datasets, artifacts, lineage, follow-ups) were never recorded: hand them to the stage again (every
+        # stage's on_done is idempotent: it records by content / by key and never runs anything twice).
+        for done in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.DONE]):
+            stored = TaskResult(task_id=done.id, attempt=int(done.spec.get("attempt", 1)), exit_cause=ExitCause.OK,
+                                result=done.result)
+            self._create(ctx, stage.on_done(ctx, done, stored))
         inflight: dict[Future[Any], str] = {}
         progress = StageProgress(stage.name)
         while True:

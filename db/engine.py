@@ -44,7 +44,7 @@ def safe_url(url: str | URL) -> str:
     """The URL with its password hidden, for messages and logs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<invalid database URL>"
 
 
@@ -52,8 +52,8 @@ def parse_url(url: str) -> URL:
     """Parse ``url`` or raise :class:`DatabaseError` with a clear message."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(f"not a database URL: {url!r} (expected e.g. sqlite:///campaign.db)") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise DatabaseError(f"not a database URL: {safe_url(url)} (expected e.g. sqlite:///campaign.db)") from exc
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise DatabaseError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
     return parsed
@@ -128,8 +128,33 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+#: Fragments of driver messages meaning "no space left" (SQLite, PostgreSQL, the OS).
+_DISK_FULL = ("database or disk is full", "could not extend file", "no space left on device", "disk full",
+              "quota exceeded")
+
+
+def disk_full_error(exc: BaseException, url: str | URL) -> DatabaseError | None:
+    """A :class:`DatabaseError` naming the database when ``exc`` means its disk is full, else ``None``."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    if not any(frag in text.lower() for frag in _DISK_FULL):
+        return None
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return DatabaseError(f"cannot write to database {safe_url(url)}: {first} (free space, then resume)")
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on any exception."""
-    with factory() as session, session.begin():
-        yield session
+    """A session in one transaction: committed on success, rolled back on any exception.
+
+    Raises:
+        DatabaseError: the database's disk is full (the transaction is rolled back, nothing is written).
+    """
+    try:
+        with factory() as session, session.begin():
+            yield session
+    except OperationalError as exc:
+        bind = factory.kw.get("bind")
+        full = disk_full_error(exc, bind.url if bind is not None else "<database>")
+        if full is None:
+            raise
+        raise full from exc

@@ -8,8 +8,11 @@ Exit status: 0 success, 1 the run failed (the result file says why: ``{"status":
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -19,6 +22,11 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+#: errno values of a write the machine refused (full disk or quota, file too large, read-only or forbidden): the
+#: app reports them as bad input (its output location is unusable), never as a crash.
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                           errno.ENOTDIR})
 
 
 class BadInput(ValueError):
@@ -50,6 +58,61 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with ``renameat2(RENAME_EXCHANGE)``; False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Move directory ``new`` to ``final``, replacing an existing ``final`` without a moment where neither exists.
+
+    On Linux the two directories are swapped atomically (``renameat2`` with ``RENAME_EXCHANGE``) and the old
+    one is then removed, so a process killed at any point leaves either the old or the new directory in place.
+    Elsewhere the old directory is renamed aside first (a short window without ``final``).
+    """
+    new, final = Path(new), Path(final)
+    if not final.exists():
+        os.replace(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old directory
+        return
+    trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, trash)
+    os.replace(new, final)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_refused(exc: BaseException) -> str | None:
+    """``"<file>: <reason>"`` when ``exc`` is a write the machine refused (see :data:`WRITE_REFUSED`)."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_REFUSED:
+        return f"{exc.filename or '?'}: cannot write ({exc.strerror})"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "errno = " in text and "write" in text:  # ADIOS2's C++ exceptions
+        import re
+
+        clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        m = re.search(r"to file (\S+) : errno = (\d+): ([^\n]*)", clean)
+        if m and int(m.group(2)) in WRITE_REFUSED:
+            return f"{m.group(1)}: cannot write ({m.group(3).strip()})"
+    return None
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -99,6 +162,12 @@ def main_for(app: Callable[[dict[str, Any], Path], dict[str, Any]], description:
         if result_path is not None and is_rank_zero():
             write_json_atomic(result_path, {"status": "failed", "reason": exc.reason, "message": str(exc)})
         sys.exit(EXIT_FAILED)
+    except (OSError, RuntimeError) as exc:
+        refused = write_refused(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     if result_path is not None and is_rank_zero():
         write_json_atomic(result_path, {"status": "ok", **result})
     sys.exit(EXIT_OK)

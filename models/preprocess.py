@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from models.appio import BadInput, main_for, write_json_atomic
+from models.appio import BadInput, main_for, replace_dir, write_json_atomic, write_refused
 from models.data.filters import REASONS, FilterConfig, distance_reason, force_reason, label_reason
 from models.data.graphs import radius_graph_pbc
 from models.data.readers import READER_NAMES, get_reader
@@ -273,14 +275,30 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         if old.get("content_hash") == chash and _outputs_intact(old, out_dir):
             return {**old, "skipped": True}
     t0 = time.perf_counter()
-    per_dataset = {d["name"]: process_dataset(d, cfg, out_dir) for d in cfg["datasets"]}
-    files = []
-    for name in per_dataset:
-        for p in sorted((out_dir / name).rglob("*")):
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts):
-                files.append(
-                    {"path": str(p.relative_to(out_dir)), "sha256": sha256_file(p), "bytes": p.stat().st_size}
-                )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    except OSError as exc:
+        raise BadInput(f"{cfg_path}: field 'output_dir': cannot create {out_dir} ({exc.strerror})") from exc
+    # Every dataset is built under ``staging`` and moved into place only once all of them succeeded: bad input
+    # in any dataset (or a full disk) leaves the earlier outputs as they were.
+    try:
+        per_dataset = {d["name"]: process_dataset(d, cfg, staging) for d in cfg["datasets"]}
+        files = []
+        for name in per_dataset:
+            for p in sorted((staging / name).rglob("*")):
+                rel = p.relative_to(staging)
+                if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    files.append({"path": str(rel), "sha256": sha256_file(p), "bytes": p.stat().st_size})
+        for name in per_dataset:
+            replace_dir(staging / name, out_dir / name)
+    except (OSError, RuntimeError) as exc:
+        refused = write_refused(exc)
+        if refused is None:
+            raise
+        raise BadInput(f"{cfg_path}: field 'output_dir': {refused}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     summary = {
         "content_hash": chash,
         "schema_version": SCHEMA_VERSION,
@@ -294,7 +312,13 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 3),
         "skipped": False,
     }
-    write_json_atomic(summary_path, summary)
+    try:
+        write_json_atomic(summary_path, summary)
+    except OSError as exc:
+        refused = write_refused(exc)
+        if refused is None:
+            raise
+        raise BadInput(f"{cfg_path}: field 'output_dir': {refused}") from exc
     return summary
 
 

@@ -128,14 +128,10 @@ def _tmp_dir_beside(path: Path) -> Path:
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move directory ``tmp`` to ``final``, replacing an existing ``final`` (old one removed after)."""
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    """Move directory ``tmp`` to ``final``, replacing an existing ``final`` with no moment where neither exists."""
+    from models.appio import replace_dir
+
+    replace_dir(tmp, final)
 
 
 def _file_sizes(bp: Path) -> dict[str, int]:
