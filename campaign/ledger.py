@@ -245,15 +245,26 @@ class Ledger:
                 task.state = TaskState.FAILED
                 task.result = {"status": "failed", "reason": reason}
 
-    def requeue_lost(self, campaign_id: int) -> list[str]:
+    def requeue_lost(self, campaign_id: int, *, stage_id: int | None = None,
+                     keep: Iterable[str] = ()) -> list[str]:
         """After a driver restart: SUBMITTED/RUNNING tasks whose attempt has no outcome go back to READY.
 
         Their open attempt is closed as ``node_lost`` (the driver that held the future is gone).
+
+        Args:
+            campaign_id: The campaign.
+            stage_id: Only this stage's tasks (default: the whole campaign).
+            keep: Task ids left alone (attempts the new driver adopted because they still run).
+
         Returns the ids of the re-queued tasks.
         """
+        kept = set(keep)
         with transaction(self.Session) as s:
-            rows = list(s.scalars(select(m.Task).where(
-                m.Task.campaign_id == campaign_id, m.Task.state.in_([TaskState.SUBMITTED, TaskState.RUNNING]))))
+            q = select(m.Task).where(m.Task.campaign_id == campaign_id,
+                                     m.Task.state.in_([TaskState.SUBMITTED, TaskState.RUNNING]))
+            if stage_id is not None:
+                q = q.where(m.Task.stage_id == stage_id)
+            rows = [t for t in s.scalars(q) if t.id not in kept]
             for task in rows:
                 for att in s.scalars(select(m.Attempt).where(m.Attempt.task_id == task.id,
                                                              m.Attempt.exit_cause.is_(None))):

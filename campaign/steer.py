@@ -91,7 +91,8 @@ class Steerer:
 
     def run_stage(self, stage: Stage, ctx: StageContext) -> str:
         """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
-        self.ledger.requeue_lost(self.campaign_id)
+        adopted = self._adopt(ctx)
+        self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id, keep=adopted.values())
         self._create(ctx, stage.start(ctx))
         # A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
         # (datasets, artifacts, lineage, follow-ups) were never recorded: hand them to the stage again (every
@@ -100,7 +101,7 @@ class Steerer:
             stored = TaskResult(task_id=done.id, attempt=int(done.spec.get("attempt", 1)), exit_cause=ExitCause.OK,
                                 result=done.result)
             self._create(ctx, stage.on_done(ctx, done, stored))
-        inflight: dict[Future[Any], str] = {}
+        inflight: dict[Future[Any], str] = dict(adopted)
         progress = StageProgress(stage.name)
         while True:
             ready = [t for t in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.READY])
@@ -145,7 +146,8 @@ class Steerer:
                                         exit_cause=ExitCause.NODE_LOST, error=f"{type(exc).__name__}: {exc}",
                                         started_at=now, ended_at=now)
                 self._drain_attempts()
-                state = self.ledger.record_attempt(result, final=True)
+                # an adopted attempt that vanished is retried by this loop (no dispatcher retries it)
+                state = self.ledger.record_attempt(result, final=True, requeue=fut in adopted)
                 task = self._task(task_id)
                 if state is TaskState.DONE:
                     progress.done += 1
@@ -157,6 +159,25 @@ class Steerer:
         status = stage.finish(ctx)
         self.ledger.finish_stage(ctx.stage_id, status)
         return status
+
+    def _adopt(self, ctx: StageContext) -> dict[Future[Any], str]:
+        """Attempts a killed driver left in flight: record those that finished, watch those still running.
+
+        Returns ``{future: task_id}`` of the attempts being watched (see :mod:`campaign.adopt`); the rest of the
+        stage's in-flight tasks are lost and re-queued by the caller.
+        """
+        from campaign.adopt import probe_attempt, watch
+
+        watched: dict[Future[Any], str] = {}
+        for task in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id,
+                                      states=[TaskState.SUBMITTED, TaskState.RUNNING]):
+            spec = TaskSpec.model_validate(task.spec)
+            probe = probe_attempt(spec, spec.attempt)
+            if probe.state == "finished" and probe.result is not None:
+                self.ledger.record_attempt(_as_result(probe.result), final=True, requeue=True)
+            elif probe.state == "alive":
+                watched[watch(spec, spec.attempt)] = task.id
+        return watched
 
     def _report(self, stage: Stage, progress: StageProgress) -> None:
         """Send the stage's progress (and its sub-campaigns', e.g. one row per HPO campaign) to the display."""

@@ -8,6 +8,7 @@ that the function pickles and imports cheaply on the worker.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -227,22 +229,76 @@ def run_task(
     started = utcnow()
     cause = ExitCause.OK
     returncode: int | None
+    proc_file = process_file(workdir, spec.attempt)
     with stdout_path.open("w") as out, stderr_path.open("w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=spec.resources.walltime_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
+        write_json_atomic(proc_file, {"host": socket.gethostname(), "pid": proc.pid, "pgid": proc.pid,
+                                      "start_ticks": process_start_ticks(proc.pid), "worker_pid": os.getpid(),
+                                      "started_at": started.isoformat(), "attempt": spec.attempt})
+        deadline = None if spec.resources.walltime_s is None else time.monotonic() + spec.resources.walltime_s
+        while True:  # wait, touching the process file as a heartbeat for a driver that may adopt this attempt
+            step = HEARTBEAT_S if deadline is None else max(0.0, min(HEARTBEAT_S, deadline - time.monotonic()))
             try:
-                proc.wait(timeout=30)
+                returncode = proc.wait(timeout=step)
+                break
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            returncode = proc.returncode
-            cause = ExitCause.WALLTIME
-    ended = utcnow()
+                if deadline is not None and time.monotonic() >= deadline:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                    returncode = proc.returncode
+                    cause = ExitCause.WALLTIME
+                    break
+                with contextlib.suppress(OSError):
+                    os.utime(proc_file)
+    out_result = settle(spec, returncode, cause, started, utcnow(), stdout_path, stderr_path)
+    write_json_atomic(attempt_result_file(workdir, spec.attempt), out_result)
+    return out_result
 
+
+#: Seconds between heartbeats of a running attempt (the process file's mtime).
+HEARTBEAT_S = 5.0
+
+
+def process_file(workdir: Path, attempt: int) -> Path:
+    """``attempt<N>.proc.json``: host and process group of a running attempt; its mtime is the heartbeat."""
+    return workdir / f"attempt{attempt}.proc.json"
+
+
+def attempt_result_file(workdir: Path, attempt: int) -> Path:
+    """``attempt<N>.result.json``: the attempt's :class:`TaskResult`, written before the worker returns it."""
+    return workdir / f"attempt{attempt}.result.json"
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: Any, ended: Any,
+           stdout_path: Path, stderr_path: Path) -> dict[str, Any]:
+    """The attempt's :class:`TaskResult` from how the app ended and the result file it left.
+
+    ``returncode`` is None when the app's exit status is unknown (an attempt adopted by a new driver after its
+    worker died): then the app's own result file decides.
+    """
+    result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
+    err_text: str | None = None
     if result_path.exists():
         try:
             result = json.loads(result_path.read_text())
@@ -250,14 +306,10 @@ def run_task(
             result = None
             cause = ExitCause.ERROR if cause is ExitCause.OK else cause
             err_text = f"unreadable result file {result_path}: {exc}"
-        else:
-            err_text = None
-    else:
-        err_text = None
     if cause is ExitCause.OK:
         if returncode is not None and returncode < 0:
             cause = ExitCause.KILLED
-        elif returncode != 0 or result is None:
+        elif (returncode is not None and returncode != 0) or result is None:
             cause = ExitCause.ERROR
         elif isinstance(result, dict) and result.get("status") == "failed":
             cause = ExitCause.ERROR

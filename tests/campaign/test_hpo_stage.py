@@ -1,0 +1,119 @@
+"""The HPO stage end to end: preprocess, two DeepHyper campaigns with real training trials through the local
+Parsl-free dispatcher, the ask/tell log, early stopping, results.csv, metrics, checkpoints, and a re-run that
+runs nothing again."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from campaign.ledger import sha256_file
+from campaign.runner import open_database, run_campaign
+from db import models as m
+from db.engine import session_factory
+
+RECIPE = """\
+campaign: {name}
+seed: 3
+site: {{name: local, workers: 2}}
+workdir: runs
+datasets:
+  - {{name: demo-emt, count: 16, shards: 1}}
+  - {{name: demo-gfn2, count: 8, shards: 1}}
+hpo_defaults:
+  max_trials: {max_trials}
+  trials_in_flight: {in_flight}
+  epochs: {epochs}
+  batch_size: 8
+  fixed: {{cutoff: 4.5, num_rbf: 8}}
+  early_stopping: {{rule: median, min_epochs: 1, min_peers: 1}}
+stages:
+  preprocess: {{cutoff: 4.5, max_neighbours: 12}}
+  hpo:
+{campaigns}
+"""
+
+CAMPAIGN = """\
+    - name: {family}
+      family: {family}
+      search_space:
+        hidden: {{type: categorical, choices: [8, 16]}}
+        lr: {{type: float, low: 1.0e-3, high: 1.0e-2, log: true}}
+"""
+
+
+def write_recipe(path: Path, *, name: str = "hpo-test", families: tuple[str, ...] = ("schnet", "painn"),
+                 max_trials: int = 3, in_flight: int = 2, epochs: int = 2) -> Path:
+    """A tiny HPO recipe (a few seconds of training per trial)."""
+    path.write_text(RECIPE.format(name=name, max_trials=max_trials, in_flight=in_flight, epochs=epochs,
+                                  campaigns="".join(CAMPAIGN.format(family=f) for f in families)))
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_hpo_campaigns_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    recipe = write_recipe(tmp_path / "hpo.yaml")
+    out = run_campaign(recipe, db=url)
+    assert out.ok, out.stages
+    assert [(s.kind, s.status) for s in out.stages] == [("preprocess", "done"), ("hpo", "done")]
+
+    engine = open_database(url)
+    with session_factory(engine)() as s:
+        trials = list(s.scalars(select(m.Trial).order_by(m.Trial.hpo, m.Trial.number)))
+        assert [(t.hpo, t.number) for t in trials] == [("painn", 0), ("painn", 1), ("painn", 2),
+                                                       ("schnet", 0), ("schnet", 1), ("schnet", 2)]
+        for hpo in ("painn", "schnet"):
+            mine = [t for t in trials if t.hpo == hpo]
+            # asynchronous: two asked together first, the third asked after the first tell
+            assert [t.ask_event for t in mine][:2] == [0, 0] and mine[2].ask_event > min(t.tell_event for t in mine[:2])
+            assert sorted(t.tell_event for t in mine) == sorted({t.tell_event for t in mine})
+        for t in trials:
+            assert t.status in ("done", "pruned"), (t.hpo, t.number, t.status, t.failure)
+            assert t.objective is not None and t.objective > 0 and t.best_epoch is not None
+            assert t.config["cutoff"] == 4.5 and t.config["hidden"] in (8, 16)
+            task = s.get(m.Task, t.task_id)
+            assert task.state == "DONE" and task.kind == "trial"
+            assert task.spec["config"]["model"]["family"] == t.family
+            assert task.spec["config"]["model"]["heads"] == [100, 101]
+            # the objective is the best epoch's validation loss, as recorded per epoch in the metrics table
+            val = {r.epoch: r.value for r in s.scalars(select(m.Metric).where(
+                m.Metric.task_id == t.task_id, m.Metric.split == "val", m.Metric.head == "None",
+                m.Metric.name == "loss"))}
+            assert val and t.objective == pytest.approx(min(val.values()))
+            assert t.best_epoch == min(val, key=val.get)
+            ckpt = s.scalar(select(m.Artifact).where(m.Artifact.task_id == t.task_id,
+                                                     m.Artifact.kind == "checkpoint"))
+            assert ckpt is not None and sha256_file(ckpt.path) == ckpt.sha256
+        attempts = s.scalar(select(m.Attempt.id).order_by(m.Attempt.id.desc()).limit(1))
+
+    for hpo in ("painn", "schnet"):
+        with open(tmp_path / "runs" / "hpo-test" / "hpo" / hpo / "results.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 3 and {"p:hidden", "p:lr", "objective", "job_id", "job_status"} <= set(rows[0])
+
+    # a re-run of the same recipe resumes: everything is done, nothing runs again
+    again = run_campaign(recipe, db=url)
+    assert again.ok
+    with session_factory(engine)() as s:
+        assert s.scalar(select(m.Attempt.id).order_by(m.Attempt.id.desc()).limit(1)) == attempts
+        assert len(list(s.scalars(select(m.Trial)))) == 6
+    engine.dispose()
+
+
+def test_a_poor_trial_is_stopped_early_through_its_stop_file(tmp_path: Path) -> None:
+    """The median rule's decision reaches a running trial as its stop file (unit level: no training)."""
+    from campaign.stages.hpo import read_val_curve
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 0, "split": "val", "head": null, "name": "loss", "value": 3.0}\n'
+                       '{"epoch": 0, "split": "val", "head": 100, "name": "loss", "value": 1.0}\n'
+                       '{"epoch": 1, "split": "val", "head": null, "name": "loss", "value": 2.0}\n'
+                       '{"epoch": 2, "split": "val", "head": nu')  # a line being written
+    assert read_val_curve(metrics) == [3.0, 2.0]
+    assert read_val_curve(tmp_path / "missing.jsonl") == []
