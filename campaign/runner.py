@@ -35,6 +35,7 @@ class RunOutcome:
     database: str
     status: str  # done | failed
     stages: list[StageOutcome] = field(default_factory=list)
+    url: str = field(default="", repr=False)  # the full database URL (may hold a password: never print it)
 
     @property
     def ok(self) -> bool:
@@ -115,7 +116,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
                                recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
                                resume_only=resume_only)
-    outcome = RunOutcome(recipe.campaign, row.id, safe_url(url), "done")
+    outcome = RunOutcome(recipe.campaign, row.id, safe_url(url), "done", url=url)
     shared: dict[str, Any] = {}
     try:
         steer = Steerer(ledger, dispatcher, row.id, recipe.site.name,

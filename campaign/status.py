@@ -295,6 +295,20 @@ def _fmt_ts(ts: datetime | None) -> str:
     return "–" if ts is None else _aware(ts).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def hpo_table(summaries: list[HPOSummary]) -> Table:
+    """One row per HPO campaign: trials by outcome, the best objective and the trial that reached it."""
+    hpo = Table(title="HPO campaigns (objective: best-epoch validation loss, lower is better)", title_justify="left")
+    for col in ("hpo", "family", "trials", "done", "pruned", "failed", "in flight", "best", "best trial"):
+        hpo.add_column(col, justify="left" if col in ("hpo", "family", "best trial") else "right")
+    for h in summaries:
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in (h.best_config or {}).items())
+        hpo.add_row(h.hpo, h.family, str(h.trials), str(h.done), str(h.pruned), str(h.failed),
+                    str(h.in_flight), "–" if h.best_objective is None else f"{h.best_objective:.4g}",
+                    "–" if h.best_number is None else f"#{h.best_number} {cfg}")
+    return hpo
+
+
 def render_status(snap: CampaignStatus) -> Group:
     """The snapshot as Rich renderables: a header line, then stages, HPO campaigns, attempts in flight and
     failures (each table only when it has rows)."""
@@ -318,17 +332,7 @@ def render_status(snap: CampaignStatus) -> Group:
     parts.append(stages)
 
     if snap.hpo:
-        hpo = Table(title="HPO campaigns (objective: best-epoch validation loss, lower is better)",
-                    title_justify="left")
-        for col in ("hpo", "family", "trials", "done", "pruned", "failed", "in flight", "best", "best trial"):
-            hpo.add_column(col, justify="left" if col in ("hpo", "family", "best trial") else "right")
-        for h in snap.hpo:
-            cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in (h.best_config or {}).items())
-            hpo.add_row(h.hpo, h.family, str(h.trials), str(h.done), str(h.pruned), str(h.failed),
-                        str(h.in_flight), "–" if h.best_objective is None else f"{h.best_objective:.4g}",
-                        "–" if h.best_number is None else f"#{h.best_number} {cfg}")
-        parts.append(hpo)
+        parts.append(hpo_table(snap.hpo))
 
     if snap.running_total:
         more = snap.running_total - len(snap.running)

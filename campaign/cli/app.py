@@ -110,11 +110,43 @@ def _print_outcome(outcome: Any) -> None:
     for st in outcome.stages:
         table.add_row(st.kind, f"[{colors.get(st.status, 'white')}]{st.status}[/]", st.note)
     console.print(table)
+    _print_results(outcome)
     console.print(f"database: {outcome.database}")
     console.print(f'try: campaign sql --db {outcome.database} "SELECT kind, state, COUNT(*) FROM tasks GROUP BY 1, 2"',
                   highlight=False, soft_wrap=True)
     if not outcome.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_results(outcome: Any) -> None:
+    """What the campaign found: each HPO campaign's best trial and the promoted models (when it has them)."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from campaign.status import collect_status, hpo_table
+    from db import models as m
+    from db.engine import make_engine, session_factory
+
+    engine = make_engine(outcome.url)
+    try:
+        snap = collect_status(engine, outcome.campaign)
+        if snap.hpo:
+            console.print(hpo_table(snap.hpo))
+        with session_factory(engine)() as s:
+            promoted = list(s.scalars(select(m.Model).where(m.Model.campaign_id == outcome.campaign_id,
+                                                            m.Model.role == "promoted").order_by(m.Model.id)))
+        if promoted:
+            table = Table(title="promoted models (ready for the train stage)", title_justify="left")
+            for col in ("model", "name", "family", "objective", "why"):
+                table.add_column(col)
+            for row in promoted:
+                met = row.metrics or {}
+                obj = met.get("objective")
+                table.add_row(str(row.id), row.name, row.family, "–" if obj is None else f"{obj:.4g}",
+                              ", ".join(met.get("reasons", [])))
+            console.print(table)
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------------------------------------- validate
