@@ -13,24 +13,38 @@ checkpoint), ``epochs`` (50), ``batch_size`` (8), ``optimizer`` / ``scheduler`` 
 ``precision`` (fp32), ``force_weight`` (10), ``energy_loss`` (mse), ``patience`` (10), ``grad_clip`` (10),
 ``output_dir``, ``seed`` (0).
 
+Downstream data (``prepare``): the app can also build the small dataset itself, deterministic by seed, as an
+ADIOS2 store ``<data_root>/<dataset>/{train,val,test}`` (:func:`build_downstream`): ``xtb-molecules`` (rattled
+G2 molecules at indices disjoint from the demo pre-training set, labelled by GFN2-xTB through ``tblite``: total
+energy and forces, HOMO-LUMO gap in eV, or dipole magnitude in Debye), ``emt-alloys`` (rattled, strained bcc and
+hcp alloys of the given elements, absent from the fcc-only demo pre-training, labelled by ASE's EMT: energy and
+forces), or ``files`` (ASE-readable files; the target read from ``atoms.info[target]`` or the calculator's
+energy). The target is stored in the store's energy field (no forces for gap/dipole). With ``prepare_only``
+the app builds the store and returns its summary without training; a store whose ``summary.json`` has the same
+content hash is not rebuilt.
+
 The result holds ``test_metrics`` (per head: energy MAE per atom, force MAE, loss), ``test_loss``,
-``objective`` (= the best validation loss), ``best_epoch``, ``epochs_run``, ``trainable_parameters``, and the
-fine-tuned checkpoint (``best.pt``, with its sha256), which :class:`models.inference.Predictor` reads.
+``objective`` (= the best validation loss), ``best_epoch``, ``epochs_run``, ``trainable_parameters``,
+``test_target_mae`` (mean absolute error of the target per structure on the test split, in the target's unit),
+``history`` (per-epoch rows ``{epoch, split, head, name, value}``), and the fine-tuned checkpoint (``best.pt``, with its sha256), which :class:`models.inference.Predictor` reads.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models import checkpoint
-from models.appio import BadInput, main_for
+from models.appio import BadInput, main_for, write_json_atomic
 from models.distributed import GradSync, detect, init, shutdown
 from models.inference import load_model
 from models.nn.precision import param_dtype
@@ -41,11 +55,38 @@ from models.training.loop import Trainer
 from models.training.metrics import MetricsWriter
 from models.training.schedule import Schedule
 
+HARTREE_EV = 27.211386245988
+BOHR_ANGSTROM = 0.529177210903
+E_BOHR_DEBYE = 2.541746473
+#: Downstream datasets the app generates itself.
+DOWNSTREAM_KINDS = ("xtb-molecules", "emt-alloys", "files")
+#: Unit of each target (stored in the energy field).
+TARGET_UNITS = {"energy": "eV", "gap": "eV", "dipole": "D"}
+#: Index offset of the downstream molecules: disjoint from the demo pre-training set's indices.
+MOLECULE_OFFSET = 1_000_000
+
+
+class DownstreamData(BaseModel):
+    """A small downstream dataset the app builds (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["xtb-molecules", "emt-alloys", "files"]
+    target: Literal["energy", "gap", "dipole"] = "energy"
+    count: int = Field(100, ge=3)
+    seed: int = 0
+    elements: list[str] = Field(default_factory=lambda: ["Ni", "Al", "Cu"])
+    files: list[str] = Field(default_factory=list)
+    cutoff: float = Field(5.0, gt=0)
+    max_neighbours: int | None = Field(32, ge=1)
+    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+
 
 class FinetuneConfig(BaseModel):
     """``python -m models.finetune`` config (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid")
+    prepare: DownstreamData | None = None
+    prepare_only: bool = False
     checkpoint: str | None = None
     data_root: str
     dataset: str
@@ -75,11 +116,201 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> FinetuneConfig:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise BadInput(f"{path}: field '{field}': {err['msg']}") from None
+    if cfg.prepare_only:
+        if cfg.prepare is None:
+            raise BadInput(f"{path}: field 'prepare': required with prepare_only")
+        if cfg.head is None:
+            raise BadInput(f"{path}: field 'head': required with prepare (the new head's id)")
+        return cfg
     if cfg.checkpoint is None and not (cfg.from_scratch and cfg.model is not None):
         raise BadInput(f"{path}: field 'checkpoint': required (or from_scratch with 'model')")
     if cfg.from_scratch and cfg.freeze_encoder:
         raise BadInput(f"{path}: field 'freeze_encoder': a from-scratch baseline cannot freeze its encoder")
     return cfg
+
+
+# ---------------------------------------------------------------------------------------- downstream data
+def _xtb_label(atoms: Any, target: str) -> tuple[float, np.ndarray | None]:
+    """GFN2-xTB (tblite) label of a molecule: (target value, forces in eV/Å or None)."""
+    from tblite.interface import Calculator
+
+    calc = Calculator("GFN2-xTB", atoms.numbers, atoms.positions / BOHR_ANGSTROM)
+    calc.set("verbosity", 0)
+    res = calc.singlepoint()
+    if target == "energy":
+        forces = -np.asarray(res.get("gradient")) * HARTREE_EV / BOHR_ANGSTROM
+        return float(res.get("energy")) * HARTREE_EV, forces
+    if target == "gap":
+        eps = np.asarray(res.get("orbital-energies"))
+        occ = np.asarray(res.get("orbital-occupations"))
+        homo = round(float(occ.sum()) / 2.0) - 1  # closed shell: doubly occupied up to HOMO
+        return float(eps[homo + 1] - eps[homo]) * HARTREE_EV, None
+    dipole = np.asarray(res.get("dipole"))  # e·Bohr
+    return float(np.linalg.norm(dipole)) * E_BOHR_DEBYE, None
+
+
+def emt_alloy(seed: int, index: int, elements: list[str]) -> Any:
+    """Unlabelled structure ``index`` of the emt-alloys set: a random bcc (60 %) or hcp alloy cell of
+    ``elements`` (lattice constant from the composition-weighted fcc volumes), strained and rattled."""
+    from ase.build import bulk
+    from ase.data import atomic_numbers, reference_states
+
+    rng = np.random.default_rng([seed, index, 31])
+    frac = rng.dirichlet(np.ones(len(elements)))
+    vols = np.array([reference_states[atomic_numbers[e]]["a"] ** 3 / 4.0 for e in elements])
+    vol = float(frac @ vols)  # Å^3 per atom
+    if rng.random() < 0.6:
+        atoms = bulk("Fe", "bcc", a=(2.0 * vol) ** (1.0 / 3.0), cubic=True).repeat((2, 2, 2))  # 16 atoms
+    else:
+        a = (vol * 4.0 / np.sqrt(3.0) / 1.633) ** (1.0 / 3.0)
+        atoms = bulk("Mg", "hcp", a=a, c=1.633 * a).repeat((2, 2, 2))  # 16 atoms
+    symbols = rng.choice(elements, size=len(atoms), p=frac)
+    atoms.set_chemical_symbols([str(x) for x in symbols])
+    strain = np.eye(3) + rng.normal(0.0, 0.02, (3, 3))
+    atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+    atoms.positions += rng.normal(0.0, rng.uniform(0.02, 0.1), atoms.positions.shape)
+    return atoms
+
+
+def _labelled(data: DownstreamData) -> list[tuple[Any, float, np.ndarray | None]]:
+    """``(atoms, target, forces)`` of every structure of the downstream set."""
+    out = []
+    if data.kind == "xtb-molecules":
+        from models.data.demo import molecule_structure
+
+        for k in range(data.count):
+            atoms = molecule_structure(data.seed, MOLECULE_OFFSET + k)
+            out.append((atoms, *_xtb_label(atoms, data.target)))
+    elif data.kind == "emt-alloys":
+        from ase.calculators.emt import EMT
+
+        if data.target != "energy":
+            raise BadInput(f"field 'prepare.target': emt-alloys has only 'energy', not {data.target!r}")
+        calc = EMT()
+        for k in range(data.count):
+            atoms = emt_alloy(data.seed, k, data.elements)
+            atoms.calc = calc
+            out.append((atoms, float(atoms.get_potential_energy()), atoms.get_forces().copy()))
+    else:
+        import ase.io
+
+        for f in data.files:
+            try:
+                frames = list(ase.io.iread(f, index=":"))
+            except Exception as exc:
+                raise BadInput(f"{f}: cannot read structures ({type(exc).__name__}: {exc})") from exc
+            for k, atoms in enumerate(frames):
+                if len(out) >= data.count:
+                    break
+                if data.target in atoms.info:
+                    value, forces = float(atoms.info[data.target]), None
+                elif data.target == "energy" and atoms.calc is not None:
+                    value = float(atoms.get_potential_energy())
+                    forces = atoms.get_forces().copy() if "forces" in atoms.calc.results else None
+                else:
+                    raise BadInput(f"{f}: record {k}: no {data.target!r} in atoms.info")
+                out.append((atoms, value, forces))
+    return out
+
+
+def downstream_hash(data: DownstreamData, name: str, head: int) -> str:
+    """Content hash of a downstream store: its spec, the input files' bytes and the store schema."""
+    from models.data.store import SCHEMA_VERSION
+
+    files = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in data.files if Path(f).is_file()}
+    payload = json.dumps({"data": data.model_dump(mode="json"), "name": name, "head": head, "files": files,
+                          "schema": SCHEMA_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_downstream(data: DownstreamData, root: str | Path, name: str, head: int) -> dict[str, Any]:
+    """Build (or find intact) the downstream store ``<root>/<name>/{train,val,test}``.
+
+    Returns:
+        Its summary: ``content_hash``, ``counts`` per split, ``elements``, ``target``, ``unit``, ``head_id``,
+        ``reference_energies``, ``target_stats``, ``output_files`` (path, sha256, bytes), ``skipped``.
+    """
+    from models.data.graphs import radius_graph_pbc
+    from models.data.reference import fit_reference_energies, reference_sum
+    from models.data.split import assign_split, check_fractions, structure_id
+    from models.data.store import pack_graphs, write_split
+
+    out_dir = Path(root) / name
+    chash = downstream_hash(data, name, head)
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            old = json.loads(summary_path.read_text())
+        except ValueError:
+            old = {}
+        files_ok = all(Path(f["path"]).is_file() and Path(f["path"]).stat().st_size == f["bytes"]
+                       for f in old.get("output_files", []))
+        if old.get("content_hash") == chash and files_ok:
+            return {**old, "skipped": True}
+    try:
+        fractions = check_fractions(data.split)
+    except (ValueError, AttributeError) as exc:
+        raise BadInput(f"field 'prepare.split': {exc}") from exc
+    records = []
+    for atoms, value, forces in _labelled(data):
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell[:], dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+        pos = np.asarray(atoms.positions, dtype=np.float64)
+        z = np.asarray(atoms.numbers, dtype=np.int64)
+        ei, shift, _ = radius_graph_pbc(pos, cell, pbc, data.cutoff, data.max_neighbours)
+        sid = structure_id(z, pos, cell, pbc)
+        records.append({"z": z, "pos": pos, "forces": forces, "cell": cell, "pbc": pbc, "energy": value,
+                        "stress": None, "sid": sid, "edge_index": ei, "shift": shift,
+                        "split": assign_split(sid, data.seed, fractions)})
+    if not records:
+        raise BadInput("field 'prepare': the downstream dataset is empty")
+    refs = fit_reference_energies([r["z"] for r in records], np.array([r["energy"] for r in records]))
+    for r in records:
+        r["eref"] = reference_sum(r["z"], refs)
+    unit = TARGET_UNITS[data.target]
+    meta = {"dataset": name, "head_id": head, "target": data.target, "target_unit": unit,
+            "units": {"energy": unit, "forces": "eV/Å", "length": "Å"},
+            "reference_energies": {str(z): e for z, e in sorted(refs.items())},
+            "cutoff": data.cutoff, "max_neighbours": data.max_neighbours, "seed": data.seed,
+            "level_of_theory": {"xtb-molecules": "GFN2-xTB (tblite)", "emt-alloys": "EMT (ASE)"}.get(data.kind, "")}
+    counts = {}
+    for split in ("train", "val", "test"):
+        part = [r for r in records if r["split"] == split]
+        write_split(out_dir / split, pack_graphs(part), {**meta, "split": split})
+        counts[split] = len(part)
+    if counts["train"] == 0 or counts["val"] == 0 or counts["test"] == 0:
+        raise BadInput(f"field 'prepare.count': {data.count} structures leave an empty split ({counts})")
+    files = [{"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+             for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != "summary.json"
+             and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)]
+    values = np.array([r["energy"] for r in records])
+    summary = {
+        "content_hash": chash, "dataset": name, "head_id": head, "kind": data.kind, "target": data.target,
+        "unit": unit, "counts": counts, "elements": sorted({int(x) for r in records for x in r["z"]}),
+        "reference_energies": meta["reference_energies"], "level_of_theory": meta["level_of_theory"],
+        "target_stats": {"mean": float(values.mean()), "std": float(values.std()),
+                         "min": float(values.min()), "max": float(values.max())},
+        "with_forces": int(sum(r["forces"] is not None for r in records)),
+        "store_path": str(Path(root)), "output_files": files, "skipped": False,
+    }
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def _target_mae(model: Any, store: Any, batch_size: int, device: torch.device, precision: str) -> float | None:
+    """Mean absolute error of the predicted total (energy field) per structure over ``store``."""
+    from models.nn.precision import cast_batch, precision_context
+
+    model.eval()
+    err, n = 0.0, 0
+    for start in range(0, len(store), batch_size):
+        batch = cast_batch(store.get_batch(list(range(start, min(len(store), start + batch_size)))).to(device),
+                           precision)
+        with precision_context(precision, device):
+            pred = model(batch, forces=False)["energy"]
+        err += float((pred.double() - batch.energy.double()).abs().sum())
+        n += int(batch.num_graphs)
+    return err / n if n else None
 
 
 def _prepare_model(cfg: FinetuneConfig, head: int, config_path: Path | str) -> tuple[Any, dict[str, Any]]:
@@ -117,10 +348,23 @@ def finetune(cfg: FinetuneConfig, config_path: Path | str = "<config>") -> dict[
         RunFailed: non-finite loss or gradient (``reason="nan"``).
     """
     t0 = time.perf_counter()
+    prepared: dict[str, Any] | None = None
+    if cfg.prepare is not None:
+        if cfg.head is None:
+            raise BadInput(f"{config_path}: field 'head': required with prepare (the new head's id)")
+        try:
+            prepared = build_downstream(cfg.prepare, cfg.data_root, cfg.dataset, cfg.head)
+        except BadInput as exc:
+            raise BadInput(f"{config_path}: {exc}") from None
+        if cfg.prepare_only:
+            return {"prepared": prepared, "wall_time_s": time.perf_counter() - t0}
     denv = detect()
     device = init(denv)
     try:
-        return _finetune(cfg, config_path, denv.rank, denv.world_size, device, t0)
+        result = _finetune(cfg, config_path, denv.rank, denv.world_size, device, t0)
+        if prepared is not None:
+            result["prepared"] = prepared
+        return result
     finally:
         shutdown()
 
@@ -179,6 +423,7 @@ def _finetune(
     out = Path(cfg.output_dir)
     writer = MetricsWriter(out / "metrics.jsonl") if rank == 0 else None
     best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = []
     last = -1
     for epoch in range(cfg.epochs):
         loader.set_epoch(epoch)
@@ -188,6 +433,9 @@ def _finetune(
         if writer is not None:
             writer.write(epoch, "train", tr.as_rows())
             writer.write(epoch, "val", va.as_rows())
+        for split, res in (("train", tr), ("val", va)):
+            history += [{"epoch": epoch, "split": split, "head": h, "name": k, "value": float(v)}
+                        for h, named in res.as_rows().items() for k, v in named.items()]
         if stopper.update(epoch, va.loss):
             best_state = copy.deepcopy(model.state_dict())
         last = epoch
@@ -198,6 +446,9 @@ def _finetune(
     te = trainer.evaluate(eval_batches({"t": splits["test"]}, cfg.batch_size, rank=rank, world_size=world))
     if writer is not None:
         writer.write(stopper.best_epoch, "test", te.as_rows())
+    history += [{"epoch": stopper.best_epoch, "split": "test", "head": h, "name": k, "value": float(v)}
+                for h, named in te.as_rows().items() for k, v in named.items()]
+    target_mae = _target_mae(model, splits["test"], cfg.batch_size, device, cfg.precision)
     digest = ""
     path = out / "checkpoints" / "best.pt"
     if rank == 0:
@@ -220,6 +471,10 @@ def _finetune(
         "epochs_run": last + 1,
         "test_loss": te.loss if math.isfinite(te.loss) else None,
         "test_metrics": {str(h): m for h, m in te.per_head.items()},
+        "test_target_mae": target_mae,
+        "test_graphs": len(splits["test"]),
+        "train_graphs": len(splits["train"]),
+        "history": history,
         "head": head,
         "from_scratch": cfg.from_scratch,
         "freeze_encoder": cfg.freeze_encoder,

@@ -2,22 +2,25 @@
 
 :class:`Predictor` runs the shared encoder once per batch, then all selected heads in one batched pass (the
 heads' MLP weights are stacked into ``[H, ...]`` tensors and applied with ``einsum``), giving energies
-``[G, H]``. Forces per head are ``F_h = -dE_h/dpos``. The sum-over-heads trick (one backward of
-``sum_h E_h``) gives only ``-d(sum_h E_h)/dpos``, not per-head forces, so it is NOT used. Instead the graph of
-the single forward pass is differentiated once per selected head (``retain_graph=True``, ``force_method=
-"loop"``, the default), or all heads at once with ``is_grads_batched=True`` (``force_method="vmap"``: one
-vmapped backward with ``H`` one-hot cotangents). On CPU the loop measured faster than the vmapped backward
-(PaiNN, 128 features, 4 heads: 0.73 s vs 1.09 s per 16 structures, 1 thread), so it is the default. Either
-way the encoder's forward runs once per batch; with ``H`` heads the cost is one forward + ``H`` backward passes
-instead of ``H`` forwards + ``H`` backwards. Per-head forces are needed only when several heads are screened;
-``heads=[h]`` costs the same as the plain model.
+``[G, H]``.
+
+Forces. Screening ranks by one head (the criterion's), so by default (``force_heads=[h]``) forces come from ONE
+backward pass of that head's energy through the graph of the single forward pass: the same cost as the plain
+model, however many heads are evaluated. Per-head forces of several heads (``F_h = -dE_h/dpos``) cannot come
+from one backward of ``sum_h E_h`` (that gives only ``-d(sum_h E_h)/dpos``), so they are taken either as one
+vmapped backward with ``H`` one-hot cotangents (``force_method="vmap"``, ``is_grads_batched=True``: one autograd
+call, batched over heads, the better choice on GPUs) or one backward per head on the retained graph
+(``force_method="loop"``, the CPU default: PaiNN, 128 features, 4 heads measured 0.73 s vs 1.09 s per 16
+structures on 1 thread). Either way the encoder's forward runs once per batch.
 
 Energies include each head's element reference energies (``sum_i ref_h[z_i]``) when the checkpoint carries
 them (``head_references``, written by :mod:`models.train`); otherwise the batch's ``eref`` is added to every
 head.
 
 Large sets are processed in contiguous chunks whose atom count stays under an atom budget
-(:func:`atom_budget_chunks`, :meth:`Predictor.predict_store`).
+(:func:`atom_budget_chunks`, :meth:`Predictor.predict_store`); :func:`memory_atom_budget` sizes that budget
+to the memory of the device. :class:`EnsemblePredictor` evaluates several models on the same batch and gives
+the ensemble mean and spread (standard deviation over members) as the uncertainty.
 """
 
 from __future__ import annotations
@@ -59,6 +62,50 @@ def atom_budget_chunks(natoms: Sequence[int] | np.ndarray, max_atoms: int) -> li
     if count or start < len(natoms):
         chunks.append((start, len(natoms)))
     return [c for c in chunks if c[1] > c[0]]
+
+
+def activation_bytes_per_atom(config: dict[str, Any], precision: str, max_neighbours: int = 32) -> int:
+    """Rough peak bytes per atom of a forward + backward pass (activations kept for autograd).
+
+    Message passing keeps about ``12 x hidden`` numbers per edge and layer (filters, messages, vector
+    features), plus ``16 x hidden`` per atom and layer; doubled for the backward pass.
+
+    Args:
+        config: Model config (``hidden``, ``layers``).
+        precision: ``fp64`` | ``fp32`` | ``bf16``.
+        max_neighbours: Edges per atom.
+    """
+    width = 8 if precision == "fp64" else 4
+    hidden, layers = int(config.get("hidden", 128)), int(config.get("layers", 4))
+    per_layer = (12 * max_neighbours + 16) * hidden
+    return int(2 * per_layer * layers * width)
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: ``cuda.mem_get_info`` on GPUs, available physical pages on the host."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX hosts
+        return 4 << 30
+
+
+def memory_atom_budget(
+    config: dict[str, Any],
+    precision: str,
+    device: str | torch.device = "cpu",
+    *,
+    fraction: float = 0.25,
+    max_neighbours: int = 32,
+    cap: int = 65536,
+    floor: int = 512,
+) -> int:
+    """Atoms per batch that fit in ``fraction`` of the device's free memory (between ``floor`` and ``cap``)."""
+    per_atom = activation_bytes_per_atom(config, precision, max_neighbours)
+    budget = int(available_memory(torch.device(device)) * fraction // max(per_atom, 1))
+    return max(floor, min(cap, budget))
 
 
 def load_model(ckpt: dict[str, Any]) -> MultiHeadModel:
@@ -170,7 +217,11 @@ class Predictor:
         return torch.stack([heads[str(self.head_ids[c])](h, z) for c in cols], dim=1)
 
     def predict(
-        self, batch: Batch, heads: Sequence[int] | None = None, forces: bool = True
+        self,
+        batch: Batch,
+        heads: Sequence[int] | None = None,
+        forces: bool = True,
+        force_heads: Sequence[int] | None = None,
     ) -> dict[str, Any]:
         """Predict a batch for several heads.
 
@@ -178,15 +229,21 @@ class Predictor:
             batch: Graphs with ``z``, ``pos``, ``cell``, ``edge_index``, ``shift``, ``batch`` (``eref`` used only
                 without stored head references).
             heads: Head ids to evaluate (default: all of the model's).
-            forces: Also return per-head forces.
+            forces: Also return forces.
+            force_heads: Heads (a subset of ``heads``) whose forces are wanted (default: every evaluated head).
+                One head costs one backward pass.
 
         Returns:
-            ``{"heads": [H] ids, "energy": [G, H] eV, "forces": [N, H, 3] eV/Å or None}`` (detached).
+            ``{"heads": [H] ids, "energy": [G, H] eV, "force_heads": [Hf] ids, "forces": [N, Hf, 3] eV/Å or
+            None}`` (detached).
         """
         wanted = self.head_ids if heads is None else [int(h) for h in heads]
         unknown = sorted(set(wanted) - set(self.head_ids))
         if unknown:
             raise ValueError(f"heads {unknown} are not in the model (it has {self.head_ids})")
+        fheads = wanted if force_heads is None else [int(h) for h in force_heads]
+        if forces and not set(fheads) <= set(wanted):
+            raise ValueError(f"force_heads {sorted(set(fheads) - set(wanted))} are not among the heads {wanted}")
         cols = [self.head_ids.index(h) for h in wanted]
         batch = cast_batch(batch.to(self.device), self.precision)
         z, pos = batch[keys.Z], batch[keys.POS]
@@ -225,9 +282,11 @@ class Predictor:
                     energy = energy + scatter(ref, bvec, dim=0, dim_size=num_graphs, reduce="sum")
                 elif getattr(batch, keys.EREF, None) is not None:
                     energy = energy + batch[keys.EREF].to(energy.dtype).view(-1, 1)
-                out: dict[str, Any] = {"heads": wanted, "energy": energy.detach(), "forces": None}
+                out: dict[str, Any] = {"heads": wanted, "energy": energy.detach(), "forces": None,
+                                       "force_heads": fheads if forces else []}
                 if forces:
-                    out["forces"] = self._per_head_forces(energy, pos)
+                    fcols = [wanted.index(h) for h in fheads]
+                    out["forces"] = self._per_head_forces(energy[:, fcols], pos)
         return out
 
     def _per_head_forces(self, energy: Tensor, pos: Tensor) -> Tensor:
@@ -251,6 +310,7 @@ class Predictor:
         *,
         heads: Sequence[int] | None = None,
         forces: bool = True,
+        force_heads: Sequence[int] | None = None,
         max_atoms: int = 4096,
     ) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """Predict a whole :class:`~models.data.store.GraphStore` in contiguous atom-budget chunks.
@@ -259,4 +319,42 @@ class Predictor:
             ``(start, stop, prediction)`` per chunk of graphs ``start:stop``.
         """
         for start, stop in atom_budget_chunks(store.natoms, max_atoms):
-            yield start, stop, self.predict(store.get_chunk(start, stop), heads=heads, forces=forces)
+            yield start, stop, self.predict(store.get_chunk(start, stop), heads=heads, forces=forces,
+                                            force_heads=force_heads)
+
+
+class EnsemblePredictor:
+    """Several :class:`Predictor` s on the same batch: the ensemble mean and spread of each head's energy.
+
+    Args:
+        members: One predictor per model; every member must have the evaluated heads.
+    """
+
+    def __init__(self, members: Sequence[Predictor]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.cutoff = max(float(p.model.cutoff) for p in self.members)
+        common = set(self.members[0].head_ids)
+        for p in self.members[1:]:
+            common &= set(p.head_ids)
+        self.head_ids = [h for h in self.members[0].head_ids if h in common]
+
+    def predict(
+        self, batch: Batch, heads: Sequence[int], forces: bool = True, force_heads: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """Every member on ``batch`` (each with its own single encoder pass).
+
+        Returns:
+            ``{"heads": [H], "energy": [G, H] ensemble mean, eV, "energy_std": [G, H] standard deviation over
+            members (population, 0 for one member), "members": [M, G, H], "force_heads": [Hf],
+            "forces": [N, Hf, 3] member mean or None}``.
+        """
+        outs = [p.predict(batch.clone(), heads=heads, forces=forces, force_heads=force_heads)
+                for p in self.members]
+        stack = torch.stack([o["energy"].to(torch.float64) for o in outs])  # [M, G, H]
+        f = None
+        if forces:
+            f = torch.stack([o["forces"].to(torch.float64) for o in outs]).mean(dim=0)
+        return {"heads": list(heads), "energy": stack.mean(dim=0), "energy_std": stack.std(dim=0, correction=0),
+                "members": stack, "force_heads": outs[0]["force_heads"], "forces": f}

@@ -149,6 +149,28 @@ def _print_results(outcome: Any) -> None:
         engine.dispose()
 
 
+@app.command()
+@bad_input_exit
+def hits(
+    campaign: Annotated[str, typer.Argument(help="Campaign whose screening hits to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="extxyz file to write (atomically).")] = Path("hits.extxyz"),
+    top: Annotated[int | None, typer.Option("--top", "-k", help="Only the best K hits.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Export a campaign's screening hits, best first, as extxyz (energies, forces, rank and per-head energies)."""
+    from campaign.hits import export_hits
+    from campaign.runner import database_url
+    from db.engine import check_connection, make_engine
+
+    engine = make_engine(database_url(db, None))
+    try:
+        check_connection(engine)
+        n = export_hits(engine, campaign, out, top=top)
+    finally:
+        engine.dispose()
+    console.print(f"wrote {n} hit(s) to {out}")
+
+
 # ------------------------------------------------------------------------------------------- validate
 @app.command()
 @bad_input_exit

@@ -12,7 +12,14 @@ import pytest
 
 from campaign.recipe import CategoricalParam, FloatParam, HPOSpec, IntParam
 from campaign.stages.hpo_export import results_rows, write_results_csv
-from campaign.stages.hpo_optimizer import AskTellOptimizer, LogEvent, Told, optimizer_seed, replay, same_config
+from campaign.stages.hpo_optimizer import (
+    AskTellOptimizer,
+    LogEvent,
+    Told,
+    optimizer_seed,
+    replay,
+    same_config,
+)
 from campaign.stages.hpo_pruning import median_rule, rungs, should_stop, successive_halving
 from campaign.stages.hpo_trials import train_config
 

@@ -1,0 +1,218 @@
+"""The fine-tune stage: downstream tasks, each fine-tuned from the pre-trained model and trained from scratch.
+
+For each task of the recipe (``stages.finetune.tasks``):
+
+1. ``finetune/<name>/data`` (kind ``generate``, app ``models.finetune`` with ``prepare_only``): builds the small
+   downstream dataset as an ADIOS2 store, labelled by real physics and deterministic by seed (GFN2-xTB
+   HOMO-LUMO gap / dipole / energy of molecules, EMT energies of bcc/hcp alloys absent from the fcc-only
+   pre-training, or the recipe's files). Recorded as a ``datasets`` row ``output_of`` the task.
+2. ``finetune/<name>/pretrained`` (kind ``finetune``): the pre-trained model (``model: best`` = best trained,
+   else best promoted; or a model id; ``from_campaign`` for an earlier campaign) with a NEW head (id
+   ``head`` or 1000 + position), encoder frozen or not; and ``finetune/<name>/scratch`` (kind ``finetune``,
+   unless ``scratch: false``): the same architecture from a fresh initialisation on the same data.
+3. Each result becomes a ``models`` row: role ``finetuned`` (``parent_id`` = the pre-trained model, lineage
+   ``finetuned_from``) or role ``scratch``, with the test metrics in ``metrics`` (``test_target_mae`` in the
+   target's unit, per-head ``test_metrics``, …), the checkpoint as an artifact, lineage model ``output_of`` its
+   task, the dataset and the pre-trained model ``input_of`` the tasks, and the per-epoch history in the
+   ``metrics`` table.
+
+``ctx.shared["finetune"]`` = ``{task name: {"finetuned": model id, "scratch": model id or None, "target",
+"unit", "finetuned_mae", "scratch_mae", "mae_ratio" (scratch / fine-tuned: > 1 means pre-training helped)}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from campaign.stages.base import PlannedTask, StageContext
+from campaign.stages.screen import ModelCheckpoint, resolve_models
+from campaign.tasks import TaskResult, TaskSpec, TaskState
+
+_FIDELITY = {"xtb-molecules": "xtb", "emt-alloys": "emt", "files": "downstream"}
+
+
+class FinetuneStage:
+    """Plans data, fine-tune and scratch tasks per downstream task and records the models side by side."""
+
+    name = "finetune"
+    kind = "finetune"
+
+    def __init__(self, recipe: Any) -> None:
+        self.recipe = recipe
+        self.spec = recipe.stages.finetune
+        self.parent: ModelCheckpoint | None = None
+
+    # ---------------------------------------------------------------------------------------- planning
+    def _data_task(self, ctx: StageContext, pos: int) -> PlannedTask:
+        t = self.spec.tasks[pos]
+        root = ctx.task_dir("finetune", t.name, "data")
+        kind = "files" if t.files else t.dataset
+        assert self.parent is not None
+        prep = {"kind": kind, "target": t.target, "count": t.count, "seed": t.seed, "elements": list(t.elements),
+                "files": [str(Path(f).expanduser().resolve()) for f in t.files],
+                "cutoff": float(self.parent.config.get("cutoff", 5.0)),
+                "max_neighbours": (self.recipe.stages.preprocess.max_neighbours
+                                   if self.recipe.stages.preprocess is not None else 32)}
+        cfg = {"prepare": prep, "prepare_only": True, "data_root": str(root), "dataset": t.name,
+               "head": self.spec.head_of(pos), "output_dir": str(root)}
+        return PlannedTask(f"finetune/{t.name}/data",
+                           TaskSpec(kind="generate", app="models.finetune", config=cfg, workdir=str(root)))
+
+    def _train_tasks(self, ctx: StageContext, pos: int) -> list[PlannedTask]:
+        t = self.spec.tasks[pos]
+        assert self.parent is not None
+        data_root = str(ctx.task_dir("finetune", t.name, "data"))
+        out = []
+        variants = [("pretrained", False)] + ([("scratch", True)] if t.scratch else [])
+        for variant, scratch in variants:
+            workdir = ctx.task_dir("finetune", t.name, variant)
+            cfg = {"checkpoint": self.parent.path, "data_root": data_root, "dataset": t.name,
+                   "head": self.spec.head_of(pos), "from_scratch": scratch,
+                   "freeze_encoder": t.freeze_encoder and not scratch, "epochs": t.epochs,
+                   "batch_size": t.batch_size, "optimizer": {"lr": t.lr}, "precision": self.spec.precision,
+                   "patience": t.patience, "output_dir": str(workdir), "seed": t.seed,
+                   "force_weight": 10.0 if t.target == "energy" else 0.0}
+            out.append(PlannedTask(f"finetune/{t.name}/{variant}",
+                                   TaskSpec(kind="finetune", app="models.finetune", config=cfg,
+                                            workdir=str(workdir))))
+        return out
+
+    def _ready(self, ctx: StageContext) -> list[PlannedTask]:
+        done = {t.key for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id, states=[TaskState.DONE])}
+        out = []
+        for pos, t in enumerate(self.spec.tasks):
+            if f"finetune/{t.name}/data" in done:
+                out += self._train_tasks(ctx, pos)
+        return out
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        """Resolve the pre-trained model; plan every data task, and the training of tasks whose data exists."""
+        self.parent = resolve_models(ctx, self.spec.model, from_campaign=self.spec.from_campaign)[0]
+        return [self._data_task(ctx, pos) for pos in range(len(self.spec.tasks))] + self._ready(ctx)
+
+    # ---------------------------------------------------------------------------------------- results
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        """Record a dataset (then plan its two trainings) or a trained model."""
+        if task.kind == "generate":
+            self._record_dataset(ctx, task, result.result or {})
+            pos = self._position(task.spec["config"]["dataset"])
+            return self._train_tasks(ctx, pos)
+        self._record_model(ctx, task, result.result or {})
+        return []
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        """A failed task fails the stage (its partner still runs)."""
+        return []
+
+    def _position(self, name: str) -> int:
+        return [t.name for t in self.spec.tasks].index(name)
+
+    def _record_dataset(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> int:
+        prep = res.get("prepared") or {}
+        cfg = task.spec["config"]
+        kind = cfg["prepare"]["kind"]
+        row = ctx.ledger.add_dataset(
+            name=prep.get("dataset", cfg["dataset"]), head_id=int(prep.get("head_id", cfg["head"])),
+            fidelity=_FIDELITY.get(kind, kind), level_of_theory=prep.get("level_of_theory") or None,
+            units={"energy": prep.get("unit", "eV"), "target": prep.get("target")},
+            counts=prep.get("counts", {}), elements=prep.get("elements", []), store_path=cfg["data_root"],
+            content_hash=prep["content_hash"], task_id=task.id,
+            summary={k: prep.get(k) for k in ("kind", "target", "unit", "target_stats", "reference_energies",
+                                              "with_forces")},
+        )
+        ctx.ledger.link("output_of", ("dataset", row.id), ("task", task.id), ctx.campaign_id)
+        return int(row.id)
+
+    def _dataset_id(self, ctx: StageContext, name: str) -> int | None:
+        from sqlalchemy import select
+
+        from db import models as m
+
+        data_task = ctx.ledger.get_task_by_key(ctx.campaign_id, f"finetune/{name}/data")
+        with ctx.ledger.Session() as s:
+            return s.scalar(select(m.Dataset.id).where(m.Dataset.task_id == data_task.id))
+
+    def _record_model(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> int:
+        from sqlalchemy import select
+
+        from db import models as m
+        from db.engine import transaction
+
+        led = ctx.ledger
+        cfg = task.spec["config"]
+        scratch = bool(cfg.get("from_scratch"))
+        role = "scratch" if scratch else "finetuned"
+        name = cfg["dataset"]
+        t = self.spec.tasks[self._position(name)]
+        parent = self.parent
+        assert parent is not None
+        ck = res.get("checkpoint") or {}
+        art = led.add_artifact(ck["path"], "checkpoint", task_id=task.id, sha256=ck.get("sha256") or None)
+        led.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
+        dataset_id = self._dataset_id(ctx, name)
+        metrics = {k: res.get(k) for k in ("test_target_mae", "test_metrics", "test_loss", "objective",
+                                           "best_epoch", "epochs_run", "trainable_parameters", "wall_time_s",
+                                           "test_graphs", "train_graphs")}
+        metrics.update({"task": name, "target": t.target, "unit": {"energy": "eV", "gap": "eV", "dipole": "D"}[
+            t.target], "dataset_id": dataset_id, "pretrained_model_id": parent.model_id})
+        hyper = {**parent.config, "finetune": {"head": cfg["head"], "freeze_encoder": cfg["freeze_encoder"],
+                                               "from_scratch": scratch, "epochs": cfg["epochs"],
+                                               "lr": cfg["optimizer"]["lr"], "batch_size": cfg["batch_size"]}}
+        with transaction(led.Session) as s:
+            row = s.scalar(select(m.Model).where(m.Model.task_id == task.id, m.Model.role == role))
+            if row is None:
+                row = m.Model(campaign_id=ctx.campaign_id, name=f"{name}-{role}", role=role, family=parent.family,
+                              hyperparameters=hyper, parent_id=None if scratch else parent.model_id,
+                              task_id=task.id)
+                s.add(row)
+            row.checkpoint_id = art.id
+            row.metrics = metrics
+            s.flush()
+            model_id = int(row.id)
+            fresh = s.scalar(select(m.Metric.id).where(m.Metric.task_id == task.id)) is None
+        led.link("output_of", ("model", model_id), ("task", task.id), ctx.campaign_id)
+        if dataset_id is not None:
+            led.link("input_of", ("dataset", dataset_id), ("task", task.id), ctx.campaign_id)
+        if not scratch:
+            led.link("finetuned_from", ("model", model_id), ("model", parent.model_id), ctx.campaign_id)
+            led.link("input_of", ("model", parent.model_id), ("task", task.id), ctx.campaign_id)
+        if fresh:
+            led.add_metrics(task.id, [{**r, "head": "all" if r.get("head") is None else r["head"]}
+                                      for r in res.get("history", [])])
+        return model_id
+
+    def finish(self, ctx: StageContext) -> str:
+        """``done`` when every task has its models; puts the side-by-side comparison in ``ctx.shared``."""
+        from sqlalchemy import select
+
+        from db import models as m
+
+        tasks = {t.key: t for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id)}
+        if not tasks or any(t.state != TaskState.DONE for t in tasks.values()):
+            return "failed"
+        summary: dict[str, Any] = {}
+        for pos, spec_task in enumerate(self.spec.tasks):
+            keys = [p.key for p in self._train_tasks(ctx, pos)]
+            if any(k not in tasks for k in keys):
+                return "failed"
+            entry: dict[str, Any] = {"target": spec_task.target, "finetuned": None, "scratch": None}
+            data_task = tasks[f"finetune/{spec_task.name}/data"]
+            if self._dataset_id(ctx, spec_task.name) is None:  # a result recorded before a crash
+                self._record_dataset(ctx, data_task, data_task.result or {})
+            for k in keys:
+                task = tasks[k]
+                with ctx.ledger.Session() as s:
+                    have = s.scalar(select(m.Model.id).where(m.Model.task_id == task.id))
+                mid = have if have is not None else self._record_model(ctx, task, task.result or {})
+                variant = "scratch" if k.endswith("/scratch") else "finetuned"
+                entry[variant] = int(mid)
+                entry[f"{variant}_mae"] = (task.result or {}).get("test_target_mae")
+            entry["unit"] = {"energy": "eV", "gap": "eV", "dipole": "D"}[spec_task.target]
+            a, b = entry.get("finetuned_mae"), entry.get("scratch_mae")
+            entry["mae_ratio"] = (b / a if isinstance(a, float) and isinstance(b, float) and a > 0
+                                  and math.isfinite(b) else None)
+            summary[spec_task.name] = entry
+        ctx.shared["finetune"] = summary
+        return "done"

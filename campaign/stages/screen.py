@@ -1,0 +1,349 @@
+"""The screen stage: a trained model (or the promoted ensemble) evaluates candidate structures in shards.
+
+Model resolution (:func:`resolve_models`): ``model: best`` = the best trained model of the campaign (lowest
+``metrics.objective``), else its best promoted model; ``model: ensemble`` = the campaign's ensemble row (by
+name, else the newest); an integer = that ``models.id``. ``from_campaign`` takes ``best``/``ensemble`` from an
+earlier campaign instead (recipes that pick up models recorded before).
+
+The stage plans ``shards`` independent ``models.screen`` tasks (kind ``screen``, keys ``screen/00000`` …), each
+deterministic by (seed, shard): the generator's candidate ``k`` depends on (seed, k) only, and the shard's index
+range on (structures, shards). Each shard streams an ADIOS2 output shard and returns its local top-k and its
+throughput by value. When every shard is done the stage merges the top-k by the criterion (lowest energy per
+atom of the criterion head, ties by structure id; the uncertainty cap is applied by the shards) and records:
+
+* ``screening_hits`` rows (rank, structure id, formula, atoms, score, energy per atom, uncertainty, head, and
+  ``data`` with numbers, positions, cell, pbc, per-head energies, forces when computed, so a hit exports to
+  extxyz, see :mod:`campaign.hits`) with lineage hit ``output_of`` its shard task;
+* lineage model ``input_of`` every shard task, each output file an artifact (kind ``screen-output``)
+  ``output_of`` its task;
+* throughput: ``metrics`` rows named ``structures_per_s`` per shard (split ``worker``; and
+  ``model_structures_per_s``, inference only) and one aggregate row (split ``aggregate``: all structures over
+  the wall time from the first shard's start to the last one's end) on the first shard's task.
+
+``ctx.shared["screen"]`` = ``{"hits": [hit ids], "structures": n, "structures_per_s": aggregate,
+"tasks": [task ids], "models": [model ids]}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from campaign.errors import CampaignInputError
+from campaign.stages.base import PlannedTask, StageContext
+from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+
+
+@dataclass(frozen=True)
+class ModelCheckpoint:
+    """A model row resolved to its checkpoint file."""
+
+    model_id: int
+    name: str
+    role: str
+    family: str
+    path: str
+    sha256: str
+    config: dict[str, Any]
+
+
+def _objective(row: Any) -> float:
+    value = (row.metrics or {}).get("objective")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf
+
+
+def _campaign_id(s: Any, ctx: StageContext, name: str | None) -> int:
+    from sqlalchemy import select
+
+    from db import models as m
+
+    if name is None:
+        return ctx.campaign_id
+    cid = s.scalar(select(m.Campaign.id).where(m.Campaign.name == name))
+    if cid is None:
+        raise CampaignInputError(f"from_campaign: no campaign named {name!r} in the database")
+    return int(cid)
+
+
+def best_model_id(s: Any, campaign_id: int) -> int | None:
+    """The best trained model of a campaign (lowest objective, then lowest id), else its best promoted one."""
+    from sqlalchemy import select
+
+    from db import models as m
+
+    for role in ("trained", "promoted"):
+        rows = list(s.scalars(select(m.Model).where(m.Model.campaign_id == campaign_id, m.Model.role == role)))
+        if role == "promoted":
+            rows = [r for r in rows if (r.metrics or {}).get("selected", True) is not False]
+        rows = [r for r in rows if r.checkpoint_id is not None]
+        if rows:
+            return int(min(rows, key=lambda r: (_objective(r), r.id)).id)
+    return None
+
+
+def model_checkpoint(s: Any, model_id: int) -> ModelCheckpoint:
+    """A model row and its checkpoint artifact.
+
+    Raises:
+        CampaignInputError: no such model, or it has no checkpoint.
+    """
+    from db import models as m
+
+    row = s.get(m.Model, model_id)
+    if row is None:
+        raise CampaignInputError(f"model {model_id} is not in the database")
+    art = s.get(m.Artifact, row.checkpoint_id) if row.checkpoint_id is not None else None
+    if art is None:
+        raise CampaignInputError(f"model {model_id} ({row.name}) has no checkpoint artifact")
+    return ModelCheckpoint(model_id=int(row.id), name=row.name, role=row.role, family=row.family,
+                           path=art.path, sha256=art.sha256, config=dict(row.hyperparameters or {}))
+
+
+def resolve_models(ctx: StageContext, model: str | int, *, from_campaign: str | None = None,
+                   ensemble: str | None = None) -> list[ModelCheckpoint]:
+    """The model(s) a stage uses: ``best``, ``ensemble`` or an explicit model id (see the module docstring).
+
+    Raises:
+        CampaignInputError: nothing to use (with the reason).
+    """
+    from sqlalchemy import select
+
+    from db import models as m
+
+    with ctx.ledger.Session() as s:
+        if isinstance(model, int):
+            return [model_checkpoint(s, model)]
+        cid = _campaign_id(s, ctx, from_campaign)
+        where = f"campaign {from_campaign!r}" if from_campaign else "this campaign"
+        if model == "best":
+            mid = best_model_id(s, cid)
+            if mid is None:
+                raise CampaignInputError(f"model: best: {where} has no trained or promoted model with a "
+                                         "checkpoint (run the train/promote stages, or give a model id)")
+            return [model_checkpoint(s, mid)]
+        q = select(m.Ensemble).where(m.Ensemble.campaign_id == cid)
+        if ensemble is not None:
+            q = q.where(m.Ensemble.name == ensemble)
+        row = s.scalar(q.order_by(m.Ensemble.id.desc()))
+        if row is None:
+            raise CampaignInputError(f"model: ensemble: {where} has no ensemble"
+                                     + (f" named {ensemble!r}" if ensemble else ""))
+        return [model_checkpoint(s, int(i)) for i in row.model_ids]
+
+
+def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
+    """Split ``count`` items into ``shards`` contiguous ``(start, n)`` ranges (no empty shard)."""
+    shards = max(1, min(shards, count))
+    base, extra = divmod(count, shards)
+    out, start = [], 0
+    for k in range(shards):
+        n = base + (1 if k < extra else 0)
+        out.append((start, n))
+        start += n
+    return out
+
+
+class ScreenStage:
+    """Plans the screening shards, merges their top-k hits and records hits, lineage and throughput."""
+
+    name = "screen"
+    kind = "screen"
+
+    def __init__(self, recipe: Any) -> None:
+        self.recipe = recipe
+        self.spec = recipe.stages.screen
+        self.models: list[ModelCheckpoint] = []
+
+    # ---------------------------------------------------------------------------------------- planning
+    def _head(self) -> int | None:
+        head = self.spec.head
+        if isinstance(head, str):
+            from models.registry import load_registry
+
+            return int(load_registry().get(head).head_id)
+        return head
+
+    def _dataset_stores(self, ctx: StageContext) -> list[tuple[dict[str, Any], int]]:
+        """``(store ref, graphs)`` of the datasets to screen (from ctx.shared, else the database)."""
+        from sqlalchemy import select
+
+        from db import models as m
+
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, d in (ctx.shared.get("datasets") or {}).items():
+            found[name] = (d["root"], d.get("counts") or {})
+        if not found:
+            with ctx.ledger.Session() as s:
+                cid = _campaign_id(s, ctx, self.spec.from_campaign)
+                rows = s.execute(select(m.Dataset).join(m.Task, m.Dataset.task_id == m.Task.id)
+                                 .where(m.Task.campaign_id == cid).order_by(m.Dataset.id)).scalars()
+                for row in rows:
+                    found[row.name] = (row.store_path, dict(row.counts or {}))
+        names = self.spec.datasets or sorted(found)
+        missing = [n for n in names if n not in found]
+        if missing or not names:
+            raise CampaignInputError(f"stages.screen.datasets: no preprocessed dataset {missing or ''} "
+                                     f"(known: {sorted(found) or 'none'})")
+        split = self.spec.split
+        return [({"root": found[n][0], "dataset": n, "split": split}, int(found[n][1].get(split, 0)))
+                for n in names]
+
+    def _sources(self, ctx: StageContext) -> list[dict[str, Any]]:
+        spec = self.spec
+        if spec.source == "generator":
+            return [{"kind": "generator", "seed": spec.seed, "start": start, "count": n,
+                     "elements": list(spec.elements), "min_atoms": spec.min_atoms, "max_atoms": spec.max_atoms,
+                     "max_species": spec.max_species, "periodic": spec.periodic}
+                    for start, n in shard_ranges(spec.structures, spec.shards)]
+        if spec.source == "datasets":
+            stores = self._dataset_stores(ctx)
+            total = min(spec.structures, sum(n for _, n in stores))
+            if total == 0:
+                raise CampaignInputError(f"stages.screen: the datasets' {spec.split} splits are empty")
+            return [{"kind": "stores", "stores": [ref for ref, _ in stores], "start": start, "count": n}
+                    for start, n in shard_ranges(total, spec.shards)]
+        from pathlib import Path
+
+        files = [str(Path(f).expanduser().resolve()) for f in spec.files]
+        for f in files:
+            if not Path(f).is_file():
+                raise CampaignInputError(f"stages.screen.files: {f} does not exist")
+        return [{"kind": "files", "files": files, "start": start, "count": n}
+                for start, n in shard_ranges(spec.structures, spec.shards)]
+
+    def _plan(self, ctx: StageContext) -> list[PlannedTask]:
+        spec = self.spec
+        models = [{"id": mc.model_id, "checkpoint": mc.path, "sha256": mc.sha256} for mc in self.models]
+        out = []
+        for k, source in enumerate(self._sources(ctx)):
+            key = f"screen/{k:05d}"
+            workdir = ctx.task_dir("screen", f"{k:05d}")
+            cfg = {"models": models, "source": source, "head": self._head(), "precision": spec.precision,
+                   "forces": spec.forces, "write_forces": spec.write_forces,
+                   "max_atoms_per_batch": spec.max_atoms_per_batch, "top_k": spec.top_k,
+                   "max_uncertainty": spec.max_uncertainty, "output": str(workdir / f"screen-{k:05d}.bp"),
+                   "shard": k}
+            out.append(PlannedTask(key, TaskSpec(kind="screen", app="models.screen", config=cfg,
+                                                 workdir=str(workdir),
+                                                 resources=ResourceRequest(gpus_per_rank=spec.gpus_per_shard))))
+        return out
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        """Resolve the model(s) and plan every shard (done shards are recognised by key and not re-run)."""
+        self.models = resolve_models(ctx, self.spec.model, from_campaign=self.spec.from_campaign,
+                                     ensemble=self.spec.ensemble)
+        return self._plan(ctx)
+
+    # ---------------------------------------------------------------------------------------- results
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        """Record the shard's output files, its throughput and the model -> task lineage."""
+        self._record_shard(ctx, task, result.result or {})
+        return []
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        """A failed shard (after its retries) fails the stage; nothing to plan."""
+        return []
+
+    def _record_shard(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> None:
+        from sqlalchemy import select
+
+        from db import models as m
+
+        led = ctx.ledger
+        for ref in task.spec["config"]["models"]:
+            if ref.get("id") is not None:
+                led.link("input_of", ("model", ref["id"]), ("task", task.id), ctx.campaign_id)
+        for f in (res.get("output") or {}).get("files", []):
+            art = led.add_artifact(f["path"], "screen-output", task_id=task.id, sha256=f["sha256"])
+            led.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
+        with led.Session() as s:
+            have = s.scalar(select(m.Metric.id).where(m.Metric.task_id == task.id,
+                                                      m.Metric.name == "structures_per_s",
+                                                      m.Metric.split == "worker"))
+        if have is None:
+            rows = [{"epoch": 0, "head": "all", "split": "worker", "name": name, "value": float(res[name])}
+                    for name in ("structures_per_s", "model_structures_per_s") if res.get(name) is not None]
+            led.add_metrics(task.id, rows)
+
+    def finish(self, ctx: StageContext) -> str:
+        """Merge the shards' top-k, record hits and the aggregate throughput; ``failed`` if a shard failed."""
+        from sqlalchemy import select
+
+        from db import models as m
+        from db.engine import transaction
+
+        tasks = [t for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id) if t.kind == "screen"]
+        if not tasks or any(t.state != TaskState.DONE for t in tasks):
+            return "failed"
+        tasks.sort(key=lambda t: t.key)
+        for t in tasks:  # idempotent: a result recorded before a crash is not recorded twice
+            self._record_shard(ctx, t, t.result or {})
+        ids = [t.id for t in tasks]
+        model_ids = [ref["id"] for ref in tasks[0].spec["config"]["models"] if ref.get("id") is not None]
+        structures = sum(int((t.result or {}).get("structures", 0)) for t in tasks)
+        with ctx.ledger.Session() as s:
+            hit_ids = list(s.scalars(select(m.ScreeningHit.id).where(m.ScreeningHit.task_id.in_(ids))
+                                     .order_by(m.ScreeningHit.rank)))
+            spans = s.execute(select(m.Attempt.started_at, m.Attempt.ended_at).where(
+                m.Attempt.task_id.in_(ids), m.Attempt.exit_cause == m.ExitCause.OK)).all()
+        aggregate = None
+        starts = [a for a, _ in spans if a is not None]
+        ends = [b for _, b in spans if b is not None]
+        if starts and ends:
+            wall = (max(ends) - min(starts)).total_seconds()
+            aggregate = structures / wall if wall > 0 else None
+        if not hit_ids:
+            hit_ids = self._record_hits(ctx, tasks, model_ids)
+            rows = []
+            if aggregate is not None:
+                rows.append({"epoch": 0, "head": "all", "split": "aggregate", "name": "structures_per_s",
+                             "value": aggregate})
+            per_worker = [float((t.result or {}).get("structures_per_s") or 0.0) for t in tasks]
+            rows.append({"epoch": 0, "head": "all", "split": "aggregate", "name": "sum_worker_structures_per_s",
+                         "value": sum(per_worker)})
+            ctx.ledger.add_metrics(tasks[0].id, rows)
+            with transaction(ctx.ledger.Session) as s:  # the aggregate also travels with the first shard's result
+                first = s.get(m.Task, tasks[0].id)
+                first.result = {**(first.result or {}), "aggregate": {
+                    "structures": structures, "structures_per_s": aggregate, "shards": len(tasks),
+                    "sum_worker_structures_per_s": sum(per_worker)}}
+        ctx.shared["screen"] = {"hits": hit_ids, "structures": structures, "structures_per_s": aggregate,
+                                "tasks": ids, "models": model_ids}
+        return "done"
+
+    def _record_hits(self, ctx: StageContext, tasks: list[Any], model_ids: list[int]) -> list[int]:
+        from db import models as m
+        from db.engine import transaction
+
+        pool = [(h, t) for t in tasks for h in (t.result or {}).get("top", [])]
+        pool.sort(key=lambda p: (p[0]["score"], p[0]["structure_id"]))
+        chosen = pool[: self.spec.top_k]
+        head_names = _head_names()
+        out = []
+        with transaction(ctx.ledger.Session) as s:
+            for rank, (h, t) in enumerate(chosen, start=1):
+                data = {k: h[k] for k in ("numbers", "positions", "cell", "pbc", "energies", "index", "sid")
+                        if k in h}
+                if "forces" in h:
+                    data["forces"] = h["forces"]
+                data.update({"shard": t.spec["config"]["shard"], "models": model_ids,
+                             "head_id": h["head"], "criterion": self.spec.criterion,
+                             "source": t.spec["config"]["source"]["kind"]})
+                row = m.ScreeningHit(task_id=t.id, model_id=model_ids[0] if len(model_ids) == 1 else None,
+                                     rank=rank, structure_id=h["structure_id"], formula=h["formula"],
+                                     natoms=int(h["natoms"]), score=float(h["score"]),
+                                     energy_per_atom=float(h["energy_per_atom"]), uncertainty=h.get("uncertainty"),
+                                     head=head_names.get(int(h["head"]), str(h["head"])), data=data)
+                s.add(row)
+                s.flush()
+                out.append((int(row.id), t.id))
+        for hid, tid in out:
+            ctx.ledger.link("output_of", ("hit", hid), ("task", tid), ctx.campaign_id)
+        return [hid for hid, _ in out]
+
+
+def _head_names() -> dict[int, str]:
+    from models.registry import load_registry
+
+    return {int(d.head_id): d.name for d in load_registry()}
