@@ -201,3 +201,73 @@ def test_results_csv_is_read_by_deephyper_analysis(tmp_path: Path) -> None:
     assert {"p:hidden", "p:layers", "p:lr", "objective", "job_id", "job_status", "m:timestamp_gather"} <= set(df)
     best, objective = parameters_at_max(df)
     assert best == {"hidden": 32, "layers": 3, "lr": 2e-3} and objective == pytest.approx(-1.5)
+
+
+# --------------------------------------------------------------------------------------- warm start
+def test_warm_start_tells_fitting_results_of_an_earlier_campaign_once(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from campaign.ledger import Ledger
+    from campaign.recipe import parse_recipe
+    from campaign.stages.base import StageContext
+    from campaign.stages.hpo import HPOStage
+    from db import models as m
+    from db.engine import transaction
+
+    ledger = Ledger(engine)
+    old = ledger.open_campaign(name="old", recipe_text="campaign: old", recipe_hash="a", site="local").id
+    with transaction(ledger.Session) as s:
+        s.add_all([
+            m.Trial(campaign_id=old, hpo="painn", family="painn", number=0, status="done", objective=2.0,
+                    config={"hidden": 32, "layers": 2, "lr": 1e-3, "cutoff": 5.0}, ask_event=0, tell_event=1),
+            m.Trial(campaign_id=old, hpo="painn", family="painn", number=1, status="failed", objective=None,
+                    config={"hidden": 16, "layers": 1, "lr": 1e-2, "cutoff": 5.0}, ask_event=0, tell_event=2),
+            m.Trial(campaign_id=old, hpo="painn", family="painn", number=2, status="pruned", objective=3.0,
+                    config={"hidden": 128, "layers": 2, "lr": 1e-3, "cutoff": 5.0}, ask_event=2, tell_event=3),
+            m.Trial(campaign_id=old, hpo="painn", family="painn", number=3, status="asked",
+                    config={"hidden": 16, "layers": 3, "lr": 1e-3, "cutoff": 5.0}, ask_event=2),
+        ])
+    recipe = parse_recipe("""\
+campaign: new
+datasets: [{name: demo-emt, count: 8}]
+stages:
+  hpo:
+    - name: p
+      family: painn
+      warm_start_from: [old/painn]
+      search_space:
+        hidden: {type: categorical, choices: [16, 32, 64]}
+        layers: {type: int, low: 1, high: 4}
+        lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+""")
+    new = ledger.open_campaign(name="new", recipe_text="campaign: new", recipe_hash="b", site="local").id
+    stage_row = ledger.stage(new, "hpo", "hpo")
+    ctx = StageContext(recipe=recipe, ledger=ledger, campaign_id=new, stage_id=stage_row.id, workdir=tmp_path,
+                       site="local")
+    spec = recipe.stages.hpo[0]
+    stage = HPOStage(recipe)
+    opt = AskTellOptimizer(spec.search_space, 1, tmp_path / "dh")
+    told = stage._warm_start(ctx, spec, opt)
+    # only the successful trial inside this space: the failure, the out-of-space and the untold ones are not told
+    assert [(t.config["hidden"], t.loss) for t in told] == [(32, 2.0)]
+    # the snapshot is kept on the stage row: a resumed run tells the same even if the old campaign grows
+    with transaction(ledger.Session) as s:
+        s.add(m.Trial(campaign_id=old, hpo="painn", family="painn", number=4, status="done", objective=1.0,
+                      config={"hidden": 64, "layers": 1, "lr": 1e-3, "cutoff": 5.0}, ask_event=3, tell_event=4))
+    again = stage._warm_start(ctx, spec, AskTellOptimizer(spec.search_space, 1, tmp_path / "dh"))
+    assert again == told
+    with pytest.raises(Exception, match="no campaign named 'nowhere'"):
+        stage._warm_start(ctx, spec.model_copy(update={"warm_start_from": ["nowhere/painn"], "name": "q"}), opt)
+
+
+def test_the_frontier_profile_scales_trials_to_256_nodes(tmp_path: Path) -> None:
+    from campaign.recipe import load_recipe
+    from campaign.stages.hpo_trials import trial_task
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "hpo.yaml", profile="frontier")
+    spec = recipe.stages.hpo[0]
+    datasets = {d.name: {"root": f"/lustre/{d.name}", "head_id": 100 + i} for i, d in enumerate(recipe.datasets)}
+    cfg = train_config(spec, {**spec.fixed, "hidden": 32, "layers": 2, "lr": 1e-3}, datasets,
+                       out_dir=tmp_path / "t", seed=1, threads=None)
+    task = trial_task(spec, 0, cfg, tmp_path / "t")
+    assert (task.resources.nodes, task.resources.ranks_per_node, task.resources.gpus_per_rank) == (256, 8, 1)
+    assert task.resources.ranks == 2048 and "device" not in cfg and "threads" not in cfg
+    assert recipe.site.name == "frontier" and spec.max_trials == 64 and spec.precision == "fp64"
