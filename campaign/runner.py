@@ -131,7 +131,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
             ctx = StageContext(recipe=recipe, ledger=ledger, campaign_id=row.id, stage_id=stage_row.id,
                                workdir=workdir, site=recipe.site.name, shared=shared)
             status = steer.run_stage(stage, ctx)
-            outcome.stages.append(StageOutcome(kind, status))
+            outcome.stages.append(StageOutcome(kind, status, getattr(stage, "note", "") or ""))
             if status != "done":
                 outcome.status = "failed"
                 break

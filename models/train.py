@@ -11,8 +11,11 @@ validation loss improves) written atomically with a sha256 sidecar.
 
 The result JSON holds ``objective`` (= the BEST epoch's validation loss), ``best_epoch``, ``best_val_metrics``
 per head, ``last_epoch``, ``completed`` (false when ``time_limit_s`` stopped the chunk early: continue it with
-``resume_from``), ``stop_reason``, ``wall_time_s``, ``train_graphs_per_s``, ``peak_memory_bytes`` and the
-checkpoint paths with their sha256.
+``resume_from``), ``stop_reason``, ``wall_time_s``, ``train_graphs_per_s``, ``peak_memory_bytes``,
+``resumed_from_epoch``, ``initialised_from`` (the ``init_from`` checkpoint whose weights started a fresh run) and
+the checkpoint paths with their sha256.
+
+A single-rank run may also be called inside a worker process (:data:`run_in_process`).
 """
 
 from __future__ import annotations
@@ -127,18 +130,25 @@ def _run(
     dtype = param_dtype(cfg.precision)
 
     resume: dict[str, Any] | None = None
-    if cfg.resume_from is None and cfg.auto_resume and (ckpt_dir / "last.pt").exists():
+    if cfg.auto_resume and (ckpt_dir / "last.pt").exists():  # this run's own newest state wins
         try:
             resume = checkpoint.load(ckpt_dir / "last.pt")
             cfg = cfg.model_copy(update={"resume_from": str(ckpt_dir / "last.pt")})
         except (OSError, ValueError, RuntimeError) as exc:  # e.g. a sidecar mismatch: start over, loudly
-            print(f"auto_resume: ignoring {ckpt_dir / 'last.pt'}: {exc}; starting from scratch", file=sys.stderr)
-    elif cfg.resume_from:
+            fallback = cfg.resume_from or "scratch"
+            print(f"auto_resume: ignoring {ckpt_dir / 'last.pt'}: {exc}; starting from {fallback}", file=sys.stderr)
+    if resume is None and cfg.resume_from:
         try:
             resume = checkpoint.load(cfg.resume_from)
         except (OSError, ValueError, RuntimeError) as exc:
             raise BadInput(f"{config_path}: field 'resume_from': {exc}") from exc
-    model_cfg = resume["model_config"] if resume else cfg.model
+    init: dict[str, Any] | None = None
+    if resume is None and cfg.init_from:
+        try:
+            init = checkpoint.load(cfg.init_from)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BadInput(f"{config_path}: field 'init_from': {exc}") from exc
+    model_cfg = resume["model_config"] if resume else init["model_config"] if init else cfg.model
     assert model_cfg is not None
 
     seed_everything(cfg.seed)
@@ -147,6 +157,11 @@ def _run(
     except (KeyError, ValueError, TypeError) as exc:
         raise BadInput(f"{config_path}: field 'model': {exc}") from exc
     model = model.to(device=device, dtype=dtype)
+    if init is not None:  # weights only (cast to this run's precision); optimizer and schedule start fresh
+        try:
+            model.load_state_dict(init["model_state"])
+        except RuntimeError as exc:
+            raise BadInput(f"{config_path}: field 'init_from': weights do not fit the model: {exc}") from exc
     heads = sorted(int(h) for h in model.head_ids)
 
     # --- data: which head each dataset feeds, and which datasets this rank reads
@@ -339,6 +354,7 @@ def _run(
         "world_size": world,
         "n_params": sum(p.numel() for p in model.parameters()),
         "resumed_from_epoch": start_epoch if resume is not None else None,
+        "initialised_from": cfg.init_from if init is not None else None,
         "precision": cfg.precision,
         "head_groups": {str(h): r for h, r in groups.items()} if groups else None,
     }
@@ -422,6 +438,11 @@ def _save_last(
 def app(raw: dict[str, Any], config_path: Path) -> dict[str, Any]:
     """``main_for`` entry: validate the config and train."""
     return run(parse_config(raw, config_path), config_path)
+
+
+#: A single-rank run may be called inside a worker process (``run_task(..., in_process=True)``): no Python
+#: start-up per task. Multi-rank runs always go through the launcher (torchrun / srun / mpiexec).
+run_in_process = app
 
 
 if __name__ == "__main__":

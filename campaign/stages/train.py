@@ -1,0 +1,374 @@
+"""The train stage: long training of promoted models at scale, chunked to the site's walltime.
+
+Which models: the promote stage's (``models: promoted``), the promoted models of an earlier campaign in the
+database (``from_campaign: NAME``) or explicit model ids (``models: [7, 9]``); ``top: n`` keeps the n best by
+objective. Each model's training config is its trial task's ``models.train`` config (``tasks.spec["config"]``:
+data, model, optimizer found by the HPO) with the recipe's ``epochs`` and ``precision``, run on ``nodes`` x
+``ranks_per_node`` DDP ranks (locally one worker, ranks launched by torchrun), ``auto_resume`` on, and, with
+``from_checkpoint``, the weights of the model's checkpoint as the start (``init_from``: fresh optimizer and
+schedule).
+
+Chunks. With ``chunk_walltime_s`` each chunk is its own task, key ``train/<model id>/chunk-<n>``, whose config
+has ``time_limit_s`` = the chunk walltime: the app stops at an epoch boundary before it and reports
+``completed: false``; the stage then plans chunk n+1 with ``resume_from`` = chunk n's ``last.pt`` (model,
+optimizer, schedule, samplers and RNG: the chunks together train exactly like one run). A chunk is a new task
+rather than the same task retried because a DONE task is final in the state machine, and because each chunk
+then keeps its own directory, checkpoints, metrics and attempt rows. Within a chunk, an attempt lost to the
+site (walltime, node loss) is retried by the dispatcher and continues from the chunk's own newest ``last.pt``
+(``auto_resume`` wins over ``resume_from``). Every chunk's run gets an attempt row of its own.
+
+Recorded per chunk: its checkpoints as artifacts (``output_of`` the chunk task), the checkpoint chain (each
+chunk's ``last.pt`` ``derived_from`` the previous chunk's, the first one's ``derived_from`` the promoted
+checkpoint it started from), the inputs (``input_of``), and the per-epoch metrics of ``metrics.jsonl`` in the
+``metrics`` table (run-level figures under head ``"None"``, as the HPO stage records them). When the last
+chunk completes: a ``models`` row, role ``trained`` (``parent_id`` = the promoted model, ``checkpoint_id`` =
+the best checkpoint), lineage ``derived_from`` (trained -> promoted model) and ``output_of`` (trained model ->
+final chunk task).
+Recording is idempotent and also happens on re-entry, so a driver killed between a chunk's result and its
+recording loses nothing. ``ctx.shared["trained"]`` = the trained model ids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from campaign.stages.base import PlannedTask, StageContext
+from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+
+#: Train-config keys of the trial that a long run must not inherit.
+_DROPPED_KEYS = ("resume_from", "init_from", "stop_file", "chunk_epochs", "max_steps", "time_limit_s")
+
+_KEY = re.compile(r"^train/(\d+)/chunk-(\d+)$")
+
+
+def chunk_key(model_id: int, n: int) -> str:
+    """The task key of chunk ``n`` (1-based) of the training of model ``model_id``."""
+    return f"train/{model_id}/chunk-{n}"
+
+
+def parse_chunk_key(key: str) -> tuple[int, int] | None:
+    """``(model id, chunk number)`` of a train task key, None for another key."""
+    match = _KEY.match(key)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def attempt_walltime_s(chunk_walltime_s: float) -> int:
+    """Walltime of one chunk attempt: the chunk's time limit plus a grace for what happens outside the app's
+    epoch clock (start-up, data loading, the last checkpoint, the one epoch a chunk always runs); past it the
+    worker kills the attempt (cause ``walltime``) and the retry continues from the chunk's own checkpoint."""
+    return math.ceil(chunk_walltime_s + max(120.0, 0.1 * chunk_walltime_s))
+
+
+@dataclass
+class Source:
+    """A model to train and what its training starts from."""
+
+    model_id: int
+    name: str
+    family: str
+    trial_id: int | None
+    objective: float | None
+    hyperparameters: dict[str, Any]
+    base_config: dict[str, Any]
+    checkpoint_id: int | None
+    checkpoint_path: str | None
+    problems: list[str] = field(default_factory=list)
+
+
+class TrainStage:
+    """Plans chunked training tasks for promoted models and records trained models with their lineage."""
+
+    name = "train"
+    kind = "train"
+
+    def __init__(self, recipe: Any) -> None:
+        self.recipe = recipe
+        self.spec = recipe.stages.train
+        self.note = ""  # why the stage failed, when it did
+        self._sources: dict[int, Source] = {}
+        self._problems: dict[int, str] = {}  # model id -> why its training cannot go on
+        self._error = ""
+
+    # ------------------------------------------------------------------------------------- sources
+    def _resolve(self, ctx: StageContext) -> list[Source]:
+        """The models to train, in order (best first for promoted models). Sets ``_error`` when unusable."""
+        from sqlalchemy import select
+
+        from db import models as m
+
+        spec = self.spec
+        with ctx.ledger.Session() as s:
+            if isinstance(spec.models, list):
+                rows = {r.id: r for r in s.scalars(select(m.Model).where(m.Model.id.in_(spec.models)))}
+                missing = [i for i in spec.models if i not in rows]
+                if missing:
+                    self._error = f"stages.train.models: no model with id {', '.join(map(str, missing))} in the database"
+                    return []
+                models = [rows[i] for i in spec.models]
+            else:
+                campaign_id = ctx.campaign_id
+                if spec.from_campaign is not None:
+                    cid = s.scalar(select(m.Campaign.id).where(m.Campaign.name == spec.from_campaign))
+                    if cid is None:
+                        self._error = f"stages.train.from_campaign: no campaign named {spec.from_campaign!r} in the database"
+                        return []
+                    campaign_id = int(cid)
+                shared = ctx.shared.get("promoted") if spec.from_campaign is None else None
+                q = select(m.Model).where(m.Model.campaign_id == campaign_id, m.Model.role == "promoted")
+                if shared is not None:
+                    q = select(m.Model).where(m.Model.id.in_(list(shared)))
+                models = [r for r in s.scalars(q.order_by(m.Model.id))
+                          if (r.metrics or {}).get("selected", True)]
+                if shared is not None:
+                    order = {mid: k for k, mid in enumerate(shared)}
+                    models.sort(key=lambda r: order[r.id])
+                else:
+                    models.sort(key=lambda r: ((r.metrics or {}).get("rank") or math.inf, r.id))
+                if not models:
+                    where = spec.from_campaign or self.recipe.campaign
+                    self._error = (f"campaign {where!r} has no promoted models to train "
+                                   "(run a promote stage first, or list model ids in stages.train.models)")
+                    return []
+            if spec.top is not None:
+                models = sorted(models, key=lambda r: (_objective(r), r.id))[: spec.top]
+            out = []
+            for r in models:
+                task = s.get(m.Task, r.task_id) if r.task_id else None
+                cfg = dict((task.spec or {}).get("config") or {}) if task is not None else {}
+                ckpt = s.get(m.Artifact, r.checkpoint_id) if r.checkpoint_id else None
+                src = Source(model_id=r.id, name=r.name, family=r.family, trial_id=r.trial_id,
+                             objective=_objective(r), hyperparameters=dict(r.hyperparameters or {}),
+                             base_config=cfg, checkpoint_id=r.checkpoint_id,
+                             checkpoint_path=ckpt.path if ckpt is not None else None)
+                if not cfg or "data_root" not in cfg:
+                    src.problems.append(f"model {r.id} ({r.name}): its task {r.task_id} has no models.train "
+                                        "config to train from")
+                if spec.from_checkpoint and (src.checkpoint_path is None or not Path(src.checkpoint_path).is_file()):
+                    where = src.checkpoint_path or "none recorded"
+                    src.problems.append(f"model {r.id} ({r.name}): checkpoint missing ({where}); set "
+                                        "stages.train.from_checkpoint: false to train it from scratch")
+                out.append(src)
+        return out
+
+    # ------------------------------------------------------------------------------------- planning
+    def _chunk_task(self, ctx: StageContext, src: Source, n: int, resume_from: str | None) -> PlannedTask:
+        spec = self.spec
+        cfg = {k: v for k, v in src.base_config.items() if k not in _DROPPED_KEYS}
+        workdir = ctx.task_dir("train", f"model-{src.model_id}", f"chunk-{n}")
+        cpu = spec.gpus_per_rank == 0
+        cfg.update(epochs=spec.epochs, precision=spec.precision, output_dir=str(workdir), auto_resume=True,
+                   device="cpu" if cpu else "auto")
+        if cpu and not cfg.get("threads"):
+            cfg["threads"] = 1  # one core per rank (ResourceRequest.cpus_per_rank)
+        if spec.chunk_walltime_s is not None:
+            cfg["time_limit_s"] = float(spec.chunk_walltime_s)
+        if resume_from is not None:
+            cfg["resume_from"] = resume_from
+        elif spec.from_checkpoint and src.checkpoint_path:
+            cfg["init_from"] = src.checkpoint_path
+        walltime = attempt_walltime_s(spec.chunk_walltime_s) if spec.chunk_walltime_s is not None else None
+        res = ResourceRequest(nodes=spec.nodes, ranks_per_node=spec.ranks_per_node,
+                              gpus_per_rank=spec.gpus_per_rank, walltime_s=walltime)
+        return PlannedTask(chunk_key(src.model_id, n),
+                           TaskSpec(kind="train", app="models.train", config=cfg, workdir=str(workdir),
+                                    resources=res, priority=1))
+
+    def _chunks(self, ctx: StageContext, model_id: int) -> list[tuple[int, Any]]:
+        """``(n, task)`` of every chunk task of ``model_id`` in this stage, by n."""
+        out = []
+        for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id):
+            parsed = parse_chunk_key(t.key)
+            if parsed is not None and parsed[0] == model_id:
+                out.append((parsed[1], t))
+        return sorted(out, key=lambda x: x[0])
+
+    def _advance(self, ctx: StageContext, src: Source, n: int, task: Any) -> list[PlannedTask]:
+        """Chunk ``n`` is DONE: record it; plan chunk n+1 or record the trained model."""
+        res = task.result or {}
+        chunks = self._chunks(ctx, src.model_id)
+        prev = next((t for k, t in chunks if k == n - 1), None)
+        self._record_chunk(ctx, src, n, task, prev)
+        if res.get("completed", True):
+            self._record_trained(ctx, src, [t for k, t in chunks if k <= n])
+            return []
+        last = (res.get("checkpoints") or {}).get("last") or {}
+        if int(res.get("epochs_this_chunk") or 0) < 1 or not last.get("path"):
+            self._problems[src.model_id] = (f"model {src.model_id}: chunk {n} made no progress "
+                                            f"(stop reason {res.get('stop_reason')!r}); not continuing")
+            return []
+        if n >= self.spec.epochs:
+            self._problems[src.model_id] = f"model {src.model_id}: {n} chunks for {self.spec.epochs} epochs"
+            return []
+        return [self._chunk_task(ctx, src, n + 1, str(last["path"]))]
+
+    # ------------------------------------------------------------------------------- stage protocol
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        """Chunk 1 of every model, or, on re-entry, whatever follows the chunks already done."""
+        self._error, self._problems = "", {}
+        sources = self._resolve(ctx)
+        self._sources = {src.model_id: src for src in sources}
+        planned: list[PlannedTask] = []
+        for src in sources:
+            chunks = self._chunks(ctx, src.model_id)
+            if not chunks:
+                if src.problems:
+                    self._problems[src.model_id] = "; ".join(src.problems)
+                    continue
+                planned.append(self._chunk_task(ctx, src, 1, None))
+                continue
+            n, task = chunks[-1]
+            if task.state == TaskState.DONE:
+                for k, t in chunks[:-1]:  # recorded already unless the driver died in between: idempotent
+                    if t.state == TaskState.DONE:
+                        self._record_chunk(ctx, src, k, t, next((p for j, p in chunks if j == k - 1), None))
+                planned += self._advance(ctx, src, n, task)
+        return planned
+
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        """A chunk finished: record it and continue with the next chunk when it did not complete."""
+        parsed = parse_chunk_key(task.key)
+        if parsed is None or parsed[0] not in self._sources:
+            return []
+        return self._advance(ctx, self._sources[parsed[0]], parsed[1], task)
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        """A chunk failed for good (its retries are spent): that model's training stops there."""
+        parsed = parse_chunk_key(task.key)
+        if parsed is not None:
+            why = (task.result or {}).get("message") or (result.error if result else None) or "failed"
+            self._problems[parsed[0]] = f"model {parsed[0]}: chunk {parsed[1]} failed: {str(why).strip()[-300:]}"
+        return []
+
+    def poll(self, ctx: StageContext, running: list[Any]) -> list[PlannedTask]:
+        """Nothing to watch while chunks run."""
+        return []
+
+    def finish(self, ctx: StageContext) -> str:
+        """``done`` when every model has a trained row; puts their ids in ``ctx.shared["trained"]``."""
+        from sqlalchemy import select
+
+        from db import models as m
+
+        if self._error:
+            return self._fail(ctx, self._error)
+        trained: list[int] = []
+        problems = []
+        with ctx.ledger.Session() as s:  # one session at a time: SQLite sessions take the write lock
+            rows = {mid: s.scalar(select(m.Model.id).where(m.Model.campaign_id == ctx.campaign_id,
+                                                          m.Model.role == "trained", m.Model.parent_id == mid))
+                    for mid in self._sources}
+        for mid, src in self._sources.items():
+            if rows[mid] is not None:
+                trained.append(int(rows[mid]))
+                continue
+            chunks = self._chunks(ctx, mid)
+            state = f"chunk {chunks[-1][0]} is {chunks[-1][1].state.value}" if chunks else "no chunk ran"
+            problems.append(self._problems.get(mid) or f"model {mid} ({src.name}): not trained ({state})")
+        ctx.shared["trained"] = trained
+        if problems:
+            return self._fail(ctx, "; ".join(problems))
+        return "done"
+
+    # ------------------------------------------------------------------------------------ recording
+    def _fail(self, ctx: StageContext, reason: str) -> str:
+        from db import models as m
+        from db.engine import transaction
+
+        self.note = reason
+        with transaction(ctx.ledger.Session) as s:
+            row = s.get(m.Stage, ctx.stage_id)
+            if row is not None:
+                row.config = {**(row.config or {}), "failure": reason}
+        return "failed"
+
+    def _artifact(self, ctx: StageContext, info: dict[str, Any] | None, task: Any) -> int | None:
+        """The artifact id of a checkpoint named in a result (recorded once; ``task_id`` only when this
+        chunk wrote it — a best checkpoint that did not improve stays the earlier chunk's)."""
+        if not info or not info.get("path") or not Path(info["path"]).is_file():
+            return None
+        path = Path(info["path"])
+        mine = path.is_relative_to(Path(task.spec["workdir"]))
+        art = ctx.ledger.add_artifact(path, "checkpoint", task_id=task.id if mine else None,
+                                      sha256=info.get("sha256") or None)
+        if mine:
+            ctx.ledger.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
+        return int(art.id)
+
+    def _record_chunk(self, ctx: StageContext, src: Source, n: int, task: Any, prev: Any | None) -> None:
+        from sqlalchemy import func, select
+
+        from db import models as m
+
+        led, cid = ctx.ledger, ctx.campaign_id
+        res = task.result or {}
+        ckpts = res.get("checkpoints") or {}
+        self._artifact(ctx, ckpts.get("best"), task)
+        last_id = self._artifact(ctx, ckpts.get("last"), task)
+        if n == 1:
+            led.link("input_of", ("model", src.model_id), ("task", task.id), cid)
+            start_id = src.checkpoint_id if task.spec["config"].get("init_from") else None
+        else:
+            prev_last = ((prev.result or {}).get("checkpoints") or {}).get("last") if prev is not None else None
+            start_id = self._artifact(ctx, prev_last, prev) if prev is not None else None
+        if start_id is not None:
+            led.link("input_of", ("artifact", start_id), ("task", task.id), cid)
+            if last_id is not None and last_id != start_id:
+                led.link("derived_from", ("artifact", last_id), ("artifact", start_id), cid)
+        with led.Session() as s:
+            have = s.scalar(select(func.count(m.Metric.id)).where(m.Metric.task_id == task.id)) or 0
+        path = res.get("metrics_path")
+        if not have and path and Path(path).is_file():
+            rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+            led.add_metrics(task.id, rows)  # run-level rows (head null) get head "None", as the HPO stage's
+
+    def _record_trained(self, ctx: StageContext, src: Source, chunk_tasks: list[Any]) -> int:
+        from sqlalchemy import select
+
+        from db import models as m
+        from db.engine import transaction
+
+        final = chunk_tasks[-1]
+        res = final.result or {}
+        ckpts = res.get("checkpoints") or {}
+        best_id = self._artifact(ctx, ckpts.get("best"), final)
+        last_id = self._artifact(ctx, ckpts.get("last"), final)
+        spec = self.spec
+        metrics = {
+            "objective": res.get("objective"), "best_epoch": res.get("best_epoch"),
+            "best_val_metrics": res.get("best_val_metrics"), "last_epoch": res.get("last_epoch"),
+            "stop_reason": res.get("stop_reason"), "chunks": len(chunk_tasks),
+            "chunk_task_ids": [t.id for t in chunk_tasks],
+            "wall_time_s": sum(float((t.result or {}).get("wall_time_s") or 0.0) for t in chunk_tasks),
+            "train_graphs_per_s": res.get("train_graphs_per_s"), "world_size": res.get("world_size"),
+            "n_params": res.get("n_params"), "precision": res.get("precision"), "epochs": spec.epochs,
+            "nodes": spec.nodes, "ranks_per_node": spec.ranks_per_node,
+            "initialised_from_checkpoint_id": (src.checkpoint_id
+                                               if chunk_tasks[0].spec["config"].get("init_from") else None),
+            "last_checkpoint_id": last_id, "parent_objective": src.objective,
+        }
+        with transaction(ctx.ledger.Session) as s:
+            row = s.scalar(select(m.Model).where(m.Model.campaign_id == ctx.campaign_id,
+                                                 m.Model.role == "trained", m.Model.parent_id == src.model_id))
+            if row is None:
+                row = m.Model(campaign_id=ctx.campaign_id, name=f"{src.name}-trained", role="trained",
+                              family=src.family, hyperparameters=dict(src.hyperparameters),
+                              parent_id=src.model_id, trial_id=src.trial_id)
+                s.add(row)
+            row.checkpoint_id = best_id if best_id is not None else last_id
+            row.task_id = final.id
+            row.metrics = metrics
+            s.flush()
+            model_id = int(row.id)
+        ctx.ledger.link("derived_from", ("model", model_id), ("model", src.model_id), ctx.campaign_id)
+        ctx.ledger.link("output_of", ("model", model_id), ("task", final.id), ctx.campaign_id)
+        return model_id
+
+
+def _objective(row: Any) -> float:
+    value = (row.metrics or {}).get("objective")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf

@@ -1,0 +1,106 @@
+"""Every shipped recipe validates (with each of its profiles), says what its header promises, and the exascale
+campaign renders the Frontier batch scripts Parsl would submit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from campaign import api
+from campaign.recipe import FAMILIES, Recipe, load_recipe
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+SHIPPED = sorted(RECIPES.glob("*.yaml"))
+
+
+def _seconds(hhmmss: str) -> int:
+    h, m, s = (int(x) for x in hhmmss.split(":"))
+    return 3600 * h + 60 * m + s
+
+
+def _cases() -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for path in SHIPPED:
+        profiles = (yaml.safe_load(path.read_text()) or {}).get("profiles") or {}
+        out += [(path.name, None)] + [(path.name, name) for name in profiles]
+    return out
+
+
+def test_the_recipes_we_promise_are_shipped() -> None:
+    assert {"hpo.yaml", "train.yaml", "full.yaml", "exascale.yaml"} <= {p.name for p in SHIPPED}
+
+
+@pytest.mark.parametrize(("name", "profile"), _cases())
+def test_every_shipped_recipe_and_profile_validates(name: str, profile: str | None) -> None:
+    recipe = load_recipe(RECIPES / name, profile=profile)
+    assert isinstance(recipe, Recipe) and len(recipe.hash()) == 64
+    train = recipe.stages.train
+    if train is not None and train.chunk_walltime_s is not None and recipe.site.name != "local":
+        # a chunk (plus the worker's grace) must fit in one batch job of the site
+        assert train.chunk_walltime_s < _seconds(recipe.site.walltime)
+
+
+def test_full_runs_the_whole_workflow_locally() -> None:
+    r = load_recipe(RECIPES / "full.yaml")
+    assert r.site.name == "local" and r.database is None
+    st = r.stages
+    assert all(getattr(st, k) for k in ("preprocess", "hpo", "promote", "train", "screen", "finetune"))
+    assert sorted(h.family for h in st.hpo or []) == sorted(FAMILIES)
+    assert all(d.name.startswith("demo-") for d in r.datasets)  # generated here: no download
+    assert st.train is not None and st.train.models == "promoted" and st.train.from_campaign is None
+    assert st.train.ranks_per_node == 2 and st.train.nodes == 1 and st.train.chunk_walltime_s is not None
+    assert st.screen is not None and st.screen.from_campaign is None
+    assert st.finetune is not None and st.finetune.from_campaign is None
+
+
+def test_train_picks_up_the_models_promoted_by_the_main_job() -> None:
+    main = load_recipe(RECIPES / "hpo.yaml")
+    r = load_recipe(RECIPES / "train.yaml")
+    assert r.stages.train is not None and r.stages.train.from_campaign == main.campaign
+    assert main.stages.promote is not None and r.stages.hpo is None and r.stages.promote is None
+    frontier = load_recipe(RECIPES / "train.yaml", profile="frontier")
+    assert frontier.stages.train is not None and frontier.stages.train.nodes == 2048
+
+
+def test_exascale_describes_the_seed_campaign() -> None:
+    from models.registry import load_registry
+
+    r = load_recipe(RECIPES / "exascale.yaml")
+    reg = load_registry()
+    names = [d.name for d in r.datasets]
+    assert len(names) == 16 and all(not n.startswith("demo-") and n in reg.names() for n in names)
+    assert all(d.files for d in r.datasets)  # real data: raw files, nothing generated
+    assert all(d.preprocess_shards >= 64 for d in r.datasets)  # preprocessed in parallel parts
+    hpo = r.stages.hpo or []
+    assert sorted(h.family for h in hpo) == sorted(FAMILIES)
+    assert all(h.nodes_per_trial == 256 and h.precision == "fp64" and h.datasets is None for h in hpo)
+    assert r.stages.promote is not None
+    train = r.stages.train
+    assert train is not None and train.nodes == 2048 and train.chunk_walltime_s is not None
+    assert train.chunk_walltime_s < _seconds(r.site.walltime)
+    assert r.stages.screen is not None and r.stages.screen.structures == 1_100_000_000
+    assert r.stages.screen.max_atoms == 500 and r.stages.screen.min_atoms == 2
+    assert r.stages.finetune is not None and len(r.stages.finetune.tasks) == 12
+    assert r.site.name == "frontier" and r.database and r.database.startswith("postgresql")
+
+
+@pytest.mark.parametrize("executor", ["htex", "mpi"])
+def test_exascale_renders_its_frontier_batch_script(executor: str) -> None:
+    from campaign.dispatch import DISPATCH_KEYS
+    from sites.render import render_batch_script
+
+    r = load_recipe(RECIPES / "exascale.yaml")
+    params = {k: v for k, v in r.site.dispatch_params().items() if k not in DISPATCH_KEYS}
+    script = (api.render_site_script(r.site.name, params) if executor == "htex"
+              else render_batch_script(r.site.name, executor=executor, **params))
+    assert script.startswith("#!/bin/bash")
+    assert "#SBATCH --nodes=2048" in script and "#SBATCH --account=ABC123" in script
+    assert "#SBATCH --partition=batch" in script and "#SBATCH --gpus-per-node=8" in script
+    minutes = re.search(r"#SBATCH --time=(\d+)", script)
+    assert minutes is not None and int(minutes.group(1)) * 60 == _seconds(r.site.walltime)
+    assert r.site.worker_init in script
+    if executor == "mpi":  # multi-node apps (trials, training) are launched by srun inside the block
+        assert "--enable_mpi_mode" in script and "--mpi-launcher=srun" in script
