@@ -110,7 +110,13 @@ class DatasetSpec(_Strict):
     files: list[str] = Field(default_factory=list, description="Raw input files (extxyz, ASE db, HDF5, LMDB).")
     reader: str | None = Field(None, description="Reader override; default from the registry's source format.")
     count: int | None = Field(None, ge=1, description="Demo datasets: structures to generate.")
-    shards: int = Field(1, ge=1, le=10_000, description="Parallel preprocessing/generation tasks.")
+    shards: int = Field(1, ge=1, le=10_000, description="Demo datasets: parallel generation tasks.")
+    preprocess_shards: int = Field(
+        1, ge=1, le=10_000,
+        description="Parallel preprocessing tasks, each writing the graphs of a disjoint part (by structure id)"
+        " to its own store; a merge task then fits the reference energies over all parts and writes the index"
+        " that reads them as one store.",
+    )  # fmt: skip
     weight: float = Field(1.0, gt=0, description="Loss weight w_d of this dataset's head.")
     max_structures: int | None = Field(None, ge=1, description="Keep at most this many structures.")
 

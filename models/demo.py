@@ -5,13 +5,15 @@
     {"dataset": "demo-emt", "output": "demo-emt-000.extxyz", "seed": 0, "start": 0, "count": 300}
 
 ``dataset`` is a registry name with a ``generator`` (demo-emt: EMT metals; demo-gfn2 / demo-gfn1: the same
-molecules labelled by GFN2-xTB / GFN1-xTB). Structures ``start … start+count-1`` depend only on (seed, index),
+molecules labelled by GFN2-xTB / GFN1-xTB; demo-dft: the small ones among them at B3LYP/6-31G*, which needs
+PySCF, the ``[dft]`` extra). Structures ``start … start+count-1`` depend only on (seed, index),
 so shards over disjoint index ranges add up to the set one big run would give. ``count`` defaults to the
 generator's ``default_count``. The file is written atomically; the result gives counts and the file's sha256.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import time
@@ -53,7 +55,13 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         out = cfg_path.parent / out
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    atoms = list(generate(gen["kind"], seed, start, count, method=gen.get("method", "GFN2-xTB")))
+    if gen["kind"] == "dft" and importlib.util.find_spec("pyscf") is None:
+        raise BadInput(
+            f"{where}: field 'dataset': {info.name!r} is labelled with PySCF, which is not installed"
+            " (pip install 'campaign[dft]')"
+        )
+    options = {k: gen[k] for k in ("method", "xc", "basis") if k in gen}
+    atoms = list(generate(gen["kind"], seed, start, count, **options))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:

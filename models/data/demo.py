@@ -6,6 +6,9 @@
 * ``xtb``: small closed-shell molecules of the G2 set, rattled and stretched, labelled with GFN2-xTB or
   GFN1-xTB (``tblite``). The geometry of structure ``k`` depends on (seed, k) only, not on the method, so
   ``demo-gfn2`` and ``demo-gfn1`` hold the same molecules at two fidelities.
+* ``dft`` (optional, needs PySCF: the ``[dft]`` extra): a high-fidelity subset of those same molecules, the
+  small ones (at most :data:`DFT_MAX_ATOMS` atoms of H, C, N, O, F), labelled with restricted Kohn-Sham DFT
+  (B3LYP/6-31G* by default: energy and analytic forces, converted from Hartree, Bohr to eV, Å).
 
 Structure ``k`` of a dataset is a pure function of (seed, k), so shards over index ranges concatenate to the
 same set as one run.
@@ -45,6 +48,11 @@ def _closed_shell(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 MOLECULES = _closed_shell(MOLECULES)
+
+
+#: Largest molecule of the DFT subset (B3LYP/6-31G* with forces takes about a second per molecule up to here).
+DFT_MAX_ATOMS = 5
+DFT_ELEMENTS = frozenset({1, 6, 7, 8, 9})
 
 
 def _rng(seed: int, index: int, salt: int) -> np.random.Generator:
@@ -112,15 +120,77 @@ def xtb_calculator(method: str) -> object:
     return TBLite(method=method, verbosity=0)
 
 
-def generate(kind: str, seed: int, start: int, count: int, method: str = "GFN2-xTB") -> Iterator[Atoms]:
+# ------------------------------------------------------------------------------------------- DFT subset
+def dft_subset_indices(seed: int, start: int, count: int) -> list[int]:
+    """Indices ``j`` into the xTB demo sequence of DFT structures ``start … start+count-1``.
+
+    DFT structure ``k`` is the ``k``-th molecule of the xTB sequence (same seed) with at most
+    :data:`DFT_MAX_ATOMS` atoms, all in :data:`DFT_ELEMENTS`: the same geometry as ``demo-gfn2`` / ``demo-gfn1``
+    structure ``j``, so the three fidelities overlap.
+    """
+    out: list[int] = []
+    j, k = 0, 0
+    while len(out) < count:
+        atoms = molecule_structure(seed, j)
+        if len(atoms) <= DFT_MAX_ATOMS and set(atoms.numbers.tolist()) <= DFT_ELEMENTS:
+            if k >= start:
+                out.append(j)
+            k += 1
+        j += 1
+    return out
+
+
+def dft_label(atoms: Atoms, xc: str = "B3LYP", basis: str = "6-31G*") -> Atoms:
+    """Label a closed-shell molecule with restricted Kohn-Sham DFT (PySCF): energy and analytic forces.
+
+    Args:
+        atoms: The molecule (positions in Å, no periodicity).
+        xc: Exchange-correlation functional (PySCF name).
+        basis: Gaussian basis set (PySCF name).
+
+    Returns:
+        ``atoms`` with a ``SinglePointCalculator`` holding the energy (eV) and forces (eV/Å).
+
+    Raises:
+        ImportError: PySCF is not installed (``pip install 'campaign[dft]'``).
+        RuntimeError: The SCF did not converge.
+    """
+    from ase.units import Bohr, Hartree
+    from pyscf import dft, gto
+
+    mol = gto.M(
+        atom=[(sym, tuple(xyz)) for sym, xyz in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)],
+        basis=basis, unit="Angstrom", charge=0, spin=0, verbose=0,
+    )  # fmt: skip
+    mf = dft.RKS(mol)
+    mf.xc = xc
+    energy = float(mf.kernel())
+    if not mf.converged:
+        raise RuntimeError(f"{xc}/{basis} SCF did not converge for {atoms.get_chemical_formula()}")
+    grad = np.asarray(mf.nuc_grad_method().kernel())  # [N, 3] Hartree/Bohr
+    atoms.calc = SinglePointCalculator(atoms, energy=energy * Hartree, forces=-grad * Hartree / Bohr)
+    return atoms
+
+
+def generate(
+    kind: str,
+    seed: int,
+    start: int,
+    count: int,
+    method: str = "GFN2-xTB",
+    xc: str = "B3LYP",
+    basis: str = "6-31G*",
+) -> Iterator[Atoms]:
     """Yield labelled structures ``start … start+count-1`` (each with a ``SinglePointCalculator``).
 
     Args:
-        kind: ``emt`` or ``xtb`` (the registry ``generator.kind``).
+        kind: ``emt``, ``xtb`` or ``dft`` (the registry ``generator.kind``).
         seed: Base seed of the dataset.
         start: First structure index.
         count: Number of structures.
         method: xTB method (``GFN2-xTB`` / ``GFN1-xTB``) for ``kind='xtb'``.
+        xc: Functional for ``kind='dft'``.
+        basis: Basis set for ``kind='dft'``.
     """
     if kind == "emt":
         calc = EMT()
@@ -131,5 +201,8 @@ def generate(kind: str, seed: int, start: int, count: int, method: str = "GFN2-x
         calc = xtb_calculator(method)
         for k in range(start, start + count):
             yield _label(molecule_structure(seed, k), calc, stress=False)
+    elif kind == "dft":
+        for j in dft_subset_indices(seed, start, count):
+            yield dft_label(molecule_structure(seed, j), xc=xc, basis=basis)
     else:
-        raise ValueError(f"unknown demo generator kind {kind!r} (emt or xtb)")
+        raise ValueError(f"unknown demo generator kind {kind!r} (emt, xtb or dft)")

@@ -53,3 +53,78 @@ def fit_reference_energies(
 def reference_sum(z: np.ndarray, references: dict[int, float]) -> float:
     """``Σ_atoms e_Z`` for one structure (eV); elements without a reference count 0."""
     return float(sum(references.get(int(x), 0.0) for x in z))
+
+
+def composition_factor(zs: Sequence[np.ndarray], energies: np.ndarray) -> dict[str, object]:
+    """The least-squares summary of one part of a dataset, for fitting references over all parts (TSQR).
+
+    With ``A = Q R`` the reduced QR decomposition of the part's [G, K] composition matrix,
+    ``||A e - E||² = ||R e - Qᵀ E||² + const``: stacking the ``R`` and ``Qᵀ E`` of every part and solving
+    gives the same references as one fit over all structures, from ``K × K`` numbers per part.
+
+    Args:
+        zs: ``G`` arrays of atomic numbers.
+        energies: [G] total energies, eV.
+
+    Returns:
+        JSON-serialisable ``{"elements": [K] int, "r": [min(G, K), K], "qty": [min(G, K)] eV,
+        "num_graphs": G}``.
+    """
+    if len(zs) == 0:
+        return {"elements": [], "r": [], "qty": [], "num_graphs": 0}
+    elements = np.unique(np.concatenate([np.asarray(z) for z in zs]))
+    a = composition_matrix(zs, elements)
+    q, r = np.linalg.qr(a, mode="reduced")
+    qty = q.T @ np.asarray(energies, dtype=np.float64)
+    return {
+        "elements": [int(e) for e in elements],
+        "r": r.tolist(),
+        "qty": qty.tolist(),
+        "num_graphs": len(zs),
+    }
+
+
+def fit_reference_energies_from_factors(
+    factors: Sequence[dict[str, object]], ridge: float = 1e-8
+) -> dict[int, float]:
+    """Fit one reference energy per element from the :func:`composition_factor` of every part.
+
+    Solves the same problem as :func:`fit_reference_energies` on the union of the parts
+    (``min ||A e - E||² + ridge · G · ||e||²``, ``G`` the total number of structures).
+
+    Returns:
+        ``{Z: e_Z}`` in eV for every element present in any part.
+    """
+    parts = [f for f in factors if int(f["num_graphs"]) > 0]  # type: ignore[call-overload]
+    if not parts:
+        return {}
+    elements = np.unique(np.concatenate([np.asarray(f["elements"], dtype=np.int64) for f in parts]))
+    col = {int(e): k for k, e in enumerate(elements)}
+    rows, rhs = [], []
+    for f in parts:
+        r = np.asarray(f["r"], dtype=np.float64).reshape(-1, len(f["elements"]))  # type: ignore[arg-type]
+        full = np.zeros((r.shape[0], len(elements)))
+        full[:, [col[int(e)] for e in f["elements"]]] = r  # type: ignore[attr-defined]
+        rows.append(full)
+        rhs.append(np.asarray(f["qty"], dtype=np.float64))
+    a = np.vstack(rows)
+    y = np.concatenate(rhs)
+    total = sum(int(f["num_graphs"]) for f in parts)  # type: ignore[call-overload]
+    lam = np.sqrt(max(ridge, 0.0) * total)
+    if lam > 0:
+        a = np.vstack([a, lam * np.eye(len(elements))])
+        y = np.concatenate([y, np.zeros(len(elements))])
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    return {int(e): float(c) for e, c in zip(elements, coef, strict=True)}
+
+
+def reference_sums(z: np.ndarray, natoms: np.ndarray, references: dict[int, float]) -> np.ndarray:
+    """[G] ``Σ_atoms e_Z`` per graph of concatenated atomic numbers ``z`` [N] with ``natoms`` [G] (eV).
+
+    Sums in atom order, so each value equals :func:`reference_sum` of that graph exactly.
+    """
+    table = np.zeros(max([119, *[int(k) + 1 for k in references]]), dtype=np.float64)
+    for k, v in references.items():
+        table[int(k)] = v
+    graph = np.repeat(np.arange(natoms.size, dtype=np.int64), natoms)
+    return np.bincount(graph, weights=table[np.asarray(z, dtype=np.int64)], minlength=natoms.size)

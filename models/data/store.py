@@ -46,6 +46,7 @@ from torch_geometric.data import Batch, Data
 
 from models import keys as K
 from models.appio import BadInput, write_json_atomic
+from models.data.reference import reference_sums
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
@@ -325,6 +326,9 @@ class GraphStore:
         dtype: Floating dtype of the returned tensors (float64 is stored).
         cache: Load all arrays into memory once (fast; a store of the demo size takes a few MB). When False,
             per-atom/per-edge arrays are read from the files on each access.
+        reference_energies: ``{Z: eV}`` used for shards whose ``eref`` is deferred (parts of a sharded
+            preprocessing run); by default the merged index's fitted references. The index of a merged store
+            may list shards of several part directories (relative paths): it is read as one store.
 
     Attributes:
         dataset: Registry name of the dataset.
@@ -335,7 +339,13 @@ class GraphStore:
         BadInput: Missing, truncated or corrupt store (the message names the file).
     """
 
-    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32, cache: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        cache: bool = True,
+        reference_energies: Mapping[int, float] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.dtype = dtype
         self.cache = cache
@@ -357,6 +367,7 @@ class GraphStore:
         self.attrs: dict[str, Any] = meta
         self.dataset: str = str(meta.get("dataset", ""))
         self.head_id: int = int(meta.get("head_id", -1))
+        self._fill_deferred_eref(index_path, reference_energies)
         counts = np.array([len(s.graph["natoms"]) for s in self._shards], dtype=np.int64)
         self._first = np.cumsum(counts) - counts  # first global graph index of each shard
         g = {n: _cat([s.graph[n] for s in self._shards], n) for n in GRAPH_VARS}
@@ -372,6 +383,27 @@ class GraphStore:
             for s in self._shards:
                 s.close()
 
+    def _fill_deferred_eref(self, index_path: Path, override: Mapping[int, float] | None) -> None:
+        """Per-graph ``eref`` of shards written by one part of a sharded preprocessing run.
+
+        Such shards store NaN (the references are fitted over all parts only afterwards); the merged index
+        carries the fitted ``reference_energies``, from which ``eref`` [G] is summed per graph here.
+        """
+        deferred = [s for s in self._shards if s.meta.get("eref_deferred")]
+        if not deferred:
+            return
+        if override is not None:
+            refs = {int(k): float(v) for k, v in override.items()}
+        elif self.attrs.get("eref_from_index"):
+            refs = {int(k): float(v) for k, v in self.attrs.get("reference_energies", {}).items()}
+        else:
+            raise BadInput(
+                f"{index_path}: this is one part of a sharded preprocessing run; its reference energies are"
+                " fitted over all parts: open the merged store"
+            )
+        for s in deferred:
+            s.graph["eref"] = reference_sums(s.read("z"), s.graph["natoms"], refs)
+
     @property
     def reference_energies(self) -> dict[int, float]:
         """Fitted element reference energies ``{Z: eV}``."""
@@ -381,6 +413,12 @@ class GraphStore:
     def natoms(self) -> np.ndarray:
         """[G] atoms per graph (int64)."""
         return self._g["natoms"]
+
+    def graph_values(self, name: str) -> np.ndarray:
+        """Per-graph array ``name`` (one of ``GRAPH_VARS``, e.g. ``energy`` [G] eV, ``sid`` [G]) in store order."""
+        if name not in GRAPH_VARS:
+            raise KeyError(f"{name!r} is not a per-graph variable ({', '.join(GRAPH_VARS)})")
+        return self._g[name]
 
     def __len__(self) -> int:
         return self._n

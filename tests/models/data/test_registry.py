@@ -17,7 +17,7 @@ def test_registry_has_the_seed_datasets_and_demo_sets():
     assert SEED_SOURCES <= {i.source for i in reg}
     assert len([i for i in reg if not i.is_demo]) >= 16
     assert {"omol25", "omol25-4m", "omol25-neutral"} <= set(reg.names())
-    assert set(reg.demo_names()) == {"demo-emt", "demo-gfn2", "demo-gfn1"}
+    assert set(reg.demo_names()) == {"demo-emt", "demo-gfn2", "demo-gfn1", "demo-dft"}
     ani = reg.get("ani1x")
     assert ani.units["energy"] == "Hartree" and ani.source_format == "ani-hdf5" and ani.kind == "molecule"
     assert reg.get("omat24").source_format == "ase-lmdb"
