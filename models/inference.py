@@ -78,6 +78,15 @@ def activation_bytes_per_atom(config: dict[str, Any], precision: str, max_neighb
     width = 8 if precision == "fp64" else 4
     hidden, layers = int(config.get("hidden", 128)), int(config.get("layers", 4))
     per_layer = (12 * max_neighbours + 16) * hidden
+    if config.get("family") == "dimenet++":
+        # angle triplets: about k (k - 1) per atom, each carrying the spherical basis (num_spherical x
+        # num_radial), its embedding and the interaction channels, several intermediates of each kept for autograd
+        sbf = int(config.get("num_spherical", 7)) * int(config.get("num_radial", 6))
+        per_triplet = 4 * (sbf + int(config.get("basis_emb_size", 8)) + int(config.get("int_emb_size", 64)))
+        per_layer += max_neighbours * max(max_neighbours - 1, 1) * per_triplet
+    elif config.get("family") == "mace":
+        # equivariant edge features up to max_ell: (max_ell + 1)^2 components per channel
+        per_layer += 12 * max_neighbours * hidden * (int(config.get("max_ell", 2)) + 1) ** 2
     return int(2 * per_layer * layers * width)
 
 
