@@ -32,6 +32,54 @@ def edge_vectors(pos: Tensor, cell: Tensor, edge_index: Tensor, shift: Tensor, b
     return pos[j] - pos[i] + offset
 
 
+def reverse_edge_pairs(edge_index: Tensor, vec: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Pair every edge ``i -> j`` with its reverse ``j -> i`` (the same image pair, vector exactly negated).
+
+    Full neighbour lists hold each pair twice, and :func:`edge_vectors` makes ``r_ji == -r_ij`` bit for bit
+    (IEEE rounding is sign-symmetric), so anything that depends only on ``|r_ij|`` (radial bases, envelopes,
+    filters) can be computed once per pair. The pairing is found by sorting a hash of the orientation-free key
+    ``(min(i, j), max(i, j), +-r)`` and is then verified exactly; the result is ``None`` (use every edge)
+    whenever the list is not symmetric, contains zero-length or duplicate edges, or a hash collision left a
+    pair unmatched.
+
+    Args:
+        edge_index: [2, E] (neighbour j, centre i).
+        vec: [E, 3] edge vectors i -> j (float32 or float64; only their bits are read).
+
+    Returns:
+        ``(fwd, rev)``, each [E / 2] int64 edge ids with ``edge_index[:, rev] == edge_index.flip(0)[:, fwd]``
+        and ``vec[rev] == -vec[fwd]``; or ``None``.
+    """
+    num = edge_index.size(1)
+    if num == 0 or num % 2 or vec.dtype not in (torch.float32, torch.float64):
+        return None
+    with torch.no_grad():
+        j, i = edge_index[0], edge_index[1]
+        v = vec.detach()
+        # orientation: i < j, or i == j (periodic image of itself) and the first non-zero component of r > 0
+        first = torch.where(v[:, 0] != 0, v[:, 0], torch.where(v[:, 1] != 0, v[:, 1], v[:, 2]))
+        if bool((first == 0).any()):
+            return None
+        forward = (i < j) | ((i == j) & (first > 0))
+        lo, hi = torch.where(forward, i, j), torch.where(forward, j, i)
+        canon = torch.where(forward.unsqueeze(1), v, -v) + 0.0  # + 0.0 turns -0.0 into 0.0 (x - x is +0.0)
+        bits = canon.contiguous().view(torch.int32 if v.dtype == torch.float32 else torch.int64).long()
+        key = lo * 0x9E3779B1 + hi
+        for col in range(3):
+            key = (key ^ bits[:, col]) * 0x5BD1E9955BD1E995  # wraps around in int64, a hash mixing step
+        order = torch.argsort(key)
+        a, b = order[0::2], order[1::2]  # each pair must sit next to each other after sorting
+        fa = forward[a]
+        fwd, rev = torch.where(fa, a, b), torch.where(fa, b, a)
+        ok = (
+            bool((forward[fwd] & ~forward[rev]).all())
+            and torch.equal(edge_index[0, rev], edge_index[1, fwd])
+            and torch.equal(edge_index[1, rev], edge_index[0, fwd])
+            and torch.equal(v[rev], -v[fwd])
+        )
+    return (fwd, rev) if ok else None
+
+
 def apply_strain(pos: Tensor, cell: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Deform positions and cells by a zero symmetric strain that autograd can differentiate against.
 

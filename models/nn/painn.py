@@ -1,7 +1,19 @@
 """PaiNN: polarizable atom interaction neural network (Schütt, Unke, Gastegger, ICML 2021).
 
 Scalar features ``s`` [N, F] and equivariant vector features ``v`` [N, 3, F] are updated by alternating message
-and update blocks. The continuous filters of all layers are computed from the radial basis in one matmul.
+and update blocks.
+
+The math is the paper's (and schnetpack's); the implementation is laid out for CPU speed, where the per-edge
+[E, F]-sized elementwise passes (and their first and second derivatives, for force training) dominate:
+
+* Gathers and sums over edges are ``index_select`` / ``index_add`` (their backward is each other, contiguous
+  row copies), rather than PyG's ``propagate`` whose ``scatter_add`` backward is an element-wise ``gather``;
+  the residual ``s + sum_j ...`` is the ``index_add`` itself and no [E, 4F] message is concatenated.
+* The cutoff envelope is folded into the filter matmul: ``fc (rbf W + b) = [fc rbf, fc] @ [W; b]``, so no
+  [E, 3F] multiply is spent on it, and each layer's filter is its own [E, 21] x [21, 3F] matmul (no split views
+  of an [E, 12F] tensor whose gradient would have to be reassembled).
+* The first block starts from ``v = 0``: the ``v_j * dvv`` term and the gather of ``v`` are skipped there, and the
+  last update's vector output, which the energy does not depend on, is not computed.
 """
 
 from __future__ import annotations
@@ -9,12 +21,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.nn import Embedding, Linear, Sequential, SiLU
-from torch_geometric.nn import MessagePassing
 
-from models.nn.geometry import BesselBasis, cosine_cutoff
+from models.nn.edge_ops import gather_rows, sum_rows
+from models.nn.geometry import BesselBasis, cosine_cutoff, reverse_edge_pairs
 
 
-class PaiNNMessage(MessagePassing):
+class PaiNNMessage(torch.nn.Module):
     """PaiNN message block: ``ds_i = sum_j phi(s_j) W(r_ij)``, ``dv_i = sum_j v_j dvv + dvs r_ij/|r_ij|``.
 
     Args:
@@ -22,7 +34,7 @@ class PaiNNMessage(MessagePassing):
     """
 
     def __init__(self, hidden: int) -> None:
-        super().__init__(aggr="add", node_dim=0)
+        super().__init__()
         self.hidden = hidden
         self.phi = Sequential(Linear(hidden, hidden), SiLU(), Linear(hidden, 3 * hidden))
         self.reset_parameters()
@@ -32,31 +44,33 @@ class PaiNNMessage(MessagePassing):
         for lin in (self.phi[0], self.phi[2]):
             lin.reset_parameters()
 
-    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, filt: Tensor, unit: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, s: Tensor, v: Tensor | None, edge_index: Tensor, filt: Tensor, unit: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Apply one message block (residual).
 
         Args:
             s: [N, F] scalar features.
-            v: [N, 3, F] vector features.
+            v: [N, 3, F] vector features, or ``None`` when they are all zero (first block).
             edge_index: [2, E] (neighbour j, centre i).
-            filt: [E, 3F] continuous filter of this layer, already multiplied by the cutoff envelope.
+            filt: [P, 3F] continuous filter of this layer, already multiplied by the cutoff envelope, of the first
+                P edges; ``P = E / 2`` when the second half of the edges reverses the first (same distances).
             unit: [E, 3] unit edge vectors i -> j.
 
         Returns:
             Updated ``(s, v)``: [N, F] and [N, 3, F].
         """
-        n, f = s.size(0), self.hidden
-        x = self.phi(s)
-        out = self.propagate(edge_index, x=x, v=v.reshape(n, 3 * f), filt=filt, unit=unit, size=(n, n))
-        ds, dv = out.split([f, 3 * f], dim=-1)
-        return s + ds, v + dv.view(n, 3, f)
-
-    def message(self, x_j: Tensor, v_j: Tensor, filt: Tensor, unit: Tensor) -> Tensor:
-        """Per-edge message [E, 4F]: scalar part then the flattened vector part."""
-        f = self.hidden
-        ds, dvv, dvs = (x_j * filt).split(f, dim=-1)
-        dv = v_j.view(-1, 3, f) * dvv.unsqueeze(1) + dvs.unsqueeze(1) * unit.unsqueeze(-1)
-        return torch.cat([ds, dv.reshape(-1, 3 * f)], dim=-1)
+        f, num = self.hidden, edge_index.size(1)
+        j, i = edge_index[0], edge_index[1]
+        x = gather_rows(self.phi(s), j)  # [E, 3F]
+        m = x * filt if filt.size(0) == num else (x.view(2, -1, 3 * f) * filt).view(num, 3 * f)
+        ms, mv, mr = m.split(f, dim=-1)
+        dv = unit.unsqueeze(-1) * mr.unsqueeze(1)  # [E, 3, F]
+        if v is not None:
+            dv = dv + gather_rows(v, j) * mv.unsqueeze(1)
+        n = s.size(0)
+        sum_v = sum_rows(dv, i, n)
+        return s + sum_rows(ms, i, n).to(s.dtype), sum_v if v is None else v + sum_v.to(v.dtype)
 
 
 class PaiNNUpdate(torch.nn.Module):
@@ -79,14 +93,17 @@ class PaiNNUpdate(torch.nn.Module):
         for lin in (self.mlp[0], self.mlp[2]):
             lin.reset_parameters()
 
-    def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Args: s: [N, F]; v: [N, 3, F]. Returns the updated ``(s, v)`` (residual)."""
+    def forward(self, s: Tensor, v: Tensor, vectors: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Args: s: [N, F]; v: [N, 3, F]; vectors: also return the updated ``v`` (else ``None``).
+
+        Returns the updated ``(s, v)`` (residual).
+        """
         f = self.hidden
         uv, vv = self.lin_uv(v).split(f, dim=-1)
         vnorm = torch.sqrt((vv * vv).sum(dim=1) + 1e-8)
         a_vv, a_sv, a_ss = self.mlp(torch.cat([s, vnorm], dim=-1)).split(f, dim=-1)
-        ds = a_ss + a_sv * (uv * vv).sum(dim=1)
-        return s + ds, v + a_vv.unsqueeze(1) * uv
+        s = s + torch.addcmul(a_ss, a_sv, (uv * vv).sum(dim=1))
+        return s, torch.addcmul(v, a_vv.unsqueeze(1), uv) if vectors else None
 
 
 class PaiNN(torch.nn.Module):
@@ -130,13 +147,22 @@ class PaiNN(torch.nn.Module):
         Returns:
             [N, F] invariant atom features.
         """
+        pairs = reverse_edge_pairs(edge_index, vec)
+        if pairs is not None:  # geometry and filters once per pair: [fwd; rev] edges, r_rev = -r_fwd
+            edge_index = torch.cat([edge_index[:, pairs[0]], edge_index[:, pairs[1]]], dim=1)
+            vec = vec.index_select(0, pairs[0])
         dist = torch.linalg.vector_norm(vec, dim=-1)
         unit = vec / dist.unsqueeze(-1)
-        filt = self.filter_net(self.rbf(dist)) * cosine_cutoff(dist, self.cutoff).unsqueeze(-1)
-        filters = filt.split(3 * self.hidden, dim=-1)
+        if pairs is not None:
+            unit = torch.cat([unit, -unit], dim=0)
+        fc = cosine_cutoff(dist, self.cutoff).unsqueeze(-1)
+        # fc * (rbf @ W.T + b) as one matmul per layer: [fc * rbf, fc] @ [W.T; b]  ->  [P, 3F]
+        basis = torch.cat([self.rbf(dist) * fc, fc], dim=-1)
+        weight = torch.cat([self.filter_net.weight.t(), self.filter_net.bias.unsqueeze(0)], dim=0)
+        width = 3 * self.hidden
         s = self.embedding(z)
-        v = s.new_zeros(s.size(0), 3, self.hidden)
-        for msg, upd, w in zip(self.messages, self.updates, filters, strict=True):
-            s, v = msg(s, v, edge_index, w, unit)
-            s, v = upd(s, v)
+        v: Tensor | None = None
+        for k, (msg, upd) in enumerate(zip(self.messages, self.updates, strict=True)):
+            s, v = msg(s, v, edge_index, basis @ weight[:, k * width:(k + 1) * width], unit)
+            s, v = upd(s, v, vectors=k + 1 < self.layers)
         return s
