@@ -1,16 +1,20 @@
-"""Overhead of the campaign's dispatch path against bare Parsl HTEX, for N no-op tasks in the same run.
+"""Overhead of the campaign path (submit, run, record in the database) against bare Parsl HTEX, same run.
 
 * peer — bare Parsl: a ``python_app`` returning a small dict, on the same HighThroughputExecutor config
-  (``sites.local.local_config``: loopback, same worker count).
-* ours — the campaign path: ``make_dispatcher("local", {"engine": "parsl"})``, a ``TaskSpec`` of
-  ``campaign.apps.noop`` per task (the worker writes its config and result files and returns a
-  ``TaskResult`` by value), and — when the lead's ``campaign.ledger`` is importable — every task created,
-  its attempt begun and its result recorded in a SQLite campaign database, as the steering loop does.
-* ours_dispatch_only — the campaign path without the database.
+  (``sites.local.local_config``: loopback, same worker count), all N submitted at once.
+* ours — the campaign path: a stage planning N ``campaign.apps.noop`` tasks run by the steering loop
+  (:class:`campaign.steer.Steerer`) through ``make_dispatcher("local", {"engine": "parsl"})`` into a SQLite
+  campaign database: every task created, its attempt begun, its result recorded (and committed) before the stage
+  is told. ``--in-flight`` caps the tasks in flight (default N, like the peer).
+* ours_workers_cap — the same with at most ``workers`` tasks in flight (what ``campaign run`` passes today:
+  ``max_in_flight = site.workers``).
+* ours_per_task_tx — the same tasks, but the ledger written one transaction per state change from a plain
+  loop (create, begin, record for each task: the campaign path before batching), for the before/after figure.
+* ours_dispatch_only — the campaign dispatcher without any database.
 
-Each variant starts its own DataFlowKernel (not timed), warms up, then times N tasks from first submit to
-last result. Variants are interleaved; medians over repetitions. The last line is one JSON object;
-``ratio = peer / ours`` (> 1: we are faster).
+Each variant starts its own DataFlowKernel (not timed) and warms up; the clock runs from the stage's start
+(task creation included) to its last result recorded. Variants are interleaved; medians over repetitions. The
+last line is one JSON object; ``ratio = peer / ours`` (> 1: we are faster).
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from campaign.dispatch import make_dispatcher
 from campaign.dispatch.environment import ensure_env_on_path
-from campaign.tasks import TaskSpec
+from campaign.ledger import Ledger
+from campaign.recipe import parse_recipe
+from campaign.stages.base import PlannedTask, StageContext
+from campaign.steer import Steerer
+from campaign.tasks import TaskResult, TaskSpec, TaskState
+from db.engine import make_engine
+from db.migrate import ensure_schema
 
 
 def bare_noop(i: int) -> dict[str, Any]:
@@ -59,56 +69,115 @@ def run_peer(n: int, workers: int, run_dir: Path) -> float:
     return dt
 
 
-def _ledger(run_dir: Path) -> Any | None:
-    try:
-        from campaign.ledger import Ledger
-        from db.engine import make_engine
-        from db.migrate import ensure_schema
-    except ImportError:
-        return None
+def _spec(run_dir: Path, i: int) -> TaskSpec:
+    return TaskSpec(kind="noop", app="campaign.apps.noop", workdir=str(run_dir / "w" / str(i)), config={"payload": i})
+
+
+class NoopStage:
+    """A stage of ``n`` no-op tasks that checks each result it is told."""
+
+    name = "noop"
+    kind = "noop"
+
+    def __init__(self, n: int, run_dir: Path) -> None:
+        self.n = n
+        self.run_dir = run_dir
+        self.told = 0
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        return [PlannedTask(f"noop/{i}", _spec(self.run_dir, i)) for i in range(self.n)]
+
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        assert result.result is not None and task.key == f"noop/{result.result['payload']}"
+        self.told += 1
+        return []
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        raise AssertionError(f"no-op task {task.key} failed: {result.error if result else ''}")
+
+    def finish(self, ctx: StageContext) -> str:
+        return "done"
+
+
+def _open(run_dir: Path) -> tuple[Ledger, int, int]:
     engine = make_engine(f"sqlite:///{run_dir / 'campaign.db'}")
     ensure_schema(engine)
-    return Ledger(engine)
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name="bench", recipe_text="campaign: bench", recipe_hash="0" * 64, site="local").id
+    return ledger, cid, ledger.stage(cid, "noop", "noop").id
 
 
-def run_ours(n: int, workers: int, run_dir: Path, record: bool) -> float:
-    """The campaign path: seconds for ``n`` no-op TaskSpecs (with DB recording when ``record``)."""
-    ledger = _ledger(run_dir) if record else None
-    if record and ledger is None:
-        raise RuntimeError("campaign.ledger is not available")
-    camp_id = stage_id = 0
-    if ledger is not None:
-        camp = ledger.open_campaign(name="bench", recipe_text="bench", recipe_hash="0" * 64, site="local")
-        camp_id = camp.id
-        stage_id = ledger.stage(camp_id, "noop", "noop").id
+def _check_db(ledger: Ledger, cid: int, n: int) -> None:
+    assert ledger.count_tasks(cid, states=[TaskState.DONE]) == n
+    from sqlalchemy import func, select
+
+    from db import models as m
+
+    with ledger.Session() as s:
+        ok = s.scalar(select(func.count()).select_from(m.Attempt).where(m.Attempt.exit_cause == m.ExitCause.OK))
+    assert ok == n, f"{ok} ok attempts recorded, expected {n}"
+
+
+def _dispatcher(run_dir: Path, workers: int) -> Any:
     d = make_dispatcher("local", {"engine": "parsl", "max_workers": workers, "retries": 0}, run_dir)
-    try:
-        def spec(i: int) -> TaskSpec:
-            return TaskSpec(kind="noop", app="campaign.apps.noop", workdir=str(run_dir / "w" / str(i)),
-                            config={"payload": i})
+    [f.result() for f in [d.submit(_spec(run_dir, -i - 1)) for i in range(20)]]  # warm-up
+    return d
 
-        [f.result() for f in [d.submit(spec(-i - 1)) for i in range(20)]]
-        specs = [spec(i) for i in range(n)]
+
+def run_steered(n: int, workers: int, run_dir: Path, in_flight: int) -> float:
+    """The steering loop over the Parsl dispatcher into SQLite: seconds for ``n`` no-op tasks."""
+    ledger, cid, sid = _open(run_dir)
+    ctx = StageContext(recipe=parse_recipe("campaign: bench\n"), ledger=ledger, campaign_id=cid, stage_id=sid,
+                       workdir=run_dir, site="local")
+    d = _dispatcher(run_dir, workers)
+    try:
+        steer = Steerer(ledger, d, cid, "local", max_in_flight=in_flight, on_progress=lambda p: None)
+        d.on_attempt = steer.report_attempt
+        stage = NoopStage(n, run_dir)
         t0 = time.perf_counter()
-        if ledger is None:
-            futs = [d.submit(s) for s in specs]
-            wait(futs)
-            results = [f.result() for f in futs]
-        else:
-            futs = []
-            for i, s in enumerate(specs):
-                task = ledger.create_task(camp_id, stage_id, f"t{i}", s)
-                attempt = ledger.begin_attempt(task.id, site="local", executor=d.name)
-                futs.append(d.submit(s.model_copy(update={"task_id": task.id, "attempt": attempt})))
-            results = []
-            for f in futs:  # record in completion order would need wait(); results arrive in order anyway
-                r = f.result()
-                ledger.record_attempt(r, final=True)
-                results.append(r)
+        status = steer.run_stage(stage, ctx)
         dt = time.perf_counter() - t0
-        assert all(r.ok and r.result["payload"] == i for i, r in enumerate(results))
     finally:
         d.shutdown()
+    assert status == "done" and stage.told == n
+    _check_db(ledger, cid, n)
+    return dt
+
+
+def run_per_task_tx(n: int, workers: int, run_dir: Path) -> float:
+    """The ledger written one transaction per state change (create, begin, record per task), all submitted."""
+    ledger, cid, sid = _open(run_dir)
+    d = _dispatcher(run_dir, workers)
+    try:
+        specs = [_spec(run_dir, i) for i in range(n)]
+        t0 = time.perf_counter()
+        futs = []
+        for i, s in enumerate(specs):
+            task = ledger.create_task(cid, sid, f"noop/{i}", s)
+            attempt = ledger.begin_attempt(task.id, site="local", executor=d.name)
+            futs.append(d.submit(s.model_copy(update={"task_id": task.id, "attempt": attempt})))
+        for f in futs:
+            ledger.record_attempt(f.result(), final=True)
+        dt = time.perf_counter() - t0
+    finally:
+        d.shutdown()
+    _check_db(ledger, cid, n)
+    return dt
+
+
+def run_dispatch_only(n: int, workers: int, run_dir: Path) -> float:
+    """The campaign dispatcher alone: seconds for ``n`` no-op TaskSpecs, no database."""
+    d = _dispatcher(run_dir, workers)
+    try:
+        specs = [_spec(run_dir, i) for i in range(n)]
+        t0 = time.perf_counter()
+        futs = [d.submit(s) for s in specs]
+        wait(futs)
+        results = [f.result() for f in futs]
+        dt = time.perf_counter() - t0
+    finally:
+        d.shutdown()
+    assert all(r.ok and r.result["payload"] == i for i, r in enumerate(results))
     return dt
 
 
@@ -117,23 +186,26 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--in-flight", type=int, default=0, help="ours: tasks in flight at most (0: all)")
     parser.add_argument("--quick", action="store_true", help="200 tasks, 2 repetitions")
     args = parser.parse_args()
     n, reps = (200, 2) if args.quick else (args.tasks, args.reps)
-    record = _ledger(Path(tempfile.mkdtemp(prefix="bench-probe-"))) is not None
-    times: dict[str, list[float]] = {"peer": [], "ours": [], "ours_dispatch_only": []}
+    in_flight = args.in_flight or n
+    runs = {
+        "peer": lambda d: run_peer(n, args.workers, d),
+        "ours": lambda d: run_steered(n, args.workers, d, in_flight),
+        "ours_workers_cap": lambda d: run_steered(n, args.workers, d, args.workers),
+        "ours_per_task_tx": lambda d: run_per_task_tx(n, args.workers, d),
+        "ours_dispatch_only": lambda d: run_dispatch_only(n, args.workers, d),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps):
-        order = ["peer", "ours", "ours_dispatch_only"]
+        order = list(runs)
         if rep % 2:
             order.reverse()
         for which in order:
             with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
-                if which == "peer":
-                    dt = run_peer(n, args.workers, Path(tmp))
-                elif which == "ours":
-                    dt = run_ours(n, args.workers, Path(tmp), record=record)
-                else:
-                    dt = run_ours(n, args.workers, Path(tmp), record=False)
+                dt = runs[which](Path(tmp))
             times[which].append(dt)
             print(f"rep {rep} {which:>20}: {dt:.3f} s for {n} tasks ({n / dt:.0f} tasks/s)", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -143,10 +215,12 @@ def main() -> None:
         "peer": round(med["peer"], 4),
         "unit": "s",
         "ratio": round(med["peer"] / med["ours"], 3),
-        "ours_dispatch_only": round(med["ours_dispatch_only"], 4),
-        "ratio_dispatch_only": round(med["peer"] / med["ours_dispatch_only"], 3),
-        "includes_db_recording": record,
+        **{k: round(v, 4) for k, v in med.items() if k not in ("ours", "peer")},
+        **{f"ratio_{k[5:]}": round(med["peer"] / v, 3) for k, v in med.items() if k.startswith("ours_")},
+        "includes_db_recording": True,
+        "db": "sqlite",
         "tasks": n,
+        "in_flight": in_flight,
         "reps": reps,
         "workers": args.workers,
         "peer_name": "bare Parsl HTEX python_app",

@@ -12,12 +12,15 @@ import hashlib
 import os
 import socket
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 import campaign
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, check_transition, utcnow
@@ -27,6 +30,52 @@ from db.engine import session_factory, transaction
 
 class CampaignConflict(ValueError):
     """A campaign of that name exists with a different recipe."""
+
+
+#: Ids per ``IN (...)`` list (well under SQLite's and PostgreSQL's bound-parameter limits).
+IN_CHUNK = 500
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _update_by_id(s: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """``UPDATE table SET … WHERE id = …`` for every row, as one executemany (rows share their keys)."""
+    if not rows:
+        return
+    cols = [k for k in rows[0] if k != "id"]
+    stmt = (table.update().where(table.c.id == bindparam("p_id"))
+            .values({c: bindparam(f"p_{c}") for c in cols}))
+    s.execute(stmt, [{f"p_{k}": v for k, v in row.items()} for row in rows])
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """One attempt's outcome to record (see :meth:`Ledger.record_attempts`).
+
+    Attributes:
+        result: What the worker (or the dispatcher, for a lost attempt) returned.
+        final: Whether the dispatcher is done with this task (otherwise it retries it itself and the task stays
+            SUBMITTED).
+        requeue: After a final failure, put the task back to READY for the steering loop to re-submit (for
+            dispatchers that do not retry), within the charged-failure and attempt budgets.
+    """
+
+    result: TaskResult
+    final: bool = True
+    requeue: bool = False
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one :class:`AttemptOutcome` did: the task's new state and the task row after it."""
+
+    state: TaskState
+    task: m.Task
 
 
 def git_sha(start: Path | None = None) -> str | None:
@@ -120,9 +169,7 @@ class Ledger:
             existing = s.scalar(select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key == key))
             if existing is not None:
                 return existing
-            row = m.Task(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
-                         app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY,
-                         priority=spec.priority)
+            row = self._new_task(campaign_id, stage_id, key, spec)
             s.add(row)
             try:
                 s.flush()
@@ -130,6 +177,51 @@ class Ledger:
                 s.rollback()
                 return self.get_task_by_key(campaign_id, key)
             return row
+
+    def create_tasks(self, campaign_id: int, stage_id: int,
+                     planned: Sequence[tuple[str, TaskSpec]]) -> list[m.Task]:
+        """Create many tasks in one transaction (idempotent by key, like :meth:`create_task`).
+
+        Args:
+            campaign_id: The campaign.
+            stage_id: The stage the new tasks belong to.
+            planned: ``(key, spec)`` pairs; a key already in the campaign (or repeated) keeps its first task.
+
+        Returns:
+            One task row per distinct key, in the order of ``planned``.
+        """
+        first = dict(reversed(planned))  # the first spec of a repeated key wins
+        keys = list(dict.fromkeys(k for k, _ in planned))
+        if not keys:
+            return []
+        try:
+            with transaction(self.Session) as s:
+                known: set[str] = set()
+                for chunk in _chunks(keys):
+                    known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
+                                                                    m.Task.key.in_(chunk))))
+                now = utcnow()
+                # created_at one microsecond apart: tasks of equal priority keep the planned order (tasks())
+                new = [dict(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
+                            app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY,
+                            priority=spec.priority, charged_failures=0,
+                            created_at=now + timedelta(microseconds=i), updated_at=now)
+                        for i, key in enumerate(k for k in keys if k not in known) for spec in (first[key],)]
+                if new:  # executemany: one statement, not one ORM object per row
+                    s.execute(insert(m.Task.__table__), new)
+                rows: dict[str, m.Task] = {}
+                for chunk in _chunks(keys):
+                    q = select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key.in_(chunk))
+                    rows.update((t.key, t) for t in s.scalars(q))
+                return [rows[k] for k in keys]
+        except IntegrityError:  # pragma: no cover - another writer raced us: fall back to one key at a time
+            return [self.create_task(campaign_id, stage_id, k, first[k]) for k in keys]
+
+    @staticmethod
+    def _new_task(campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> m.Task:
+        return m.Task(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
+                      app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY,
+                      priority=spec.priority)
 
     def get_task_by_key(self, campaign_id: int, key: str) -> m.Task:
         """The task with ``key`` in the campaign."""
@@ -140,15 +232,36 @@ class Ledger:
             return row
 
     def tasks(self, campaign_id: int, *, stage_id: int | None = None,
-              states: Iterable[TaskState] | None = None) -> list[m.Task]:
-        """Tasks of a campaign, optionally filtered by stage and state."""
+              states: Iterable[TaskState] | None = None, limit: int | None = None) -> list[m.Task]:
+        """Tasks of a campaign, optionally filtered by stage and state, highest priority (then oldest) first.
+
+        Args:
+            campaign_id: The campaign.
+            stage_id: Only this stage's tasks.
+            states: Only tasks in these states.
+            limit: At most this many (the first in that order).
+        """
         q = select(m.Task).where(m.Task.campaign_id == campaign_id)
         if stage_id is not None:
             q = q.where(m.Task.stage_id == stage_id)
         if states is not None:
             q = q.where(m.Task.state.in_(list(states)))
+        q = q.order_by(m.Task.priority.desc(), m.Task.created_at)
+        if limit is not None:
+            q = q.limit(limit)
         with self.Session() as s:
-            return list(s.scalars(q.order_by(m.Task.priority.desc(), m.Task.created_at)))
+            return list(s.scalars(q))
+
+    def count_tasks(self, campaign_id: int, *, stage_id: int | None = None,
+                    states: Iterable[TaskState] | None = None) -> int:
+        """How many tasks :meth:`tasks` would return (without loading them)."""
+        q = select(func.count()).select_from(m.Task).where(m.Task.campaign_id == campaign_id)
+        if stage_id is not None:
+            q = q.where(m.Task.stage_id == stage_id)
+        if states is not None:
+            q = q.where(m.Task.state.in_(list(states)))
+        with self.Session() as s:
+            return int(s.scalar(q) or 0)
 
     def set_state(self, task_id: str, new: TaskState) -> None:
         """Move a task along the state machine (raises ``InvalidTransition`` otherwise)."""
@@ -161,24 +274,65 @@ class Ledger:
                 row.state = new
 
     def begin_attempt(self, task_id: str, *, site: str, executor: str | None = None) -> int:
-        """Record a submission: a new attempt row and the task SUBMITTED. Returns the attempt number."""
+        """Record a submission: a new attempt row and the task SUBMITTED. Returns the attempt number.
+
+        Raises:
+            KeyError: no such task.
+            InvalidTransition: the task cannot be submitted (it is not READY).
+        """
+        return self._begin(task_ids=[task_id], site=site, executor=executor, strict=True)[task_id]
+
+    def begin_attempts(self, task_ids: Sequence[str], *, site: str, executor: str | None = None) -> dict[str, int]:
+        """Record many submissions in one transaction (what the steering loop does per batch it submits).
+
+        Tasks that are no longer READY (or no longer exist) are left alone and missing from the answer.
+
+        Returns:
+            ``{task_id: attempt number}`` of the attempts begun.
+        """
+        return self._begin(task_ids=task_ids, site=site, executor=executor, strict=False)
+
+    def _begin(self, *, task_ids: Sequence[str], site: str, executor: str | None,
+               strict: bool) -> dict[str, int]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        begun: dict[str, int] = {}
         with transaction(self.Session) as s:
-            row = s.get(m.Task, task_id, with_for_update=True)
-            if row is None:
-                raise KeyError(task_id)
-            check_transition(row.state, TaskState.SUBMITTED)
-            n = (s.scalar(select(func.max(m.Attempt.number)).where(m.Attempt.task_id == task_id)) or 0) + 1
-            res = row.spec.get("resources", {})
-            ranks = int(res.get("nodes", 1)) * int(res.get("ranks_per_node", 1))
-            s.add(m.Attempt(task_id=task_id, number=n, site=site, executor=executor,
-                            nodes=int(res.get("nodes", 1)), ranks=ranks,
-                            gpus=ranks * int(res.get("gpus_per_rank", 0)),
-                            cpus=ranks * int(res.get("cpus_per_rank", 1))))
-            row.state = TaskState.SUBMITTED
-            spec = dict(row.spec)
-            spec["attempt"] = n
-            row.spec = spec
-            return n
+            rows: dict[str, tuple[TaskState, dict[str, Any]]] = {}
+            last: dict[str, int] = {}
+            for chunk in _chunks(ids):
+                q = select(m.Task.id, m.Task.state, m.Task.spec).where(m.Task.id.in_(chunk)).with_for_update()
+                rows.update((tid, (TaskState(state), spec)) for tid, state, spec in s.execute(q))
+                last.update((tid, n) for tid, n in s.execute(
+                    select(m.Attempt.task_id, func.max(m.Attempt.number))
+                    .where(m.Attempt.task_id.in_(chunk)).group_by(m.Attempt.task_id)))
+            now = utcnow()
+            attempts: list[dict[str, Any]] = []
+            tasks: list[dict[str, Any]] = []
+            for task_id in ids:
+                if task_id not in rows:
+                    if strict:
+                        raise KeyError(task_id)
+                    continue
+                state, spec = rows[task_id]
+                if strict:
+                    check_transition(state, TaskState.SUBMITTED)
+                elif state != TaskState.READY:
+                    continue
+                n = (last.get(task_id) or 0) + 1
+                res = spec.get("resources", {})
+                nodes = int(res.get("nodes", 1))
+                ranks = nodes * int(res.get("ranks_per_node", 1))
+                attempts.append(dict(task_id=task_id, number=n, site=site, executor=executor, nodes=nodes,
+                                     ranks=ranks, gpus=ranks * int(res.get("gpus_per_rank", 0)),
+                                     cpus=ranks * int(res.get("cpus_per_rank", 1)), submitted_at=now))
+                tasks.append(dict(id=task_id, state=TaskState.SUBMITTED, spec={**spec, "attempt": n}, updated_at=now))
+                begun[task_id] = n
+            if attempts:  # executemany: one statement per batch, not one ORM object per row
+                s.execute(insert(m.Attempt.__table__), attempts)
+                _update_by_id(s, m.Task.__table__, tasks)
+        return begun
 
     def record_attempt(self, result: TaskResult, *, final: bool, requeue: bool = False,
                        max_charged: int = 2, max_attempts: int = 8) -> TaskState:
@@ -197,45 +351,96 @@ class Ledger:
         Returns:
             The task's new state: DONE, FAILED, READY or SUBMITTED.
         """
+        outcome = AttemptOutcome(result, final=final, requeue=requeue)
+        return self.record_attempts([outcome], max_charged=max_charged, max_attempts=max_attempts)[0].state
+
+    def record_attempts(self, outcomes: Sequence[AttemptOutcome], *, max_charged: int = 2,
+                        max_attempts: int = 8) -> list[Recorded]:
+        """Write many attempts' outcomes in one transaction, in order (see :meth:`record_attempt`).
+
+        The same task may appear more than once (an attempt its dispatcher retried, then the final one). All
+        outcomes are committed together before this returns, so a caller that acts on them afterwards never
+        acts on something unrecorded.
+
+        Returns:
+            One :class:`Recorded` per outcome, in order (its ``task`` is the row as committed, detached).
+
+        Raises:
+            KeyError: an outcome names a task that does not exist (nothing is written).
+        """
+        if not outcomes:
+            return []
+        ids = list(dict.fromkeys(o.result.task_id for o in outcomes))
+        out: list[Recorded] = []
         with transaction(self.Session) as s:
-            task = s.get(m.Task, result.task_id, with_for_update=True)
-            if task is None:
-                raise KeyError(result.task_id)
-            att = s.scalar(select(m.Attempt).where(m.Attempt.task_id == result.task_id,
-                                                   m.Attempt.number == result.attempt))
-            if att is None:  # an attempt retried inside the dispatcher (Parsl retry): it gets its own row
-                att = m.Attempt(task_id=task.id, number=result.attempt, site=self._site_of(s, task.id))
-                s.add(att)
-            att.exit_cause = m.ExitCause(result.exit_cause.value)
-            att.returncode = result.returncode
-            att.error = result.error
-            att.host = result.host
-            att.batch_job_id = result.batch_job_id
-            att.executor = result.executor or att.executor
-            att.started_at = result.started_at or att.submitted_at
-            att.ended_at = result.ended_at or utcnow()
-            att.stdout_path = result.stdout_path
-            att.stderr_path = result.stderr_path
-            if result.exit_cause is ExitCause.OK:
-                task.state = TaskState.DONE
-                task.result = result.result
-            else:
-                if result.exit_cause in (ExitCause.ERROR, ExitCause.KILLED):
-                    task.charged_failures += 1
-                if not final:
-                    pass  # the dispatcher retries; the task stays SUBMITTED
-                elif requeue and task.charged_failures <= max_charged and result.attempt < max_attempts:
-                    task.state = TaskState.READY
-                else:
-                    task.state = TaskState.FAILED
-                    task.result = result.result or {"status": "failed", "reason": result.exit_cause.value,
-                                                    "message": (result.error or "")[-2000:]}
-            return TaskState(task.state)
+            tasks: dict[str, m.Task] = {}
+            attempts: dict[tuple[str, int], dict[str, Any]] = {}  # (task, number) -> id, site, executor, submitted
+            for chunk in _chunks(ids):
+                tasks.update((t.id, t) for t in s.scalars(select(m.Task).where(m.Task.id.in_(chunk))
+                                                          .with_for_update()))
+                q = select(m.Attempt.id, m.Attempt.task_id, m.Attempt.number, m.Attempt.site, m.Attempt.executor,
+                           m.Attempt.submitted_at).where(m.Attempt.task_id.in_(chunk))
+                attempts.update(((r.task_id, r.number), r._asdict()) for r in s.execute(q))
+            missing = [tid for tid in ids if tid not in tasks]
+            if missing:
+                raise KeyError(missing[0])
+            s.expunge_all()  # the task rows are changed below, written by executemany, returned as committed
+            changed: dict[tuple[str, int], dict[str, Any]] = {}
+            now = utcnow()
+            for o in outcomes:
+                result = o.result
+                task = tasks[result.task_id]
+                key = (task.id, result.attempt)
+                att = attempts.get(key)
+                if att is None:  # an attempt retried inside the dispatcher (Parsl retry): it gets its own row
+                    prev = max((a for (tid, _), a in attempts.items() if tid == task.id), default=None,
+                               key=lambda a: a["number"])
+                    att = attempts[key] = {"id": None, "task_id": task.id, "number": result.attempt,
+                                           "site": prev["site"] if prev else "unknown", "executor": None,
+                                           "submitted_at": now}
+                changed[key] = self._closed_attempt(att, result, now)
+                self._move_task(task, o, max_charged=max_charged, max_attempts=max_attempts)
+                task.updated_at = now
+                out.append(Recorded(TaskState(task.state), task))
+            inserts = [{k: v for k, v in row.items() if k != "id"} for row in changed.values() if row["id"] is None]
+            updates = [row for row in changed.values() if row["id"] is not None]
+            if inserts:
+                s.execute(insert(m.Attempt.__table__), inserts)
+            if updates:
+                _update_by_id(s, m.Attempt.__table__, updates)
+            _update_by_id(s, m.Task.__table__, [dict(id=t.id, state=t.state, result=t.result,
+                                                     charged_failures=t.charged_failures, updated_at=now)
+                                                for t in tasks.values()])
+        return out
 
     @staticmethod
-    def _site_of(s: Any, task_id: str) -> str:
-        prev = s.scalar(select(m.Attempt.site).where(m.Attempt.task_id == task_id).order_by(m.Attempt.number.desc()))
-        return prev or "unknown"
+    def _closed_attempt(att: dict[str, Any], result: TaskResult, now: Any) -> dict[str, Any]:
+        """The attempt row's columns once ``result`` closes it (same keys for every row: one executemany)."""
+        return dict(
+            id=att["id"], task_id=att["task_id"], number=att["number"], site=att["site"],
+            exit_cause=m.ExitCause(result.exit_cause.value), returncode=result.returncode, error=result.error,
+            host=result.host, batch_job_id=result.batch_job_id, executor=result.executor or att["executor"],
+            started_at=result.started_at or att["submitted_at"], ended_at=result.ended_at or now,
+            stdout_path=result.stdout_path, stderr_path=result.stderr_path, submitted_at=att["submitted_at"],
+        )
+
+    @staticmethod
+    def _move_task(task: m.Task, o: AttemptOutcome, *, max_charged: int, max_attempts: int) -> None:
+        result = o.result
+        if result.exit_cause is ExitCause.OK:
+            task.state = TaskState.DONE
+            task.result = result.result
+            return
+        if result.exit_cause in (ExitCause.ERROR, ExitCause.KILLED):
+            task.charged_failures += 1
+        if not o.final:
+            return  # the dispatcher retries; the task stays SUBMITTED
+        if o.requeue and task.charged_failures <= max_charged and result.attempt < max_attempts:
+            task.state = TaskState.READY
+        else:
+            task.state = TaskState.FAILED
+            task.result = result.result or {"status": "failed", "reason": result.exit_cause.value,
+                                            "message": (result.error or "")[-2000:]}
 
     def fail_task(self, task_id: str, reason: str) -> None:
         """Mark a task FAILED without an attempt (e.g. its inputs are missing)."""

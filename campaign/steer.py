@@ -5,17 +5,24 @@ record every attempt as it comes back, hand successes and failures to the stage,
 ready or in flight. A result is committed to the database before the stage sees it. On a restart, tasks left
 SUBMITTED/RUNNING by a dead driver are re-queued (their open attempt closed as ``node_lost``), and DONE tasks are
 never run again.
+
+The loop is cheap per task: the attempts it starts in one pass are begun in one transaction, the results that
+came back since the last pass are recorded in one transaction, finished futures arrive through a queue (no
+re-scan of everything in flight), and READY tasks are read from the database only when something may have made
+new ones (a stage planned tasks, a failure was re-queued) or the local batch of them ran out.
 """
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from campaign.ledger import Ledger
+from campaign.ledger import AttemptOutcome, Ledger, Recorded
 from campaign.stages.base import PlannedTask, Stage, StageContext
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
 
@@ -46,8 +53,98 @@ class StageProgress:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Attempts begun per transaction when many tasks are submitted at once.
+SUBMIT_BATCH = 50
+
+
 def _as_result(value: Any) -> TaskResult:
     return value if isinstance(value, TaskResult) else TaskResult.model_validate(value)
+
+
+@dataclass(frozen=True)
+class _Launched:
+    """A future the loop waits for: whose attempt it is, and whether it was adopted from a dead driver."""
+
+    task_id: str
+    attempt: int
+    adopted: bool = False
+
+
+class _InFlight:
+    """The attempts in flight; finished futures come out of a queue in the order they finished."""
+
+    def __init__(self) -> None:
+        self.by_future: dict[Future[Any], _Launched] = {}
+        self.task_ids: set[str] = set()
+        self._finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+
+    def __len__(self) -> int:
+        return len(self.by_future)
+
+    def add(self, fut: Future[Any], launched: _Launched) -> None:
+        self.by_future[fut] = launched
+        self.task_ids.add(launched.task_id)
+        fut.add_done_callback(self._finished.put)
+
+    def pop(self, fut: Future[Any]) -> _Launched:
+        launched = self.by_future.pop(fut)
+        self.task_ids.discard(launched.task_id)
+        return launched
+
+    def next_finished(self, timeout: float) -> list[Future[Any]]:
+        """Futures finished since the last call, waiting up to ``timeout`` seconds for the first one."""
+        try:
+            done = [self._finished.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self._finished.get_nowait())
+            except queue.Empty:
+                return [f for f in done if f in self.by_future]
+
+
+class _ReadyTasks:
+    """A local batch of the stage's READY tasks, in the database's order (priority, then age).
+
+    ``stale`` means something may have made READY tasks the batch does not hold; the next :meth:`take` reads
+    them again. ``count`` is the number of READY tasks in the stage (known at the last read, minus those taken).
+    """
+
+    def __init__(self, ledger: Ledger, campaign_id: int, stage_id: int, batch: int) -> None:
+        self.ledger = ledger
+        self.campaign_id = campaign_id
+        self.stage_id = stage_id
+        self.batch = batch
+        self.tasks: deque[Any] = deque()
+        self.count = 0
+        self.stale = True
+
+    def take(self, n: int, exclude: set[str]) -> list[Any]:
+        """Up to ``n`` READY tasks (not in ``exclude``), reading the database only when needed."""
+        if n <= 0:
+            return []
+        if self.stale or (not self.tasks and self.count > 0):
+            self._read(max(n, self.batch))
+        out: list[Any] = []
+        while self.tasks and len(out) < n:
+            task = self.tasks.popleft()
+            self.count -= 1
+            if task.id not in exclude:
+                out.append(task)
+        return out
+
+    def refresh(self) -> bool:
+        """Read the READY tasks again; whether there are any."""
+        self._read(self.batch)
+        return bool(self.tasks)
+
+    def _read(self, limit: int) -> None:
+        rows = self.ledger.tasks(self.campaign_id, stage_id=self.stage_id, states=[TaskState.READY], limit=limit)
+        self.tasks = deque(rows)
+        self.count = len(rows) if len(rows) < limit else self.ledger.count_tasks(
+            self.campaign_id, stage_id=self.stage_id, states=[TaskState.READY])
+        self.stale = False
 
 
 class Steerer:
@@ -59,40 +156,54 @@ class Steerer:
         campaign_id: The campaign row.
         site: Site name recorded on attempts.
         max_in_flight: Cap on tasks submitted at once (the site's worker count).
-        on_progress: Called with a :class:`StageProgress` after every event (for the live display).
+        on_progress: Called with a :class:`StageProgress` as tasks start and finish (for the live display).
+        poll_interval_s: Least seconds between two calls of a stage's ``poll`` hook (it is called on every
+            pass of the loop that comes at least this long after the previous call, and a pass comes at least
+            once a second while tasks are in flight).
+        report_interval_s: Least seconds between two progress reports (the last one of a stage always comes).
     """
 
     def __init__(self, ledger: Ledger, dispatcher: Dispatcher, campaign_id: int, site: str, *,
                  max_in_flight: int = 4,
-                 on_progress: Callable[[StageProgress], None] | None = None) -> None:
+                 on_progress: Callable[[StageProgress], None] | None = None,
+                 poll_interval_s: float = 0.25, report_interval_s: float = 0.1) -> None:
         self.ledger = ledger
         self.dispatcher = dispatcher
         self.campaign_id = campaign_id
         self.site = site
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = max(1, max_in_flight)
         self.on_progress = on_progress
+        self.poll_interval_s = poll_interval_s
+        self.report_interval_s = report_interval_s
         self.attempt_queue: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+        self._last_report = 0.0
 
     def report_attempt(self, result: TaskResult) -> None:
         """Callback for dispatchers that retry internally: queue an intermediate attempt for recording."""
         self.attempt_queue.put(result)
 
-    def _drain_attempts(self) -> None:
+    def _retried_attempts(self) -> list[AttemptOutcome]:
+        """Attempts the dispatcher reported as retried since the last call (recorded as not final)."""
+        out: list[AttemptOutcome] = []
         while True:
             try:
-                res = self.attempt_queue.get_nowait()
+                out.append(AttemptOutcome(self.attempt_queue.get_nowait(), final=False))
             except queue.Empty:
-                return
-            self.ledger.record_attempt(res, final=False)
+                return out
 
-    def _create(self, ctx: StageContext, planned: list[PlannedTask]) -> None:
-        for p in planned:
-            self.ledger.create_task(self.campaign_id, ctx.stage_id, p.key, p.spec)
+    def _create(self, ctx: StageContext, planned: Iterable[PlannedTask], ready: _ReadyTasks | None = None) -> None:
+        """Create the stage's planned tasks in one transaction; new READY tasks make the local batch stale."""
+        pairs = [(p.key, p.spec) for p in planned]
+        if not pairs:
+            return
+        self.ledger.create_tasks(self.campaign_id, ctx.stage_id, pairs)
+        if ready is not None:
+            ready.stale = True
 
     def run_stage(self, stage: Stage, ctx: StageContext) -> str:
         """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
         adopted = self._adopt(ctx)
-        self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id, keep=adopted.values())
+        self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id, keep=[a.task_id for a in adopted.values()])
         self._create(ctx, stage.start(ctx))
         # A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
         # (datasets, artifacts, lineage, follow-ups) were never recorded: hand them to the stage again (every
@@ -101,74 +212,109 @@ class Steerer:
             stored = TaskResult(task_id=done.id, attempt=int(done.spec.get("attempt", 1)), exit_cause=ExitCause.OK,
                                 result=done.result)
             self._create(ctx, stage.on_done(ctx, done, stored))
-        inflight: dict[Future[Any], str] = dict(adopted)
+        flight = _InFlight()
+        for fut, launched in adopted.items():
+            flight.add(fut, launched)
+        ready = _ReadyTasks(self.ledger, self.campaign_id, ctx.stage_id, batch=max(64, 2 * self.max_in_flight))
         progress = StageProgress(stage.name)
+        last_poll = float("-inf")
         while True:
-            ready = [t for t in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.READY])
-                     if t.id not in inflight.values()]
-            for task in ready[: max(0, self.max_in_flight - len(inflight))]:
-                n = self.ledger.begin_attempt(task.id, site=self.site, executor=self.dispatcher.name)
-                spec = TaskSpec.model_validate({**task.spec, "attempt": n})
-                try:
-                    fut = self.dispatcher.submit(spec)
-                except Exception as exc:  # the dispatcher could not even take it: record and fail the attempt
-                    now = utcnow()
-                    self.ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.ERROR,
-                                                          error=f"submit failed: {exc}", started_at=now,
-                                                          ended_at=now), final=True)
-                    continue
-                inflight[fut] = task.id
-            self._drain_attempts()
-            if not inflight:
-                left = self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.READY])
-                if not left:
+            free = self.max_in_flight - len(flight)
+            if free > 0:
+                self._submit(stage, ctx, flight, ready.take(free, flight.task_ids), progress, ready)
+            if not flight:
+                self._record(stage, ctx, flight, [], progress, ready)  # attempts reported after the last result
+                if not ready.refresh():  # also finds READY tasks a stage made without returning them
                     break
                 continue
-            progress.running = len(inflight)
-            progress.ready = max(0, len(ready) - len(inflight))
+            progress.running, progress.ready = len(flight), max(0, ready.count)
             self._report(stage, progress)
-            finished, _ = wait(list(inflight), timeout=1.0, return_when=FIRST_COMPLETED)
+            finished = flight.next_finished(timeout=1.0)
             poll = getattr(stage, "poll", None)
-            if poll is not None:
-                running_ids = set(inflight.values())
+            if poll is not None and time.monotonic() - last_poll >= self.poll_interval_s:
+                last_poll = time.monotonic()
                 running = [t for t in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id,
                                                         states=[TaskState.SUBMITTED, TaskState.RUNNING])
-                           if t.id in running_ids]
-                self._create(ctx, poll(ctx, running))
-            for fut in finished:
-                task_id = inflight.pop(fut)
-                try:
-                    result = _as_result(fut.result())
-                except Exception as exc:  # the dispatcher lost the task (worker or executor died)
-                    now = utcnow()
-                    task = self._task(task_id)
-                    result = TaskResult(task_id=task_id, attempt=int(task.spec.get("attempt", 1)),
-                                        exit_cause=ExitCause.NODE_LOST, error=f"{type(exc).__name__}: {exc}",
-                                        started_at=now, ended_at=now)
-                self._drain_attempts()
-                # an adopted attempt that vanished is retried by this loop (no dispatcher retries it)
-                state = self.ledger.record_attempt(result, final=True, requeue=fut in adopted)
-                task = self._task(task_id)
-                if state is TaskState.DONE:
-                    progress.done += 1
-                    self._create(ctx, stage.on_done(ctx, task, result))
-                elif state is TaskState.FAILED:
-                    progress.failed += 1
-                    self._create(ctx, stage.on_failed(ctx, task, result))
-            self._report(stage, progress)
+                           if t.id in flight.task_ids]
+                self._create(ctx, poll(ctx, running), ready)
+            self._record(stage, ctx, flight, finished, progress, ready)
+        progress.running, progress.ready = 0, 0
+        self._report(stage, progress, force=True)
         status = stage.finish(ctx)
         self.ledger.finish_stage(ctx.stage_id, status)
         return status
 
-    def _adopt(self, ctx: StageContext) -> dict[Future[Any], str]:
+    def _submit(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
+                progress: StageProgress, ready: _ReadyTasks) -> None:
+        """Begin the attempts of ``tasks`` in transactions of :data:`SUBMIT_BATCH`, each batch handed to the
+        dispatcher as soon as it is recorded (workers start on the first batch while the next is written)."""
+        for i in range(0, len(tasks), SUBMIT_BATCH):
+            self._submit_batch(stage, ctx, flight, tasks[i:i + SUBMIT_BATCH], progress, ready)
+
+    def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
+                      progress: StageProgress, ready: _ReadyTasks) -> None:
+        numbers = self.ledger.begin_attempts([t.id for t in tasks], site=self.site, executor=self.dispatcher.name)
+        refused: list[AttemptOutcome] = []
+        for task in tasks:
+            n = numbers.get(task.id)
+            if n is None:  # no longer READY (a stage settled it meanwhile)
+                continue
+            spec = TaskSpec.model_validate({**task.spec, "attempt": n})
+            try:
+                fut = self.dispatcher.submit(spec)
+            except Exception as exc:  # the dispatcher could not even take it: record and fail the attempt
+                now = utcnow()
+                refused.append(AttemptOutcome(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.ERROR,
+                                                         error=f"submit failed: {exc}", started_at=now,
+                                                         ended_at=now)))
+                continue
+            flight.add(fut, _Launched(task.id, n))
+        for outcome, rec in zip(refused, self.ledger.record_attempts(refused), strict=True):
+            self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
+
+    def _record(self, stage: Stage, ctx: StageContext, flight: _InFlight, finished: list[Future[Any]],
+                progress: StageProgress, ready: _ReadyTasks) -> None:
+        """Record retried attempts and ``finished`` results in one transaction, then hand them to the stage."""
+        outcomes = self._retried_attempts()
+        first_final = len(outcomes)
+        for fut in finished:
+            launched = flight.pop(fut)
+            try:
+                result = _as_result(fut.result())
+            except Exception as exc:  # the dispatcher lost the task (worker or executor died)
+                now = utcnow()
+                result = TaskResult(task_id=launched.task_id, attempt=launched.attempt,
+                                    exit_cause=ExitCause.NODE_LOST, error=f"{type(exc).__name__}: {exc}",
+                                    started_at=now, ended_at=now)
+            # an adopted attempt that vanished is retried by this loop (no dispatcher retries it)
+            outcomes.append(AttemptOutcome(result, final=True, requeue=launched.adopted))
+        if not outcomes:
+            return
+        recorded = self.ledger.record_attempts(outcomes)  # committed before any stage sees a result
+        for outcome, rec in zip(outcomes[first_final:], recorded[first_final:], strict=True):
+            self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
+
+    def _hand_over(self, stage: Stage, ctx: StageContext, result: TaskResult, rec: Recorded,
+                   progress: StageProgress, ready: _ReadyTasks) -> None:
+        """Give a recorded final result to the stage (a re-queued task goes back to the READY batch)."""
+        if rec.state is TaskState.DONE:
+            progress.done += 1
+            self._create(ctx, stage.on_done(ctx, rec.task, result), ready)
+        elif rec.state is TaskState.FAILED:
+            progress.failed += 1
+            self._create(ctx, stage.on_failed(ctx, rec.task, result), ready)
+        elif rec.state is TaskState.READY:
+            ready.stale = True
+
+    def _adopt(self, ctx: StageContext) -> dict[Future[Any], _Launched]:
         """Attempts a killed driver left in flight: record those that finished, watch those still running.
 
-        Returns ``{future: task_id}`` of the attempts being watched (see :mod:`campaign.adopt`); the rest of the
+        Returns ``{future: attempt}`` of the attempts being watched (see :mod:`campaign.adopt`); the rest of the
         stage's in-flight tasks are lost and re-queued by the caller.
         """
         from campaign.adopt import probe_attempt, watch
 
-        watched: dict[Future[Any], str] = {}
+        watched: dict[Future[Any], _Launched] = {}
         for task in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id,
                                       states=[TaskState.SUBMITTED, TaskState.RUNNING]):
             spec = TaskSpec.model_validate(task.spec)
@@ -176,13 +322,17 @@ class Steerer:
             if probe.state == "finished" and probe.result is not None:
                 self.ledger.record_attempt(_as_result(probe.result), final=True, requeue=True)
             elif probe.state == "alive":
-                watched[watch(spec, spec.attempt)] = task.id
+                watched[watch(spec, spec.attempt)] = _Launched(task.id, spec.attempt, adopted=True)
         return watched
 
-    def _report(self, stage: Stage, progress: StageProgress) -> None:
+    def _report(self, stage: Stage, progress: StageProgress, *, force: bool = False) -> None:
         """Send the stage's progress (and its sub-campaigns', e.g. one row per HPO campaign) to the display."""
         if not self.on_progress:
             return
+        now = time.monotonic()
+        if not force and now - self._last_report < self.report_interval_s:
+            return
+        self._last_report = now
         self.on_progress(progress)
         sub = getattr(stage, "sub_progress", None)
         for row in sub() if sub is not None else []:
@@ -190,10 +340,3 @@ class Steerer:
                                            running=row.get("running", 0), ready=row.get("ready", 0),
                                            extra={k: v for k, v in row.items()
                                                   if k not in ("name", "done", "failed", "running", "ready")}))
-
-    def _task(self, task_id: str) -> Any:
-        from db import models as m
-
-        with self.ledger.Session() as s:
-            return s.get(m.Task, task_id)
-

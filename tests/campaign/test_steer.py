@@ -98,3 +98,75 @@ def test_preprocess_stage_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
         from campaign.ledger import sha256_file
 
         assert sha256_file(path) == sha
+
+
+class ManyStage:
+    """``n`` no-op tasks; checks that every result it is told is already committed; plans one follow-up and
+    creates one task straight through the ledger without returning it (the loop must still run it)."""
+
+    name = "many"
+    kind = "noop"
+
+    def __init__(self, workdir: Path, n: int) -> None:
+        self.workdir = workdir
+        self.n = n
+        self.told: list[str] = []
+
+    def _task(self, key: str, **cfg: Any) -> PlannedTask:
+        return PlannedTask(key, TaskSpec(kind="noop", app="campaign.apps.noop", config=cfg,
+                                         workdir=str(self.workdir / key.replace("/", "_"))))
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        return [self._task(f"n/{i}", payload=i) for i in range(self.n)]
+
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        with ctx.ledger.Session() as s:  # a fresh session sees the committed result
+            row = s.get(m.Task, task.id)
+            att = s.scalar(select(m.Attempt).where(m.Attempt.task_id == task.id,
+                                                   m.Attempt.number == result.attempt))
+            assert row.state == TaskState.DONE and row.result == result.result
+            assert att is not None and att.exit_cause == m.ExitCause.OK
+        self.told.append(task.key)
+        if task.key == "n/0":
+            return [self._task("follow-up", payload="f")]
+        if task.key == "n/1":
+            p = self._task("direct", payload="d")
+            ctx.ledger.create_task(ctx.campaign_id, ctx.stage_id, p.key, p.spec)
+        return []
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        raise AssertionError(f"{task.key} failed")
+
+    def finish(self, ctx: StageContext) -> str:
+        return "done"
+
+
+def test_steering_batches_ledger_writes_and_records_before_telling(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name="many", recipe_text="campaign: many", recipe_hash="h", site="local").id
+    stage_row = ledger.stage(cid, "many", "noop")
+    ctx = StageContext(recipe=parse_recipe("campaign: many\n"), ledger=ledger, campaign_id=cid,
+                       stage_id=stage_row.id, workdir=tmp_path, site="local")
+    n = 120
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    progress: list[tuple[int, int]] = []
+    dispatcher = make_dispatcher("local", {"max_workers": 2, "retries": 0}, tmp_path / "dispatch")
+    stage = ManyStage(tmp_path, n)
+    try:
+        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=n,
+                        on_progress=lambda p: progress.append((p.done, p.running)))
+        dispatcher.on_attempt = steer.report_attempt
+        assert steer.run_stage(stage, ctx) == "done"
+    finally:
+        dispatcher.shutdown()
+    assert sorted(stage.told) == sorted([f"n/{i}" for i in range(n)] + ["follow-up", "direct"])
+    assert ledger.count_tasks(cid, states=[TaskState.DONE]) == n + 2
+    with ledger.Session() as s:
+        assert s.scalar(select(m.Attempt.id).where(m.Attempt.exit_cause.is_(None))) is None
+        assert len(list(s.scalars(select(m.Attempt)))) == n + 2
+    # one transaction per task created, begun and recorded would be 3 (n + 2); batches need far fewer
+    assert len(commits) < 1.5 * n, len(commits)
+    assert progress[-1] == (n + 2, 0)  # the last report of the stage always comes

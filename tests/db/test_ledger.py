@@ -107,3 +107,64 @@ def test_lineage_and_artifacts_are_idempotent(ledger: Ledger, tmp_path) -> None:
     ledger.link("output_of", ("artifact", a1.id), ("task", "t1"), cid)
     with ledger.Session() as s:
         assert len(list(s.scalars(select(m.Lineage)))) == 1
+
+
+def test_create_tasks_in_one_transaction_is_idempotent_and_ordered(ledger: Ledger) -> None:
+    cid = _campaign(ledger)
+    st = ledger.stage(cid, "pre", "preprocess")
+    first = ledger.create_task(cid, st.id, "b", TaskSpec(kind="noop", app="x", workdir="/tmp/b"))
+    specs = [(k, TaskSpec(kind="noop", app="x", workdir=f"/tmp/{k}")) for k in ("a", "b", "c", "a")]
+    rows = ledger.create_tasks(cid, st.id, specs)
+    assert [r.key for r in rows] == ["a", "b", "c"]
+    assert rows[1].id == first.id  # the existing key keeps its task
+    assert ledger.count_tasks(cid) == 3 == len(ledger.tasks(cid, states=[TaskState.READY]))
+    assert [t.key for t in ledger.tasks(cid, limit=2)] == ["b", "a"]  # oldest first at equal priority
+    many = [(f"m/{i:03d}", TaskSpec(kind="noop", app="x", workdir=f"/tmp/m{i}")) for i in range(120)][::-1]
+    ledger.create_tasks(cid, st.id, many)  # one batch: the planned order survives, on either backend
+    assert [t.key for t in ledger.tasks(cid)][3:] == [k for k, _ in many]
+
+
+def test_begin_attempts_skips_tasks_no_longer_ready(ledger: Ledger) -> None:
+    cid = _campaign(ledger)
+    st = ledger.stage(cid, "pre", "preprocess")
+    a, b, c = ledger.create_tasks(cid, st.id, [(k, TaskSpec(kind="noop", app="x", workdir=f"/tmp/{k}",
+                                                            resources={"ranks_per_node": 2, "gpus_per_rank": 1}))
+                                               for k in "abc"])
+    assert ledger.begin_attempt(a.id, site="local") == 1
+    ledger.record_attempt(_result(a.id, 1, ExitCause.WALLTIME), final=True, requeue=True)  # READY again
+    ledger.fail_task(c.id, "inputs missing")
+    assert ledger.begin_attempts([a.id, b.id, c.id, "nope"], site="frontier", executor="parsl") == {a.id: 2, b.id: 1}
+    with ledger.Session() as s:
+        att = s.scalar(select(m.Attempt).where(m.Attempt.task_id == b.id))
+        assert (att.site, att.executor, att.ranks, att.gpus, att.exit_cause) == ("frontier", "parsl", 2, 2, None)
+        assert s.get(m.Task, a.id).spec["attempt"] == 2 and s.get(m.Task, b.id).state == TaskState.SUBMITTED
+        assert s.get(m.Task, c.id).state == TaskState.FAILED
+
+
+def test_record_attempts_in_order_in_one_transaction(ledger: Ledger) -> None:
+    cid = _campaign(ledger)
+    st = ledger.stage(cid, "pre", "preprocess")
+    a, b = ledger.create_tasks(cid, st.id, [(k, TaskSpec(kind="noop", app="x", workdir=f"/tmp/{k}")) for k in "ab"])
+    assert ledger.begin_attempts([a.id, b.id], site="local") == {a.id: 1, b.id: 1}
+    from campaign.ledger import AttemptOutcome
+
+    recorded = ledger.record_attempts([
+        AttemptOutcome(_result(a.id, 1, ExitCause.ERROR, error="first try"), final=False),  # retried by Parsl
+        AttemptOutcome(_result(a.id, 2, ExitCause.OK, result={"v": 2})),
+        AttemptOutcome(_result(b.id, 1, ExitCause.ERROR), requeue=True, final=True),
+    ], max_charged=1)
+    assert [r.state for r in recorded] == [TaskState.SUBMITTED, TaskState.DONE, TaskState.READY]
+    assert recorded[1].task.result == {"v": 2} and recorded[1].task.key == "a"
+    with ledger.Session() as s:
+        atts = [(x.number, x.exit_cause.value, x.site, x.batch_job_id)
+                for x in s.scalars(select(m.Attempt).where(m.Attempt.task_id == a.id).order_by(m.Attempt.number))]
+        assert atts == [(1, "error", "local", "42"), (2, "ok", "local", "42")]  # the retry inherits the site
+        assert s.get(m.Task, a.id).charged_failures == 1
+    # one unknown task rolls the whole batch back
+    ledger.begin_attempt(b.id, site="local")
+    with pytest.raises(KeyError):
+        ledger.record_attempts([AttemptOutcome(_result(b.id, 2, ExitCause.OK)),
+                                AttemptOutcome(_result("missing", 1, ExitCause.OK))])
+    with ledger.Session() as s:
+        assert s.get(m.Task, b.id).state == TaskState.SUBMITTED
+        assert s.scalar(select(m.Attempt).where(m.Attempt.task_id == b.id, m.Attempt.number == 2)).exit_cause is None

@@ -2,6 +2,9 @@
 
 Parsl submits the MPI executor's block through ``sbatch``; its worker pool starts inside the allocation; a
 2-rank app runs through ``srun`` (``$PARSL_MPI_PREFIX``); the TaskResult carries the Slurm job id and host.
+Then a campaign stage runs through the steering loop into the campaign database: single-node tasks on the
+``htex`` block's workers, a 2-rank training run (``models.train``, DDP over gloo) through ``srun`` in the ``mpi``
+block, and every attempt recorded with the Slurm job id Parsl got back from ``sbatch``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,20 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from campaign.dispatch import make_dispatcher
-from campaign.tasks import ExitCause, TaskResult
+from campaign.ledger import Ledger
+from campaign.recipe import parse_recipe
+from campaign.stages.base import PlannedTask, StageContext
+from campaign.steer import Steerer
+from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState
+from db import models as m
+from db.engine import make_engine
+from db.migrate import ensure_schema
 
 pytestmark = pytest.mark.slurm
 
@@ -54,3 +66,107 @@ def test_two_rank_app_through_sbatch_and_srun(tmp_path: Path, make_spec) -> None
     batch = [p for p in scripts if p.is_file() and not p.name.endswith((".stdout", ".stderr"))]
     assert any("#SBATCH --partition=debug" in p.read_text() for p in batch)
     assert not attempts
+
+
+class SlurmStage:
+    """Two single-node tasks and one 2-rank training run (tiny PaiNN on two EMT datasets, one epoch)."""
+
+    name = "slurm-e2e"
+    kind = "noop"
+
+    def __init__(self, workdir: Path, data_root: Path) -> None:
+        self.workdir = workdir
+        self.data_root = data_root
+        self.told: dict[str, TaskResult] = {}
+
+    def start(self, ctx: StageContext) -> list[PlannedTask]:
+        from tests.models.train.conftest import TINY_PAINN
+
+        shards = [PlannedTask(f"shard/{i}", TaskSpec(kind="noop", app="campaign.apps.noop", config={"payload": i},
+                                                     workdir=str(self.workdir / f"shard{i}"))) for i in range(2)]
+        out = self.workdir / "train"
+        train = TaskSpec(
+            kind="train", app="models.train", workdir=str(out),
+            config={"data_root": str(self.data_root), "datasets": ["metals", "molecules"], "batch_size": 4,
+                    "model": dict(TINY_PAINN), "epochs": 1, "precision": "fp64", "device": "cpu",
+                    "optimizer": {"lr": 0.005}, "output_dir": str(out / "out"), "seed": 3, "threads": 1},
+            resources={"nodes": 1, "ranks_per_node": 2, "walltime_s": 300}, env={"OMP_NUM_THREADS": "1"},
+        )
+        return [*shards, PlannedTask("train/ddp", train)]
+
+    def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+        self.told[task.key] = result
+        return []
+
+    def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
+        raise AssertionError(f"{task.key} failed: {result.error if result else ''}")
+
+    def poll(self, ctx: StageContext, running: list[Any]) -> list[PlannedTask]:
+        return []
+
+    def finish(self, ctx: StageContext) -> str:
+        return "done"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_campaign_stage_through_slurm_into_the_database(tmp_path: Path) -> None:
+    if not _slurm_up():
+        pytest.skip("no running Slurm (run .ci/slurm.sh start)")
+    from tests.models.train.emt_data import demo_root
+
+    data_root = demo_root(tmp_path / "stores", n_train=8, n_val=4, n_test=4)
+    engine = make_engine(f"sqlite:///{tmp_path / 'campaign.db'}")
+    ensure_schema(engine)
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name="slurm-e2e", recipe_text="campaign: slurm-e2e", recipe_hash="s" * 64,
+                               site="slurm").id
+    sid = ledger.stage(cid, "slurm-e2e", "noop").id
+    ctx = StageContext(recipe=parse_recipe("campaign: slurm-e2e\n"), ledger=ledger, campaign_id=cid,
+                       stage_id=sid, workdir=tmp_path, site="slurm")
+    params = {
+        "partition": "debug",
+        "walltime": "00:10:00",
+        "address": "127.0.0.1",
+        # both blocks share the one CI node: no --exclusive, and the 2-rank step may exceed the MPI block's
+        # single allocated CPU (srun --overcommit through its input variable)
+        "exclusive": False,
+        "worker_init": "export SLURM_OVERCOMMIT=1",
+        "max_blocks": 1,
+        "heartbeat_period": 2,
+        "heartbeat_threshold": 30,
+        "retries": 0,
+    }
+    dispatcher = make_dispatcher("slurm", params, tmp_path / "dispatch")
+    stage = SlurmStage(tmp_path / "tasks", data_root)
+    try:
+        steer = Steerer(ledger, dispatcher, cid, "slurm", max_in_flight=4)
+        dispatcher.on_attempt = steer.report_attempt
+        assert steer.run_stage(stage, ctx) == "done"
+        jobs = {label: {str(j) for j in ex.blocks_to_job_id.values()}
+                for label, ex in dispatcher.dfk.executors.items() if hasattr(ex, "blocks_to_job_id")}
+    finally:
+        dispatcher.shutdown()
+    assert jobs["htex"] and jobs["mpi"] and not jobs["htex"] & jobs["mpi"], jobs
+
+    with ledger.Session() as s:
+        tasks = {t.key: t for t in s.scalars(select(m.Task).where(m.Task.campaign_id == cid))}
+        attempts = {k: list(t.attempts) for k, t in tasks.items()}
+    assert {k: t.state for k, t in tasks.items()} == dict.fromkeys(("shard/0", "shard/1", "train/ddp"),
+                                                                   TaskState.DONE)
+    assert all(len(a) == 1 and a[0].exit_cause == m.ExitCause.OK for a in attempts.values()), attempts
+    for key in ("shard/0", "shard/1"):
+        att = attempts[key][0]
+        assert att.batch_job_id in jobs["htex"], (key, att.batch_job_id, jobs)  # started by sbatch, recorded
+        assert att.site == "slurm" and att.host == socket.gethostname()
+        assert tasks[key].result["payload"] == int(key[-1])
+    train = attempts["train/ddp"][0]
+    assert train.batch_job_id in jobs["mpi"], (train.batch_job_id, jobs)
+    assert train.executor == "parsl:mpi" and train.ranks == 2 and train.nodes == 1
+    res = tasks["train/ddp"].result
+    assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"], res
+    assert Path(res["metrics_path"]).is_file()
+    assert stage.told["train/ddp"].batch_job_id == train.batch_job_id  # the stage saw what was recorded
+    batch = [p for p in (tmp_path / "dispatch" / "parsl").rglob("parsl.*.block-0*")
+             if p.is_file() and not p.name.endswith((".stdout", ".stderr"))]
+    assert any("#SBATCH --partition=debug" in p.read_text() for p in batch), batch
