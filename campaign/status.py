@@ -295,18 +295,25 @@ def _fmt_ts(ts: datetime | None) -> str:
     return "–" if ts is None else _aware(ts).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def hpo_table(summaries: list[HPOSummary]) -> Table:
-    """One row per HPO campaign: trials by outcome, the best objective and the trial that reached it."""
+def hpo_table(summaries: list[HPOSummary]) -> Group:
+    """One row per HPO campaign (trials by outcome, the best objective and which trial reached it), then the
+    best trials' configurations in a table of their own (they are long: one wide column wraps them readably)."""
     hpo = Table(title="HPO campaigns (objective: best-epoch validation loss, lower is better)", title_justify="left")
-    for col in ("hpo", "family", "trials", "done", "pruned", "failed", "in flight", "best", "best trial"):
-        hpo.add_column(col, justify="left" if col in ("hpo", "family", "best trial") else "right")
+    for col in ("hpo", "family", "trials", "done", "pruned", "failed", "in flight", "best", "trial"):
+        hpo.add_column(col, justify="left" if col in ("hpo", "family") else "right")
+    configs = Table(title="best configuration per HPO campaign", title_justify="left")
+    configs.add_column("hpo", no_wrap=True)
+    configs.add_column("trial", justify="right", no_wrap=True)
+    configs.add_column("hyperparameters", ratio=1)
     for h in summaries:
-        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in (h.best_config or {}).items())
         hpo.add_row(h.hpo, h.family, str(h.trials), str(h.done), str(h.pruned), str(h.failed),
                     str(h.in_flight), "–" if h.best_objective is None else f"{h.best_objective:.4g}",
-                    "–" if h.best_number is None else f"#{h.best_number} {cfg}")
-    return hpo
+                    "–" if h.best_number is None else f"#{h.best_number}")
+        if h.best_number is not None:
+            cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in (h.best_config or {}).items())
+            configs.add_row(h.hpo, f"#{h.best_number}", cfg)
+    return Group(hpo, configs) if configs.row_count else Group(hpo)
 
 
 def render_status(snap: CampaignStatus) -> Group:
