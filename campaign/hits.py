@@ -9,11 +9,11 @@ the criterion head's energy and forces as the frame's calculator results (so ``a
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from campaign.errors import CampaignInputError
+from models.atomic_files import atomic_path
 
 
 def hit_atoms(hit: Any) -> Any:
@@ -84,12 +84,6 @@ def export_hits(engine: Any, campaign: str, path: str | os.PathLike[str], *, top
         raise CampaignInputError(f"campaign {campaign!r} has no screening hits")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         ase.io.write(tmp, frames, format="extxyz")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return len(frames)

@@ -8,7 +8,6 @@ A result is written (and committed) before the steering loop acts on it, so noth
 from __future__ import annotations
 
 import getpass
-import hashlib
 import os
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import campaign
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, check_transition, utcnow
 from db import models as m
 from db.engine import session_factory, transaction
+from models.atomic_files import sha256_file
 
 
 class CampaignConflict(ValueError):
@@ -88,15 +88,6 @@ def git_sha(start: Path | None = None) -> str | None:
         return None
     sha = out.stdout.strip()
     return sha if out.returncode == 0 and len(sha) == 40 else None
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Ledger:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
+from models.atomic_files import write_json_atomic
 
 #: Environment variables that carry the batch job id, per scheduler.
 BATCH_JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "FLUX_JOB_ID")
@@ -280,13 +281,6 @@ def process_start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: Any, ended: Any,

@@ -14,10 +14,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from models.atomic_files import write_json_atomic
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,25 +40,6 @@ class RunFailed(RuntimeError):
     def __init__(self, message: str, reason: str = "error") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``.
-
-    A reader sees either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -12,15 +12,15 @@ Keys written by the training app (see :mod:`models.train`): ``format``, ``model_
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from models.atomic_files import atomic_write, sha256_file
 
 FORMAT = "campaign-checkpoint/1"
 
@@ -29,34 +29,10 @@ class ChecksumMismatch(OSError):
     """The file's sha256 differs from the one recorded next to it."""
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sidecar(path: str | os.PathLike[str]) -> Path:
     """The path of the sha256 sidecar of ``path``."""
     p = Path(path)
     return p.with_name(p.name + ".sha256")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(payload: dict[str, Any], path: str | os.PathLike[str]) -> str:
@@ -71,9 +47,9 @@ def save(payload: dict[str, Any], path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     payload = {"format": FORMAT, **payload}
-    _atomic_write(path, lambda fh: torch.save(payload, fh))
+    atomic_write(path, lambda fh: torch.save(payload, fh))
     digest = sha256_file(path)
-    _atomic_write(sidecar(path), lambda fh: fh.write(f"{digest}  {path.name}\n".encode()))
+    atomic_write(sidecar(path), lambda fh: fh.write(f"{digest}  {path.name}\n".encode()))
     return digest
 
 

@@ -14,13 +14,12 @@ generator's ``default_count``. The file is written atomically; the result gives 
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from models.appio import BadInput, main_for
+from models.atomic_files import atomic_path
 from models.registry import load_registry
 
 
@@ -28,8 +27,8 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     """Generate the shard; see the module docstring."""
     import ase.io
 
+    from models.atomic_files import sha256_file
     from models.data.demo import generate
-    from models.preprocess import sha256_file
 
     where = str(cfg_path)
     extra = set(cfg) - {"dataset", "output", "seed", "start", "count"}
@@ -62,14 +61,8 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         )
     options = {k: gen[k] for k in ("method", "xc", "basis") if k in gen}
     atoms = list(generate(gen["kind"], seed, start, count, **options))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         ase.io.write(tmp, atoms, format="extxyz")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {
         "dataset": info.name,
         "head_id": info.head_id,

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from models.appio import BadInput, main_for, replace_dir, write_json_atomic, write_refused
-from models.data.checksum import sha256_file
+from models.atomic_files import sha256_file
 from models.data.filters import REASONS, FilterConfig, distance_reason, force_reason, label_reason
 from models.data.graphs import radius_graph_pbc
 from models.data.merge import (

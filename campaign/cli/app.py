@@ -202,8 +202,6 @@ def recipe_reference(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
 ) -> None:
     """Print (or write) the Markdown recipe reference generated from the schema (docs/recipe-reference.md)."""
-    import os
-    import tempfile
 
     from campaign.cli.recipe_reference import render_reference
     from campaign.errors import CampaignInputError
@@ -214,11 +212,9 @@ def recipe_reference(
         return
     if not out.parent.is_dir():
         raise CampaignInputError(f"--out {out}: directory {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    from models.atomic_files import write_text_atomic
+
+    write_text_atomic(out, text)
     console.print(f"wrote {out}", highlight=False)
 
 

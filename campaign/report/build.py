@@ -7,7 +7,6 @@ is written last, so a reader never sees a page that points at a missing or half-
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ from campaign.report.data import ReportData, gather
 from campaign.report.database import readonly_engine
 from campaign.report.page import Section, fmt_config, render, table
 from campaign.status import format_duration
+from models.atomic_files import write_bytes_atomic
 
 INDEX = "index.html"
 
@@ -34,24 +34,12 @@ class ReportOutcome:
     empty_sections: list[str] = field(default_factory=list)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600: the page is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save(fig: Figure, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    _atomic_write(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 class _Writer:
@@ -214,5 +202,5 @@ def build_report(campaign: str, out: str | Path, *, db: str | None = None,
     sections = [*_hpo_sections(data, w), _promotion(data), _curves(data, w), _parity(data, w),
                 _screening(data, w), _finetune(data, w), _resources(data, w)]
     index = out / INDEX
-    _atomic_write(index, render(data, sections).encode())
+    write_bytes_atomic(index, render(data, sections).encode())
     return ReportOutcome(index, w.images, [s.title for s in sections if s.empty is not None])

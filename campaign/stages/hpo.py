@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from campaign.stages.hpo_trials import local_threads, train_config, trial_dir, t
 from campaign.tasks import TaskResult, TaskState, utcnow
 from db import models as m
 from db.engine import transaction
+from models.atomic_files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +77,6 @@ def read_metric_rows(metrics_path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
-
-
-def _touch_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -422,7 +413,7 @@ class HPOStage:
             if should_stop(rule.rule, curve, peers, min_epochs=rule.min_epochs, eta=rule.reduction_factor,
                            max_epochs=run.spec.epochs, min_peers=rule.min_peers):
                 stop = Path(task.spec["config"]["stop_file"])
-                _touch_atomic(stop, f"stopped by the {rule.rule} rule after epoch {len(curve) - 1}\n")
+                write_text_atomic(stop, f"stopped by the {rule.rule} rule after epoch {len(curve) - 1}\n")
                 run.stop_requested.add(t.number)
                 log.info("HPO %s: stopping trial %d early (%s rule, epoch %d)", t.hpo, t.number, rule.rule,
                          len(curve) - 1)

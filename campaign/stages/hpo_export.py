@@ -13,11 +13,12 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from models.atomic_files import write_text_atomic
 
 
 def _seconds(t: datetime | None, t0: datetime) -> float | None:
@@ -70,14 +71,10 @@ def results_rows(trials: Sequence[Any], names: Sequence[str], attempts: dict[str
 def write_results_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` as CSV atomically (temp file + rename); returns the path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, out)
+    write_text_atomic(out, buf.getvalue())
     return out

@@ -122,8 +122,8 @@ class PromoteStage:
         file named in the trial's metrics still exists with its recorded sha256."""
         from sqlalchemy import select as sql_select
 
-        from campaign.ledger import sha256_file
         from db import models as m
+        from models.atomic_files import sha256_file
 
         best = ((trial.metrics or {}).get("checkpoints") or {}).get("best") or {}
         path, digest = best.get("path"), best.get("sha256")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from models.appio import BadInput, write_json_atomic
-from models.data.checksum import sha256_file
+from models.atomic_files import sha256_file
 from models.data.filters import REASONS
 from models.data.reference import fit_reference_energies_from_factors
 from models.data.split import SPLITS

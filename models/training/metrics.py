@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from models.atomic_files import write_text_atomic
 
 
 class MetricsWriter:
@@ -30,10 +31,7 @@ class MetricsWriter:
                 for ln in self.path.read_text().splitlines()
                 if ln.strip() and json.loads(ln)["epoch"] <= resume_after_epoch
             ]
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            with os.fdopen(fd, "w") as fh:
-                fh.write("".join(k + "\n" for k in kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         elif resume_after_epoch is None and self.path.exists():
             self.path.unlink()
 

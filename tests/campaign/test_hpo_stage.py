@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from campaign.ledger import sha256_file
 from campaign.runner import open_database, run_campaign
 from db import models as m
 from db.engine import session_factory
+from models.atomic_files import sha256_file
 
 RECIPE = """\
 campaign: {name}

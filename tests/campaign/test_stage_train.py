@@ -11,7 +11,7 @@ import pytest
 import torch
 from sqlalchemy import delete, func, select
 
-from campaign.ledger import Ledger, sha256_file
+from campaign.ledger import Ledger
 from campaign.recipe import parse_recipe
 from campaign.stages.train import chunk_key
 from campaign.tasks import TaskState
@@ -19,6 +19,7 @@ from db import models as m
 from db.engine import transaction
 from models import checkpoint
 from models.appio import BadInput
+from models.atomic_files import sha256_file
 from models.train import run
 from models.training.config import parse_config
 from tests.campaign.test_stage_promote import TrialRun, hpo_campaign, run_stage, trial_runs  # noqa: F401

@@ -95,7 +95,7 @@ def test_preprocess_stage_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ds = api.query("SELECT name, head_id FROM datasets ORDER BY name", db=url).rows
     assert ds == [("demo-emt", 100), ("demo-gfn2", 101)]
     for (path, sha) in api.query("SELECT path, sha256 FROM artifacts", db=url).rows:
-        from campaign.ledger import sha256_file
+        from models.atomic_files import sha256_file
 
         assert sha256_file(path) == sha
 

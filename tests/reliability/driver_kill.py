@@ -192,7 +192,7 @@ def check_invariants(url: str, campaign: str, *, extra: Sequence[Check] = (), re
     recorded sha256 and size; every dataset's store exists; trials (when any) are unique per HPO campaign and
     number. ``extra`` checks ``(url, campaign) -> problems`` are run too (for later stages).
     """
-    from campaign.ledger import sha256_file
+    from models.atomic_files import sha256_file
 
     problems: list[str] = []
     rows = _rows(url, f"SELECT id, status FROM campaigns WHERE name = '{campaign}'")
