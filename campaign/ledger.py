@@ -148,6 +148,13 @@ class Ledger:
                 row.status = "running"
             return row
 
+    def update_stage_config(self, stage_id: int, **items: Any) -> None:
+        """Merge ``items`` into a stage's ``config`` JSON (e.g. a failure reason, an HPO warm-start snapshot)."""
+        with transaction(self.Session) as s:
+            row = s.get(m.Stage, stage_id, with_for_update=True)
+            if row is not None:
+                row.config = {**(row.config or {}), **items}
+
     def finish_stage(self, stage_id: int, status: str) -> None:
         """Mark a stage finished."""
         with transaction(self.Session) as s:

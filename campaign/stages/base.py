@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from db import models as m
 
 
+def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
+    """Split ``count`` items into ``shards`` contiguous ``(start, n)`` ranges (no empty shard)."""
+    shards = max(1, min(shards, count))
+    base, extra = divmod(count, shards)
+    out, start = [], 0
+    for k in range(shards):
+        n = base + (1 if k < extra else 0)
+        out.append((start, n))
+        start += n
+    return out
+
+
 @dataclass(frozen=True)
 class PlannedTask:
     """A task a stage wants run. ``key`` makes it idempotent: the same key is never run twice."""

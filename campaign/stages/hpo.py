@@ -187,13 +187,10 @@ class HPOStage:
                         told = self._told_of(t)
                         if told.loss is not None and opt.fits(t.config, spec.search_space):
                             snapshot.append({"config": dict(t.config), "loss": told.loss, "from": f"{ref}#{t.number}"})
-            with transaction(ctx.ledger.Session) as s:
+            with ctx.ledger.Session() as s:
                 stage = s.get(m.Stage, ctx.stage_id)
-                cfg = dict(stage.config or {})
-                ws = dict(cfg.get("warm_start") or {})
-                ws[spec.name] = snapshot
-                cfg["warm_start"] = ws
-                stage.config = cfg
+                ws = dict(((stage.config or {}) if stage else {}).get("warm_start") or {})
+            ctx.ledger.update_stage_config(ctx.stage_id, warm_start={**ws, spec.name: snapshot})
         return [Told(config=w["config"], loss=float(w["loss"])) for w in snapshot]
 
     def _stored_curves(self, ctx: StageContext, trials: list[m.Trial]) -> dict[int, list[float]]:

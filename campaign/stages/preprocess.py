@@ -15,20 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from campaign.stages.base import PlannedTask, StageContext
+from campaign.stages.base import PlannedTask, StageContext, shard_ranges
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
-
-
-def _shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
-    """Split ``count`` structures into ``shards`` contiguous ``(start, n)`` ranges (no empty shard)."""
-    shards = max(1, min(shards, count))
-    base, extra = divmod(count, shards)
-    out, start = [], 0
-    for k in range(shards):
-        n = base + (1 if k < extra else 0)
-        out.append((start, n))
-        start += n
-    return out
 
 
 class PreprocessStage:
@@ -51,7 +39,7 @@ class PreprocessStage:
             return []
         count = ds.count or int(info.generator.get("default_count", 100))
         out = []
-        for k, (start, n) in enumerate(_shard_ranges(count, ds.shards)):
+        for k, (start, n) in enumerate(shard_ranges(count, ds.shards)):
             workdir = ctx.task_dir("generate", ds.name, f"{k:03d}")
             cfg = {"dataset": ds.name, "output": str(ctx.task_dir("raw", ds.name, f"{k:03d}.extxyz")),
                    "seed": self.recipe.seed, "start": start, "count": n}

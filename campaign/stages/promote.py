@@ -107,14 +107,8 @@ class PromoteStage:
 
     # ------------------------------------------------------------------------------------ recording
     def _fail(self, ctx: StageContext, reason: str) -> str:
-        from db import models as m
-        from db.engine import transaction
-
         self.note = reason
-        with transaction(ctx.ledger.Session) as s:
-            row = s.get(m.Stage, ctx.stage_id)
-            if row is not None:
-                row.config = {**(row.config or {}), "failure": reason}
+        ctx.ledger.update_stage_config(ctx.stage_id, failure=reason)
         return "failed"
 
     def _checkpoint_id(self, ctx: StageContext, trial: Any) -> int | None:

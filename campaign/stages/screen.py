@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaign.errors import CampaignInputError
-from campaign.stages.base import PlannedTask, StageContext
+from campaign.stages.base import PlannedTask, StageContext, shard_ranges
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
 
 
@@ -130,18 +130,6 @@ def resolve_models(ctx: StageContext, model: str | int, *, from_campaign: str | 
             raise CampaignInputError(f"model: ensemble: {where} has no ensemble"
                                      + (f" named {ensemble!r}" if ensemble else ""))
         return [model_checkpoint(s, int(i)) for i in row.model_ids]
-
-
-def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
-    """Split ``count`` items into ``shards`` contiguous ``(start, n)`` ranges (no empty shard)."""
-    shards = max(1, min(shards, count))
-    base, extra = divmod(count, shards)
-    out, start = [], 0
-    for k in range(shards):
-        n = base + (1 if k < extra else 0)
-        out.append((start, n))
-        start += n
-    return out
 
 
 class ScreenStage:

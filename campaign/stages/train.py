@@ -276,14 +276,8 @@ class TrainStage:
 
     # ------------------------------------------------------------------------------------ recording
     def _fail(self, ctx: StageContext, reason: str) -> str:
-        from db import models as m
-        from db.engine import transaction
-
         self.note = reason
-        with transaction(ctx.ledger.Session) as s:
-            row = s.get(m.Stage, ctx.stage_id)
-            if row is not None:
-                row.config = {**(row.config or {}), "failure": reason}
+        ctx.ledger.update_stage_config(ctx.stage_id, failure=reason)
         return "failed"
 
     def _artifact(self, ctx: StageContext, info: dict[str, Any] | None, task: Any) -> int | None:
