@@ -12,12 +12,13 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -478,12 +479,22 @@ class Ledger:
             return [t.id for t in rows]
 
     # ----------------------------------------------------------------------------------- provenance rows
+    @contextmanager
+    def unit_of_work(self, session: Session | None = None) -> Iterator[Session]:
+        """One transaction for several ledger writes (pass the session to each): all are recorded or none.
+        With ``session`` given, that (outer) transaction is used."""
+        if session is not None:
+            yield session
+        else:
+            with transaction(self.Session) as s:
+                yield s
+
     def add_artifact(self, path: str | Path, kind: str, *, task_id: str | None = None,
-                     sha256: str | None = None) -> m.Artifact:
+                     sha256: str | None = None, session: Session | None = None) -> m.Artifact:
         """Record a file by content (idempotent on path + sha256). Hashes the file if ``sha256`` is None."""
         p = Path(path)
         digest = sha256 or sha256_file(p)
-        with transaction(self.Session) as s:
+        with self.unit_of_work(session) as s:
             row = s.scalar(select(m.Artifact).where(m.Artifact.path == str(p), m.Artifact.sha256 == digest))
             if row is None:
                 row = m.Artifact(path=str(p), kind=kind, sha256=digest, bytes=p.stat().st_size, task_id=task_id)
@@ -502,18 +513,25 @@ class Ledger:
                 s.flush()
             return row
 
-    def link(self, kind: str, src: tuple[str, Any], dst: tuple[str, Any], campaign_id: int | None = None) -> None:
+    def link(self, kind: str, src: tuple[str, Any], dst: tuple[str, Any], campaign_id: int | None = None, *,
+             session: Session | None = None) -> None:
         """Record a typed lineage edge ``src --kind--> dst`` (idempotent). Endpoints are ``(entity_kind, id)``."""
-        with transaction(self.Session) as s:
+        with self.unit_of_work(session) as s:
             key = dict(kind=m.LineageKind(kind), src_kind=m.EntityKind(src[0]), src_id=str(src[1]),
                        dst_kind=m.EntityKind(dst[0]), dst_id=str(dst[1]))
             exists = s.scalar(select(m.Lineage.id).filter_by(**key))
             if exists is None:
                 s.add(m.Lineage(campaign_id=campaign_id, **key))
 
-    def add_metrics(self, task_id: str, rows: Sequence[dict[str, Any]]) -> int:
-        """Record per-epoch metrics ``{epoch, head, split, name, value}`` of a run. Returns rows written."""
-        with transaction(self.Session) as s:
+    def add_metrics(self, task_id: str, rows: Sequence[dict[str, Any]], *, replace: bool = False,
+                    session: Session | None = None) -> int:
+        """Record per-epoch metrics ``{epoch, head, split, name, value}`` of a run. Returns rows written.
+
+        ``replace``: first remove the task's earlier rows (recording a run's metrics again is then idempotent).
+        """
+        with self.unit_of_work(session) as s:
+            if replace:
+                s.execute(delete(m.Metric).where(m.Metric.task_id == task_id))
             s.add_all(m.Metric(task_id=task_id, epoch=int(r["epoch"]), head=str(r["head"]), split=str(r["split"]),
                                name=str(r["name"]), value=float(r["value"])) for r in rows)
         return len(rows)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 from campaign.errors import CampaignInputError
 from campaign.recipe import HPOSpec, Recipe
@@ -323,8 +323,8 @@ class HPOStage:
                 "n_params", "last_epoch", "steps", "peak_memory_bytes", "completed")
         event = run.next_event
         run.next_event += 1
-        now = utcnow()
-        with transaction(ctx.ledger.Session) as s:
+        led = ctx.ledger
+        with led.unit_of_work() as s:  # the trial's result, metrics, checkpoint and lineage: all or nothing
             trial = s.scalar(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id,
                                                    m.Trial.hpo == run.spec.name, m.Trial.number == number))
             trial.objective = float(objective)
@@ -333,24 +333,14 @@ class HPOStage:
             trial.status = status
             trial.wall_time_s = res.get("wall_time_s")
             trial.tell_event = event
-            trial.finished_at = now
-            s.execute(delete(m.Metric).where(m.Metric.task_id == task_id))
-            s.add_all(m.Metric(task_id=task_id, epoch=int(r["epoch"]), head=str(r["head"]), split=str(r["split"]),
-                               name=str(r["name"]), value=float(r["value"])) for r in rows)
+            trial.finished_at = utcnow()
+            config = dict(trial.config)
+            led.add_metrics(task_id, rows, replace=True, session=s)
             if best and Path(best["path"]).exists():
-                art = s.scalar(select(m.Artifact).where(m.Artifact.path == str(best["path"]),
-                                                        m.Artifact.sha256 == best["sha256"]))
-                if art is None:
-                    art = m.Artifact(path=str(best["path"]), kind="checkpoint", sha256=best["sha256"],
-                                     bytes=Path(best["path"]).stat().st_size, task_id=task_id)
-                    s.add(art)
-                    s.flush()
-                key = dict(kind=m.LineageKind.OUTPUT_OF, src_kind=m.EntityKind.ARTIFACT, src_id=str(art.id),
-                           dst_kind=m.EntityKind.TASK, dst_id=task_id)
-                if s.scalar(select(m.Lineage.id).filter_by(**key)) is None:
-                    s.add(m.Lineage(campaign_id=ctx.campaign_id, **key))
+                art = led.add_artifact(best["path"], "checkpoint", task_id=task_id, sha256=best["sha256"], session=s)
+                led.link("output_of", ("artifact", art.id), ("task", task_id), ctx.campaign_id, session=s)
         # told only once recorded: a kill between the two leaves a recorded tell that replay repeats
-        run.optimizer.tell([Told(config=self._config_of(ctx, run, number), loss=float(objective))])
+        run.optimizer.tell([Told(config=config, loss=float(objective))])
         run.curves[number] = curve
         run.running.discard(number)
         self._count(run, status, float(objective))
@@ -367,15 +357,10 @@ class HPOStage:
             trial.objective = None
             trial.tell_event = event
             trial.finished_at = utcnow()
-        run.optimizer.tell([Told(config=self._config_of(ctx, run, number), loss=None, failure=text)])
+            config = dict(trial.config)
+        run.optimizer.tell([Told(config=config, loss=None, failure=text)])
         run.running.discard(number)
         self._count(run, "failed", None)
-
-    def _config_of(self, ctx: StageContext, run: HPORun, number: int) -> dict[str, Any]:
-        with ctx.ledger.Session() as s:
-            return dict(s.scalar(select(m.Trial.config).where(m.Trial.campaign_id == ctx.campaign_id,
-                                                              m.Trial.hpo == run.spec.name,
-                                                              m.Trial.number == number)))
 
     @staticmethod
     def _count(run: HPORun, status: str, objective: float | None) -> None:
