@@ -9,25 +9,13 @@ This module imports neither torch, parsl nor sqlalchemy (an import-linter contra
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class TaskState(enum.StrEnum):
-    """States of a task. Allowed transitions are listed in :data:`TRANSITIONS`."""
-
-    CREATED = "CREATED"
-    READY = "READY"
-    SUBMITTED = "SUBMITTED"
-    RUNNING = "RUNNING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
+from db.states import ExitCause, TaskState
 
 #: The task state machine: CREATED→READY→SUBMITTED→RUNNING→DONE|FAILED|CANCELLED. A SUBMITTED or RUNNING task
 #: may go back to READY when its attempt is lost and it is retried (each try is its own attempt row).
@@ -44,16 +32,6 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 }
 
 TERMINAL_STATES = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
-
-
-class ExitCause(enum.StrEnum):
-    """Why an attempt ended."""
-
-    OK = "ok"
-    ERROR = "error"  # the app failed (bad input, NaN loss, exception): charged against the retry budget
-    WALLTIME = "walltime"  # the batch job ran out of time: retried without charge
-    NODE_LOST = "node_lost"  # the worker/node disappeared: retried without charge
-    KILLED = "killed"  # killed by a signal (user, OOM killer)
 
 
 class InvalidTransition(ValueError):

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.states import ExitCause, TaskState
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -57,28 +59,6 @@ def _enum(cls: type[enum.Enum]) -> Enum:
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )
-
-
-class TaskState(enum.StrEnum):
-    """CREATED→READY→SUBMITTED→RUNNING→DONE|FAILED|CANCELLED (mirrors ``campaign.tasks.TaskState``)."""
-
-    CREATED = "CREATED"
-    READY = "READY"
-    SUBMITTED = "SUBMITTED"
-    RUNNING = "RUNNING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-class ExitCause(enum.StrEnum):
-    """Why an attempt ended (mirrors ``campaign.tasks.ExitCause``)."""
-
-    OK = "ok"
-    ERROR = "error"
-    WALLTIME = "walltime"
-    NODE_LOST = "node_lost"
-    KILLED = "killed"
 
 
 class LineageKind(enum.StrEnum):
