@@ -1,7 +1,9 @@
 """Overhead of the campaign path (submit, run, record in the database) against bare Parsl HTEX, same run.
 
 * peer — bare Parsl: a ``python_app`` returning a small dict, on the same HighThroughputExecutor config
-  (``sites.local.local_config``: loopback, same worker count), all N submitted at once.
+  (``sites.local.local_config``: loopback, same worker count, same ``parsl.log`` level), all N submitted at once.
+* peer_parsl_debug_log — the same with ``parsl.log`` at Parsl's own default level (DEBUG, about eight records per
+  task) instead of the site configuration's INFO: what the campaign path costed before its sites set the level.
 * ours — the campaign path: a stage planning N ``campaign.apps.noop`` tasks run by the steering loop
   (:class:`campaign.steer.Steerer`) through ``make_dispatcher("local", {"engine": "parsl"})`` into a SQLite
   campaign database: every task created, its attempt begun, its result recorded (and committed) before the stage
@@ -47,15 +49,19 @@ def bare_noop(i: int) -> dict[str, Any]:
     return {"i": i}
 
 
-def run_peer(n: int, workers: int, run_dir: Path) -> float:
-    """Bare Parsl HTEX: seconds for ``n`` no-op apps."""
+def run_peer(n: int, workers: int, run_dir: Path, parsl_default_logging: bool = False) -> float:
+    """Bare Parsl HTEX: seconds for ``n`` no-op apps (``parsl_default_logging``: ``parsl.log`` at Parsl's own
+    default level, DEBUG, instead of the site configuration's)."""
     from parsl import python_app
     from parsl.dataflow.dflow import DataFlowKernel
 
     from sites.local import local_config
 
     ensure_env_on_path()
-    dfk = DataFlowKernel(local_config(max_workers=workers, run_dir=str(run_dir)))
+    config = local_config(max_workers=workers, run_dir=str(run_dir))
+    if parsl_default_logging:
+        config.initialize_logging = True
+    dfk = DataFlowKernel(config)
     try:
         app = python_app(bare_noop, data_flow_kernel=dfk)
         [f.result() for f in [app(i) for i in range(20)]]
@@ -188,16 +194,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=0, help="ours: tasks in flight at most (0: all)")
     parser.add_argument("--quick", action="store_true", help="200 tasks, 2 repetitions")
+    parser.add_argument("--only", default="", help="comma-separated variants to run (default: all)")
     args = parser.parse_args()
     n, reps = (200, 2) if args.quick else (args.tasks, args.reps)
     in_flight = args.in_flight or n
     runs = {
         "peer": lambda d: run_peer(n, args.workers, d),
+        "peer_parsl_debug_log": lambda d: run_peer(n, args.workers, d, parsl_default_logging=True),
         "ours": lambda d: run_steered(n, args.workers, d, in_flight),
         "ours_workers_cap": lambda d: run_steered(n, args.workers, d, args.workers),
         "ours_per_task_tx": lambda d: run_per_task_tx(n, args.workers, d),
         "ours_dispatch_only": lambda d: run_dispatch_only(n, args.workers, d),
     }
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k in {"peer", "ours", *args.only.split(",")}}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps):
         order = list(runs)
@@ -217,13 +227,15 @@ def main() -> None:
         "ratio": round(med["peer"] / med["ours"], 3),
         **{k: round(v, 4) for k, v in med.items() if k not in ("ours", "peer")},
         **{f"ratio_{k[5:]}": round(med["peer"] / v, 3) for k, v in med.items() if k.startswith("ours_")},
+        **({"ratio_vs_parsl_debug_log": round(med["peer_parsl_debug_log"] / med["ours"], 3)}
+           if "peer_parsl_debug_log" in med else {}),
         "includes_db_recording": True,
         "db": "sqlite",
         "tasks": n,
         "in_flight": in_flight,
         "reps": reps,
         "workers": args.workers,
-        "peer_name": "bare Parsl HTEX python_app",
+        "peer_name": "bare Parsl HTEX python_app, same site config (parsl.log at INFO)",
     }))
 
 

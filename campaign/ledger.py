@@ -18,13 +18,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import campaign
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, check_transition, utcnow
 from db import models as m
+from db.bulk import insert_rows, update_rows
 from db.engine import session_factory, transaction
 from models.atomic_files import sha256_file
 
@@ -42,16 +43,6 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _update_by_id(s: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """``UPDATE table SET … WHERE id = …`` for every row, as one executemany (rows share their keys)."""
-    if not rows:
-        return
-    cols = [k for k in rows[0] if k != "id"]
-    stmt = (table.update().where(table.c.id == bindparam("p_id"))
-            .values({c: bindparam(f"p_{c}") for c in cols}))
-    s.execute(stmt, [{f"p_{k}": v for k, v in row.items()} for row in rows])
 
 
 @dataclass(frozen=True)
@@ -178,16 +169,18 @@ class Ledger:
             return row
 
     def create_tasks(self, campaign_id: int, stage_id: int,
-                     planned: Sequence[tuple[str, TaskSpec]]) -> list[m.Task]:
+                     planned: Sequence[tuple[str, TaskSpec]], *, returning: bool = True) -> list[m.Task]:
         """Create many tasks in one transaction (idempotent by key, like :meth:`create_task`).
 
         Args:
             campaign_id: The campaign.
             stage_id: The stage the new tasks belong to.
             planned: ``(key, spec)`` pairs; a key already in the campaign (or repeated) keeps its first task.
+            returning: Read the rows back (``False``: the caller only needs them to exist; saves a query that
+                decodes every spec).
 
         Returns:
-            One task row per distinct key, in the order of ``planned``.
+            One task row per distinct key, in the order of ``planned`` (empty when ``returning`` is false).
         """
         first = dict(reversed(planned))  # the first spec of a repeated key wins
         keys = list(dict.fromkeys(k for k, _ in planned))
@@ -207,7 +200,9 @@ class Ledger:
                             created_at=now + timedelta(microseconds=i), updated_at=now)
                         for i, key in enumerate(k for k in keys if k not in known) for spec in (first[key],)]
                 if new:  # executemany: one statement, not one ORM object per row
-                    s.execute(insert(m.Task.__table__), new)
+                    insert_rows(s, m.Task.__table__, new)
+                if not returning:
+                    return []
                 rows: dict[str, m.Task] = {}
                 for chunk in _chunks(keys):
                     q = select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key.in_(chunk))
@@ -302,8 +297,9 @@ class Ledger:
             last: dict[str, int] = {}
             for chunk in _chunks(ids):
                 q = select(m.Task.id, m.Task.state, m.Task.spec).where(m.Task.id.in_(chunk)).with_for_update()
-                rows.update((tid, (TaskState(state), spec)) for tid, state, spec in s.execute(q))
-                last.update((tid, n) for tid, n in s.execute(
+                # Core rows (s.connection()): column tuples need no ORM loading machinery
+                rows.update((tid, (TaskState(state), spec)) for tid, state, spec in s.connection().execute(q))
+                last.update((tid, n) for tid, n in s.connection().execute(
                     select(m.Attempt.task_id, func.max(m.Attempt.number))
                     .where(m.Attempt.task_id.in_(chunk)).group_by(m.Attempt.task_id)))
             now = utcnow()
@@ -329,8 +325,8 @@ class Ledger:
                 tasks.append(dict(id=task_id, state=TaskState.SUBMITTED, spec={**spec, "attempt": n}, updated_at=now))
                 begun[task_id] = n
             if attempts:  # executemany: one statement per batch, not one ORM object per row
-                s.execute(insert(m.Attempt.__table__), attempts)
-                _update_by_id(s, m.Task.__table__, tasks)
+                insert_rows(s, m.Attempt.__table__, attempts)
+                update_rows(s, m.Task.__table__, tasks)
         return begun
 
     def record_attempt(self, result: TaskResult, *, final: bool, requeue: bool = False,
@@ -379,7 +375,7 @@ class Ledger:
                                                           .with_for_update()))
                 q = select(m.Attempt.id, m.Attempt.task_id, m.Attempt.number, m.Attempt.site, m.Attempt.executor,
                            m.Attempt.submitted_at).where(m.Attempt.task_id.in_(chunk))
-                attempts.update(((r.task_id, r.number), r._asdict()) for r in s.execute(q))
+                attempts.update(((r.task_id, r.number), r._asdict()) for r in s.connection().execute(q))
             missing = [tid for tid in ids if tid not in tasks]
             if missing:
                 raise KeyError(missing[0])
@@ -404,10 +400,10 @@ class Ledger:
             inserts = [{k: v for k, v in row.items() if k != "id"} for row in changed.values() if row["id"] is None]
             updates = [row for row in changed.values() if row["id"] is not None]
             if inserts:
-                s.execute(insert(m.Attempt.__table__), inserts)
+                insert_rows(s, m.Attempt.__table__, inserts)
             if updates:
-                _update_by_id(s, m.Attempt.__table__, updates)
-            _update_by_id(s, m.Task.__table__, [dict(id=t.id, state=t.state, result=t.result,
+                update_rows(s, m.Attempt.__table__, updates)
+            update_rows(s, m.Task.__table__, [dict(id=t.id, state=t.state, result=t.result,
                                                      charged_failures=t.charged_failures, updated_at=now)
                                                 for t in tasks.values()])
         return out

@@ -73,6 +73,10 @@ class SiteSpec(_Strict):
     workers: int | None = Field(None, ge=1, description="Local sites: concurrent workers (default: CPU count).")
     endpoint_id: str | None = Field(None, description="Globus Compute endpoint UUID (site 'globus').")
     retries: int = Field(2, ge=0, description="Charged retries of a failed task (walltime/node loss are free).")
+    parsl_log_level: Literal["debug", "info", "warning"] = Field(
+        "info", description="Level of Parsl's own log (parsl.log under the run directory). Parsl's default, debug, "
+        "writes about eight records per task, which the campaign database already holds; set it to debug to "
+        "diagnose Parsl itself.")
     options: dict[str, Any] = Field(default_factory=dict, description="Site-specific extras passed through.")
 
     @field_validator("name")

@@ -53,8 +53,13 @@ class StageProgress:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: Attempts begun per transaction when many tasks are submitted at once.
+#: Attempts begun in the first transaction when many tasks are submitted at once (each later one doubles, up to
+#: :data:`SUBMIT_BATCH_MAX`).
 SUBMIT_BATCH = 50
+SUBMIT_BATCH_MAX = 400
+
+#: Results recorded per transaction at most.
+RECORD_BATCH = 500
 
 
 def _as_result(value: Any) -> TaskResult:
@@ -91,17 +96,32 @@ class _InFlight:
         self.task_ids.discard(launched.task_id)
         return launched
 
-    def next_finished(self, timeout: float) -> list[Future[Any]]:
-        """Futures finished since the last call, waiting up to ``timeout`` seconds for the first one."""
+    def next_finished(self, timeout: float, linger_s: float = 0.0) -> list[Future[Any]]:
+        """Futures finished since the last call, waiting up to ``timeout`` seconds for the first one.
+
+        With ``linger_s`` > 0 it then keeps collecting for up to that long after the first one (or until
+        everything in flight has finished, or :data:`RECORD_BATCH` have), so that a burst of results is recorded
+        in a few transactions rather than one per result.
+        """
         try:
             done = [self._finished.get(timeout=timeout)]
         except queue.Empty:
             return []
-        while True:
+        deadline = time.monotonic() + linger_s
+        while len(done) < RECORD_BATCH:
             try:
                 done.append(self._finished.get_nowait())
+                continue
             except queue.Empty:
-                return [f for f in done if f in self.by_future]
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or len(done) >= len(self.by_future):
+                break
+            try:
+                done.append(self._finished.get(timeout=left))
+            except queue.Empty:
+                break
+        return [f for f in done if f in self.by_future]
 
 
 class _ReadyTasks:
@@ -161,12 +181,15 @@ class Steerer:
             pass of the loop that comes at least this long after the previous call, and a pass comes at least
             once a second while tasks are in flight).
         report_interval_s: Least seconds between two progress reports (the last one of a stage always comes).
+        record_linger_s: When no READY task waits for a slot, how long to keep gathering results after the first
+            one before recording them together.
     """
 
     def __init__(self, ledger: Ledger, dispatcher: Dispatcher, campaign_id: int, site: str, *,
                  max_in_flight: int = 4,
                  on_progress: Callable[[StageProgress], None] | None = None,
-                 poll_interval_s: float = 0.25, report_interval_s: float = 0.1) -> None:
+                 poll_interval_s: float = 0.25, report_interval_s: float = 0.1,
+                 record_linger_s: float = 0.05) -> None:
         self.ledger = ledger
         self.dispatcher = dispatcher
         self.campaign_id = campaign_id
@@ -175,6 +198,7 @@ class Steerer:
         self.on_progress = on_progress
         self.poll_interval_s = poll_interval_s
         self.report_interval_s = report_interval_s
+        self.record_linger_s = record_linger_s
         self.attempt_queue: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
         self._last_report = 0.0
 
@@ -196,7 +220,7 @@ class Steerer:
         pairs = [(p.key, p.spec) for p in planned]
         if not pairs:
             return
-        self.ledger.create_tasks(self.campaign_id, ctx.stage_id, pairs)
+        self.ledger.create_tasks(self.campaign_id, ctx.stage_id, pairs, returning=False)
         if ready is not None:
             ready.stale = True
 
@@ -229,7 +253,9 @@ class Steerer:
                 continue
             progress.running, progress.ready = len(flight), max(0, ready.count)
             self._report(stage, progress)
-            finished = flight.next_finished(timeout=1.0)
+            # nothing waits for a free slot: gather a burst of results into one transaction (a short delay the
+            # stage never notices) instead of recording them one by one as they trickle in
+            finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s if ready.count <= 0 else 0.0)
             poll = getattr(stage, "poll", None)
             if poll is not None and time.monotonic() - last_poll >= self.poll_interval_s:
                 last_poll = time.monotonic()
@@ -246,10 +272,13 @@ class Steerer:
 
     def _submit(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                 progress: StageProgress, ready: _ReadyTasks) -> None:
-        """Begin the attempts of ``tasks`` in transactions of :data:`SUBMIT_BATCH`, each batch handed to the
-        dispatcher as soon as it is recorded (workers start on the first batch while the next is written)."""
-        for i in range(0, len(tasks), SUBMIT_BATCH):
-            self._submit_batch(stage, ctx, flight, tasks[i:i + SUBMIT_BATCH], progress, ready)
+        """Begin the attempts of ``tasks`` in transactions of growing size (:data:`SUBMIT_BATCH`, then double), each
+        batch handed to the dispatcher as soon as it is recorded (workers start on the first batch while the next
+        is written)."""
+        i, size = 0, SUBMIT_BATCH
+        while i < len(tasks):  # the first batch gets workers going; later ones double (fewer transactions)
+            self._submit_batch(stage, ctx, flight, tasks[i:i + size], progress, ready)
+            i, size = i + size, min(2 * size, SUBMIT_BATCH_MAX)
 
     def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                       progress: StageProgress, ready: _ReadyTasks) -> None:

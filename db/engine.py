@@ -8,12 +8,14 @@ write by construction (SQLite ``mode=ro`` + ``query_only`` + an authorizer; Post
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -59,6 +61,16 @@ def parse_url(url: str) -> URL:
     return parsed
 
 
+def json_loads(text: str | bytes) -> object:
+    """Decode a JSON column: orjson (several times faster on the specs and results the steering loop reads
+    back for every task), falling back to the standard library for what orjson refuses (``NaN``/``Infinity``,
+    which :func:`json.dumps` writes for non-finite metrics)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _sqlite_path(parsed: URL) -> str | None:
     db = parsed.database
     return None if db in (None, "", ":memory:") else db
@@ -100,6 +112,7 @@ def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
         engine = create_engine(
             parsed,
             echo=echo,
+            json_deserializer=json_loads,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
         )
         event.listen(engine, "connect", _on_sqlite_connect)
@@ -108,6 +121,7 @@ def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
     return create_engine(
         parsed,
         echo=echo,
+        json_deserializer=json_loads,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10},
     )

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from parsl.config import Config
 from parsl.executors.base import ParslExecutor
+from parsl.logconfigs.file import FileLogging
+
+#: Level of ``parsl.log`` a campaign writes unless its site sets ``parsl_log_level``. Parsl's own default is DEBUG:
+#: about eight records per task (formatted, stack-walked and flushed in the submitting thread), all of which the
+#: campaign database records anyway, with timestamps, for every attempt; INFO keeps Parsl's scaling, block and
+#: error records.
+DEFAULT_LOG_LEVEL = "info"
+
+LogLevel = Literal["debug", "info", "warning"]
+
+
+def parsl_logging(level: LogLevel | bool) -> FileLogging | bool:
+    """Parsl's ``initialize_logging`` for ``parsl.log`` at ``level`` (``False``: no ``parsl.log``)."""
+    if level is False:
+        return False
+    name = DEFAULT_LOG_LEVEL if level is True else level
+    return FileLogging(level=logging.getLevelNamesMapping()[name.upper()])
 
 
 def assemble_config(
@@ -18,6 +36,7 @@ def assemble_config(
     monitoring: bool = False,
     strategy_period: float = 5.0,
     initialize_logging: bool = True,
+    log_level: LogLevel = DEFAULT_LOG_LEVEL,
 ) -> Config:
     """A fresh ``Config`` around ``executors``.
 
@@ -30,6 +49,7 @@ def assemble_config(
         monitoring: Turn on Parsl's monitoring database. Off by default: it costs ~10x task throughput.
         strategy_period: Seconds between Parsl's scaling decisions.
         initialize_logging: Whether Parsl writes ``parsl.log`` under ``run_dir``.
+        log_level: Level of ``parsl.log`` (see :data:`DEFAULT_LOG_LEVEL`).
     """
     hub = None
     if monitoring:
@@ -44,5 +64,5 @@ def assemble_config(
         monitoring=hub,
         strategy_period=strategy_period,
         usage_tracking=0,
-        initialize_logging=initialize_logging,
+        initialize_logging=parsl_logging(log_level if initialize_logging else False),
     )

@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 #: ``params`` keys read by the dispatcher itself; everything else goes to the site's Parsl factory.
-DISPATCH_KEYS = ("engine", "retries", "free_retries", "in_process", "endpoint_id", "max_workers", "interactive")
+DISPATCH_KEYS = ("engine", "retries", "free_retries", "in_process", "endpoint_id", "max_workers", "interactive",
+                 "parsl_log_level")
 
 
 def make_dispatcher(
@@ -46,7 +47,8 @@ def make_dispatcher(
         params: The site section's parameters. Dispatcher keys: ``engine`` (``process`` | ``parsl``, local
             site only), ``retries`` (charged retry budget, default 2), ``free_retries`` (uncharged retries of
             lost nodes/walltime, default 3), ``in_process`` (run light apps inside workers; default auto),
-            ``endpoint_id`` (Globus Compute), ``max_workers`` (local). The rest are keyword arguments of the
+            ``endpoint_id`` (Globus Compute), ``max_workers`` (local), ``parsl_log_level`` (``debug`` | ``info`` |
+            ``warning``: the level of ``parsl.log``, default ``info``). The rest are keyword arguments of the
             site's factory (account, partition, walltime, nodes_per_block …).
         run_dir: The campaign's run directory; Parsl writes its logs and submit scripts under
             ``run_dir/parsl``.
@@ -67,6 +69,7 @@ def make_dispatcher(
     endpoint_id = p.pop("endpoint_id", None)
     interactive = p.pop("interactive", None)
     max_workers = p.pop("max_workers", None)
+    log_level = p.pop("parsl_log_level", None)
 
     if facts.kind == "globus" or endpoint_id:
         if not endpoint_id:
@@ -93,4 +96,10 @@ def make_dispatcher(
     parsl_dir = Path(run_dir) / "parsl"
     parsl_dir.mkdir(parents=True, exist_ok=True)
     config = make_config(site_name, run_dir=str(parsl_dir), **p)
+    if log_level is not None:
+        from sites.assemble import parsl_logging
+
+        if log_level not in ("debug", "info", "warning"):
+            raise TypeError(f"site {site_name!r}: parsl_log_level must be debug, info or warning, got {log_level!r}")
+        config.initialize_logging = parsl_logging(log_level)
     return ParslDispatcher(config, policy=policy, on_attempt=on_attempt, in_process=in_process)

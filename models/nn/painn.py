@@ -45,32 +45,33 @@ class PaiNNMessage(torch.nn.Module):
             lin.reset_parameters()
 
     def forward(
-        self, s: Tensor, v: Tensor | None, edge_index: Tensor, filt: Tensor, unit: Tensor
+        self, s: Tensor, v: Tensor | None, graph: _EdgeGraph, filt: tuple[Tensor, Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
         """Apply one message block (residual).
 
         Args:
             s: [N, F] scalar features.
-            v: [N, 3, F] vector features, or ``None`` when they are all zero (first block).
-            edge_index: [2, E] (neighbour j, centre i).
-            filt: [P, 3F] continuous filter of this layer, already multiplied by the cutoff envelope, of the first
-                P edges; ``P = E / 2`` when the second half of the edges reverses the first (same distances).
-            unit: [E, 3] unit edge vectors i -> j.
+            v: [3, N, F] vector features (coordinate-major), or ``None`` when they are all zero (first block).
+            graph: Edge indices of the batch (:class:`_EdgeGraph`).
+            filt: ``(W_s, W_v, W_r)``, each [P, F]: the continuous filter of this layer's three message parts,
+                already multiplied by the cutoff envelope, of the first P edges (``P = E / 2`` when the second
+                half of the edges reverses the first, same distances).
 
         Returns:
-            Updated ``(s, v)``: [N, F] and [N, 3, F].
+            Updated ``(s, v)``: [N, F] and [3, N, F].
         """
-        f, num = self.hidden, edge_index.size(1)
-        j, i = edge_index[0], edge_index[1]
-        x = gather_rows(self.phi(s), j)  # [E, 3F]
-        m = x * filt if filt.size(0) == num else (x.view(2, -1, 3 * f) * filt).view(num, 3 * f)
-        ms, mv, mr = m.split(f, dim=-1)
-        dv = unit.unsqueeze(-1) * mr.unsqueeze(1)  # [E, 3, F]
-        if v is not None:
-            dv = dv + gather_rows(v, j) * mv.unsqueeze(1)
         n = s.size(0)
-        sum_v = sum_rows(dv, i, n)
-        return s + sum_rows(ms, i, n).to(s.dtype), sum_v if v is None else v + sum_v.to(v.dtype)
+        xs, xv, xr = self.phi(s).split(self.hidden, dim=-1)
+        ms = graph.filter(gather_rows(xs, graph.j), filt[0])  # [E, F]
+        mr = graph.filter(gather_rows(xr, graph.j), filt[2])  # [E, F]
+        if v is None:
+            dv = graph.unit.unsqueeze(-1) * mr.unsqueeze(0)  # [3, E, F]
+        else:
+            # v_j * (x_v[j] W_v) = (v * x_v)[j] W_v: the product with x_v is done per atom, not per edge
+            yj = gather_rows((v * xv.unsqueeze(0)).reshape(3 * n, -1), graph.j3).view(3, graph.num, -1)
+            dv = torch.addcmul(graph.filter(yj, filt[1]), graph.unit.unsqueeze(-1), mr.unsqueeze(0))
+        sum_v = sum_rows(dv.view(3 * graph.num, -1), graph.i3, 3 * n).view(3, n, -1)
+        return s + sum_rows(ms, graph.i, n), sum_v if v is None else v + sum_v
 
 
 class PaiNNUpdate(torch.nn.Module):
@@ -94,16 +95,41 @@ class PaiNNUpdate(torch.nn.Module):
             lin.reset_parameters()
 
     def forward(self, s: Tensor, v: Tensor, vectors: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Args: s: [N, F]; v: [N, 3, F]; vectors: also return the updated ``v`` (else ``None``).
+        """Args: s: [N, F]; v: [3, N, F]; vectors: also return the updated ``v`` (else ``None``).
 
         Returns the updated ``(s, v)`` (residual).
         """
         f = self.hidden
         uv, vv = self.lin_uv(v).split(f, dim=-1)
-        vnorm = torch.sqrt((vv * vv).sum(dim=1) + 1e-8)
+        vnorm = torch.sqrt((vv * vv).sum(dim=0) + 1e-8)
         a_vv, a_sv, a_ss = self.mlp(torch.cat([s, vnorm], dim=-1)).split(f, dim=-1)
-        s = s + torch.addcmul(a_ss, a_sv, (uv * vv).sum(dim=1))
-        return s, torch.addcmul(v, a_vv.unsqueeze(1), uv) if vectors else None
+        s = s + torch.addcmul(a_ss, a_sv, (uv * vv).sum(dim=0))
+        return s, torch.addcmul(v, a_vv.unsqueeze(0), uv) if vectors else None
+
+
+class _EdgeGraph:
+    """Edge indices of one batch in the forms the message blocks use.
+
+    Args:
+        edge_index: [2, E] (neighbour j, centre i).
+        n: Number of atoms N.
+        unit: [3, E] unit edge vectors i -> j, coordinate-major.
+        pairs: Number of distinct filters P: ``E / 2`` when the second half of the edges reverses the first,
+            else E.
+    """
+
+    def __init__(self, edge_index: Tensor, n: int, unit: Tensor, pairs: int) -> None:
+        self.j, self.i = edge_index[0], edge_index[1]
+        self.num, self.pairs, self.unit = edge_index.size(1), pairs, unit
+        # rows of [3, N, F] vector features flattened to [3N, F]: coordinate c of atom a is row c N + a
+        self.j3 = torch.cat([self.j, self.j + n, self.j + 2 * n])
+        self.i3 = torch.cat([self.i, self.i + n, self.i + 2 * n])
+
+    def filter(self, x: Tensor, filt: Tensor) -> Tensor:
+        """``x * filt`` for per-edge ``x`` ([E, F] or [3, E, F]) and per-pair ``filt`` [P, F]."""
+        if self.pairs == self.num:
+            return x * filt
+        return (x.view(*x.shape[:-2], 2, self.pairs, x.size(-1)) * filt).view(x.shape)
 
 
 class PaiNN(torch.nn.Module):
@@ -152,17 +178,19 @@ class PaiNN(torch.nn.Module):
             edge_index = torch.cat([edge_index[:, pairs[0]], edge_index[:, pairs[1]]], dim=1)
             vec = vec.index_select(0, pairs[0])
         dist = torch.linalg.vector_norm(vec, dim=-1)
-        unit = vec / dist.unsqueeze(-1)
+        unit = (vec / dist.unsqueeze(-1)).t()  # [3, P]
         if pairs is not None:
-            unit = torch.cat([unit, -unit], dim=0)
+            unit = torch.cat([unit, -unit], dim=1)
         fc = cosine_cutoff(dist, self.cutoff).unsqueeze(-1)
-        # fc * (rbf @ W.T + b) as one matmul per layer: [fc * rbf, fc] @ [W.T; b]  ->  [P, 3F]
+        # fc * (rbf @ W.T + b) as one matmul per layer and part: [fc * rbf, fc] @ [W.T; b]  ->  [P, F]
         basis = torch.cat([self.rbf(dist) * fc, fc], dim=-1)
         weight = torch.cat([self.filter_net.weight.t(), self.filter_net.bias.unsqueeze(0)], dim=0)
-        width = 3 * self.hidden
+        f = self.hidden
         s = self.embedding(z)
+        graph = _EdgeGraph(edge_index, s.size(0), unit, dist.size(0))
         v: Tensor | None = None
         for k, (msg, upd) in enumerate(zip(self.messages, self.updates, strict=True)):
-            s, v = msg(s, v, edge_index, basis @ weight[:, k * width:(k + 1) * width], unit)
+            filt = tuple(basis @ weight[:, (3 * k + p) * f:(3 * k + p + 1) * f] for p in range(3))
+            s, v = msg(s, v, graph, filt)
             s, v = upd(s, v, vectors=k + 1 < self.layers)
         return s

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from campaign.dispatch import make_dispatcher
 from campaign.ledger import Ledger
 from campaign.recipe import parse_recipe
 from campaign.stages.base import PlannedTask, StageContext
-from campaign.steer import Steerer
+from campaign.steer import Steerer, _InFlight, _Launched
 from campaign.tasks import TaskResult, TaskSpec, TaskState
 from db import models as m
 
@@ -170,3 +173,24 @@ def test_steering_batches_ledger_writes_and_records_before_telling(engine, tmp_p
     # one transaction per task created, begun and recorded would be 3 (n + 2); batches need far fewer
     assert len(commits) < 1.5 * n, len(commits)
     assert progress[-1] == (n + 2, 0)  # the last report of the stage always comes
+
+
+def test_in_flight_lingers_to_gather_a_burst_of_results() -> None:
+    """With linger, results finishing shortly after the first come back together (one transaction); once
+    everything in flight has finished it returns at once instead of waiting out the linger."""
+    flight = _InFlight()
+    futs: list[Future[int]] = [Future() for _ in range(3)]
+    for k, f in enumerate(futs):
+        flight.add(f, _Launched(f"t{k}", 1))
+    futs[0].set_result(0)
+    threading.Timer(0.05, futs[1].set_result, args=(1,)).start()
+    got = flight.next_finished(timeout=1.0, linger_s=0.5)
+    assert got[0] is futs[0]
+    assert futs[1] in got  # gathered during the linger
+    for f in got:
+        flight.pop(f)
+    t0 = time.monotonic()
+    futs[2].set_result(2)
+    assert flight.next_finished(timeout=1.0, linger_s=5.0) == [futs[2]]  # nothing else in flight: no waiting
+    assert time.monotonic() - t0 < 1.0
+    assert flight.next_finished(timeout=0.01) == []
