@@ -8,8 +8,11 @@
   (:class:`campaign.steer.Steerer`) through ``make_dispatcher("local", {"engine": "parsl"})`` into a SQLite
   campaign database: every task created, its attempt begun, its result recorded (and committed) before the stage
   is told. ``--in-flight`` caps the tasks in flight (default N, like the peer).
-* ours_workers_cap — the same with at most ``workers`` tasks in flight (what ``campaign run`` passes today:
-  ``max_in_flight = site.workers``).
+* ours_run_default — the same with the tasks in flight ``campaign run`` keeps for this site
+  (``SiteSpec.max_in_flight()``: the workers plus ``queued_tasks``, 32 by default).
+* ours_workers_cap — the same with at most ``workers`` tasks in flight (no task queued behind a busy worker: every
+  result makes a round trip through the driver before the next task starts; what ``campaign run`` did before
+  ``queued_tasks``).
 * ours_per_task_tx — the same tasks, but the ledger written one transaction per state change from a plain
   loop (create, begin, record for each task: the campaign path before batching), for the before/after figure.
 * ours_dispatch_only — the campaign dispatcher without any database.
@@ -137,7 +140,8 @@ def run_steered(n: int, workers: int, run_dir: Path, in_flight: int) -> float:
                        workdir=run_dir, site="local")
     d = _dispatcher(run_dir, workers)
     try:
-        steer = Steerer(ledger, d, cid, "local", max_in_flight=in_flight, on_progress=lambda p: None)
+        steer = Steerer(ledger, d, cid, "local", max_in_flight=in_flight, concurrency=workers,
+                        on_progress=lambda p: None)
         d.on_attempt = steer.report_attempt
         stage = NoopStage(n, run_dir)
         t0 = time.perf_counter()
@@ -148,6 +152,11 @@ def run_steered(n: int, workers: int, run_dir: Path, in_flight: int) -> float:
     assert status == "done" and stage.told == n
     _check_db(ledger, cid, n)
     return dt
+
+
+def site_in_flight(workers: int) -> int:
+    """Tasks in flight ``campaign run`` keeps on the local site with ``workers`` workers."""
+    return parse_recipe(f"campaign: bench\nsite:\n  name: local\n  workers: {workers}\n").site.max_in_flight()
 
 
 def run_per_task_tx(n: int, workers: int, run_dir: Path) -> float:
@@ -202,6 +211,7 @@ def main() -> None:
         "peer": lambda d: run_peer(n, args.workers, d),
         "peer_parsl_debug_log": lambda d: run_peer(n, args.workers, d, parsl_default_logging=True),
         "ours": lambda d: run_steered(n, args.workers, d, in_flight),
+        "ours_run_default": lambda d: run_steered(n, args.workers, d, site_in_flight(args.workers)),
         "ours_workers_cap": lambda d: run_steered(n, args.workers, d, args.workers),
         "ours_per_task_tx": lambda d: run_per_task_tx(n, args.workers, d),
         "ours_dispatch_only": lambda d: run_dispatch_only(n, args.workers, d),

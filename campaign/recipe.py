@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -56,6 +57,10 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------- site
+#: Tasks a campaign keeps running behind a Globus Compute endpoint when the recipe gives no ``site.workers``.
+GLOBUS_DEFAULT_CONCURRENCY = 64
+
+
 class SiteSpec(_Strict):
     """Where the campaign runs. The fields become keyword arguments of the site's Parsl config factory."""
 
@@ -70,9 +75,15 @@ class SiteSpec(_Strict):
     max_blocks: int = Field(1, ge=1)
     worker_init: str = Field("", description="Shell lines run before workers start (module loads, venv activation).")
     scheduler_options: str = Field("", description="Extra #SBATCH / #PBS lines.")
-    workers: int | None = Field(None, ge=1, description="Local sites: concurrent workers (default: CPU count).")
+    workers: int | None = Field(None, ge=1, description="Tasks run at once: this machine's worker count (default: "
+                                "CPU count); on a batch site it overrides workers per node x nodes_per_block x "
+                                "max_blocks.")
     endpoint_id: str | None = Field(None, description="Globus Compute endpoint UUID (site 'globus').")
     retries: int = Field(2, ge=0, description="Charged retries of a failed task (walltime/node loss are free).")
+    queued_tasks: int = Field(
+        32, ge=0, description="Tasks handed to the executor beyond the workers that can run them at once, so that "
+        "a worker that finishes starts its next task without a round trip through the campaign driver. Lower it "
+        "to let tasks planned later with a higher priority go first; raise it for floods of sub-second tasks.")
     parsl_log_level: Literal["debug", "info", "warning"] = Field(
         "info", description="Level of Parsl's own log (parsl.log under the run directory). Parsl's default, debug, "
         "writes about eight records per task, which the campaign database already holds; set it to debug to "
@@ -96,10 +107,32 @@ class SiteSpec(_Strict):
             raise ValueError("site 'globus' needs endpoint_id")
         return self
 
+    def concurrency(self) -> int:
+        """Tasks the site runs at once: ``workers`` when set; else, on a batch site, workers per node (one per
+        accelerator, or per worker's share of the cores) x ``nodes_per_block`` x ``max_blocks``; on this machine
+        its CPU count; behind a Globus Compute endpoint (whose configuration the campaign cannot see)
+        :data:`GLOBUS_DEFAULT_CONCURRENCY`."""
+        if self.workers:
+            return self.workers
+        from sites.facts import get_site  # standard library only
+
+        facts = get_site(self.name)
+        if facts.kind == "globus":
+            return GLOBUS_DEFAULT_CONCURRENCY
+        per_node = facts.workers_per_node if facts.gpus_per_node or facts.cores_per_node else os.cpu_count() or 1
+        if facts.kind == "local":
+            return per_node
+        return per_node * self.nodes_per_block * self.max_blocks
+
+    def max_in_flight(self) -> int:
+        """Tasks the steering loop keeps submitted at once: :meth:`concurrency` plus ``queued_tasks``."""
+        return self.concurrency() + self.queued_tasks
+
     def dispatch_params(self) -> dict[str, Any]:
         """Parameters for ``campaign.dispatch.make_dispatcher``: the keys the recipe set, ``workers`` as
         ``max_workers``, ``retries``, and ``options`` merged in."""
-        out = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in ("name", "options")}
+        out = {k: v for k, v in self.model_dump(exclude_unset=True).items()
+               if k not in ("name", "options", "queued_tasks")}
         if "workers" in out:
             out["max_workers"] = out.pop("workers")
         out.update(self.options)

@@ -120,7 +120,8 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
     shared: dict[str, Any] = {}
     try:
         steer = Steerer(ledger, dispatcher, row.id, recipe.site.name,
-                        max_in_flight=recipe.site.workers or os.cpu_count() or 1, on_progress=on_progress)
+                        max_in_flight=recipe.site.max_in_flight(), concurrency=recipe.site.concurrency(),
+                        on_progress=on_progress)
         dispatcher.on_attempt = steer.report_attempt
         for kind, stage in build_stages(recipe):
             stage_row = ledger.stage(row.id, kind, kind)

@@ -96,12 +96,13 @@ class _InFlight:
         self.task_ids.discard(launched.task_id)
         return launched
 
-    def next_finished(self, timeout: float, linger_s: float = 0.0) -> list[Future[Any]]:
+    def next_finished(self, timeout: float, linger_s: float = 0.0, keep_busy: int = 0) -> list[Future[Any]]:
         """Futures finished since the last call, waiting up to ``timeout`` seconds for the first one.
 
-        With ``linger_s`` > 0 it then keeps collecting for up to that long after the first one (or until
-        everything in flight has finished, or :data:`RECORD_BATCH` have), so that a burst of results is recorded
-        in a few transactions rather than one per result.
+        With ``linger_s`` > 0 it then keeps collecting for up to that long after the first one, so that a burst of
+        results is recorded in one transaction rather than one per result, but stops as soon as no more than
+        ``keep_busy`` of the attempts in flight are left unfinished (the workers would run out of queued tasks:
+        refill now), or :data:`RECORD_BATCH` have finished.
         """
         try:
             done = [self._finished.get(timeout=timeout)]
@@ -115,7 +116,7 @@ class _InFlight:
             except queue.Empty:
                 pass
             left = deadline - time.monotonic()
-            if left <= 0 or len(done) >= len(self.by_future):
+            if left <= 0 or len(self.by_future) - len(done) <= keep_busy:
                 break
             try:
                 done.append(self._finished.get(timeout=left))
@@ -181,15 +182,17 @@ class Steerer:
             pass of the loop that comes at least this long after the previous call, and a pass comes at least
             once a second while tasks are in flight).
         report_interval_s: Least seconds between two progress reports (the last one of a stage always comes).
-        record_linger_s: When no READY task waits for a slot, how long to keep gathering results after the first
-            one before recording them together.
+        record_linger_s: How long to keep gathering results after the first one before recording them together,
+            when no READY task waits for a slot or, with ``concurrency``, more tasks than that are in flight.
+        concurrency: Tasks the site runs at once (``max_in_flight`` minus the tasks queued behind busy workers);
+            ``None``: unknown, every result is recorded as soon as it comes while READY tasks wait.
     """
 
     def __init__(self, ledger: Ledger, dispatcher: Dispatcher, campaign_id: int, site: str, *,
                  max_in_flight: int = 4,
                  on_progress: Callable[[StageProgress], None] | None = None,
                  poll_interval_s: float = 0.25, report_interval_s: float = 0.1,
-                 record_linger_s: float = 0.05) -> None:
+                 record_linger_s: float = 0.05, concurrency: int | None = None) -> None:
         self.ledger = ledger
         self.dispatcher = dispatcher
         self.campaign_id = campaign_id
@@ -199,6 +202,7 @@ class Steerer:
         self.poll_interval_s = poll_interval_s
         self.report_interval_s = report_interval_s
         self.record_linger_s = record_linger_s
+        self.concurrency = concurrency
         self.attempt_queue: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
         self._last_report = 0.0
 
@@ -253,9 +257,16 @@ class Steerer:
                 continue
             progress.running, progress.ready = len(flight), max(0, ready.count)
             self._report(stage, progress)
-            # nothing waits for a free slot: gather a burst of results into one transaction (a short delay the
-            # stage never notices) instead of recording them one by one as they trickle in
-            finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s if ready.count <= 0 else 0.0)
+            # gather a burst of results into one transaction (a short delay the stage never notices) instead of
+            # recording them one by one as they trickle in, while no READY task waits or enough are still queued
+            # behind the busy workers that none of them idles meanwhile
+            if ready.count <= 0:
+                finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s)
+            elif self.concurrency is not None and len(flight) > self.concurrency:
+                finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s,
+                                                keep_busy=self.concurrency)
+            else:
+                finished = flight.next_finished(timeout=1.0)
             poll = getattr(stage, "poll", None)
             if poll is not None and time.monotonic() - last_poll >= self.poll_interval_s:
                 last_poll = time.monotonic()

@@ -60,17 +60,17 @@ class PaiNNMessage(torch.nn.Module):
         Returns:
             Updated ``(s, v)``: [N, F] and [3, N, F].
         """
-        n = s.size(0)
-        xs, xv, xr = self.phi(s).split(self.hidden, dim=-1)
+        n, f = s.size(0), self.hidden
+        xs, xv, xr = self.phi(s).split(f, dim=-1)
         ms = graph.filter(gather_rows(xs, graph.j), filt[0])  # [E, F]
         mr = graph.filter(gather_rows(xr, graph.j), filt[2])  # [E, F]
         if v is None:
             dv = graph.unit.unsqueeze(-1) * mr.unsqueeze(0)  # [3, E, F]
         else:
             # v_j * (x_v[j] W_v) = (v * x_v)[j] W_v: the product with x_v is done per atom, not per edge
-            yj = gather_rows((v * xv.unsqueeze(0)).reshape(3 * n, -1), graph.j3).view(3, graph.num, -1)
+            yj = gather_rows((v * xv.unsqueeze(0)).reshape(3 * n, f), graph.j3).view(3, graph.num, f)
             dv = torch.addcmul(graph.filter(yj, filt[1]), graph.unit.unsqueeze(-1), mr.unsqueeze(0))
-        sum_v = sum_rows(dv.view(3 * graph.num, -1), graph.i3, 3 * n).view(3, n, -1)
+        sum_v = sum_rows(dv.reshape(3 * graph.num, f), graph.i3, 3 * n).view(3, n, f)
         return s + sum_rows(ms, graph.i, n), sum_v if v is None else v + sum_v
 
 
@@ -178,7 +178,7 @@ class PaiNN(torch.nn.Module):
             edge_index = torch.cat([edge_index[:, pairs[0]], edge_index[:, pairs[1]]], dim=1)
             vec = vec.index_select(0, pairs[0])
         dist = torch.linalg.vector_norm(vec, dim=-1)
-        unit = (vec / dist.unsqueeze(-1)).t()  # [3, P]
+        unit = (vec / dist.unsqueeze(-1)).t().contiguous()  # [3, P]
         if pairs is not None:
             unit = torch.cat([unit, -unit], dim=1)
         fc = cosine_cutoff(dist, self.cutoff).unsqueeze(-1)

@@ -111,3 +111,19 @@ def test_arbitrary_documents_never_crash(doc: object) -> None:
         parse_recipe(yaml.safe_dump({"campaign": "t", "stages": doc}), "fuzz.yaml")
     except RecipeError as exc:
         assert str(exc).startswith("fuzz.yaml:")
+
+
+@pytest.mark.parametrize(("site", "expected"), [
+    ("name: local\n  workers: 3", 3),
+    ("name: frontier\n  account: ABC123\n  nodes_per_block: 4\n  max_blocks: 2", 8 * 4 * 2),  # 8 GCDs per node
+    ("name: aurora\n  account: ABC123\n  nodes_per_block: 2", 12 * 2),  # 12 tiles per node
+    ("name: perlmutter\n  account: m1234\n  nodes_per_block: 16\n  workers: 10", 10),
+    ("name: globus\n  endpoint_id: 2f9d4e2c-9a6e-4b8e-8e55-7a0f5b3c1d21", 64),
+])
+def test_site_concurrency_and_tasks_in_flight(site: str, expected: int) -> None:
+    """The steering loop keeps every worker of the site busy (not the login node's CPU count) plus queued_tasks."""
+    recipe = parse_recipe(f"campaign: c\nsite:\n  {site}\n")
+    assert recipe.site.concurrency() == expected
+    assert recipe.site.max_in_flight() == expected + 32
+    assert "queued_tasks" not in recipe.site.dispatch_params()
+    assert parse_recipe(f"campaign: c\nsite:\n  {site}\n  queued_tasks: 0\n").site.max_in_flight() == expected

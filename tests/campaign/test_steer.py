@@ -194,3 +194,16 @@ def test_in_flight_lingers_to_gather_a_burst_of_results() -> None:
     assert flight.next_finished(timeout=1.0, linger_s=5.0) == [futs[2]]  # nothing else in flight: no waiting
     assert time.monotonic() - t0 < 1.0
     assert flight.next_finished(timeout=0.01) == []
+
+
+def test_in_flight_stops_lingering_before_the_workers_run_dry() -> None:
+    """With keep_busy = the site's concurrency, lingering ends once only that many attempts are left unfinished."""
+    flight = _InFlight()
+    futs: list[Future[int]] = [Future() for _ in range(4)]
+    for k, f in enumerate(futs):
+        flight.add(f, _Launched(f"t{k}", 1))
+    futs[0].set_result(0)
+    threading.Timer(0.05, futs[1].set_result, args=(1,)).start()
+    t0 = time.monotonic()
+    got = flight.next_finished(timeout=1.0, linger_s=5.0, keep_busy=2)  # 4 in flight, 2 workers
+    assert got == [futs[0], futs[1]] and time.monotonic() - t0 < 2.0
