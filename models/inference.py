@@ -306,7 +306,11 @@ class Predictor:
         if self.force_method == "vmap" and k > 1:
             eye = torch.eye(k, dtype=total.dtype, device=total.device)
             try:
-                (g,) = torch.autograd.grad(total, pos, grad_outputs=eye, is_grads_batched=True)  # [H, N, 3]
+                # retain_graph: a batched backward that fails part-way (an operator or autograd.Function
+                # without a batching rule) has freed what it passed; the loop below needs the whole graph
+                (g,) = torch.autograd.grad(
+                    total, pos, grad_outputs=eye, is_grads_batched=True, retain_graph=True
+                )  # [H, N, 3]
             except RuntimeError:  # an operator without a batching rule: fall back to the loop
                 g = None
         if g is None:

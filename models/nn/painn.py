@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.nn import Embedding, Linear, Sequential, SiLU
 
-from models.nn.edge_ops import gather_rows, sum_rows
+from models.nn.edge_ops import gather_rows
+from models.nn.edge_products import EdgeIndex, edge_sum
 from models.nn.geometry import BesselBasis, cosine_cutoff, reverse_edge_pairs
 
 
@@ -45,14 +46,15 @@ class PaiNNMessage(torch.nn.Module):
             lin.reset_parameters()
 
     def forward(
-        self, s: Tensor, v: Tensor | None, graph: _EdgeGraph, filt: tuple[Tensor, Tensor, Tensor]
+        self, s: Tensor, v: Tensor | None, graph: EdgeIndex, unit: Tensor, filt: tuple[Tensor, Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
         """Apply one message block (residual).
 
         Args:
             s: [N, F] scalar features.
             v: [3, N, F] vector features (coordinate-major), or ``None`` when they are all zero (first block).
-            graph: Edge indices of the batch (:class:`_EdgeGraph`).
+            graph: Edge indices of the batch.
+            unit: [3, E] unit edge vectors i -> j, coordinate-major.
             filt: ``(W_s, W_v, W_r)``, each [P, F]: the continuous filter of this layer's three message parts,
                 already multiplied by the cutoff envelope, of the first P edges (``P = E / 2`` when the second
                 half of the edges reverses the first, same distances).
@@ -60,18 +62,15 @@ class PaiNNMessage(torch.nn.Module):
         Returns:
             Updated ``(s, v)``: [N, F] and [3, N, F].
         """
-        n, f = s.size(0), self.hidden
+        f = self.hidden
         xs, xv, xr = self.phi(s).split(f, dim=-1)
-        ms = graph.filter(gather_rows(xs, graph.j), filt[0])  # [E, F]
-        mr = graph.filter(gather_rows(xr, graph.j), filt[2])  # [E, F]
+        ds = edge_sum(graph, s, [(xs.unsqueeze(0), filt[0])])[0].to(s.dtype)  # [N, F]
+        xr_j = gather_rows(xr, graph.j)
+        mr = xr_j * filt[2] if graph.pairs == graph.num else (xr_j.view(2, graph.pairs, f) * filt[2]).view_as(xr_j)
         if v is None:
-            dv = graph.unit.unsqueeze(-1) * mr.unsqueeze(0)  # [3, E, F]
-        else:
-            # v_j * (x_v[j] W_v) = (v * x_v)[j] W_v: the product with x_v is done per atom, not per edge
-            yj = gather_rows((v * xv.unsqueeze(0)).reshape(3 * n, f), graph.j3).view(3, graph.num, f)
-            dv = torch.addcmul(graph.filter(yj, filt[1]), graph.unit.unsqueeze(-1), mr.unsqueeze(0))
-        sum_v = sum_rows(dv.reshape(3 * graph.num, f), graph.i3, 3 * n).view(3, n, f)
-        return s + sum_rows(ms, graph.i, n), sum_v if v is None else v + sum_v
+            return s + ds, edge_sum(graph, s, [], [(unit, mr)])
+        # v_j * (x_v[j] W_v) = (v * x_v)[j] W_v: the product with x_v is done per atom, not per edge
+        return s + ds, v + edge_sum(graph, s, [(v * xv.unsqueeze(0), filt[1])], [(unit, mr)]).to(v.dtype)
 
 
 class PaiNNUpdate(torch.nn.Module):
@@ -105,31 +104,6 @@ class PaiNNUpdate(torch.nn.Module):
         a_vv, a_sv, a_ss = self.mlp(torch.cat([s, vnorm], dim=-1)).split(f, dim=-1)
         s = s + torch.addcmul(a_ss, a_sv, (uv * vv).sum(dim=0))
         return s, torch.addcmul(v, a_vv.unsqueeze(0), uv) if vectors else None
-
-
-class _EdgeGraph:
-    """Edge indices of one batch in the forms the message blocks use.
-
-    Args:
-        edge_index: [2, E] (neighbour j, centre i).
-        n: Number of atoms N.
-        unit: [3, E] unit edge vectors i -> j, coordinate-major.
-        pairs: Number of distinct filters P: ``E / 2`` when the second half of the edges reverses the first,
-            else E.
-    """
-
-    def __init__(self, edge_index: Tensor, n: int, unit: Tensor, pairs: int) -> None:
-        self.j, self.i = edge_index[0], edge_index[1]
-        self.num, self.pairs, self.unit = edge_index.size(1), pairs, unit
-        # rows of [3, N, F] vector features flattened to [3N, F]: coordinate c of atom a is row c N + a
-        self.j3 = torch.cat([self.j, self.j + n, self.j + 2 * n])
-        self.i3 = torch.cat([self.i, self.i + n, self.i + 2 * n])
-
-    def filter(self, x: Tensor, filt: Tensor) -> Tensor:
-        """``x * filt`` for per-edge ``x`` ([E, F] or [3, E, F]) and per-pair ``filt`` [P, F]."""
-        if self.pairs == self.num:
-            return x * filt
-        return (x.view(*x.shape[:-2], 2, self.pairs, x.size(-1)) * filt).view(x.shape)
 
 
 class PaiNN(torch.nn.Module):
@@ -187,10 +161,10 @@ class PaiNN(torch.nn.Module):
         weight = torch.cat([self.filter_net.weight.t(), self.filter_net.bias.unsqueeze(0)], dim=0)
         f = self.hidden
         s = self.embedding(z)
-        graph = _EdgeGraph(edge_index, s.size(0), unit, dist.size(0))
+        graph = EdgeIndex(edge_index, s.size(0), dist.size(0))
         v: Tensor | None = None
         for k, (msg, upd) in enumerate(zip(self.messages, self.updates, strict=True)):
             filt = tuple(basis @ weight[:, (3 * k + p) * f:(3 * k + p + 1) * f] for p in range(3))
-            s, v = msg(s, v, graph, filt)
+            s, v = msg(s, v, graph, unit, filt)
             s, v = upd(s, v, vectors=k + 1 < self.layers)
         return s

@@ -11,7 +11,7 @@ import torch
 from models import checkpoint, keys
 from models.data.store import open_split
 from models.inference import Predictor, atom_budget_chunks
-from models.nn.model import build_model
+from models.nn.model import FAMILIES, build_model
 from tests.models.train.conftest import TINY_PAINN
 
 
@@ -61,6 +61,30 @@ def test_every_head_matches_the_model_routed_to_it(data_root: Path, force_method
     torch.testing.assert_close(sub["energy"][:, 0], pred["energy"][:, 2])
     with pytest.raises(ValueError, match=r"heads \[7\]"):
         Predictor(model).predict(batch.clone(), heads=[7])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vmap_forces_run_batched_without_falling_back(
+    data_root: Path, family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every family's backward has a batching rule: the one batched backward runs, no per-head loop."""
+    torch.manual_seed(0)
+    cfg = {k: TINY_PAINN[k] for k in ("hidden", "layers", "cutoff", "max_z")}
+    model = build_model({**cfg, "family": family, "heads": [0, 1, 5]}).double().eval()
+    calls: list[bool] = []
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls.append(bool(kwargs.get("is_grads_batched")))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    batch = _mixed_batch(data_root)
+    pred = Predictor(model, precision="fp64", force_method="vmap").predict(batch.clone(), forces=True)
+    assert calls == [True]
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    loop = Predictor(model, precision="fp64", force_method="loop").predict(batch.clone(), forces=True)
+    torch.testing.assert_close(pred["forces"], loop["forces"], rtol=1e-9, atol=1e-10)
 
 
 def test_from_checkpoint_adds_head_references(data_root: Path, tmp_path: Path) -> None:
