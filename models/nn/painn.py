@@ -6,12 +6,13 @@ and update blocks.
 The math is the paper's (and schnetpack's); the implementation is laid out for CPU speed, where the per-edge
 [E, F]-sized elementwise passes (and their first and second derivatives, for force training) dominate:
 
-* Gathers and sums over edges are ``index_select`` / ``index_add`` (their backward is each other, contiguous
-  row copies), rather than PyG's ``propagate`` whose ``scatter_add`` backward is an element-wise ``gather``;
-  the residual ``s + sum_j ...`` is the ``index_add`` itself and no [E, 4F] message is concatenated.
-* The cutoff envelope is folded into the filter matmul: ``fc (rbf W + b) = [fc rbf, fc] @ [W; b]``, so no
-  [E, 3F] multiply is spent on it, and each layer's filter is its own [E, 21] x [21, 3F] matmul (no split views
-  of an [E, 12F] tensor whose gradient would have to be reassembled).
+* Each message is one fused edge-product node (:func:`models.nn.edge_products.edge_sum`): the gathered
+  features, the filters and the per-edge products live in scratch buffers, only the factors (atom features,
+  the radial basis, the filter weights, unit vectors) and the [P, F] filters are saved, and every gradient it
+  returns is atom-, basis- or weight-sized; its derivatives of every order are the same two nodes. The residual
+  ``s + sum_j ...`` is the ``index_add`` itself and no [E, 4F] message is concatenated.
+* The cutoff envelope is folded into the filter: ``fc (rbf W + b) = [fc rbf, fc] @ [W; b]``, so no [E, 3F]
+  multiply is spent on it, and the radial basis is computed once per pair of an edge and its reverse.
 * The first block starts from ``v = 0``: the ``v_j * dvv`` term and the gather of ``v`` are skipped there, and the
   last update's vector output, which the energy does not depend on, is not computed.
 """
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor
 from torch.nn import Embedding, Linear, Sequential, SiLU
 
-from models.nn.edge_ops import gather_rows
 from models.nn.edge_products import EdgeIndex, edge_sum
 from models.nn.geometry import BesselBasis, cosine_cutoff, reverse_edge_pairs
 
@@ -46,7 +46,8 @@ class PaiNNMessage(torch.nn.Module):
             lin.reset_parameters()
 
     def forward(
-        self, s: Tensor, v: Tensor | None, graph: EdgeIndex, unit: Tensor, filt: tuple[Tensor, Tensor, Tensor]
+        self, s: Tensor, v: Tensor | None, graph: EdgeIndex, unit: Tensor, basis: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor],
     ) -> tuple[Tensor, Tensor]:
         """Apply one message block (residual).
 
@@ -55,22 +56,23 @@ class PaiNNMessage(torch.nn.Module):
             v: [3, N, F] vector features (coordinate-major), or ``None`` when they are all zero (first block).
             graph: Edge indices of the batch.
             unit: [3, E] unit edge vectors i -> j, coordinate-major.
-            filt: ``(W_s, W_v, W_r)``, each [P, F]: the continuous filter of this layer's three message parts,
-                already multiplied by the cutoff envelope, of the first P edges (``P = E / 2`` when the second
-                half of the edges reverses the first, same distances).
+            basis: [P, R] radial basis times the cutoff envelope (and the envelope itself, for the bias) of the
+                first P edges (``P = E / 2`` when the second half of the edges reverses the first, same
+                distances).
+            weights: ``(A_s, A_v, A_r)``, each [R, F]: the continuous filters of this layer's three message parts
+                are ``basis @ A``.
 
         Returns:
             Updated ``(s, v)``: [N, F] and [3, N, F].
         """
-        f = self.hidden
-        xs, xv, xr = self.phi(s).split(f, dim=-1)
-        ds = edge_sum(graph, s, [(xs.unsqueeze(0), filt[0])])[0].to(s.dtype)  # [N, F]
-        xr_j = gather_rows(xr, graph.j)
-        mr = xr_j * filt[2] if graph.pairs == graph.num else (xr_j.view(2, graph.pairs, f) * filt[2]).view_as(xr_j)
+        xs, xv, xr = self.phi(s).split(self.hidden, dim=-1)
+        ds = edge_sum(graph, s, [(None, xs.unsqueeze(0), basis, weights[0])])[0]  # [N, F]
+        radial = (unit, xr.unsqueeze(0), basis, weights[2])  # dvs r_ij / |r_ij|
         if v is None:
-            return s + ds, edge_sum(graph, s, [], [(unit, mr)])
+            return s + ds.to(s.dtype), edge_sum(graph, s, [radial])
         # v_j * (x_v[j] W_v) = (v * x_v)[j] W_v: the product with x_v is done per atom, not per edge
-        return s + ds, v + edge_sum(graph, s, [(v * xv.unsqueeze(0), filt[1])], [(unit, mr)]).to(v.dtype)
+        dv = edge_sum(graph, s, [(None, v * xv.unsqueeze(0), basis, weights[1]), radial])
+        return s + ds.to(s.dtype), v + dv.to(v.dtype)
 
 
 class PaiNNUpdate(torch.nn.Module):
@@ -156,7 +158,7 @@ class PaiNN(torch.nn.Module):
         if pairs is not None:
             unit = torch.cat([unit, -unit], dim=1)
         fc = cosine_cutoff(dist, self.cutoff).unsqueeze(-1)
-        # fc * (rbf @ W.T + b) as one matmul per layer and part: [fc * rbf, fc] @ [W.T; b]  ->  [P, F]
+        # fc * (rbf @ W.T + b) = [fc * rbf, fc] @ [W.T; b]: the basis [P, R + 1] and each part's weight [R + 1, F]
         basis = torch.cat([self.rbf(dist) * fc, fc], dim=-1)
         weight = torch.cat([self.filter_net.weight.t(), self.filter_net.bias.unsqueeze(0)], dim=0)
         f = self.hidden
@@ -164,7 +166,7 @@ class PaiNN(torch.nn.Module):
         graph = EdgeIndex(edge_index, s.size(0), dist.size(0))
         v: Tensor | None = None
         for k, (msg, upd) in enumerate(zip(self.messages, self.updates, strict=True)):
-            filt = tuple(basis @ weight[:, (3 * k + p) * f:(3 * k + p + 1) * f] for p in range(3))
-            s, v = msg(s, v, graph, unit, filt)
+            parts = tuple(weight[:, (3 * k + p) * f:(3 * k + p + 1) * f] for p in range(3))
+            s, v = msg(s, v, graph, unit, basis, parts)
             s, v = upd(s, v, vectors=k + 1 < self.layers)
         return s
