@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,12 +62,41 @@ class AttemptOutcome:
     requeue: bool = False
 
 
+@dataclass(slots=True)
+class TaskRow:
+    """A ``tasks`` row as plain values, read with one Core select (no ORM identity map, instrumentation or
+    per-row state): what :meth:`Ledger.tasks` returns and what stages are handed. Changing it changes nothing
+    in the database."""
+
+    id: str
+    campaign_id: int
+    stage_id: int
+    key: str
+    kind: str
+    app: str
+    spec: dict[str, Any]
+    state: TaskState
+    priority: int
+    result: dict[str, Any] | None
+    charged_failures: int
+    created_at: datetime
+    updated_at: datetime
+
+
+_TASK_COLUMNS = tuple(m.Task.__table__.c[name] for name in TaskRow.__slots__)  # type: ignore[attr-defined]
+
+
+def _task_rows(s: Session, q: Any) -> list[TaskRow]:
+    """``q`` (a select of :data:`_TASK_COLUMNS`) as :class:`TaskRow` s."""
+    return [TaskRow(*row) for row in s.connection().execute(q)]
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What recording one :class:`AttemptOutcome` did: the task's new state and the task row after it."""
 
     state: TaskState
-    task: m.Task
+    task: TaskRow
 
 
 def git_sha(start: Path | None = None) -> str | None:
@@ -226,7 +255,7 @@ class Ledger:
             return row
 
     def tasks(self, campaign_id: int, *, stage_id: int | None = None,
-              states: Iterable[TaskState] | None = None, limit: int | None = None) -> list[m.Task]:
+              states: Iterable[TaskState] | None = None, limit: int | None = None) -> list[TaskRow]:
         """Tasks of a campaign, optionally filtered by stage and state, highest priority (then oldest) first.
 
         Args:
@@ -235,7 +264,7 @@ class Ledger:
             states: Only tasks in these states.
             limit: At most this many (the first in that order).
         """
-        q = select(m.Task).where(m.Task.campaign_id == campaign_id)
+        q = select(*_TASK_COLUMNS).where(m.Task.campaign_id == campaign_id)
         if stage_id is not None:
             q = q.where(m.Task.stage_id == stage_id)
         if states is not None:
@@ -244,7 +273,7 @@ class Ledger:
         if limit is not None:
             q = q.limit(limit)
         with self.Session() as s:
-            return list(s.scalars(q))
+            return _task_rows(s, q)
 
     def count_tasks(self, campaign_id: int, *, stage_id: int | None = None,
                     states: Iterable[TaskState] | None = None) -> int:
@@ -368,18 +397,17 @@ class Ledger:
         ids = list(dict.fromkeys(o.result.task_id for o in outcomes))
         out: list[Recorded] = []
         with transaction(self.Session) as s:
-            tasks: dict[str, m.Task] = {}
+            tasks: dict[str, TaskRow] = {}
             attempts: dict[tuple[str, int], dict[str, Any]] = {}  # (task, number) -> id, site, executor, submitted
             for chunk in _chunks(ids):
-                tasks.update((t.id, t) for t in s.scalars(select(m.Task).where(m.Task.id.in_(chunk))
-                                                          .with_for_update()))
+                tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS).where(m.Task.id.in_(chunk))
+                                                           .with_for_update()))
                 q = select(m.Attempt.id, m.Attempt.task_id, m.Attempt.number, m.Attempt.site, m.Attempt.executor,
                            m.Attempt.submitted_at).where(m.Attempt.task_id.in_(chunk))
                 attempts.update(((r.task_id, r.number), r._asdict()) for r in s.connection().execute(q))
             missing = [tid for tid in ids if tid not in tasks]
             if missing:
                 raise KeyError(missing[0])
-            s.expunge_all()  # the task rows are changed below, written by executemany, returned as committed
             changed: dict[tuple[str, int], dict[str, Any]] = {}
             now = utcnow()
             for o in outcomes:
@@ -420,7 +448,7 @@ class Ledger:
         )
 
     @staticmethod
-    def _move_task(task: m.Task, o: AttemptOutcome, *, max_charged: int, max_attempts: int) -> None:
+    def _move_task(task: TaskRow, o: AttemptOutcome, *, max_charged: int, max_attempts: int) -> None:
         result = o.result
         if result.exit_cause is ExitCause.OK:
             task.state = TaskState.DONE

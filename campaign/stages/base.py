@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from campaign.tasks import TaskResult, TaskSpec
 
 if TYPE_CHECKING:
-    from campaign.ledger import Ledger
+    from campaign.ledger import Ledger, TaskRow
     from campaign.recipe import Recipe
-    from db import models as m
 
 
 def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
@@ -66,15 +65,15 @@ class Stage(Protocol):
         """Tasks to run first (already-done ones are recognised by key and not re-run)."""
         ...
 
-    def on_done(self, ctx: StageContext, task: m.Task, result: TaskResult) -> list[PlannedTask]:
+    def on_done(self, ctx: StageContext, task: TaskRow, result: TaskResult) -> list[PlannedTask]:
         """A task succeeded (its result is already recorded). Return follow-up tasks."""
         ...
 
-    def on_failed(self, ctx: StageContext, task: m.Task, result: TaskResult | None) -> list[PlannedTask]:
+    def on_failed(self, ctx: StageContext, task: TaskRow, result: TaskResult | None) -> list[PlannedTask]:
         """A task failed for good. Return follow-up tasks (e.g. a new trial)."""
         ...
 
-    def poll(self, ctx: StageContext, running: list[m.Task]) -> list[PlannedTask]:
+    def poll(self, ctx: StageContext, running: list[TaskRow]) -> list[PlannedTask]:
         """Called about once a second while tasks are in flight (``running``: this stage's tasks now in
         flight). Return follow-up tasks. A stage with nothing to watch returns ``[]`` (early stopping of HPO
         trials reads their per-epoch metrics here)."""

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from campaign.errors import CampaignInputError
+from campaign.ledger import TaskRow
 from campaign.recipe import HPOSpec, Recipe
 from campaign.stages.base import PlannedTask, StageContext
 from campaign.stages.hpo_export import results_rows, write_results_csv
@@ -285,7 +286,7 @@ class HPOStage:
             return None
         return self.runs[t.hpo], t
 
-    def on_done(self, ctx: StageContext, task: m.Task, result: TaskResult) -> list[PlannedTask]:
+    def on_done(self, ctx: StageContext, task: TaskRow, result: TaskResult) -> list[PlannedTask]:
         """Tell the trial's best-epoch validation loss (a non-finite one is a failure), then ask again."""
         found = self._trial_of(ctx, task.id)
         if found is None:
@@ -295,7 +296,7 @@ class HPOStage:
             self._tell_success(ctx, run, trial.number, task.id, result.result or {})
         return self._fill(ctx, run)
 
-    def on_failed(self, ctx: StageContext, task: m.Task, result: TaskResult | None) -> list[PlannedTask]:
+    def on_failed(self, ctx: StageContext, task: TaskRow, result: TaskResult | None) -> list[PlannedTask]:
         """Tell the trial as failed with its cause (crash, NaN, walltime, lost node), then ask again."""
         found = self._trial_of(ctx, task.id)
         if found is None:
@@ -369,7 +370,7 @@ class HPOStage:
             run.best = objective
 
     # ----------------------------------------------------------------------------------- watching
-    def poll(self, ctx: StageContext, running: list[m.Task]) -> list[PlannedTask]:
+    def poll(self, ctx: StageContext, running: list[TaskRow]) -> list[PlannedTask]:
         """Read running trials' learning curves; ask poor ones to stop (the recipe's early-stopping rule)."""
         by_task = {t.id: t for t in running if t.kind == "trial"}
         if not by_task:
