@@ -11,9 +11,9 @@ import getpass
 import os
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -305,18 +305,26 @@ class Ledger:
         """
         return self._begin(task_ids=[task_id], site=site, executor=executor, strict=True)[task_id]
 
-    def begin_attempts(self, task_ids: Sequence[str], *, site: str, executor: str | None = None) -> dict[str, int]:
+    def begin_attempts(self, task_ids: Sequence[str], *, site: str, executor: str | None = None,
+                       specs: Mapping[str, dict[str, Any]] | None = None) -> dict[str, int]:
         """Record many submissions in one transaction (what the steering loop does per batch it submits).
 
         Tasks that are no longer READY (or no longer exist) are left alone and missing from the answer.
 
+        Args:
+            task_ids: The tasks to submit.
+            site: Recorded on each attempt.
+            executor: Recorded on each attempt.
+            specs: The tasks' specs as the caller read them (:attr:`TaskRow.spec`), so that only their states
+                are read here; a task's spec is never changed but by this method, under the same lock.
+
         Returns:
             ``{task_id: attempt number}`` of the attempts begun.
         """
-        return self._begin(task_ids=task_ids, site=site, executor=executor, strict=False)
+        return self._begin(task_ids=task_ids, site=site, executor=executor, strict=False, known=specs)
 
     def _begin(self, *, task_ids: Sequence[str], site: str, executor: str | None,
-               strict: bool) -> dict[str, int]:
+               strict: bool, known: Mapping[str, dict[str, Any]] | None = None) -> dict[str, int]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
@@ -325,9 +333,14 @@ class Ledger:
             rows: dict[str, tuple[TaskState, dict[str, Any]]] = {}
             last: dict[str, int] = {}
             for chunk in _chunks(ids):
-                q = select(m.Task.id, m.Task.state, m.Task.spec).where(m.Task.id.in_(chunk)).with_for_update()
-                # Core rows (s.connection()): column tuples need no ORM loading machinery
-                rows.update((tid, (TaskState(state), spec)) for tid, state, spec in s.connection().execute(q))
+                # Core rows (s.connection()): column tuples need no ORM loading machinery; a spec the caller
+                # holds is not read (and decoded) again
+                if known is not None and all(tid in known for tid in chunk):
+                    q = select(m.Task.id, m.Task.state).where(m.Task.id.in_(chunk)).with_for_update()
+                    rows.update((tid, (TaskState(state), known[tid])) for tid, state in s.connection().execute(q))
+                else:
+                    q = select(m.Task.id, m.Task.state, m.Task.spec).where(m.Task.id.in_(chunk)).with_for_update()
+                    rows.update((tid, (TaskState(state), spec)) for tid, state, spec in s.connection().execute(q))
                 last.update((tid, n) for tid, n in s.connection().execute(
                     select(m.Attempt.task_id, func.max(m.Attempt.number))
                     .where(m.Attempt.task_id.in_(chunk)).group_by(m.Attempt.task_id)))
@@ -379,12 +392,19 @@ class Ledger:
         return self.record_attempts([outcome], max_charged=max_charged, max_attempts=max_attempts)[0].state
 
     def record_attempts(self, outcomes: Sequence[AttemptOutcome], *, max_charged: int = 2,
-                        max_attempts: int = 8) -> list[Recorded]:
+                        max_attempts: int = 8, rows: Mapping[str, TaskRow] | None = None) -> list[Recorded]:
         """Write many attempts' outcomes in one transaction, in order (see :meth:`record_attempt`).
 
         The same task may appear more than once (an attempt its dispatcher retried, then the final one). All
         outcomes are committed together before this returns, so a caller that acts on them afterwards never
         acts on something unrecorded.
+
+        Args:
+            outcomes: What to record.
+            max_charged: See :meth:`record_attempt`.
+            max_attempts: See :meth:`record_attempt`.
+            rows: Task rows the caller holds (as :meth:`tasks` returned them): only their state and charged
+                failures are read here (under the lock), the rest is taken from these; they are not changed.
 
         Returns:
             One :class:`Recorded` per outcome, in order (its ``task`` is the row as committed, detached).
@@ -400,15 +420,20 @@ class Ledger:
             tasks: dict[str, TaskRow] = {}
             attempts: dict[tuple[str, int], dict[str, Any]] = {}  # (task, number) -> id, site, executor, submitted
             for chunk in _chunks(ids):
-                tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS).where(m.Task.id.in_(chunk))
-                                                           .with_for_update()))
+                if rows is not None and all(tid in rows for tid in chunk):
+                    q = select(m.Task.id, m.Task.state, m.Task.charged_failures).where(m.Task.id.in_(chunk))
+                    tasks.update((tid, replace(rows[tid], state=TaskState(state), charged_failures=charged))
+                                 for tid, state, charged in s.connection().execute(q.with_for_update()))
+                else:
+                    tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
+                                                               .where(m.Task.id.in_(chunk)).with_for_update()))
                 q = select(m.Attempt.id, m.Attempt.task_id, m.Attempt.number, m.Attempt.site, m.Attempt.executor,
                            m.Attempt.submitted_at).where(m.Attempt.task_id.in_(chunk))
                 attempts.update(((r.task_id, r.number), r._asdict()) for r in s.connection().execute(q))
             missing = [tid for tid in ids if tid not in tasks]
             if missing:
                 raise KeyError(missing[0])
-            changed: dict[tuple[str, int], dict[str, Any]] = {}
+            changed: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any]]] = {}  # (attempt row, closing)
             now = utcnow()
             for o in outcomes:
                 result = o.result
@@ -421,12 +446,15 @@ class Ledger:
                     att = attempts[key] = {"id": None, "task_id": task.id, "number": result.attempt,
                                            "site": prev["site"] if prev else "unknown", "executor": None,
                                            "submitted_at": now}
-                changed[key] = self._closed_attempt(att, result, now)
+                changed[key] = (att, self._closed_attempt(att, result, now))
                 self._move_task(task, o, max_charged=max_charged, max_attempts=max_attempts)
                 task.updated_at = now
                 out.append(Recorded(TaskState(task.state), task))
-            inserts = [{k: v for k, v in row.items() if k != "id"} for row in changed.values() if row["id"] is None]
-            updates = [row for row in changed.values() if row["id"] is not None]
+            # a new row (a retried attempt) gets every column, an open one only those its closing sets
+            inserts = [{"task_id": att["task_id"], "number": att["number"], "site": att["site"],
+                        "submitted_at": att["submitted_at"], **row}
+                       for att, row in changed.values() if att["id"] is None]
+            updates = [{"id": att["id"], **row} for att, row in changed.values() if att["id"] is not None]
             if inserts:
                 insert_rows(s, m.Attempt.__table__, inserts)
             if updates:
@@ -438,13 +466,12 @@ class Ledger:
 
     @staticmethod
     def _closed_attempt(att: dict[str, Any], result: TaskResult, now: Any) -> dict[str, Any]:
-        """The attempt row's columns once ``result`` closes it (same keys for every row: one executemany)."""
+        """The columns ``result`` sets when it closes an attempt (same keys for every row: one executemany)."""
         return dict(
-            id=att["id"], task_id=att["task_id"], number=att["number"], site=att["site"],
             exit_cause=m.ExitCause(result.exit_cause.value), returncode=result.returncode, error=result.error,
             host=result.host, batch_job_id=result.batch_job_id, executor=result.executor or att["executor"],
             started_at=result.started_at or att["submitted_at"], ended_at=result.ended_at or now,
-            stdout_path=result.stdout_path, stderr_path=result.stderr_path, submitted_at=att["submitted_at"],
+            stdout_path=result.stdout_path, stderr_path=result.stderr_path,
         )
 
     @staticmethod

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from campaign.ledger import AttemptOutcome, Ledger, Recorded
+from campaign.ledger import AttemptOutcome, Ledger, Recorded, TaskRow
 from campaign.stages.base import PlannedTask, Stage, StageContext
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
 
@@ -68,11 +68,13 @@ def _as_result(value: Any) -> TaskResult:
 
 @dataclass(frozen=True)
 class _Launched:
-    """A future the loop waits for: whose attempt it is, and whether it was adopted from a dead driver."""
+    """A future the loop waits for: whose attempt it is, whether it was adopted from a dead driver, and the task
+    row as this loop submitted it (so that recording its result reads only the task's state back)."""
 
     task_id: str
     attempt: int
     adopted: bool = False
+    row: TaskRow | None = None
 
 
 class _InFlight:
@@ -81,6 +83,7 @@ class _InFlight:
     def __init__(self) -> None:
         self.by_future: dict[Future[Any], _Launched] = {}
         self.task_ids: set[str] = set()
+        self.rows: dict[str, TaskRow] = {}  # task rows of the attempts in flight that this loop submitted
         self._finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
     def __len__(self) -> int:
@@ -89,11 +92,14 @@ class _InFlight:
     def add(self, fut: Future[Any], launched: _Launched) -> None:
         self.by_future[fut] = launched
         self.task_ids.add(launched.task_id)
+        if launched.row is not None:
+            self.rows[launched.task_id] = launched.row
         fut.add_done_callback(self._finished.put)
 
     def pop(self, fut: Future[Any]) -> _Launched:
         launched = self.by_future.pop(fut)
         self.task_ids.discard(launched.task_id)
+        self.rows.pop(launched.task_id, None)
         return launched
 
     def next_finished(self, timeout: float, linger_s: float = 0.0, keep_busy: int = 0) -> list[Future[Any]]:
@@ -293,13 +299,15 @@ class Steerer:
 
     def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                       progress: StageProgress, ready: _ReadyTasks) -> None:
-        numbers = self.ledger.begin_attempts([t.id for t in tasks], site=self.site, executor=self.dispatcher.name)
+        numbers = self.ledger.begin_attempts([t.id for t in tasks], site=self.site, executor=self.dispatcher.name,
+                                             specs={t.id: t.spec for t in tasks})
         refused: list[AttemptOutcome] = []
         for task in tasks:
             n = numbers.get(task.id)
             if n is None:  # no longer READY (a stage settled it meanwhile)
                 continue
-            spec = TaskSpec.model_validate({**task.spec, "attempt": n})
+            task.spec = {**task.spec, "attempt": n}  # as begin_attempts wrote it
+            spec = TaskSpec.model_validate(task.spec)
             try:
                 fut = self.dispatcher.submit(spec)
             except Exception as exc:  # the dispatcher could not even take it: record and fail the attempt
@@ -308,8 +316,9 @@ class Steerer:
                                                          error=f"submit failed: {exc}", started_at=now,
                                                          ended_at=now)))
                 continue
-            flight.add(fut, _Launched(task.id, n))
-        for outcome, rec in zip(refused, self.ledger.record_attempts(refused), strict=True):
+            flight.add(fut, _Launched(task.id, n, row=task))
+        for outcome, rec in zip(refused, self.ledger.record_attempts(refused, rows={t.id: t for t in tasks}),
+                                strict=True):
             self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
 
     def _record(self, stage: Stage, ctx: StageContext, flight: _InFlight, finished: list[Future[Any]],
@@ -317,8 +326,12 @@ class Steerer:
         """Record retried attempts and ``finished`` results in one transaction, then hand them to the stage."""
         outcomes = self._retried_attempts()
         first_final = len(outcomes)
+        # the rows this loop holds of the tasks recorded here (retried attempts: of tasks still in flight)
+        rows = {o.result.task_id: flight.rows[o.result.task_id] for o in outcomes if o.result.task_id in flight.rows}
         for fut in finished:
             launched = flight.pop(fut)
+            if launched.row is not None:
+                rows[launched.task_id] = launched.row
             try:
                 result = _as_result(fut.result())
             except Exception as exc:  # the dispatcher lost the task (worker or executor died)
@@ -330,7 +343,7 @@ class Steerer:
             outcomes.append(AttemptOutcome(result, final=True, requeue=launched.adopted))
         if not outcomes:
             return
-        recorded = self.ledger.record_attempts(outcomes)  # committed before any stage sees a result
+        recorded = self.ledger.record_attempts(outcomes, rows=rows)  # committed before any stage sees a result
         for outcome, rec in zip(outcomes[first_final:], recorded[first_final:], strict=True):
             self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
 
