@@ -2,7 +2,9 @@
 
 PyG's ``DimeNet.triplets`` builds a ``torch_sparse.SparseTensor`` (not installable here) and ignores periodic
 images; :func:`triplets` sorts the edges by centre atom and expands them with ``repeat_interleave`` instead, and
-drops only the true back-tracking triplet (k = i *and* the same periodic image).
+drops only the true back-tracking triplet (k = i *and* the same periodic image). The angular basis is
+:class:`models.nn.dimenet_basis.SphericalBasis` (the same functions as PyG's ``SphericalBasisLayer``, without its
+SymPy derivation at every model build).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from torch_geometric.nn.models.dimenet import (
     EmbeddingBlock,
     InteractionPPBlock,
     OutputPPBlock,
-    SphericalBasisLayer,
 )
 from torch_geometric.nn.resolver import activation_resolver
+
+from models.nn.dimenet_basis import SphericalBasis
 
 
 def triplets(edge_index: Tensor, shift: Tensor | None, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -75,7 +78,7 @@ class DimeNetPlusPlus(torch.nn.Module):
         act = activation_resolver("swish")
         self.hidden, self.cutoff = hidden, cutoff
         self.rbf = BesselBasisLayer(num_radial, cutoff, envelope_exponent)
-        self.sbf = SphericalBasisLayer(num_spherical, num_radial, cutoff, envelope_exponent)
+        self.sbf = SphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
         self.emb = EmbeddingBlock(num_radial, hidden, act)
         self.emb.emb = Embedding(max_z + 1, hidden)
         self.output_blocks = torch.nn.ModuleList([
