@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
         if env.get(var):
             return env[var]
     return None
+
+
+def _iso(t: datetime) -> str:
+    """A UTC datetime as TaskResult's JSON dump writes it (``...Z``)."""
+    return t.isoformat().replace("+00:00", "Z")
 
 
 def _tail(path: Path, max_chars: int = 4000) -> str:
@@ -193,19 +199,12 @@ def run_task(
             raise ValueError(f"task {spec.task_id}: a multi-rank app cannot run in-process")
         started = utcnow()
         cause, rc, payload, err = _run_in_process(spec, Path(spec.workdir) / "config.json")
-        return TaskResult(
-            task_id=spec.task_id,
-            attempt=spec.attempt,
-            exit_cause=cause,
-            returncode=rc,
-            result=payload,
-            error=err,
-            host=socket.gethostname(),
-            batch_job_id=batch_job_id(),
-            executor="in-process",
-            started_at=started,
-            ended_at=utcnow(),
-        ).model_dump(mode="json")
+        # TaskResult.model_dump(mode="json") written out: the steering process validates what comes back (the
+        # trust boundary), so a light task is not also built and dumped through the model here
+        return {"task_id": spec.task_id, "attempt": spec.attempt, "exit_cause": cause.value, "returncode": rc,
+                "result": payload, "error": err, "host": socket.gethostname(), "batch_job_id": batch_job_id(),
+                "executor": "in-process", "started_at": _iso(started), "ended_at": _iso(utcnow()),
+                "stdout_path": None, "stderr_path": None}
 
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

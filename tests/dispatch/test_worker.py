@@ -21,6 +21,14 @@ def test_noop_runs_in_process(make_spec) -> None:  # type: ignore[no-untyped-def
     assert not Path(spec.workdir).exists()  # config and result travel by value only
 
 
+@pytest.mark.parametrize("fail", [None, "error", "bad_input"])
+def test_in_process_result_is_exactly_the_models_json(make_spec, fail) -> None:  # type: ignore[no-untyped-def]
+    """The in-process path writes TaskResult's JSON dump by hand: same keys, same values, same formats."""
+    out = run_task(make_spec(payload=[1, 2], **({"fail": fail} if fail else {})).model_dump_json())
+    assert TaskResult.model_validate(out).model_dump(mode="json") == out
+    assert json.loads(json.dumps(out)) == out
+
+
 def test_in_process_failures_map_like_the_cli(make_spec) -> None:  # type: ignore[no-untyped-def]
     err = TaskResult.model_validate(run_task(make_spec(fail="error").model_dump()))
     assert err.exit_cause is ExitCause.ERROR and err.returncode == 1 and err.result["reason"] == "asked"
