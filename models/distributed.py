@@ -16,8 +16,9 @@ Launchers supported (checked in this order, most specific first):
 MPI variables win over Slurm ones because ``mpirun`` inside an allocation inherits the daemon step's Slurm
 variables (where ``SLURM_PROCID`` is a node index, not the rank).
 
-The master address for MPI launches comes from ``MASTER_ADDR`` when set, else from the Slurm node list, else
-from the first line of ``$PBS_NODEFILE`` (read by :func:`resolve_master_addr`, the only impure helper). The
+The master address for MPI launches comes from ``MASTER_ADDR`` when set, else from the Slurm node list, else is
+this host when every rank is on this node (the local size equals the world size), else the first line of
+``$PBS_NODEFILE`` (read by :func:`resolve_master_addr`, the only impure helper). The
 port comes from ``MASTER_PORT``, else is derived from the batch job id so that concurrent jobs differ.
 
 Multi-task parallelism (HydraGNN style): :func:`assign_head_groups` splits the ranks into one group per head;
@@ -190,12 +191,14 @@ def parse_mpi(environ: Mapping[str, str]) -> DistEnv | None:
         return None
     if rank is None or world is None:
         raise ValueError("MPI launch detected but the world size is not in the environment")
+    # every rank on this node (a workstation or one-node job's mpiexec): rank 0 is on this host
+    single_node = "127.0.0.1" if local_size is not None and local_size == world else None
     return DistEnv(
         rank=rank,
         world_size=world,
         local_rank=local or 0,
         local_world_size=local_size or 1,
-        master_addr=environ.get("MASTER_ADDR") or _slurm_master(environ),
+        master_addr=environ.get("MASTER_ADDR") or _slurm_master(environ) or single_node,
         master_port=_port(environ),
         launcher="mpi",
     )

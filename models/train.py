@@ -108,9 +108,10 @@ def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any
     backend = "gloo" if cfg.device == "cpu" else None
     device = init(denv, backend=backend)
     try:
-        return _run(
+        result = _run(
             cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss
         )
+        return {**result, "launcher": denv.launcher}
     finally:
         shutdown()
 

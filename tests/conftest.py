@@ -80,6 +80,12 @@ def _slurm_up() -> bool:
     return out.returncode == 0 and any(s.strip() in ("idle", "mix", "alloc") for s in out.stdout.split())
 
 
+def _mpi_up() -> bool:
+    import shutil
+
+    return shutil.which("mpiexec") is not None
+
+
 def _cuda_up() -> bool:
     try:
         import torch
@@ -92,6 +98,7 @@ def _cuda_up() -> bool:
 _SERVICES = {
     "postgres": (_postgres_up, "CAMPAIGN_REQUIRE_POSTGRES", "PostgreSQL is not reachable on 127.0.0.1:5432"),
     "slurm": (_slurm_up, "CAMPAIGN_REQUIRE_SLURM", "no running Slurm (bash .ci/slurm.sh start)"),
+    "mpi": (_mpi_up, "CAMPAIGN_REQUIRE_MPI", "no mpiexec (apt-get install openmpi-bin)"),
     "gpu": (_cuda_up, None, "no CUDA device"),
 }
 

@@ -1,4 +1,5 @@
-"""``torchrun --nproc_per_node=2 -m models.train`` on tiny data (gloo on CPU), bounded by a timeout."""
+"""``models.train`` on two ranks (gloo on CPU) under the three launchers it parses: ``torchrun``, Slurm's ``srun``
+and Open MPI's ``mpiexec``; tiny data, each run bounded by a timeout."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_two_ranks(train_config: dict[str, Any], tmp_path: Path, head_groups: bo
     proc, result = _torchrun(cfg, tmp_path, "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(result.read_text())
-    assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"]
+    assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"] and res["launcher"] == "torchrun"
     assert res["head_groups"] == ({"0": [0], "1": [1]} if head_groups else None)
     rows = read_metrics(res["metrics_path"])
     val = select(rows, split="val", head=None, name="loss")
@@ -87,3 +88,27 @@ def test_two_ranks_under_srun(train_config: dict[str, Any], tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(result.read_text())
     assert res["status"] == "ok" and res["world_size"] == 2 and res["head_groups"] == {"0": [0], "1": [1]}
+    assert res["launcher"] == "slurm"
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.timeout(600)
+def test_two_ranks_under_mpiexec(train_config: dict[str, Any], tmp_path: Path) -> None:
+    """A real Open MPI ``mpiexec -n 2``: rank, world size and local size come from the OMPI variables, the master
+    address is this host (every rank is local), multi-task head groups across the two ranks."""
+    cfg_path = tmp_path / "mpi.json"
+    cfg_path.write_text(json.dumps({**train_config, "epochs": 1, "head_groups": True, "device": "cpu"}))
+    result = tmp_path / "mpi.result.json"
+    cmd = ["mpiexec", "-n", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", sys.executable, "-m", "models.train",
+           "--config", str(cfg_path), "--result", str(result)]
+    if os.geteuid() == 0:
+        cmd[1:1] = ["--allow-run-as-root"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("SLURM_")}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(result.read_text())
+    assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"] and res["launcher"] == "mpi"
+    assert res["head_groups"] == {"0": [0], "1": [1]}
+    assert len(checkpoint.load(res["checkpoints"]["last"]["path"])["ranks"]) == 2
