@@ -395,8 +395,9 @@ def split_parameters(
     """Encoder parameters and per-head parameters of a multi-head model.
 
     The model keeps its heads in ``model.heads`` (a ``ModuleDict`` keyed by ``str(head_id)``, or a container
-    such as :class:`models.nn.heads.MultiHead` whose ``heads`` attribute is one); every other parameter belongs
-    to the shared encoder.
+    such as :class:`models.nn.heads.MultiHead` whose ``heads`` attribute is one), and the direct node heads of
+    each head id in ``model.node_heads.heads`` (same keys) when it has any; every other parameter belongs to the
+    shared encoder.
     """
     heads = getattr(model, "heads", None)
     if heads is not None and not isinstance(heads, torch.nn.ModuleDict):
@@ -406,6 +407,10 @@ def split_parameters(
             "the model must keep its heads in a ModuleDict attribute `heads` keyed by str(head_id)"
         )
     head_params = {int(k): [p for p in m.parameters() if p.requires_grad] for k, m in heads.items()}
+    node_heads = getattr(getattr(model, "node_heads", None), "heads", None)  # direct node heads, per head id
+    if isinstance(node_heads, torch.nn.ModuleDict):
+        for k, m in node_heads.items():
+            head_params.setdefault(int(k), []).extend(p for p in m.parameters() if p.requires_grad)
     in_heads = {id(p) for ps in head_params.values() for p in ps}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in in_heads]
     return encoder, head_params

@@ -270,8 +270,10 @@ class Predictor:
         if shift is None:
             shift = pos.new_zeros(edge_index.size(1), 3)
         no_autocast = torch.autocast(device_type=self.device.type, enabled=False)
-        with torch.enable_grad() if forces else torch.no_grad():
-            if forces:
+        direct = bool(getattr(self.model, "direct_forces", False))  # forces from a node head, not -dE/dpos
+        autograd_forces = forces and not direct
+        with torch.enable_grad() if autograd_forces else torch.no_grad():
+            if autograd_forces:
                 pos = pos.detach().requires_grad_(True)
             with no_autocast:
                 vec = edge_vectors(pos, cell, edge_index, shift, bvec)
@@ -293,10 +295,17 @@ class Predictor:
                     energy = energy + batch[keys.EREF].to(energy.dtype).view(-1, 1)
                 out: dict[str, Any] = {"heads": wanted, "energy": energy.detach(), "forces": None,
                                        "force_heads": fheads if forces else []}
-                if forces:
+                if forces and direct:
+                    out["forces"] = self._direct_forces(h.to(pos.dtype), vec, edge_index, fheads)
+                elif forces:
                     fcols = [wanted.index(h) for h in fheads]
                     out["forces"] = self._per_head_forces(energy[:, fcols], pos)
         return out
+
+    def _direct_forces(self, h: Tensor, vec: Tensor, edge_index: Tensor, fheads: Sequence[int]) -> Tensor:
+        """[N, Hf, 3]: each head's direct force head on every atom (a ``forces: direct`` model)."""
+        heads = self.model.node_heads.heads
+        return torch.stack([heads[str(hid)]["forces"](h, vec, edge_index) for hid in fheads], dim=1).detach()
 
     def _per_head_forces(self, energy: Tensor, pos: Tensor) -> Tensor:
         """[N, H, 3] = -dE_h/dpos for every head column of ``energy`` [G, H]."""

@@ -239,6 +239,7 @@ def _run(
         force_weight=cfg.force_weight,
         energy_loss=cfg.energy_loss,
         grad_clip=cfg.grad_clip,
+        node_weights=cfg.node_loss_weights,
     )
 
     start_epoch = 0

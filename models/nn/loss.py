@@ -1,4 +1,5 @@
-"""Multi-task loss: ``sum_d w_d (energy-per-atom loss_d + force_weight * force loss_d [+ stress_weight * ...])``.
+"""Multi-task loss: ``sum_d w_d (energy-per-atom loss_d + force_weight * force loss_d [+ stress_weight * ...]
+[+ sum_n node_weight_n * node loss_{d,n}])``.
 
 Every dataset/head ``d`` present in the batch contributes its mean per-graph energy-per-atom loss and its mean
 per-component force loss over the atoms of graphs with ``has_forces`` (none otherwise). The per-head metrics are
@@ -6,6 +7,8 @@ batch sums divided by counts; aggregate them over batches weighted by ``n_graphs
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,8 @@ def _flag(batch: Batch | Data, key: str, like: Tensor) -> Tensor:
 
 
 def multitask_loss(pred: dict[str, Tensor], batch: Batch | Data, *, head_weights: dict[int, float] | None = None,
-                   force_weight: float = 10.0, energy_loss: str = "mse", stress_weight: float = 0.0
+                   force_weight: float = 10.0, energy_loss: str = "mse", stress_weight: float = 0.0,
+                   node_weights: Mapping[str, float] | None = None,
                    ) -> tuple[Tensor, dict[int, dict[str, Tensor]]]:
     """Weighted sum of per-head energy-per-atom and force losses.
 
@@ -49,6 +53,9 @@ def multitask_loss(pred: dict[str, Tensor], batch: Batch | Data, *, head_weights
         force_weight: Weight of the force loss relative to the energy-per-atom loss.
         energy_loss: ``"mse"``, ``"mae"`` or ``"huber"`` (delta 0.01); the same form is used for forces.
         stress_weight: Weight of a stress loss (graphs with ``has_stress``), 0 to skip.
+        node_weights: ``{name: weight}`` of direct node heads (:mod:`models.nn.node_heads`) other than ``forces``:
+            each head's output ``pred[name]`` ([N] or [N, 3]) against the batch's per-atom ``name`` field, on the
+            atoms of graphs with ``has_<name>`` (all when absent), mean per atom (and component) per head.
 
     Returns:
         ``(loss, metrics)``: the scalar loss, and per head id ``{"energy_mae_per_atom" (eV/atom),
@@ -100,9 +107,24 @@ def multitask_loss(pred: dict[str, Tensor], batch: Batch | Data, *, head_weights
             n_s = scatter(torch.ones_like(per_graph), g_head, dim=0, dim_size=n_heads, reduce="sum")
             s_loss = scatter(per_graph, g_head, dim=0, dim_size=n_heads, reduce="sum") / n_s.clamp(min=1.0)
 
+    n_loss = torch.zeros_like(e_loss)
+    for name, weight in (node_weights or {}).items():
+        target = getattr(batch, name, None)
+        if weight == 0.0 or name not in pred or target is None:
+            continue
+        bvec = batch[keys.BATCH]
+        idx = torch.nonzero(_flag(batch, f"has_{name}", energy_true)[bvec]).squeeze(1)
+        if idx.numel():
+            y_pred = pred[name].index_select(0, idx).to(dtype)
+            y_true = target.index_select(0, idx).to(dtype).reshape(y_pred.shape)
+            per_atom = _elementwise(y_pred, y_true, energy_loss).reshape(idx.numel(), -1).mean(dim=-1)
+            atom_head = inv[bvec.index_select(0, idx)]
+            count = scatter(torch.ones_like(per_atom), atom_head, dim=0, dim_size=n_heads, reduce="sum")
+            n_loss = n_loss + weight * scatter(per_atom, atom_head, dim=0, dim_size=n_heads, reduce="sum") / count.clamp(min=1.0)
+
     weights = torch.tensor([float((head_weights or {}).get(int(h), 1.0)) for h in uniq.tolist()],
                            dtype=dtype, device=e_loss.device)
-    per_head = e_loss + force_weight * f_loss + stress_weight * s_loss
+    per_head = e_loss + force_weight * f_loss + stress_weight * s_loss + n_loss
     loss = (weights * per_head).sum()
     metrics = {
         int(h): {

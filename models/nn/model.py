@@ -1,7 +1,9 @@
 """The multi-task model: one shared message-passing encoder, one energy head per registry head id.
 
 Energies are per-atom head outputs summed per graph plus the dataset reference ``eref``; forces are
-``-dE/dpos`` and stress ``(1/V) dE/d eps`` by autograd through edge vectors recomputed from positions.
+``-dE/dpos`` and stress ``(1/V) dE/d eps`` by autograd through edge vectors recomputed from positions. Optional
+direct node heads (:mod:`models.nn.node_heads`) predict per-atom properties from the same features; with
+``forces: direct`` the forces come from such a head instead of the energy's derivative.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from models import keys
 from models.appio import BadInput
 from models.nn.geometry import apply_strain, cell_volume, edge_vectors
 from models.nn.heads import MultiHead
+from models.nn.node_heads import NODE_KINDS, NodeHeads
 
 FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
 
@@ -30,7 +33,16 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "heads": [0],
     "max_z": 100,
     "head_hidden": None,
+    "forces": "conservative",
+    "node_heads": [],
 }
+
+#: Force modes: ``conservative`` (``-dE/dpos``, energy-consistent, a double backward to train) or ``direct`` (a
+#: vector node head named ``forces``: one backward, not conservative).
+FORCE_MODES: tuple[str, ...] = ("conservative", "direct")
+
+#: Names a node head cannot take (outputs of the model itself).
+_RESERVED_OUTPUTS = ("energy", "stress")
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "painn": {},
@@ -77,11 +89,38 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     if (not isinstance(heads, list) or not heads or len(set(heads)) != len(heads)
             or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in heads)):
         raise BadInput(f"model config: field 'heads' must be a non-empty list of distinct ints >= 0, got {heads!r}")
+    _check_node_heads(out)
     if family == "mace" and out["correlation"] not in (1, 2):
         raise BadInput(f"model config: field 'correlation' must be 1 or 2 for mace, got {out['correlation']!r}")
     if family == "pna" and out["hidden"] % out["towers"]:
         raise BadInput("model config: field 'towers' must divide 'hidden'")
     return out
+
+
+def _check_node_heads(out: dict[str, Any]) -> None:
+    """Validate ``forces`` and ``node_heads`` in place (``forces: direct`` adds the ``forces`` vector head)."""
+    if out["forces"] not in FORCE_MODES:
+        raise BadInput(f"model config: field 'forces' must be one of {FORCE_MODES}, got {out['forces']!r}")
+    specs = out["node_heads"]
+    if not isinstance(specs, list):
+        raise BadInput(f"model config: field 'node_heads' must be a list, got {specs!r}")
+    names: list[str] = []
+    for k, spec in enumerate(specs):
+        where = f"model config: field 'node_heads[{k}]'"
+        if not isinstance(spec, dict) or set(spec) != {"name", "kind"}:
+            raise BadInput(f"{where} must be an object with exactly 'name' and 'kind', got {spec!r}")
+        name, kind = spec["name"], spec["kind"]
+        if not isinstance(name, str) or not name.isidentifier():
+            raise BadInput(f"{where}.name must be an identifier, got {name!r}")
+        if name in _RESERVED_OUTPUTS or name in names:
+            raise BadInput(f"{where}.name {name!r} is reserved or repeated")
+        if kind not in NODE_KINDS:
+            raise BadInput(f"{where}.kind must be one of {NODE_KINDS}, got {kind!r}")
+        if name == "forces" and (kind != "vector" or out["forces"] != "direct"):
+            raise BadInput(f"{where}: a 'forces' node head is a vector head of a 'forces: direct' model")
+        names.append(name)
+    if out["forces"] == "direct" and "forces" not in names:
+        out["node_heads"] = [*specs, {"name": "forces", "kind": "vector"}]
 
 
 def _make_encoder(cfg: dict[str, Any]) -> torch.nn.Module:
@@ -133,6 +172,9 @@ class MultiHeadModel(torch.nn.Module):
         self.encoder = _make_encoder(self.config)
         self.heads = MultiHead(self.config["heads"], self.config["hidden"], self.config["max_z"],
                                self.config["head_hidden"])
+        self.direct_forces: bool = self.config["forces"] == "direct"
+        self.node_heads = (NodeHeads(self.config["node_heads"], self.config["heads"], self.config["hidden"],
+                                     self.cutoff) if self.config["node_heads"] else None)
 
     @property
     def head_ids(self) -> list[int]:
@@ -147,6 +189,8 @@ class MultiHeadModel(torch.nn.Module):
             init_from: Copy the weights of this existing head instead of a fresh init.
         """
         self.heads.add(head_id, init_from)
+        if self.node_heads is not None:
+            self.node_heads.add(head_id, init_from)
         self.config["heads"] = self.heads.head_ids
 
     def forward(self, batch: Batch | Data, *, forces: bool = True, stress: bool = False) -> dict[str, Tensor]:
@@ -156,12 +200,12 @@ class MultiHeadModel(torch.nn.Module):
             batch: Graphs with the fields of :mod:`models.keys` (``z``, ``pos``, ``cell``, ``edge_index``,
                 ``shift``, ``head``, ``batch``; ``eref`` optional). Edges longer than the model cutoff are
                 ignored.
-            forces: Also return ``-dE/dpos``.
+            forces: Also return the forces: ``-dE/dpos``, or the direct head's (``forces: direct``).
             stress: Also return the stress from the strain derivative.
 
         Returns:
             ``{"energy": [G] eV, "forces": [N, 3] eV/Å, "stress": [G, 3, 3] eV/Å^3 (NaN for zero-volume
-            cells)}``. In training mode the derivatives keep their graph (``create_graph=True``) so force and
+            cells)}``, and each direct node head's output under its name ([N] or [N, 3]). In training mode the derivatives keep their graph (``create_graph=True``) so force and
             stress losses train the weights; in eval mode every output is detached. Forces and stress work
             under ``torch.no_grad()`` (grad is re-enabled inside) but not under ``torch.inference_mode()``.
         """
@@ -180,7 +224,8 @@ class MultiHeadModel(torch.nn.Module):
         shift = getattr(batch, keys.SHIFT, None)
         if shift is None:
             shift = pos.new_zeros(edge_index.size(1), 3)
-        need_grad = forces or stress
+        autograd_forces = forces and not self.direct_forces
+        need_grad = autograd_forces or stress
         no_autocast = torch.autocast(device_type=pos.device.type, enabled=False)
         with torch.enable_grad() if need_grad else contextlib.nullcontext():
             if need_grad:
@@ -207,17 +252,20 @@ class MultiHeadModel(torch.nn.Module):
                 if eref is not None:
                     energy = energy + eref.to(energy.dtype)
                 out: dict[str, Tensor] = {"energy": energy}
+                if self.node_heads is not None:
+                    nodes = self.node_heads(h.to(pos.dtype), vec, edge_index, head[bvec])
+                    out.update((k, v) for k, v in nodes.items() if k != "forces" or forces)
                 if need_grad:
-                    inputs = [pos] + ([eps] if eps is not None else [])
+                    inputs = ([pos] if autograd_forces else []) + ([eps] if eps is not None else [])
                     grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training,
                                                 materialize_grads=True)
-                    if forces:
+                    if autograd_forces:
                         out["forces"] = -grads[0]
                     if eps is not None:
                         vol = cell_volume(cell)
                         periodic = vol > 0
                         safe = torch.where(periodic, vol, torch.ones_like(vol))
-                        sigma = grads[1] / safe.view(-1, 1, 1)
+                        sigma = grads[-1] / safe.view(-1, 1, 1)
                         out["stress"] = torch.where(periodic.view(-1, 1, 1), sigma,
                                                     torch.full_like(sigma, float("nan")))
         if not self.training:

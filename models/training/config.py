@@ -53,6 +53,8 @@ class TrainConfig(BaseModel):
         force_weight: Weight of the force term in the loss.
         energy_loss: Energy loss kind passed to ``multitask_loss``.
         head_weights: ``{head_id: weight}`` of each head's loss (1 by default).
+        node_loss_weights: ``{name: weight}`` of the model's direct node heads other than ``forces`` (trained on
+            the batch's per-atom field of that name; see :func:`models.nn.loss.multitask_loss`).
         patience / min_delta: Early stopping on the validation loss (0 patience: never stop).
         grad_clip: Max global gradient norm (0: no clipping).
         head_groups: Multi-task parallelism: ranks grouped per head, heads synchronised within their group.
@@ -91,6 +93,7 @@ class TrainConfig(BaseModel):
     force_weight: float = Field(10.0, ge=0)
     energy_loss: str = "mse"
     head_weights: dict[int, float] | None = None
+    node_loss_weights: dict[str, float] | None = None
     patience: int = Field(10, ge=0)
     min_delta: float = Field(0.0, ge=0)
     grad_clip: float = Field(10.0, ge=0)

@@ -69,6 +69,7 @@ class Trainer:
         force_weight: float = 10.0,
         energy_loss: str = "mse",
         grad_clip: float | None = 10.0,
+        node_weights: Mapping[str, float] | None = None,
     ) -> None:
         """Args:
         model: The unwrapped :class:`models.nn.model.MultiHeadModel`.
@@ -82,6 +83,7 @@ class Trainer:
         force_weight: Weight of the force term.
         energy_loss: ``"mse"`` or another name the loss accepts.
         grad_clip: Max global gradient norm (``None`` or <= 0: no clipping, the norm is still checked).
+        node_weights: ``{name: weight}`` of direct node heads (other than ``forces``) in the loss.
         """
         self.model = model
         self.optimizer = optimizer
@@ -95,6 +97,7 @@ class Trainer:
         self.head_weights = {h: float((head_weights or {}).get(h, 1.0)) for h in self.heads}
         self.force_weight = float(force_weight)
         self.energy_loss = energy_loss
+        self.node_weights = dict(node_weights or {})
         self.grad_clip = grad_clip if grad_clip and grad_clip > 0 else math.inf
         self.step = 0
 
@@ -110,6 +113,7 @@ class Trainer:
             head_weights=self.head_weights,
             force_weight=self.force_weight,
             energy_loss=self.energy_loss,
+            **({"node_weights": self.node_weights} if self.node_weights else {}),
         )
 
     def _accumulate(self, acc: torch.Tensor, per_head: Mapping[int, Mapping[str, Any]]) -> None:

@@ -174,3 +174,17 @@ def test_lower_precisions_train(train_config: dict[str, Any], precision: str) ->
     assert np.isfinite(res["objective"])
     state = checkpoint.load(res["checkpoints"]["last"]["path"])["model_state"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # bf16: fp32 master
+
+
+def test_direct_force_model_trains_and_predicts(train_config: dict[str, Any]) -> None:
+    """``forces: direct``: the force loss trains the vector head (one backward per step), it learns, and the
+    checkpoint's predictor gives those forces."""
+    from models.inference import Predictor
+
+    res = _train({**train_config, "epochs": 3, "model": {**train_config["model"], "forces": "direct"}})
+    assert res["completed"]
+    rows = read_metrics(res["metrics_path"])
+    f_mae = {r["epoch"]: r["value"] for r in select(rows, split="val", head=0, name="force_mae")}
+    assert f_mae[2] < f_mae[0]
+    pred = Predictor.from_checkpoint(res["checkpoints"]["best"]["path"], precision="fp64")
+    assert pred.model.direct_forces and pred.model.config["node_heads"] == [{"name": "forces", "kind": "vector"}]
