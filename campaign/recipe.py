@@ -25,7 +25,8 @@ FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pn
 
 #: Hyperparameters an HPO campaign may search or fix. Model keys mirror ``models.nn.model`` (COMMON_DEFAULTS and
 #: FAMILY_DEFAULTS; a test keeps them equal) so that a misspelt name fails validation, not a trial.
-MODEL_KEYS: frozenset[str] = frozenset({"hidden", "layers", "cutoff", "num_rbf", "max_z", "head_hidden"})
+MODEL_KEYS: frozenset[str] = frozenset({"hidden", "layers", "cutoff", "num_rbf", "max_z", "head_hidden", "forces",
+                                       "node_heads"})
 FAMILY_MODEL_KEYS: dict[str, frozenset[str]] = {
     "painn": frozenset(),
     "schnet": frozenset({"num_filters"}),
