@@ -1,6 +1,7 @@
 """Training and inference throughput of our models against peers, on EMT-labelled demo-like data (CPU).
 
-Measured in one run, interleaved (the order alternates every repetition), medians of several repetitions:
+Measured in one run, interleaved (the order alternates every repetition), medians of 7 repetitions; each ratio
+is the median of the per-repetition ratios of the two back-to-back passes (with their range):
 
 * PaiNN (hidden 128, 4 layers, 20 RBF, 5 Å cutoff): our training loop (:class:`models.training.loop.Trainer`:
   forward with forces, multi-task loss, backward, gradient sync, clipping, AdamW) vs schnetpack 2's PaiNN
@@ -325,9 +326,12 @@ def interleaved(
 ) -> dict[str, float]:
     """Median seconds per pass over ``batches`` of each function; one warm-up pass, alternating order.
 
-    Returns ``{name: wall seconds, name + "_cpu": CPU seconds of this process}``. On a machine shared with
+    Returns ``{name: wall seconds, name + "_cpu": CPU seconds of this process, "pairs": per-repetition
+    ``peer / ours`` wall-time ratios}`` (with ``ours`` and ``peer`` among the names). On a machine shared with
     other jobs the wall time includes waiting for a core; the CPU time (user + system, all threads of this
-    process) is what the implementation itself costs and is far less noisy.
+    process) is what the implementation itself costs and is far less noisy. The two of one repetition run back
+    to back, so their ratio is not moved by the machine getting slower or faster between repetitions (seen
+    here: single passes of the same code differing 1.5x over minutes).
     """
     for fn in fns.values():
         fn(batches[:1])
@@ -340,18 +344,28 @@ def interleaved(
             fns[name](batches)
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    return {**{k: statistics.median(v) for k, v in times.items()},
-            **{f"{k}_cpu": statistics.median(v) for k, v in cpu.items()}}
+    out: dict[str, Any] = {**{k: statistics.median(v) for k, v in times.items()},
+                           **{f"{k}_cpu": statistics.median(v) for k, v in cpu.items()}}
+    if "ours" in times and "peer" in times:
+        out["pairs"] = [p / o for o, p in zip(times["ours"], times["peer"], strict=True)]
+    return out
 
 
-def throughput(t: dict[str, float], items: int, unit: str, peer_name: str) -> dict[str, Any]:
-    """Items/s of ``ours`` and ``peer`` from :func:`interleaved` timings; ratio > 1 = we are faster."""
+def throughput(t: dict[str, Any], items: int, unit: str, peer_name: str) -> dict[str, Any]:
+    """Items/s of ``ours`` and ``peer`` from :func:`interleaved` timings; ratio > 1 = we are faster.
+
+    ``ratio`` is the median of the per-repetition (paired) ratios, ``ratio_range`` their smallest and largest,
+    ``ratio_of_medians`` the ratio of the two median times.
+    """
+    pairs = t["pairs"]
     return {
         "ours": items / t["ours"],
         "peer": items / t["peer"],
         "peer_name": peer_name,
         "unit": unit,
-        "ratio": t["peer"] / t["ours"],
+        "ratio": statistics.median(pairs),
+        "ratio_range": [min(pairs), max(pairs)],
+        "ratio_of_medians": t["peer"] / t["ours"],
         "ours_cpu": items / t["ours_cpu"],
         "peer_cpu": items / t["peer_cpu"],
         "ratio_cpu": t["peer_cpu"] / t["ours_cpu"],
@@ -461,7 +475,7 @@ def main() -> None:
     if args.probe:
         print(json.dumps(memory_probe(args.probe, Path(args.store), args.batches)))
         return
-    n_batches, reps = (2, 3) if args.quick else (6, 5)
+    n_batches, reps = (2, 3) if args.quick else (6, 7)
     root = write_demo_store(Path(tempfile.mkdtemp(prefix="bench_train_")), n_batches * BATCH_GRAPHS)
     batches = load_batches(root, n_batches)
     graphs = n_batches * BATCH_GRAPHS
