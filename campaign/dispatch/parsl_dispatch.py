@@ -101,7 +101,8 @@ class ParslDispatcher(Dispatcher):
             attempt = self._attempts.pop(spec.task_id, spec.attempt)
             self._free_used.pop(spec.task_id, None)
         try:
-            res = TaskResult.model_validate(fut.result())
+            value = fut.result()  # run_attempt's JSON text
+            res = TaskResult.model_validate_json(value) if isinstance(value, str) else TaskResult.model_validate(value)
         except BaseException as exc:
             res = result_from_exception(spec, exc, attempt=attempt, executor=f"parsl:{label}")
         if res.executor is None:

@@ -69,3 +69,12 @@ def test_run_attempt_raises_with_the_result(make_spec) -> None:  # type: ignore[
 
     again = pickle.loads(pickle.dumps(info.value))
     assert again.result == info.value.result
+
+
+def test_run_attempt_returns_the_result_as_json_text(make_spec) -> None:  # type: ignore[no-untyped-def]
+    """What crosses Parsl is the TaskResult's JSON text (cheap for dill), the same result run_task returns."""
+    text = run_attempt(make_spec(payload={"a": [1, 2]}).model_dump_json())
+    assert isinstance(text, str)
+    res = TaskResult.model_validate_json(text)
+    assert res.ok and res.result["payload"] == {"a": [1, 2]}
+    assert json.loads(text) == res.model_dump(mode="json")
