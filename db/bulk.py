@@ -55,22 +55,33 @@ def _compile(table: Table, columns: tuple[str, ...], key: str | None, dialect: D
 
 
 def _params(compiled: _Compiled, rows: Sequence[dict[str, Any]]) -> list[Any]:
-    pairs = tuple(zip(compiled.columns, compiled.processors, strict=True))
-    seen: dict[tuple[int, int], Any] = {}  # (column, id(value)) -> bound value: a timestamp shared by every row
-    # of a batch ("now") is converted once (the rows keep their values alive, so ids are not reused meanwhile)
-
-    def bind(i: int, value: Any, process: Callable[[Any], Any] | None) -> Any:
-        if process is None or value is None or isinstance(value, (int, str)):
-            return value if process is None else process(value)
-        key = (i, id(value))
-        if key not in seen:
-            seen[key] = process(value)
-        return seen[key]
-
-    converted = [tuple(bind(i, row[c], p) for i, (c, p) in enumerate(pairs)) for row in rows]
+    """The driver's parameter rows, converted column by column (one pass per column, no call per value for a
+    column without a bind processor)."""
+    columns = [_bound_column([row[c] for row in rows], process)
+               for c, process in zip(compiled.columns, compiled.processors, strict=True)]
+    converted = list(zip(*columns, strict=True))
     if compiled.positional:
         return converted
     return [dict(zip(compiled.names, values, strict=True)) for values in converted]
+
+
+def _bound_column(values: list[Any], process: Callable[[Any], Any] | None) -> list[Any]:
+    """One column's values through its bind processor (``None`` too: a JSON column stores it as ``null``), a value
+    shared by many rows (a batch's timestamp "now", which SQLite's processor formats with a Python strftime)
+    converted once."""
+    if process is None:
+        return values
+    first = values[0]
+    if all(v is first for v in values):
+        return [process(first)] * len(values)
+    seen: dict[int, Any] = {}  # id(value) -> bound value (the rows keep their values alive: ids are not reused)
+    out = []
+    for v in values:
+        key = id(v)
+        if key not in seen:
+            seen[key] = process(v)
+        out.append(seen[key])
+    return out
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
