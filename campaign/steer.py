@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from campaign.heap import frozen_heap
 from campaign.ledger import AttemptOutcome, Ledger, Recorded, TaskRow
 from campaign.stages.base import PlannedTask, Stage, StageContext
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
@@ -131,6 +132,30 @@ class _InFlight:
         return [f for f in done if f in self.by_future]
 
 
+class _Backlog:
+    """A stage's planned start tasks not yet created, highest priority first (stable), in growing chunks.
+
+    Creating a thousand tasks takes this loop 100-200 ms on a small machine, all before the first one could
+    start; created a chunk at a time, the first :data:`SUBMIT_BATCH` run while the rest are written. A driver
+    killed meanwhile loses nothing: ``start`` plans the same keys again on a restart and creation is
+    idempotent by key.
+    """
+
+    def __init__(self, planned: Iterable[PlannedTask]) -> None:
+        self.planned: deque[PlannedTask] = deque(sorted(planned, key=lambda p: -p.spec.priority))
+        self.size = SUBMIT_BATCH
+
+    def __len__(self) -> int:
+        return len(self.planned)
+
+    def take(self) -> list[PlannedTask]:
+        """The next chunk: :data:`SUBMIT_BATCH` tasks first, each later chunk twice the last, up to
+        :data:`SUBMIT_BATCH_MAX` (few transactions however few tasks the loop keeps in flight)."""
+        n = min(self.size, len(self.planned))
+        self.size = min(2 * self.size, SUBMIT_BATCH_MAX)
+        return [self.planned.popleft() for _ in range(n)]
+
+
 class _ReadyTasks:
     """A local batch of the stage's READY tasks, in the database's order (priority, then age).
 
@@ -236,9 +261,14 @@ class Steerer:
 
     def run_stage(self, stage: Stage, ctx: StageContext) -> str:
         """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
+        with frozen_heap():  # the garbage collector's passes skip what existed before the stage
+            return self._run_stage(stage, ctx)
+
+    def _run_stage(self, stage: Stage, ctx: StageContext) -> str:
         adopted = self._adopt(ctx)
         self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id, keep=[a.task_id for a in adopted.values()])
-        self._create(ctx, stage.start(ctx))
+        backlog = _Backlog(stage.start(ctx))
+        self._create(ctx, backlog.take())  # the rest is created while the first tasks run
         # A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
         # (datasets, artifacts, lineage, follow-ups) were never recorded: hand them to the stage again (every
         # stage's on_done is idempotent: it records by content / by key and never runs anything twice).
@@ -252,21 +282,29 @@ class Steerer:
         ready = _ReadyTasks(self.ledger, self.campaign_id, ctx.stage_id, batch=max(64, 2 * self.max_in_flight))
         progress = StageProgress(stage.name)
         last_poll = float("-inf")
+        first_pass = True
         while True:
             free = self.max_in_flight - len(flight)
+            if free > 0 and backlog and ready.count < free and not first_pass:  # READY ones run short: next chunk
+                self._create(ctx, backlog.take(), ready)
+            first_pass = False
             if free > 0:
                 self._submit(stage, ctx, flight, ready.take(free, flight.task_ids), progress, ready)
             if not flight:
                 self._record(stage, ctx, flight, [], progress, ready)  # attempts reported after the last result
-                if not ready.refresh():  # also finds READY tasks a stage made without returning them
+                # refresh: also finds READY tasks a stage made without returning them
+                if not ready.refresh() and not backlog:
                     break
                 continue
-            progress.running, progress.ready = len(flight), max(0, ready.count)
+            progress.running, progress.ready = len(flight), max(0, ready.count) + len(backlog)
             self._report(stage, progress)
             # gather a burst of results into one transaction (a short delay the stage never notices) instead of
             # recording them one by one as they trickle in, while no READY task waits or enough are still queued
-            # behind the busy workers that none of them idles meanwhile
-            if ready.count <= 0:
+            # behind the busy workers that none of them idles meanwhile; with planned tasks still to create and
+            # room for them, only take what has already finished
+            if backlog and len(flight) < self.max_in_flight:
+                finished = flight.next_finished(timeout=0.0)
+            elif ready.count <= 0:
                 finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s)
             elif self.concurrency is not None and len(flight) > self.concurrency:
                 finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s,

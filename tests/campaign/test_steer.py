@@ -207,3 +207,55 @@ def test_in_flight_stops_lingering_before_the_workers_run_dry() -> None:
     t0 = time.monotonic()
     got = flight.next_finished(timeout=1.0, linger_s=5.0, keep_busy=2)  # 4 in flight, 2 workers
     assert got == [futs[0], futs[1]] and time.monotonic() - t0 < 2.0
+
+
+class _Recording:
+    """A real local dispatcher that notes, per submission, the task and how many tasks the stage then held."""
+
+    def __init__(self, inner: Any, ledger: Ledger, cid: int) -> None:
+        self.inner, self.ledger, self.cid = inner, ledger, cid
+        self.name = inner.name
+        self.submitted: list[tuple[str, int]] = []
+
+    def submit(self, spec: TaskSpec) -> Future[Any]:
+        self.submitted.append((spec.config["payload"], self.ledger.count_tasks(self.cid)))
+        return self.inner.submit(spec)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def test_start_tasks_created_in_chunks_while_the_first_run_in_priority_order(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A large start list: the first tasks are submitted before the rest exist (no wait for a thousand
+    inserts), every task still runs once, and higher priorities go first across chunks."""
+    from campaign.steer import SUBMIT_BATCH
+
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name="chunks", recipe_text="campaign: chunks", recipe_hash="h", site="local").id
+    stage_row = ledger.stage(cid, "many", "noop")
+    ctx = StageContext(recipe=parse_recipe("campaign: chunks\n"), ledger=ledger, campaign_id=cid,
+                       stage_id=stage_row.id, workdir=tmp_path, site="local")
+    n = 300
+
+    class Prioritised(ManyStage):
+        def start(self, ctx: StageContext) -> list[PlannedTask]:
+            out = super().start(ctx)
+            for p in out[100:]:  # planned last, run first
+                p.spec.priority = 1
+            return out
+
+        def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
+            self.told.append(task.key)
+            return []
+
+    stage = Prioritised(tmp_path, n)
+    dispatcher = _Recording(make_dispatcher("local", {"max_workers": 2, "retries": 0}, tmp_path / "d"), ledger, cid)
+    try:
+        assert Steerer(ledger, dispatcher, cid, "local", max_in_flight=n).run_stage(stage, ctx) == "done"
+    finally:
+        dispatcher.shutdown()
+    assert sorted(stage.told) == sorted(f"n/{i}" for i in range(n))
+    assert ledger.count_tasks(cid, states=[TaskState.DONE]) == n
+    order = [payload for payload, _ in dispatcher.submitted]
+    assert order == [*range(100, n), *range(100)]
+    assert dispatcher.submitted[0][1] == SUBMIT_BATCH < n  # the first went out with one chunk created
