@@ -144,14 +144,20 @@ class ManyStage:
         return "done"
 
 
+def _many_stage_context(engine: Any, tmp_path: Path, campaign: str) -> tuple[Ledger, int, StageContext]:
+    """A campaign with one stage "many" in ``engine``: its ledger, campaign id and stage context."""
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name=campaign, recipe_text=f"campaign: {campaign}", recipe_hash="h", site="local").id
+    stage_row = ledger.stage(cid, "many", "noop")
+    ctx = StageContext(recipe=parse_recipe(f"campaign: {campaign}\n"), ledger=ledger, campaign_id=cid,
+                       stage_id=stage_row.id, workdir=tmp_path, site="local")
+    return ledger, cid, ctx
+
+
 def test_steering_batches_ledger_writes_and_records_before_telling(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import event
 
-    ledger = Ledger(engine)
-    cid = ledger.open_campaign(name="many", recipe_text="campaign: many", recipe_hash="h", site="local").id
-    stage_row = ledger.stage(cid, "many", "noop")
-    ctx = StageContext(recipe=parse_recipe("campaign: many\n"), ledger=ledger, campaign_id=cid,
-                       stage_id=stage_row.id, workdir=tmp_path, site="local")
+    ledger, cid, ctx = _many_stage_context(engine, tmp_path, "many")
     n = 120
     commits: list[int] = []
     event.listen(engine, "commit", lambda conn: commits.append(1))
@@ -230,11 +236,7 @@ def test_start_tasks_created_in_chunks_while_the_first_run_in_priority_order(eng
     inserts), every task still runs once, and higher priorities go first across chunks."""
     from campaign.steer import SUBMIT_BATCH
 
-    ledger = Ledger(engine)
-    cid = ledger.open_campaign(name="chunks", recipe_text="campaign: chunks", recipe_hash="h", site="local").id
-    stage_row = ledger.stage(cid, "many", "noop")
-    ctx = StageContext(recipe=parse_recipe("campaign: chunks\n"), ledger=ledger, campaign_id=cid,
-                       stage_id=stage_row.id, workdir=tmp_path, site="local")
+    ledger, cid, ctx = _many_stage_context(engine, tmp_path, "chunks")
     n = 300
 
     class Prioritised(ManyStage):
