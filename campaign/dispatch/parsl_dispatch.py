@@ -101,8 +101,7 @@ class ParslDispatcher(Dispatcher):
             attempt = self._attempts.pop(spec.task_id, spec.attempt)
             self._free_used.pop(spec.task_id, None)
         try:
-            value = fut.result()  # run_attempt's JSON text
-            res = TaskResult.model_validate_json(value) if isinstance(value, str) else TaskResult.model_validate(value)
+            res = TaskResult.model_validate_json(fut.result())  # both apps run run_attempt: JSON text
         except BaseException as exc:
             res = result_from_exception(spec, exc, attempt=attempt, executor=f"parsl:{label}")
         if res.executor is None:
