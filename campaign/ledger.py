@@ -11,7 +11,7 @@ import getpass
 import os
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -89,6 +89,21 @@ _TASK_COLUMNS = tuple(m.Task.__table__.c[name] for name in TaskRow.__slots__)  #
 def _task_rows(s: Session, q: Any) -> list[TaskRow]:
     """``q`` (a select of :data:`_TASK_COLUMNS`) as :class:`TaskRow` s."""
     return [TaskRow(*row) for row in s.connection().execute(q)]
+
+
+@dataclass(frozen=True)
+class CreatedAndBegun:
+    """What :meth:`Ledger.create_and_begin` did.
+
+    Attributes:
+        begun: The rows of the tasks whose first attempt it began (SUBMITTED), in planned order.
+        ready: How many new tasks it created READY (beyond those begun).
+        existing: How many of the keys were in the campaign already (left alone).
+    """
+
+    begun: list[TaskRow]
+    ready: int
+    existing: int
 
 
 @dataclass(frozen=True)
@@ -217,17 +232,10 @@ class Ledger:
             return []
         try:
             with transaction(self.Session) as s:
-                known: set[str] = set()
-                for chunk in _chunks(keys):
-                    known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
-                                                                    m.Task.key.in_(chunk))))
+                known = self._known_keys(s, campaign_id, keys)
                 now = utcnow()
-                # created_at one microsecond apart: tasks of equal priority keep the planned order (tasks())
-                new = [dict(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
-                            app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY,
-                            priority=spec.priority, charged_failures=0,
-                            created_at=now + timedelta(microseconds=i), updated_at=now)
-                        for i, key in enumerate(k for k in keys if k not in known) for spec in (first[key],)]
+                new = [self._task_values(campaign_id, stage_id, key, first[key], now, i)
+                       for i, key in enumerate(k for k in keys if k not in known)]
                 if new:  # executemany: one statement, not one ORM object per row
                     insert_rows(s, m.Task.__table__, new)
                 if not returning:
@@ -239,6 +247,81 @@ class Ledger:
                 return [rows[k] for k in keys]
         except IntegrityError:  # pragma: no cover - another writer raced us: fall back to one key at a time
             return [self.create_task(campaign_id, stage_id, k, first[k]) for k in keys]
+
+    def create_and_begin(self, campaign_id: int, stage_id: int, planned: Sequence[tuple[str, TaskSpec]], *,
+                         begin: int, site: str, executor: str | None = None) -> CreatedAndBegun:
+        """Create tasks and begin the first attempts of up to ``begin`` of the new ones, in one transaction.
+
+        What :meth:`create_tasks` then :meth:`begin_attempts` would write, without reading back what this
+        transaction has just written: a new task's first attempt needs neither its state nor its past attempts.
+        Keys already in the campaign (or repeated) are left as they are, like :meth:`create_tasks`.
+
+        Args:
+            campaign_id: The campaign.
+            stage_id: The stage the new tasks belong to.
+            planned: ``(key, spec)`` pairs, in the order to begin them.
+            begin: How many of the new tasks to begin (the first ones); the others are created READY.
+            site: Recorded on each attempt begun.
+            executor: Recorded on each attempt begun.
+
+        Returns:
+            The rows of the tasks begun (SUBMITTED, their spec at attempt 1), how many were created READY and how
+            many keys existed already.
+        """
+        first = dict(reversed(planned))
+        keys = list(dict.fromkeys(k for k, _ in planned))
+        if not keys:
+            return CreatedAndBegun([], 0, 0)
+        try:
+            with transaction(self.Session) as s:
+                known = self._known_keys(s, campaign_id, keys)
+                now = utcnow()
+                new = [self._task_values(campaign_id, stage_id, key, first[key], now, i)
+                       for i, key in enumerate(k for k in keys if k not in known)]
+                begun = new[:max(0, begin)]
+                attempts = []
+                for row in begun:
+                    row["spec"] = {**row["spec"], "attempt": 1}
+                    row["state"] = TaskState.SUBMITTED
+                    attempts.append(self._attempt_values(row["id"], 1, row["spec"], site, executor, now))
+                if new:
+                    insert_rows(s, m.Task.__table__, new)
+                if attempts:
+                    insert_rows(s, m.Attempt.__table__, attempts)
+        except IntegrityError:  # pragma: no cover - another writer raced us: create, then begin what is READY
+            self.create_tasks(campaign_id, stage_id, planned, returning=False)
+            return CreatedAndBegun([], len(keys), len(keys))
+        rows = [TaskRow(**{name: row.get(name) for name in TaskRow.__slots__}) for row in begun]  # type: ignore[attr-defined]
+        return CreatedAndBegun(rows, len(new) - len(begun), len(known))
+
+    @staticmethod
+    def _known_keys(s: Session, campaign_id: int, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the campaign has tasks for."""
+        known: set[str] = set()
+        for chunk in _chunks(keys):
+            known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
+                                                            m.Task.key.in_(chunk))))
+        return known
+
+    @staticmethod
+    def _task_values(campaign_id: int, stage_id: int, key: str, spec: TaskSpec, now: datetime,
+                     i: int) -> dict[str, Any]:
+        """A new READY task's column values; ``created_at`` is ``now`` plus ``i`` microseconds, so that tasks of
+        equal priority created together keep their planned order (:meth:`tasks`)."""
+        return dict(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
+                    app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY, priority=spec.priority,
+                    charged_failures=0, created_at=now + timedelta(microseconds=i), updated_at=now)
+
+    @staticmethod
+    def _attempt_values(task_id: str, number: int, spec: Mapping[str, Any], site: str, executor: str | None,
+                        now: datetime) -> dict[str, Any]:
+        """A new (open) attempt's column values: the resources it holds come from the task's spec."""
+        res = spec.get("resources", {})
+        nodes = int(res.get("nodes", 1))
+        ranks = nodes * int(res.get("ranks_per_node", 1))
+        return dict(task_id=task_id, number=number, site=site, executor=executor, nodes=nodes, ranks=ranks,
+                    gpus=ranks * int(res.get("gpus_per_rank", 0)), cpus=ranks * int(res.get("cpus_per_rank", 1)),
+                    submitted_at=now)
 
     @staticmethod
     def _new_task(campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> m.Task:
@@ -358,12 +441,7 @@ class Ledger:
                 elif state != TaskState.READY:
                     continue
                 n = (last.get(task_id) or 0) + 1
-                res = spec.get("resources", {})
-                nodes = int(res.get("nodes", 1))
-                ranks = nodes * int(res.get("ranks_per_node", 1))
-                attempts.append(dict(task_id=task_id, number=n, site=site, executor=executor, nodes=nodes,
-                                     ranks=ranks, gpus=ranks * int(res.get("gpus_per_rank", 0)),
-                                     cpus=ranks * int(res.get("cpus_per_rank", 1)), submitted_at=now))
+                attempts.append(self._attempt_values(task_id, n, spec, site, executor, now))
                 tasks.append(dict(id=task_id, state=TaskState.SUBMITTED, spec={**spec, "attempt": n}, updated_at=now))
                 begun[task_id] = n
             if attempts:  # executemany: one statement per batch, not one ORM object per row
@@ -392,7 +470,8 @@ class Ledger:
         return self.record_attempts([outcome], max_charged=max_charged, max_attempts=max_attempts)[0].state
 
     def record_attempts(self, outcomes: Sequence[AttemptOutcome], *, max_charged: int = 2,
-                        max_attempts: int = 8, rows: Mapping[str, TaskRow] | None = None) -> list[Recorded]:
+                        max_attempts: int = 8, rows: Mapping[str, TaskRow] | None = None,
+                        open_attempts: Collection[tuple[str, int]] = ()) -> list[Recorded]:
         """Write many attempts' outcomes in one transaction, in order (see :meth:`record_attempt`).
 
         The same task may appear more than once (an attempt its dispatcher retried, then the final one). All
@@ -405,6 +484,8 @@ class Ledger:
             max_attempts: See :meth:`record_attempt`.
             rows: Task rows the caller holds (as :meth:`tasks` returned them): only their state and charged
                 failures are read here (under the lock), the rest is taken from these; they are not changed.
+            open_attempts: ``(task id, attempt number)`` of attempts the caller began (their rows exist): where
+                every outcome of a batch names one of these, the attempt rows are not read back.
 
         Returns:
             One :class:`Recorded` per outcome, in order (its ``task`` is the row as committed, detached).
@@ -416,9 +497,10 @@ class Ledger:
             return []
         ids = list(dict.fromkeys(o.result.task_id for o in outcomes))
         out: list[Recorded] = []
+        all_open = all((o.result.task_id, o.result.attempt) in open_attempts for o in outcomes)
         with transaction(self.Session) as s:
             tasks: dict[str, TaskRow] = {}
-            attempts: dict[tuple[str, int], dict[str, Any]] = {}  # (task, number) -> id, site, executor, submitted
+            attempts: dict[tuple[str, int], str] = {}  # (task, number) -> site, of the rows read
             for chunk in _chunks(ids):
                 if rows is not None and all(tid in rows for tid in chunk):
                     q = select(m.Task.id, m.Task.state, m.Task.charged_failures).where(m.Task.id.in_(chunk))
@@ -427,50 +509,54 @@ class Ledger:
                 else:
                     tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
                                                                .where(m.Task.id.in_(chunk)).with_for_update()))
-                q = select(m.Attempt.id, m.Attempt.task_id, m.Attempt.number, m.Attempt.site, m.Attempt.executor,
-                           m.Attempt.submitted_at).where(m.Attempt.task_id.in_(chunk))
-                attempts.update(((r.task_id, r.number), r._asdict()) for r in s.connection().execute(q))
+                if all_open:
+                    continue  # the caller began every attempt recorded here: they all exist
+                q = select(m.Attempt.task_id, m.Attempt.number, m.Attempt.site).where(m.Attempt.task_id.in_(chunk))
+                attempts.update(((tid, n), site) for tid, n, site in s.connection().execute(q))
             missing = [tid for tid in ids if tid not in tasks]
             if missing:
                 raise KeyError(missing[0])
-            changed: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any]]] = {}  # (attempt row, closing)
+            changed: dict[tuple[str, int], tuple[str | None, dict[str, Any]]] = {}  # (site of a new row, closing)
             now = utcnow()
             for o in outcomes:
                 result = o.result
                 task = tasks[result.task_id]
                 key = (task.id, result.attempt)
-                att = attempts.get(key)
-                if att is None:  # an attempt retried inside the dispatcher (Parsl retry): it gets its own row
-                    prev = max((a for (tid, _), a in attempts.items() if tid == task.id), default=None,
-                               key=lambda a: a["number"])
-                    att = attempts[key] = {"id": None, "task_id": task.id, "number": result.attempt,
-                                           "site": prev["site"] if prev else "unknown", "executor": None,
-                                           "submitted_at": now}
-                changed[key] = (att, self._closed_attempt(att, result, now))
+                site = None
+                if key not in open_attempts and key not in attempts:
+                    # an attempt retried inside the dispatcher (Parsl retry): it gets its own row, at the site of
+                    # the task's latest attempt
+                    prev = max(((n, a) for (tid, n), a in attempts.items() if tid == task.id), default=None)
+                    site = attempts[key] = prev[1] if prev else "unknown"
+                changed[key] = (site, self._closed_attempt(result, now))
                 self._move_task(task, o, max_charged=max_charged, max_attempts=max_attempts)
                 task.updated_at = now
                 out.append(Recorded(TaskState(task.state), task))
-            # a new row (a retried attempt) gets every column, an open one only those its closing sets
-            inserts = [{"task_id": att["task_id"], "number": att["number"], "site": att["site"],
-                        "submitted_at": att["submitted_at"], **row}
-                       for att, row in changed.values() if att["id"] is None]
-            updates = [{"id": att["id"], **row} for att, row in changed.values() if att["id"] is not None]
+            # a new row (a retried attempt) gets every column, an open one only those its closing sets (executor
+            # and start as the worker reported them, else as they were at submission)
+            inserts = [{"task_id": tid, "number": n, "site": site, "submitted_at": now,
+                        **row, "started_at": row["started_at"] or now}
+                       for (tid, n), (site, row) in changed.items() if site is not None]
+            updates = [{"task_id": tid, "number": n, **row}
+                       for (tid, n), (site, row) in changed.items() if site is None]
             if inserts:
                 insert_rows(s, m.Attempt.__table__, inserts)
             if updates:
-                update_rows(s, m.Attempt.__table__, updates)
+                update_rows(s, m.Attempt.__table__, updates, key=("task_id", "number"),
+                            fallback={"executor": "executor", "started_at": "submitted_at"})
             update_rows(s, m.Task.__table__, [dict(id=t.id, state=t.state, result=t.result,
                                                      charged_failures=t.charged_failures, updated_at=now)
                                                 for t in tasks.values()])
         return out
 
     @staticmethod
-    def _closed_attempt(att: dict[str, Any], result: TaskResult, now: Any) -> dict[str, Any]:
-        """The columns ``result`` sets when it closes an attempt (same keys for every row: one executemany)."""
+    def _closed_attempt(result: TaskResult, now: Any) -> dict[str, Any]:
+        """The columns ``result`` sets when it closes an attempt (same keys for every row: one executemany);
+        ``executor`` and ``started_at`` are ``None`` where the worker did not report them."""
         return dict(
             exit_cause=m.ExitCause(result.exit_cause.value), returncode=result.returncode, error=result.error,
-            host=result.host, batch_job_id=result.batch_job_id, executor=result.executor or att["executor"],
-            started_at=result.started_at or att["submitted_at"], ended_at=result.ended_at or now,
+            host=result.host, batch_job_id=result.batch_job_id, executor=result.executor or None,
+            started_at=result.started_at, ended_at=result.ended_at or now,
             stdout_path=result.stdout_path, stderr_path=result.stderr_path,
         )
 

@@ -9,7 +9,9 @@ never run again.
 The loop is cheap per task: the attempts it starts in one pass are begun in one transaction, the results that
 came back since the last pass are recorded in one transaction, finished futures arrive through a queue (no
 re-scan of everything in flight), and READY tasks are read from the database only when something may have made
-new ones (a stage planned tasks, a failure was re-queued) or the local batch of them ran out.
+new ones (a stage planned tasks, a failure was re-queued) or the local batch of them ran out. A stage's start
+list, while no READY task waits, is begun in the transaction that creates it (nothing this loop has just
+written is read back), and recording the attempts it began reads only their tasks' states.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,7 +85,7 @@ class _InFlight:
 
     def __init__(self) -> None:
         self.by_future: dict[Future[Any], _Launched] = {}
-        self.task_ids: set[str] = set()
+        self.attempts: dict[str, int] = {}  # task id -> the attempt in flight (its row exists)
         self.rows: dict[str, TaskRow] = {}  # task rows of the attempts in flight that this loop submitted
         self._finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
@@ -92,14 +94,14 @@ class _InFlight:
 
     def add(self, fut: Future[Any], launched: _Launched) -> None:
         self.by_future[fut] = launched
-        self.task_ids.add(launched.task_id)
+        self.attempts[launched.task_id] = launched.attempt
         if launched.row is not None:
             self.rows[launched.task_id] = launched.row
         fut.add_done_callback(self._finished.put)
 
     def pop(self, fut: Future[Any]) -> _Launched:
         launched = self.by_future.pop(fut)
-        self.task_ids.discard(launched.task_id)
+        self.attempts.pop(launched.task_id, None)
         self.rows.pop(launched.task_id, None)
         return launched
 
@@ -172,7 +174,7 @@ class _ReadyTasks:
         self.count = 0
         self.stale = True
 
-    def take(self, n: int, exclude: set[str]) -> list[Any]:
+    def take(self, n: int, exclude: Collection[str]) -> list[Any]:
         """Up to ``n`` READY tasks (not in ``exclude``), reading the database only when needed."""
         if n <= 0:
             return []
@@ -267,8 +269,7 @@ class Steerer:
     def _run_stage(self, stage: Stage, ctx: StageContext) -> str:
         adopted = self._adopt(ctx)
         self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id, keep=[a.task_id for a in adopted.values()])
-        backlog = _Backlog(stage.start(ctx))
-        self._create(ctx, backlog.take())  # the rest is created while the first tasks run
+        backlog = _Backlog(stage.start(ctx))  # created a chunk at a time while the first tasks run
         # A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
         # (datasets, artifacts, lineage, follow-ups) were never recorded: hand them to the stage again (every
         # stage's on_done is idempotent: it records by content / by key and never runs anything twice).
@@ -282,14 +283,17 @@ class Steerer:
         ready = _ReadyTasks(self.ledger, self.campaign_id, ctx.stage_id, batch=max(64, 2 * self.max_in_flight))
         progress = StageProgress(stage.name)
         last_poll = float("-inf")
-        first_pass = True
+        ready.refresh()  # READY tasks an earlier run left go first
         while True:
             free = self.max_in_flight - len(flight)
-            if free > 0 and backlog and ready.count < free and not first_pass:  # READY ones run short: next chunk
-                self._create(ctx, backlog.take(), ready)
-            first_pass = False
+            if free > 0 and backlog and ready.count < free:  # READY ones run short: next chunk
+                if ready.count == 0 and not ready.stale:  # none waits: begin the new ones as they are created
+                    self._start_new(stage, ctx, flight, backlog.take(), free, progress, ready)
+                    free = self.max_in_flight - len(flight)
+                else:
+                    self._create(ctx, backlog.take(), ready)
             if free > 0:
-                self._submit(stage, ctx, flight, ready.take(free, flight.task_ids), progress, ready)
+                self._submit(stage, ctx, flight, ready.take(free, flight.attempts), progress, ready)
             if not flight:
                 self._record(stage, ctx, flight, [], progress, ready)  # attempts reported after the last result
                 # refresh: also finds READY tasks a stage made without returning them
@@ -316,7 +320,7 @@ class Steerer:
                 last_poll = time.monotonic()
                 running = [t for t in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id,
                                                         states=[TaskState.SUBMITTED, TaskState.RUNNING])
-                           if t.id in flight.task_ids]
+                           if t.id in flight.attempts]
                 self._create(ctx, poll(ctx, running), ready)
             self._record(stage, ctx, flight, finished, progress, ready)
         progress.running, progress.ready = 0, 0
@@ -335,17 +339,36 @@ class Steerer:
             self._submit_batch(stage, ctx, flight, tasks[i:i + size], progress, ready)
             i, size = i + size, min(2 * size, SUBMIT_BATCH_MAX)
 
+    def _start_new(self, stage: Stage, ctx: StageContext, flight: _InFlight, planned: list[PlannedTask], free: int,
+                   progress: StageProgress, ready: _ReadyTasks) -> None:
+        """Create ``planned`` and begin (then submit) the first ``free`` of them in the same transaction."""
+        made = self.ledger.create_and_begin(self.campaign_id, ctx.stage_id, [(p.key, p.spec) for p in planned],
+                                            begin=free, site=self.site, executor=self.dispatcher.name)
+        if made.ready or made.existing:
+            ready.stale = True
+        specs = {p.spec.task_id: p.spec for p in planned}
+        self._launch(stage, ctx, flight, [(row, specs[row.id].model_copy(update={"attempt": 1}))
+                                          for row in made.begun], progress, ready)
+
     def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                       progress: StageProgress, ready: _ReadyTasks) -> None:
         numbers = self.ledger.begin_attempts([t.id for t in tasks], site=self.site, executor=self.dispatcher.name,
                                              specs={t.id: t.spec for t in tasks})
-        refused: list[AttemptOutcome] = []
+        begun = []
         for task in tasks:
             n = numbers.get(task.id)
             if n is None:  # no longer READY (a stage settled it meanwhile)
                 continue
             task.spec = {**task.spec, "attempt": n}  # as begin_attempts wrote it
-            spec = TaskSpec.model_validate(task.spec)
+            begun.append((task, TaskSpec.model_validate(task.spec)))
+        self._launch(stage, ctx, flight, begun, progress, ready)
+
+    def _launch(self, stage: Stage, ctx: StageContext, flight: _InFlight, begun: list[tuple[TaskRow, TaskSpec]],
+                progress: StageProgress, ready: _ReadyTasks) -> None:
+        """Hand begun attempts to the dispatcher; one it refuses is recorded as failed at once."""
+        refused: list[AttemptOutcome] = []
+        for task, spec in begun:
+            n = spec.attempt
             try:
                 fut = self.dispatcher.submit(spec)
             except Exception as exc:  # the dispatcher could not even take it: record and fail the attempt
@@ -355,8 +378,11 @@ class Steerer:
                                                          ended_at=now)))
                 continue
             flight.add(fut, _Launched(task.id, n, row=task))
-        for outcome, rec in zip(refused, self.ledger.record_attempts(refused, rows={t.id: t for t in tasks}),
-                                strict=True):
+        if not refused:
+            return
+        recorded = self.ledger.record_attempts(refused, rows={t.id: t for t, _ in begun},
+                                               open_attempts={(t.id, spec.attempt) for t, spec in begun})
+        for outcome, rec in zip(refused, recorded, strict=True):
             self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
 
     def _record(self, stage: Stage, ctx: StageContext, flight: _InFlight, finished: list[Future[Any]],
@@ -364,10 +390,13 @@ class Steerer:
         """Record retried attempts and ``finished`` results in one transaction, then hand them to the stage."""
         outcomes = self._retried_attempts()
         first_final = len(outcomes)
-        # the rows this loop holds of the tasks recorded here (retried attempts: of tasks still in flight)
+        # the rows this loop holds of the tasks recorded here (retried attempts: of tasks still in flight), and
+        # the attempts it began (they exist: recording them reads no attempt row back)
         rows = {o.result.task_id: flight.rows[o.result.task_id] for o in outcomes if o.result.task_id in flight.rows}
+        begun = {(tid, flight.attempts[tid]) for tid in (o.result.task_id for o in outcomes) if tid in flight.attempts}
         for fut in finished:
             launched = flight.pop(fut)
+            begun.add((launched.task_id, launched.attempt))
             if launched.row is not None:
                 rows[launched.task_id] = launched.row
             try:
@@ -381,7 +410,8 @@ class Steerer:
             outcomes.append(AttemptOutcome(result, final=True, requeue=launched.adopted))
         if not outcomes:
             return
-        recorded = self.ledger.record_attempts(outcomes, rows=rows)  # committed before any stage sees a result
+        # committed before any stage sees a result
+        recorded = self.ledger.record_attempts(outcomes, rows=rows, open_attempts=begun)
         for outcome, rec in zip(outcomes[first_final:], recorded[first_final:], strict=True):
             self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
 

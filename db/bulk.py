@@ -11,11 +11,11 @@ rows commit (or roll back) with the rest of its unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, and_, bindparam, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
@@ -29,19 +29,23 @@ class _Compiled:
     processors: tuple[Callable[[Any], Any] | None, ...]
 
 
-_CACHE: dict[tuple[str, str, tuple[str, ...], str | None], _Compiled] = {}
+_CACHE: dict[tuple[str, str, tuple[str, ...], tuple[str, ...] | None, tuple[tuple[str, str], ...]], _Compiled] = {}
 
 
-def _compile(table: Table, columns: tuple[str, ...], key: str | None, dialect: Dialect) -> _Compiled:
-    cache_key = (dialect.name, table.name, columns, key)
+def _compile(table: Table, columns: tuple[str, ...], key: tuple[str, ...] | None, dialect: Dialect,
+             fallback: tuple[tuple[str, str], ...] = ()) -> _Compiled:
+    cache_key = (dialect.name, table.name, columns, key, fallback)
     hit = _CACHE.get(cache_key)
     if hit is not None:
         return hit
-    values = {c: bindparam(f"v_{c}") for c in columns if c != key}
+    keep = dict(fallback)
+    values: dict[str, Any] = {c: bindparam(f"v_{c}") for c in columns if c not in (key or ())}
+    for c, other in keep.items():  # SET c = COALESCE(:c, other): a NULL given keeps the row's own value
+        values[c] = func.coalesce(values[c], table.c[other])
     if key is None:
         stmt: Any = table.insert().values(values)
     else:
-        stmt = table.update().where(table.c[key] == bindparam(f"v_{key}")).values(values)
+        stmt = table.update().where(and_(*(table.c[k] == bindparam(f"v_{k}") for k in key))).values(values)
     compiled = stmt.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
     defaulted = [n for n in names if not n.startswith("v_")]
@@ -90,14 +94,26 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         _execute(session, table, rows, None)
 
 
-def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: str = "id") -> None:
+def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: str | tuple[str, ...] = "id",
+                *, fallback: Mapping[str, str] | None = None) -> None:
     """``UPDATE table SET … WHERE key = …`` for every row, as one ``executemany`` (rows share their keys;
-    each row holds ``key`` and the columns to set)."""
+    each row holds the ``key`` column(s) and the columns to set).
+
+    Args:
+        session: The caller's session (the rows commit with it).
+        table: The table.
+        rows: One dict per row to update.
+        key: The column, or columns, that pick the row.
+        fallback: ``{column: other}``: where a row gives ``None`` for ``column``, it is set to the row's current
+            ``other`` (``COALESCE``; ``other`` may be ``column`` itself: keep what it holds).
+    """
     if rows:
-        _execute(session, table, rows, key)
+        _execute(session, table, rows, (key,) if isinstance(key, str) else tuple(key),
+                 tuple(sorted((fallback or {}).items())))
 
 
-def _with_defaults(table: Table, rows: Sequence[dict[str, Any]], key: str | None) -> Sequence[dict[str, Any]]:
+def _with_defaults(table: Table, rows: Sequence[dict[str, Any]],
+                   key: tuple[str, ...] | None) -> Sequence[dict[str, Any]]:
     """The rows with the columns' Python-side defaults (INSERT) or ``onupdate`` values (UPDATE) filled in for the
     columns they do not set, as SQLAlchemy's own execution would (a callable default is called once per batch)."""
     extra: dict[str, Any] = {}
@@ -112,8 +128,9 @@ def _with_defaults(table: Table, rows: Sequence[dict[str, Any]], key: str | None
     return [{**row, **extra} for row in rows] if extra else rows
 
 
-def _execute(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: str | None) -> None:
+def _execute(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: tuple[str, ...] | None,
+             fallback: tuple[tuple[str, str], ...] = ()) -> None:
     rows = _with_defaults(table, rows, key)
     conn = session.connection()
-    compiled = _compile(table, tuple(rows[0]), key, conn.dialect)
+    compiled = _compile(table, tuple(rows[0]), key, conn.dialect, fallback)
     conn.exec_driver_sql(compiled.sql, _params(compiled, rows))

@@ -91,3 +91,26 @@ def test_json_loads_accepts_what_json_dumps_writes_for_non_finite_numbers() -> N
     assert json_loads('{"a": [1, 2.5, null]}') == {"a": [1, 2.5, None]}
     out = json_loads('{"loss": NaN, "best": Infinity}')
     assert isinstance(out, dict) and math.isnan(out["loss"]) and out["best"] == math.inf
+
+
+def test_update_rows_by_compound_key_with_fallbacks(session: Session) -> None:
+    """Rows picked by (task_id, number); a ``None`` for a fallback column keeps the row's own or another
+    column's value, any other value is set."""
+    cid, sid = session.info["ids"]
+    insert_rows(session, m.Task.__table__, _task_rows(cid, sid, "k", 1))
+    tid = f"k{0:030d}"
+    sub = utcnow()
+    insert_rows(session, m.Attempt.__table__, [dict(task_id=tid, number=n, site="local", executor="parsl",
+                                                    submitted_at=sub + timedelta(seconds=n)) for n in (1, 2, 3)])
+    session.commit()
+    start = sub + timedelta(minutes=5)
+    update_rows(session, m.Attempt.__table__,
+                [dict(task_id=tid, number=1, executor=None, started_at=None, host="n1"),
+                 dict(task_id=tid, number=2, executor="parsl:htex", started_at=start, host="n2")],
+                key=("task_id", "number"), fallback={"executor": "executor", "started_at": "submitted_at"})
+    session.commit()
+    session.expire_all()
+    atts = list(session.scalars(select(m.Attempt).order_by(m.Attempt.number)))
+    assert [(a.executor, a.host) for a in atts] == [("parsl", "n1"), ("parsl:htex", "n2"), ("parsl", None)]
+    assert atts[0].started_at == atts[0].submitted_at and atts[2].started_at is None
+    assert atts[1].started_at - atts[1].submitted_at == timedelta(minutes=5, seconds=-2)  # start, not submission

@@ -168,3 +168,60 @@ def test_record_attempts_in_order_in_one_transaction(ledger: Ledger) -> None:
     with ledger.Session() as s:
         assert s.get(m.Task, b.id).state == TaskState.SUBMITTED
         assert s.scalar(select(m.Attempt).where(m.Attempt.task_id == b.id, m.Attempt.number == 2)).exit_cause is None
+
+
+def test_create_and_begin_writes_what_create_then_begin_would(ledger: Ledger) -> None:
+    """New tasks begun in the transaction that creates them: the same rows as create_tasks + begin_attempts;
+    the rest READY, an existing key left as it is, nothing created or begun twice."""
+    cid = _campaign(ledger)
+    st = ledger.stage(cid, "pre", "preprocess")
+    old = ledger.create_task(cid, st.id, "b", TaskSpec(kind="noop", app="x", workdir="/tmp/b"))
+    planned = [(k, TaskSpec(kind="noop", app="x", workdir=f"/tmp/{k}", priority=3,
+                            resources={"ranks_per_node": 2, "gpus_per_rank": 1})) for k in ("a", "b", "c", "d")]
+    made = ledger.create_and_begin(cid, st.id, planned, begin=2, site="frontier", executor="parsl")
+    assert [r.key for r in made.begun] == ["a", "c"] and (made.ready, made.existing) == (1, 1)
+    assert all(r.state is TaskState.SUBMITTED and r.spec["attempt"] == 1 and r.priority == 3 for r in made.begun)
+    with ledger.Session() as s:
+        atts = list(s.scalars(select(m.Attempt).order_by(m.Attempt.id)))
+        assert [(a.task_id, a.number, a.site, a.executor, a.ranks, a.gpus, a.exit_cause) for a in atts] == [
+            (made.begun[0].id, 1, "frontier", "parsl", 2, 2, None), (made.begun[1].id, 1, "frontier", "parsl", 2, 2, None)]
+        assert s.get(m.Task, old.id).state == TaskState.READY and s.get(m.Task, old.id).spec["workdir"] == "/tmp/b"
+        stored = {t.key: t for t in s.scalars(select(m.Task))}
+    assert stored["a"].spec == made.begun[0].spec and stored["a"].state == TaskState.SUBMITTED
+    assert stored["d"].state == TaskState.READY and stored["d"].result is None
+    assert [t.key for t in ledger.tasks(cid, states=[TaskState.READY])] == ["d", "b"]  # priority, then age
+    again = ledger.create_and_begin(cid, st.id, planned, begin=4, site="frontier")
+    assert (again.begun, again.ready, again.existing) == ([], 0, 4)
+    assert ledger.count_tasks(cid) == 4
+
+
+def test_recording_attempts_the_caller_began_keeps_submission_values(ledger: Ledger) -> None:
+    """With ``open_attempts`` the attempt rows are not read back: a result without an executor or a start time
+    keeps the attempt's executor and starts at its submission, as when they are read."""
+    from campaign.ledger import AttemptOutcome
+
+    cid = _campaign(ledger)
+    st = ledger.stage(cid, "pre", "preprocess")
+    planned = [(k, TaskSpec(kind="noop", app="x", workdir=f"/tmp/{k}")) for k in "abc"]
+    made = ledger.create_and_begin(cid, st.id, planned, begin=3, site="local", executor="parsl")
+    a, b, c = made.begun
+    bare = TaskResult(task_id=b.id, attempt=1, exit_cause=ExitCause.NODE_LOST, error="lost")  # nothing reported
+    recorded = ledger.record_attempts(
+        [AttemptOutcome(_result(a.id, 1, ExitCause.OK, result={"v": 1}, executor="parsl:htex")),
+         AttemptOutcome(bare, requeue=True), AttemptOutcome(_result(c.id, 1, ExitCause.OK))],
+        rows={r.id: r for r in made.begun}, open_attempts={(r.id, 1) for r in made.begun})
+    assert [r.state for r in recorded] == [TaskState.DONE, TaskState.READY, TaskState.DONE]
+    with ledger.Session() as s:
+        atts = {x.task_id: x for x in s.scalars(select(m.Attempt))}
+        assert atts[a.id].executor == "parsl:htex" and atts[a.id].exit_cause is m.ExitCause.OK
+        assert atts[b.id].executor == "parsl" and atts[b.id].started_at == atts[b.id].submitted_at
+        assert atts[b.id].ended_at is not None and atts[b.id].error == "lost"
+        assert s.get(m.Task, a.id).result == {"v": 1} and s.get(m.Task, b.id).state == TaskState.READY
+    # an outcome of an attempt the caller did not begin (a dispatcher's retry) still gets its own row
+    ledger.begin_attempt(b.id, site="local")
+    ledger.record_attempts([AttemptOutcome(_result(b.id, 2, ExitCause.ERROR), final=False),
+                            AttemptOutcome(_result(b.id, 3, ExitCause.OK))], open_attempts={(b.id, 2)})
+    with ledger.Session() as s:
+        numbers = sorted((x.number, x.exit_cause.value, x.site) for x in s.scalars(select(m.Attempt)
+                                                                                 .where(m.Attempt.task_id == b.id)))
+    assert numbers == [(1, "node_lost", "local"), (2, "error", "local"), (3, "ok", "local")]
