@@ -97,12 +97,12 @@ class CreatedAndBegun:
 
     Attributes:
         begun: The rows of the tasks whose first attempt it began (SUBMITTED), in planned order.
-        ready: How many new tasks it created READY (beyond those begun).
+        ready: The rows of the other new tasks (READY), in planned order.
         existing: How many of the keys were in the campaign already (left alone).
     """
 
     begun: list[TaskRow]
-    ready: int
+    ready: list[TaskRow]
     existing: int
 
 
@@ -265,13 +265,13 @@ class Ledger:
             executor: Recorded on each attempt begun.
 
         Returns:
-            The rows of the tasks begun (SUBMITTED, their spec at attempt 1), how many were created READY and how
+            The rows of the tasks begun (SUBMITTED, their spec at attempt 1) and of those created READY, and how
             many keys existed already.
         """
         first = dict(reversed(planned))
         keys = list(dict.fromkeys(k for k, _ in planned))
         if not keys:
-            return CreatedAndBegun([], 0, 0)
+            return CreatedAndBegun([], [], 0)
         try:
             with transaction(self.Session) as s:
                 known = self._known_keys(s, campaign_id, keys)
@@ -290,9 +290,9 @@ class Ledger:
                     insert_rows(s, m.Attempt.__table__, attempts)
         except IntegrityError:  # pragma: no cover - another writer raced us: create, then begin what is READY
             self.create_tasks(campaign_id, stage_id, planned, returning=False)
-            return CreatedAndBegun([], len(keys), len(keys))
-        rows = [TaskRow(**{name: row.get(name) for name in TaskRow.__slots__}) for row in begun]  # type: ignore[attr-defined]
-        return CreatedAndBegun(rows, len(new) - len(begun), len(known))
+            return CreatedAndBegun([], [], len(keys))
+        rows = [TaskRow(**{name: row.get(name) for name in TaskRow.__slots__}) for row in new]  # type: ignore[attr-defined]
+        return CreatedAndBegun(rows[:len(begun)], rows[len(begun):], len(known))
 
     @staticmethod
     def _known_keys(s: Session, campaign_id: int, keys: Sequence[str]) -> set[str]:
@@ -389,7 +389,8 @@ class Ledger:
         return self._begin(task_ids=[task_id], site=site, executor=executor, strict=True)[task_id]
 
     def begin_attempts(self, task_ids: Sequence[str], *, site: str, executor: str | None = None,
-                       specs: Mapping[str, dict[str, Any]] | None = None) -> dict[str, int]:
+                       specs: Mapping[str, dict[str, Any]] | None = None,
+                       session: Session | None = None) -> dict[str, int]:
         """Record many submissions in one transaction (what the steering loop does per batch it submits).
 
         Tasks that are no longer READY (or no longer exist) are left alone and missing from the answer.
@@ -400,19 +401,22 @@ class Ledger:
             executor: Recorded on each attempt.
             specs: The tasks' specs as the caller read them (:attr:`TaskRow.spec`), so that only their states
                 are read here; a task's spec is never changed but by this method, under the same lock.
+            session: Write in this (outer) transaction (see :meth:`unit_of_work`) instead of one of its own.
 
         Returns:
             ``{task_id: attempt number}`` of the attempts begun.
         """
-        return self._begin(task_ids=task_ids, site=site, executor=executor, strict=False, known=specs)
+        return self._begin(task_ids=task_ids, site=site, executor=executor, strict=False, known=specs,
+                           session=session)
 
     def _begin(self, *, task_ids: Sequence[str], site: str, executor: str | None,
-               strict: bool, known: Mapping[str, dict[str, Any]] | None = None) -> dict[str, int]:
+               strict: bool, known: Mapping[str, dict[str, Any]] | None = None,
+               session: Session | None = None) -> dict[str, int]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
         begun: dict[str, int] = {}
-        with transaction(self.Session) as s:
+        with self.unit_of_work(session) as s:
             rows: dict[str, tuple[TaskState, dict[str, Any]]] = {}
             last: dict[str, int] = {}
             for chunk in _chunks(ids):
@@ -471,7 +475,8 @@ class Ledger:
 
     def record_attempts(self, outcomes: Sequence[AttemptOutcome], *, max_charged: int = 2,
                         max_attempts: int = 8, rows: Mapping[str, TaskRow] | None = None,
-                        open_attempts: Collection[tuple[str, int]] = ()) -> list[Recorded]:
+                        open_attempts: Collection[tuple[str, int]] = (),
+                        session: Session | None = None) -> list[Recorded]:
         """Write many attempts' outcomes in one transaction, in order (see :meth:`record_attempt`).
 
         The same task may appear more than once (an attempt its dispatcher retried, then the final one). All
@@ -486,6 +491,8 @@ class Ledger:
                 failures are read here (under the lock), the rest is taken from these; they are not changed.
             open_attempts: ``(task id, attempt number)`` of attempts the caller began (their rows exist): where
                 every outcome of a batch names one of these, the attempt rows are not read back.
+            session: Write in this (outer) transaction (see :meth:`unit_of_work`): the outcomes are committed
+                with it, not when this returns.
 
         Returns:
             One :class:`Recorded` per outcome, in order (its ``task`` is the row as committed, detached).
@@ -498,7 +505,7 @@ class Ledger:
         ids = list(dict.fromkeys(o.result.task_id for o in outcomes))
         out: list[Recorded] = []
         all_open = all((o.result.task_id, o.result.attempt) in open_attempts for o in outcomes)
-        with transaction(self.Session) as s:
+        with self.unit_of_work(session) as s:
             tasks: dict[str, TaskRow] = {}
             attempts: dict[tuple[str, int], str] = {}  # (task, number) -> site, of the rows read
             for chunk in _chunks(ids):

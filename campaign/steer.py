@@ -188,6 +188,18 @@ class _ReadyTasks:
                 out.append(task)
         return out
 
+    def add(self, rows: list[Any]) -> None:
+        """READY tasks this loop has just created (younger than every READY task there is): kept in the batch, in
+        the database's order, when the batch holds every READY task of the stage; otherwise read later."""
+        if not rows:
+            return
+        if self.stale or self.count != len(self.tasks):
+            self.stale = True
+            return
+        # a stable sort by priority keeps the older of equal priority first, as the database orders them
+        self.tasks = deque(sorted([*self.tasks, *rows], key=lambda t: -t.priority))
+        self.count += len(rows)
+
     def refresh(self) -> bool:
         """Read the READY tasks again; whether there are any."""
         self._read(self.batch)
@@ -216,7 +228,8 @@ class Steerer:
             once a second while tasks are in flight).
         report_interval_s: Least seconds between two progress reports (the last one of a stage always comes).
         record_linger_s: How long to keep gathering results after the first one before recording them together,
-            when no READY task waits for a slot or, with ``concurrency``, more tasks than that are in flight.
+            when no READY task waits for a slot or, with ``concurrency``, until only half the tasks queued behind
+            the busy workers are left.
         concurrency: Tasks the site runs at once (``max_in_flight`` minus the tasks queued behind busy workers);
             ``None``: unknown, every result is recorded as soon as it comes while READY tasks wait.
     """
@@ -287,11 +300,10 @@ class Steerer:
         while True:
             free = self.max_in_flight - len(flight)
             if free > 0 and backlog and ready.count < free:  # READY ones run short: next chunk
-                if ready.count == 0 and not ready.stale:  # none waits: begin the new ones as they are created
-                    self._start_new(stage, ctx, flight, backlog.take(), free, progress, ready)
-                    free = self.max_in_flight - len(flight)
-                else:
-                    self._create(ctx, backlog.take(), ready)
+                # none waits: begin the new ones as they are created; else they queue behind those waiting
+                begin = free if ready.count == 0 and not ready.stale else 0
+                self._start_new(stage, ctx, flight, backlog.take(), begin, progress, ready)
+                free = self.max_in_flight - len(flight)
             if free > 0:
                 self._submit(stage, ctx, flight, ready.take(free, flight.attempts), progress, ready)
             if not flight:
@@ -304,15 +316,17 @@ class Steerer:
             self._report(stage, progress)
             # gather a burst of results into one transaction (a short delay the stage never notices) instead of
             # recording them one by one as they trickle in, while no READY task waits or enough are still queued
-            # behind the busy workers that none of them idles meanwhile; with planned tasks still to create and
-            # room for them, only take what has already finished
+            # behind the busy workers that none of them idles meanwhile (refill once half the queued ones have
+            # started: the other half keeps the workers going while the results are recorded and the next tasks
+            # begun and submitted); with planned tasks still to create and room for them, only take what has
+            # already finished
             if backlog and len(flight) < self.max_in_flight:
                 finished = flight.next_finished(timeout=0.0)
             elif ready.count <= 0:
                 finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s)
             elif self.concurrency is not None and len(flight) > self.concurrency:
                 finished = flight.next_finished(timeout=1.0, linger_s=self.record_linger_s,
-                                                keep_busy=self.concurrency)
+                                                keep_busy=(self.concurrency + self.max_in_flight) // 2)
             else:
                 finished = flight.next_finished(timeout=1.0)
             poll = getattr(stage, "poll", None)
@@ -339,21 +353,30 @@ class Steerer:
             self._submit_batch(stage, ctx, flight, tasks[i:i + size], progress, ready)
             i, size = i + size, min(2 * size, SUBMIT_BATCH_MAX)
 
-    def _start_new(self, stage: Stage, ctx: StageContext, flight: _InFlight, planned: list[PlannedTask], free: int,
+    def _start_new(self, stage: Stage, ctx: StageContext, flight: _InFlight, planned: list[PlannedTask], begin: int,
                    progress: StageProgress, ready: _ReadyTasks) -> None:
-        """Create ``planned`` and begin (then submit) the first ``free`` of them in the same transaction."""
+        """Create ``planned`` and begin (then submit) the first ``begin`` of them in the same transaction; the rest
+        join the READY batch."""
         made = self.ledger.create_and_begin(self.campaign_id, ctx.stage_id, [(p.key, p.spec) for p in planned],
-                                            begin=free, site=self.site, executor=self.dispatcher.name)
-        if made.ready or made.existing:
+                                            begin=begin, site=self.site, executor=self.dispatcher.name)
+        if made.existing:  # planned by an earlier run: READY or not, the database says
             ready.stale = True
+        ready.add(made.ready)
         specs = {p.spec.task_id: p.spec for p in planned}
         self._launch(stage, ctx, flight, [(row, specs[row.id].model_copy(update={"attempt": 1}))
                                           for row in made.begun], progress, ready)
 
     def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                       progress: StageProgress, ready: _ReadyTasks) -> None:
+        self._launch(stage, ctx, flight, self._begin(tasks), progress, ready)
+
+    def _begin(self, tasks: list[Any], session: Any = None) -> list[tuple[TaskRow, TaskSpec]]:
+        """Begin the attempts of READY ``tasks`` (in ``session``'s transaction, if given): each begun task's row
+        and the spec to submit."""
+        if not tasks:
+            return []
         numbers = self.ledger.begin_attempts([t.id for t in tasks], site=self.site, executor=self.dispatcher.name,
-                                             specs={t.id: t.spec for t in tasks})
+                                             specs={t.id: t.spec for t in tasks}, session=session)
         begun = []
         for task in tasks:
             n = numbers.get(task.id)
@@ -361,7 +384,7 @@ class Steerer:
                 continue
             task.spec = {**task.spec, "attempt": n}  # as begin_attempts wrote it
             begun.append((task, TaskSpec.model_validate(task.spec)))
-        self._launch(stage, ctx, flight, begun, progress, ready)
+        return begun
 
     def _launch(self, stage: Stage, ctx: StageContext, flight: _InFlight, begun: list[tuple[TaskRow, TaskSpec]],
                 progress: StageProgress, ready: _ReadyTasks) -> None:
@@ -387,7 +410,8 @@ class Steerer:
 
     def _record(self, stage: Stage, ctx: StageContext, flight: _InFlight, finished: list[Future[Any]],
                 progress: StageProgress, ready: _ReadyTasks) -> None:
-        """Record retried attempts and ``finished`` results in one transaction, then hand them to the stage."""
+        """Record retried attempts and ``finished`` results in one transaction, which also begins the READY tasks
+        that take the slots they free; submit those, then hand the results to the stage."""
         outcomes = self._retried_attempts()
         first_final = len(outcomes)
         # the rows this loop holds of the tasks recorded here (retried attempts: of tasks still in flight), and
@@ -410,8 +434,11 @@ class Steerer:
             outcomes.append(AttemptOutcome(result, final=True, requeue=launched.adopted))
         if not outcomes:
             return
-        # committed before any stage sees a result
-        recorded = self.ledger.record_attempts(outcomes, rows=rows, open_attempts=begun)
+        following = ready.take(self.max_in_flight - len(flight), flight.attempts)
+        with self.ledger.unit_of_work() as s:  # committed before any stage sees a result
+            recorded = self.ledger.record_attempts(outcomes, rows=rows, open_attempts=begun, session=s)
+            started = self._begin(following, session=s)
+        self._launch(stage, ctx, flight, started, progress, ready)
         for outcome, rec in zip(outcomes[first_final:], recorded[first_final:], strict=True):
             self._hand_over(stage, ctx, outcome.result, rec, progress, ready)
 

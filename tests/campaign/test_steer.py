@@ -261,3 +261,60 @@ def test_start_tasks_created_in_chunks_while_the_first_run_in_priority_order(eng
     order = [payload for payload, _ in dispatcher.submitted]
     assert order == [*range(100, n), *range(100)]
     assert dispatcher.submitted[0][1] == SUBMIT_BATCH < n  # the first went out with one chunk created
+
+
+def test_with_a_cap_each_pass_records_results_and_begins_the_next_tasks_in_one_transaction(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Few tasks in flight, many planned: after the first chunk, the attempts that take freed slots are begun in
+    the transaction that records the results freeing them (never a transaction of its own), and every task still
+    runs once and is recorded before the stage is told."""
+    from sqlalchemy import event
+
+    ledger, cid, ctx = _many_stage_context(engine, tmp_path, "capped")
+    n, cap = 60, 6
+    statements: list[str] = []
+    transactions: list[list[str]] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, params, context, many: statements.append(sql.split("(")[0].strip()))
+
+    def on_commit(conn: Any) -> None:
+        transactions.append(statements[:])
+        statements.clear()
+
+    event.listen(engine, "commit", on_commit)
+    dispatcher = make_dispatcher("local", {"max_workers": 2, "retries": 0}, tmp_path / "dispatch")
+    stage = ManyStage(tmp_path, n)
+    try:
+        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=cap, concurrency=2)
+        assert steer.run_stage(stage, ctx) == "done"
+    finally:
+        dispatcher.shutdown()
+    assert sorted(stage.told) == sorted([f"n/{i}" for i in range(n)] + ["follow-up", "direct"])
+    assert ledger.count_tasks(cid, states=[TaskState.DONE]) == n + 2
+
+    def writes(tx: list[str], what: str) -> bool:
+        return any(sql.startswith(what) for sql in tx)
+
+    begins = [tx for tx in transactions if writes(tx, "INSERT INTO attempts")]
+    alone = [tx for tx in begins if not writes(tx, "INSERT INTO tasks") and not writes(tx, "UPDATE attempts")]
+    assert len(begins) > n // cap and len(alone) <= 2, alone  # the follow-ups found by a re-read may start alone
+
+
+def test_ready_batch_keeps_new_tasks_in_database_order_or_reads_again() -> None:
+    """READY rows this loop created join the local batch behind older ones of equal priority, ahead of lower
+    priorities, but only while the batch holds every READY task; otherwise the next take reads the database."""
+    from types import SimpleNamespace
+
+    from campaign.steer import _ReadyTasks
+
+    def row(name: str, priority: int) -> Any:
+        return SimpleNamespace(id=name, priority=priority)
+
+    batch = _ReadyTasks(ledger=None, campaign_id=1, stage_id=1, batch=64)  # type: ignore[arg-type]
+    batch.tasks.extend([row("old2", 2), row("old0", 0)])
+    batch.count, batch.stale = 2, False
+    batch.add([row("new1", 1), row("new0", 0)])
+    assert [t.id for t in batch.tasks] == ["old2", "new1", "old0", "new0"] and batch.count == 4 and not batch.stale
+    assert [t.id for t in batch.take(2, exclude={"old2"})] == ["new1", "old0"] and batch.count == 1
+    batch.count = 5  # more READY tasks than the batch holds
+    batch.add([row("later", 9)])
+    assert batch.stale and [t.id for t in batch.tasks] == ["new0"]

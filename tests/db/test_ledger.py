@@ -179,7 +179,7 @@ def test_create_and_begin_writes_what_create_then_begin_would(ledger: Ledger) ->
     planned = [(k, TaskSpec(kind="noop", app="x", workdir=f"/tmp/{k}", priority=3,
                             resources={"ranks_per_node": 2, "gpus_per_rank": 1})) for k in ("a", "b", "c", "d")]
     made = ledger.create_and_begin(cid, st.id, planned, begin=2, site="frontier", executor="parsl")
-    assert [r.key for r in made.begun] == ["a", "c"] and (made.ready, made.existing) == (1, 1)
+    assert [r.key for r in made.begun] == ["a", "c"] and [r.key for r in made.ready] == ["d"] and made.existing == 1
     assert all(r.state is TaskState.SUBMITTED and r.spec["attempt"] == 1 and r.priority == 3 for r in made.begun)
     with ledger.Session() as s:
         atts = list(s.scalars(select(m.Attempt).order_by(m.Attempt.id)))
@@ -188,10 +188,11 @@ def test_create_and_begin_writes_what_create_then_begin_would(ledger: Ledger) ->
         assert s.get(m.Task, old.id).state == TaskState.READY and s.get(m.Task, old.id).spec["workdir"] == "/tmp/b"
         stored = {t.key: t for t in s.scalars(select(m.Task))}
     assert stored["a"].spec == made.begun[0].spec and stored["a"].state == TaskState.SUBMITTED
-    assert stored["d"].state == TaskState.READY and stored["d"].result is None
+    assert stored["d"].state == TaskState.READY and stored["d"].result is None and made.ready[0].state is TaskState.READY
+    assert stored["d"].spec == made.ready[0].spec and stored["d"].id == made.ready[0].id
     assert [t.key for t in ledger.tasks(cid, states=[TaskState.READY])] == ["d", "b"]  # priority, then age
     again = ledger.create_and_begin(cid, st.id, planned, begin=4, site="frontier")
-    assert (again.begun, again.ready, again.existing) == ([], 0, 4)
+    assert (again.begun, again.ready, again.existing) == ([], [], 4)
     assert ledger.count_tasks(cid) == 4
 
 
