@@ -17,8 +17,9 @@
   loop (create, begin, record for each task: the campaign path before batching), for the before/after figure.
 * ours_dispatch_only — the campaign dispatcher without any database.
 
-Each variant starts its own DataFlowKernel (not timed) and warms up; the clock runs from the stage's start
-(task creation included) to its last result recorded. Variants are interleaved; medians over repetitions. The
+Each variant starts its own DataFlowKernel (not timed) once the previous variant's processes have exited, warms
+up, and collects its garbage; the clock runs from the stage's start (task creation included) to its last result
+recorded. Variants are interleaved; medians over repetitions. The
 last line is one JSON object; ``ratio`` is the median over repetitions of ``peer / ours`` within a repetition
 (> 1: we are faster), with their range and the ratio of the medians; the other variants' ratios are ratios of
 medians.
@@ -27,6 +28,7 @@ medians.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -35,6 +37,8 @@ import time
 from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,6 +74,7 @@ def run_peer(n: int, workers: int, run_dir: Path, parsl_default_logging: bool = 
     try:
         app = python_app(bare_noop, data_flow_kernel=dfk)
         [f.result() for f in [app(i) for i in range(20)]]
+        gc.collect()  # this run's clock does not pay for an earlier run's garbage
         t0 = time.perf_counter()
         futs = [app(i) for i in range(n)]
         wait(futs)
@@ -146,6 +151,7 @@ def run_steered(n: int, workers: int, run_dir: Path, in_flight: int) -> float:
                         on_progress=lambda p: None)
         d.on_attempt = steer.report_attempt
         stage = NoopStage(n, run_dir)
+        gc.collect()  # this run's clock does not pay for an earlier run's garbage
         t0 = time.perf_counter()
         status = steer.run_stage(stage, ctx)
         dt = time.perf_counter() - t0
@@ -167,6 +173,7 @@ def run_per_task_tx(n: int, workers: int, run_dir: Path) -> float:
     d = _dispatcher(run_dir, workers)
     try:
         specs = [_spec(run_dir, i) for i in range(n)]
+        gc.collect()  # this run's clock does not pay for an earlier run's garbage
         t0 = time.perf_counter()
         futs = []
         for i, s in enumerate(specs):
@@ -187,6 +194,7 @@ def run_dispatch_only(n: int, workers: int, run_dir: Path) -> float:
     d = _dispatcher(run_dir, workers)
     try:
         specs = [_spec(run_dir, i) for i in range(n)]
+        gc.collect()  # this run's clock does not pay for an earlier run's garbage
         t0 = time.perf_counter()
         futs = [d.submit(s) for s in specs]
         wait(futs)
@@ -196,6 +204,15 @@ def run_dispatch_only(n: int, workers: int, run_dir: Path) -> float:
         d.shutdown()
     assert all(r.ok and r.result["payload"] == i for i, r in enumerate(results))
     return dt
+
+
+def wait_for_children(timeout_s: float = 30.0) -> None:
+    """Wait until the processes an earlier run started (its interchange and workers, shutting down) are gone, so
+    that they do not share the cores with the next run."""
+    deadline = time.monotonic() + timeout_s
+    me = psutil.Process()
+    while me.children(recursive=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def main() -> None:
@@ -226,6 +243,7 @@ def main() -> None:
         if rep % 2:
             order.reverse()
         for which in order:
+            wait_for_children()
             with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
                 dt = runs[which](Path(tmp))
             times[which].append(dt)

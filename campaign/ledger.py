@@ -13,7 +13,7 @@ import socket
 import subprocess
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +81,12 @@ class TaskRow:
     charged_failures: int
     created_at: datetime
     updated_at: datetime
+
+    def with_state(self, state: TaskState, charged_failures: int) -> TaskRow:
+        """A copy with the task's state and charged failures as the database holds them now (what
+        ``dataclasses.replace`` does, at a fifth of its cost: the steering loop makes one per result)."""
+        return TaskRow(self.id, self.campaign_id, self.stage_id, self.key, self.kind, self.app, self.spec, state,
+                       self.priority, self.result, charged_failures, self.created_at, self.updated_at)
 
 
 _TASK_COLUMNS = tuple(m.Task.__table__.c[name] for name in TaskRow.__slots__)  # type: ignore[attr-defined]
@@ -511,7 +517,7 @@ class Ledger:
             for chunk in _chunks(ids):
                 if rows is not None and all(tid in rows for tid in chunk):
                     q = select(m.Task.id, m.Task.state, m.Task.charged_failures).where(m.Task.id.in_(chunk))
-                    tasks.update((tid, replace(rows[tid], state=TaskState(state), charged_failures=charged))
+                    tasks.update((tid, rows[tid].with_state(TaskState(state), charged))
                                  for tid, state, charged in s.connection().execute(q.with_for_update()))
                 else:
                     tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)

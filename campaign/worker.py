@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -110,18 +110,34 @@ def local_launcher(spec: TaskSpec) -> list[str]:
     ]
 
 
+#: ``app`` -> its ``run_in_process`` if it declares ``IN_PROCESS = True`` (else ``None``), per worker process: a
+#: worker runs thousands of tasks of the same few apps.
+_IN_PROCESS_ENTRY: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]] | None] = {}
+
+
+def _in_process_entry(app: str) -> Callable[[dict[str, Any], Path], dict[str, Any]] | None:
+    """The app's ``run_in_process`` when it may run inside the worker (:data:`IN_PROCESS_PACKAGE`, declares
+    ``IN_PROCESS = True``), else ``None``; looked up once per app in this process."""
+    if app in _IN_PROCESS_ENTRY:
+        return _IN_PROCESS_ENTRY[app]
+    entry = None
+    if app.startswith(IN_PROCESS_PACKAGE):
+        try:
+            module = importlib.import_module(app)
+        except ImportError:
+            return None  # not cached: it may become importable (a path added later)
+        run = getattr(module, "run_in_process", None)
+        entry = run if getattr(module, "IN_PROCESS", False) and callable(run) else None
+    _IN_PROCESS_ENTRY[app] = entry
+    return entry
+
+
 def wants_in_process(spec: TaskSpec) -> bool:
     """Whether ``spec`` can run inside this process: a single-rank app of :data:`IN_PROCESS_PACKAGE` that
     declares ``IN_PROCESS = True``, with no walltime to enforce and no extra environment to isolate."""
-    if not spec.app.startswith(IN_PROCESS_PACKAGE) or spec.resources.is_mpi:
+    if spec.resources.is_mpi or spec.resources.walltime_s is not None or spec.env:
         return False
-    if spec.resources.walltime_s is not None or spec.env:
-        return False
-    try:
-        module = importlib.import_module(spec.app)
-    except ImportError:
-        return False
-    return bool(getattr(module, "IN_PROCESS", False)) and callable(getattr(module, "run_in_process", None))
+    return _in_process_entry(spec.app) is not None
 
 
 def _run_in_process(spec: TaskSpec, cfg_path: Path) -> tuple[ExitCause, int, dict[str, Any], str | None]:
@@ -130,9 +146,10 @@ def _run_in_process(spec: TaskSpec, cfg_path: Path) -> tuple[ExitCause, int, dic
     Nothing is written: config and result travel by value (the steering process records both). The app may
     write its own outputs under the workdir (``cfg_path.parent``), creating it when it does.
     """
-    module = importlib.import_module(spec.app)
+    run = _in_process_entry(spec.app)
+    module = importlib.import_module(spec.app) if run is None else None  # in_process=True: the app must offer it
     try:
-        payload = {"status": "ok", **module.run_in_process(spec.config, cfg_path)}
+        payload = {"status": "ok", **(run or module.run_in_process)(spec.config, cfg_path)}  # type: ignore[union-attr]
         cause, rc, err = ExitCause.OK, 0, None
     except Exception as exc:  # the app's failure is the attempt's result, never the worker's
         reason = getattr(exc, "reason", None)
