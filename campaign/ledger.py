@@ -232,16 +232,12 @@ class Ledger:
         Returns:
             One task row per distinct key, in the order of ``planned`` (empty when ``returning`` is false).
         """
-        first = dict(reversed(planned))  # the first spec of a repeated key wins
-        keys = list(dict.fromkeys(k for k, _ in planned))
+        keys, first = self._distinct(planned)
         if not keys:
             return []
         try:
             with transaction(self.Session) as s:
-                known = self._known_keys(s, campaign_id, keys)
-                now = utcnow()
-                new = [self._task_values(campaign_id, stage_id, key, first[key], now, i)
-                       for i, key in enumerate(k for k in keys if k not in known)]
+                _, new = self._new_task_values(s, campaign_id, stage_id, keys, first)
                 if new:  # executemany: one statement, not one ORM object per row
                     insert_rows(s, m.Task.__table__, new)
                 if not returning:
@@ -274,22 +270,18 @@ class Ledger:
             The rows of the tasks begun (SUBMITTED, their spec at attempt 1) and of those created READY, and how
             many keys existed already.
         """
-        first = dict(reversed(planned))
-        keys = list(dict.fromkeys(k for k, _ in planned))
+        keys, first = self._distinct(planned)
         if not keys:
             return CreatedAndBegun([], [], 0)
         try:
             with transaction(self.Session) as s:
-                known = self._known_keys(s, campaign_id, keys)
-                now = utcnow()
-                new = [self._task_values(campaign_id, stage_id, key, first[key], now, i)
-                       for i, key in enumerate(k for k in keys if k not in known)]
+                known, new = self._new_task_values(s, campaign_id, stage_id, keys, first)
                 begun = new[:max(0, begin)]
                 attempts = []
-                for row in begun:
+                for row in begun:  # submitted when created
                     row["spec"] = {**row["spec"], "attempt": 1}
                     row["state"] = TaskState.SUBMITTED
-                    attempts.append(self._attempt_values(row["id"], 1, row["spec"], site, executor, now))
+                    attempts.append(self._attempt_values(row["id"], 1, row["spec"], site, executor, row["updated_at"]))
                 if new:
                     insert_rows(s, m.Task.__table__, new)
                 if attempts:
@@ -301,13 +293,21 @@ class Ledger:
         return CreatedAndBegun(rows[:len(begun)], rows[len(begun):], len(known))
 
     @staticmethod
-    def _known_keys(s: Session, campaign_id: int, keys: Sequence[str]) -> set[str]:
-        """Which of ``keys`` the campaign has tasks for."""
+    def _distinct(planned: Sequence[tuple[str, TaskSpec]]) -> tuple[list[str], dict[str, TaskSpec]]:
+        """The distinct keys of ``planned`` in order, and each key's spec (the first of a repeated key wins)."""
+        return list(dict.fromkeys(k for k, _ in planned)), dict(reversed(planned))
+
+    def _new_task_values(self, s: Session, campaign_id: int, stage_id: int, keys: Sequence[str],
+                         first: Mapping[str, TaskSpec]) -> tuple[set[str], list[dict[str, Any]]]:
+        """Which of ``keys`` the campaign has tasks for, and the column values of a new READY task for each other
+        key (all created now, in the order of ``keys``)."""
         known: set[str] = set()
         for chunk in _chunks(keys):
             known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
                                                             m.Task.key.in_(chunk))))
-        return known
+        now = utcnow()
+        return known, [self._task_values(campaign_id, stage_id, key, first[key], now, i)
+                       for i, key in enumerate(k for k in keys if k not in known)]
 
     @staticmethod
     def _task_values(campaign_id: int, stage_id: int, key: str, spec: TaskSpec, now: datetime,
