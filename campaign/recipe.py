@@ -652,7 +652,7 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
     if not isinstance(data, dict):
         raise RecipeError(path, [("", 1, "a recipe must be a mapping (key: value) at the top level")])
     profiles = data.get("profiles") or {}
-    chosen = profile or (site if site in profiles else None)
+    chosen = profile or (site if isinstance(profiles, dict) and site in profiles else None)
     if chosen is not None:
         if not isinstance(profiles, dict) or chosen not in profiles:
             known = ", ".join(profiles) if isinstance(profiles, dict) else ""

@@ -127,3 +127,9 @@ def test_site_concurrency_and_tasks_in_flight(site: str, expected: int) -> None:
     assert recipe.site.max_in_flight() == expected + 32
     assert "queued_tasks" not in recipe.site.dispatch_params()
     assert parse_recipe(f"campaign: c\nsite:\n  {site}\n  queued_tasks: 0\n").site.max_in_flight() == expected
+
+
+def test_profiles_that_are_not_a_mapping_are_named_when_a_site_is_given() -> None:
+    """``profiles: true`` with ``--site``: the recipe error names the field (it was a TypeError)."""
+    with pytest.raises(RecipeError, match=r"^r\.yaml:2: profiles: .*dictionary"):
+        parse_recipe("campaign: x\nprofiles: true\n", "r.yaml", site="local")
