@@ -209,7 +209,7 @@ class Ledger:
             existing = s.scalar(select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key == key))
             if existing is not None:
                 return existing
-            row = self._new_task(campaign_id, stage_id, key, spec)
+            row = m.Task(**self._task_values(campaign_id, stage_id, key, spec, utcnow(), 0))
             s.add(row)
             try:
                 s.flush()
@@ -328,12 +328,6 @@ class Ledger:
         return dict(task_id=task_id, number=number, site=site, executor=executor, nodes=nodes, ranks=ranks,
                     gpus=ranks * int(res.get("gpus_per_rank", 0)), cpus=ranks * int(res.get("cpus_per_rank", 1)),
                     submitted_at=now)
-
-    @staticmethod
-    def _new_task(campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> m.Task:
-        return m.Task(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
-                      app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY,
-                      priority=spec.priority)
 
     def get_task_by_key(self, campaign_id: int, key: str) -> m.Task:
         """The task with ``key`` in the campaign."""

@@ -22,12 +22,15 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from campaign.heap import frozen_heap
 from campaign.ledger import AttemptOutcome, Ledger, Recorded, TaskRow
 from campaign.stages.base import PlannedTask, Stage, StageContext
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class Dispatcher(Protocol):
@@ -265,14 +268,22 @@ class Steerer:
             except queue.Empty:
                 return out
 
-    def _create(self, ctx: StageContext, planned: Iterable[PlannedTask], ready: _ReadyTasks | None = None) -> None:
-        """Create the stage's planned tasks in one transaction; new READY tasks make the local batch stale."""
-        pairs = [(p.key, p.spec) for p in planned]
-        if not pairs:
-            return
-        self.ledger.create_tasks(self.campaign_id, ctx.stage_id, pairs, returning=False)
+    def _create(self, ctx: StageContext, planned: Iterable[PlannedTask], ready: _ReadyTasks | None = None,
+                begin: int = 0) -> list[tuple[TaskRow, TaskSpec]]:
+        """Create the stage's planned tasks in one transaction, beginning the first ``begin`` new ones in it; the
+        other new ones join the local READY batch (a key planned before makes it stale: the database says what
+        that task is now). Returns the begun tasks' rows and the specs to submit."""
+        planned = list(planned)
+        if not planned:
+            return []
+        made = self.ledger.create_and_begin(self.campaign_id, ctx.stage_id, [(p.key, p.spec) for p in planned],
+                                            begin=begin, site=self.site, executor=self.dispatcher.name)
         if ready is not None:
-            ready.stale = True
+            if made.existing:
+                ready.stale = True
+            ready.add(made.ready)
+        specs = {p.spec.task_id: p.spec for p in planned}
+        return [(row, specs[row.id].model_copy(update={"attempt": 1})) for row in made.begun]
 
     def run_stage(self, stage: Stage, ctx: StageContext) -> str:
         """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
@@ -302,7 +313,7 @@ class Steerer:
             if free > 0 and backlog and ready.count < free:  # READY ones run short: next chunk
                 # none waits: begin the new ones as they are created; else they queue behind those waiting
                 begin = free if ready.count == 0 and not ready.stale else 0
-                self._start_new(stage, ctx, flight, backlog.take(), begin, progress, ready)
+                self._launch(stage, ctx, flight, self._create(ctx, backlog.take(), ready, begin), progress, ready)
                 free = self.max_in_flight - len(flight)
             if free > 0:
                 self._submit(stage, ctx, flight, ready.take(free, flight.attempts), progress, ready)
@@ -353,24 +364,11 @@ class Steerer:
             self._submit_batch(stage, ctx, flight, tasks[i:i + size], progress, ready)
             i, size = i + size, min(2 * size, SUBMIT_BATCH_MAX)
 
-    def _start_new(self, stage: Stage, ctx: StageContext, flight: _InFlight, planned: list[PlannedTask], begin: int,
-                   progress: StageProgress, ready: _ReadyTasks) -> None:
-        """Create ``planned`` and begin (then submit) the first ``begin`` of them in the same transaction; the rest
-        join the READY batch."""
-        made = self.ledger.create_and_begin(self.campaign_id, ctx.stage_id, [(p.key, p.spec) for p in planned],
-                                            begin=begin, site=self.site, executor=self.dispatcher.name)
-        if made.existing:  # planned by an earlier run: READY or not, the database says
-            ready.stale = True
-        ready.add(made.ready)
-        specs = {p.spec.task_id: p.spec for p in planned}
-        self._launch(stage, ctx, flight, [(row, specs[row.id].model_copy(update={"attempt": 1}))
-                                          for row in made.begun], progress, ready)
-
     def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                       progress: StageProgress, ready: _ReadyTasks) -> None:
         self._launch(stage, ctx, flight, self._begin(tasks), progress, ready)
 
-    def _begin(self, tasks: list[Any], session: Any = None) -> list[tuple[TaskRow, TaskSpec]]:
+    def _begin(self, tasks: list[Any], session: Session | None = None) -> list[tuple[TaskRow, TaskSpec]]:
         """Begin the attempts of READY ``tasks`` (in ``session``'s transaction, if given): each begun task's row
         and the spec to submit."""
         if not tasks:
