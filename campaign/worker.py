@@ -20,11 +20,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
+from campaign.tasks import ExitCause, ResourceRequest, TaskResult, TaskSpec, is_mpi, utcnow
 from models.atomic_files import write_json_atomic
 
 #: Environment variables that carry the batch job id, per scheduler.
@@ -64,11 +63,6 @@ def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
         if env.get(var):
             return env[var]
     return None
-
-
-def _iso(t: datetime) -> str:
-    """A UTC datetime as TaskResult's JSON dump writes it (``...Z``)."""
-    return t.isoformat().replace("+00:00", "Z")
 
 
 def _tail(path: Path, max_chars: int = 4000) -> str:
@@ -140,16 +134,48 @@ def wants_in_process(spec: TaskSpec) -> bool:
     return _in_process_entry(spec.app) is not None
 
 
-def _run_in_process(spec: TaskSpec, cfg_path: Path) -> tuple[ExitCause, int, dict[str, Any], str | None]:
+_SPEC_FIELDS = frozenset(TaskSpec.model_fields)
+_RESOURCE_FIELDS = frozenset(ResourceRequest.model_fields)
+
+
+def _light_spec(spec_json: str | dict[str, Any], launcher: Sequence[str] | str | None,
+                in_process: bool | None) -> dict[str, Any] | None:
+    """The task as its JSON text's plain dict when it runs in-process by :func:`wants_in_process`'s rule, else
+    ``None`` (then :func:`run_task` validates it as a :class:`TaskSpec` and decides again).
+
+    A light task's own code takes microseconds; validating its spec through the model would cost it several
+    times that inside a busy worker. The steering process built this JSON from a validated :class:`TaskSpec`,
+    so only what the in-process path reads is checked here (anything unexpected takes the validating path).
+    """
+    if launcher is not None or in_process is False or not isinstance(spec_json, str):
+        return None
+    raw = json.loads(spec_json)
+    if (not isinstance(raw, dict) or raw.keys() - _SPEC_FIELDS or raw.get("env")
+            or not isinstance(raw.get("config"), dict)):
+        return None
+    res = raw.get("resources")
+    if not isinstance(res, dict) or res.keys() - _RESOURCE_FIELDS or res.get("walltime_s") is not None:
+        return None
+    nodes, per_node, attempt = res.get("nodes", 1), res.get("ranks_per_node", 1), raw.get("attempt")
+    if (type(nodes) is not int or type(per_node) is not int or type(attempt) is not int or attempt < 1
+            or is_mpi(nodes, per_node) or not isinstance(raw.get("task_id"), str)
+            or not isinstance(raw.get("workdir"), str) or not isinstance(raw.get("app"), str)
+            or _in_process_entry(raw["app"]) is None):
+        return None
+    return raw
+
+
+def _run_in_process(app: str, config: dict[str, Any],
+                    cfg_path: Path) -> tuple[ExitCause, int, dict[str, Any], str | None]:
     """Call the app's ``run_in_process(config, config_path)``; map its exceptions like the CLI contract does.
 
     Nothing is written: config and result travel by value (the steering process records both). The app may
     write its own outputs under the workdir (``cfg_path.parent``), creating it when it does.
     """
-    run = _in_process_entry(spec.app)
-    module = importlib.import_module(spec.app) if run is None else None  # in_process=True: the app must offer it
+    run = _in_process_entry(app)
+    module = importlib.import_module(app) if run is None else None  # in_process=True: the app must offer it
     try:
-        payload = {"status": "ok", **(run or module.run_in_process)(spec.config, cfg_path)}  # type: ignore[union-attr]
+        payload = {"status": "ok", **(run or module.run_in_process)(config, cfg_path)}  # type: ignore[union-attr]
         cause, rc, err = ExitCause.OK, 0, None
     except Exception as exc:  # the app's failure is the attempt's result, never the worker's
         reason = getattr(exc, "reason", None)
@@ -161,6 +187,30 @@ def _run_in_process(spec: TaskSpec, cfg_path: Path) -> tuple[ExitCause, int, dic
         cause = ExitCause.ERROR
         err = f"{reason}\n" + "".join(traceback.format_exception(exc))[-4000:]
     return cause, rc, payload, err
+
+
+#: This process's host name and batch job id, looked up once: neither changes while a worker process lives.
+_WHERE: list[tuple[str, str | None]] = []
+
+
+def _where() -> tuple[str, str | None]:
+    if not _WHERE:
+        _WHERE.append((socket.gethostname(), batch_job_id()))
+    return _WHERE[0]
+
+
+def _in_process_attempt(task_id: str, attempt: int, app: str, config: dict[str, Any],
+                        workdir: str) -> dict[str, Any]:
+    """Run an attempt in this process: its :class:`TaskResult` as ``model_dump(mode="json")`` would give it, but
+    for the start and end times, which are Unix times (seconds, UTC; ``TaskResult`` reads them as datetimes)."""
+    started = time.time()
+    cause, rc, payload, err = _run_in_process(app, config, Path(workdir, "config.json"))
+    host, job = _where()
+    # written out rather than built and dumped through the model: the steering process validates what comes
+    # back (the trust boundary)
+    return {"task_id": task_id, "attempt": attempt, "exit_cause": cause.value, "returncode": rc,
+            "result": payload, "error": err, "host": host, "batch_job_id": job, "executor": "in-process",
+            "started_at": started, "ended_at": time.time(), "stdout_path": None, "stderr_path": None}
 
 
 def run_attempt(
@@ -208,22 +258,20 @@ def run_task(
             ``True`` always (the app must offer ``run_in_process``; single rank only).
 
     Returns:
-        ``TaskResult.model_dump(mode="json")``. Never raises for app failures: they come back as
-        ``exit_cause`` error / walltime / killed with the tail of stderr.
+        ``TaskResult.model_dump(mode="json")`` (an in-process attempt's start and end as Unix times: see
+        :func:`_in_process_attempt`). Never raises for app failures: they come back as ``exit_cause`` error /
+        walltime / killed with the tail of stderr.
     """
+    light = _light_spec(spec_json, launcher, in_process)
+    if light is not None:
+        return _in_process_attempt(light["task_id"], light["attempt"], light["app"], light["config"],
+                                   light["workdir"])
     spec = TaskSpec.model_validate_json(spec_json) if isinstance(spec_json, str) else TaskSpec.model_validate(spec_json)
     inproc = wants_in_process(spec) if in_process is None else in_process
     if inproc and launcher is None:
         if spec.resources.is_mpi:
             raise ValueError(f"task {spec.task_id}: a multi-rank app cannot run in-process")
-        started = utcnow()
-        cause, rc, payload, err = _run_in_process(spec, Path(spec.workdir) / "config.json")
-        # TaskResult.model_dump(mode="json") written out: the steering process validates what comes back (the
-        # trust boundary), so a light task is not also built and dumped through the model here
-        return {"task_id": spec.task_id, "attempt": spec.attempt, "exit_cause": cause.value, "returncode": rc,
-                "result": payload, "error": err, "host": socket.gethostname(), "batch_job_id": batch_job_id(),
-                "executor": "in-process", "started_at": _iso(started), "ended_at": _iso(utcnow()),
-                "stdout_path": None, "stderr_path": None}
+        return _in_process_attempt(spec.task_id, spec.attempt, spec.app, spec.config, spec.workdir)
 
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,47 @@ def test_noop_runs_in_process(make_spec) -> None:  # type: ignore[no-untyped-def
 
 @pytest.mark.parametrize("fail", [None, "error", "bad_input"])
 def test_in_process_result_is_exactly_the_models_json(make_spec, fail) -> None:  # type: ignore[no-untyped-def]
-    """The in-process path writes TaskResult's JSON dump by hand: same keys, same values, same formats."""
+    """The in-process path writes TaskResult's JSON dump by hand: same keys, same values, same formats, but for
+    the times: Unix seconds, read back as the same instants in UTC."""
+    before = time.time()
     out = run_task(make_spec(payload=[1, 2], **({"fail": fail} if fail else {})).model_dump_json())
-    assert TaskResult.model_validate(out).model_dump(mode="json") == out
+    res = TaskResult.model_validate(out)
+    dumped = res.model_dump(mode="json")
+    assert {k: v for k, v in dumped.items() if not k.endswith("_at")} == {
+        k: v for k, v in out.items() if not k.endswith("_at")}
+    assert before <= out["started_at"] <= out["ended_at"] <= time.time()
+    for key in ("started_at", "ended_at"):
+        assert getattr(res, key).utcoffset() == timedelta(0)
+        assert abs(getattr(res, key).timestamp() - out[key]) < 1e-6
     assert json.loads(json.dumps(out)) == out
+
+
+def test_json_text_and_validated_spec_run_in_process_alike(make_spec) -> None:  # type: ignore[no-untyped-def]
+    """The JSON text takes the light path (no model validation), a dict the validating one: same result."""
+    spec = make_spec(payload={"x": [1, 2]})
+    light, checked = run_task(spec.model_dump_json()), run_task(spec.model_dump())
+    assert {k: v for k, v in light.items() if not k.endswith("_at")} == {
+        k: v for k, v in checked.items() if not k.endswith("_at")}
+
+
+@pytest.mark.parametrize("odd", [{"attempt": "2"}, {"attempt": 0}, {"config": [1]}, {"task_id": 5},
+                                 {"resources": {"nodes": "1"}}, {"resources": {"nodes": 2}}, {"surprise": 1},
+                                 {"resources": {"nodes": 1, "surprise": 1}},
+                                 {"env": {"A": "1"}}])
+def test_json_the_light_path_does_not_expect_is_left_to_the_model(make_spec, odd) -> None:  # type: ignore[no-untyped-def]
+    """JSON other than what a TaskSpec dumps does what the model makes of it (coerced, refused, or not run
+    in-process): the light path never runs an app on what the model would not accept as it is."""
+    raw = {**make_spec(payload=1).model_dump(mode="json"), **odd}
+    try:
+        expected = run_task(raw)  # a dict: always validated
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            run_task(json.dumps(raw))
+        return
+    got = run_task(json.dumps(raw))
+    def seen(r: dict) -> tuple:  # type: ignore[type-arg]
+        return r["exit_cause"], r["executor"], r["attempt"], r["task_id"], r["result"]["payload"]
+    assert seen(got) == seen(expected)
 
 
 def test_in_process_failures_map_like_the_cli(make_spec) -> None:  # type: ignore[no-untyped-def]
@@ -77,4 +116,7 @@ def test_run_attempt_returns_the_result_as_json_text(make_spec) -> None:  # type
     assert isinstance(text, str)
     res = TaskResult.model_validate_json(text)
     assert res.ok and res.result["payload"] == {"a": [1, 2]}
-    assert json.loads(text) == res.model_dump(mode="json")
+    sent, read = json.loads(text), res.model_dump(mode="json")
+    assert {k: v for k, v in sent.items() if not k.endswith("_at")} == {
+        k: v for k, v in read.items() if not k.endswith("_at")}
+    assert res.started_at.timestamp() == pytest.approx(sent["started_at"], abs=1e-6)
