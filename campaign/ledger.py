@@ -278,8 +278,8 @@ class Ledger:
                 known, new = self._new_task_values(s, campaign_id, stage_id, keys, first)
                 begun = new[:max(0, begin)]
                 attempts = []
-                for row in begun:  # submitted when created
-                    row["spec"] = {**row["spec"], "attempt": 1}
+                for row in begun:  # submitted when created (the spec is this row's own dump)
+                    row["spec"]["attempt"] = 1
                     row["state"] = TaskState.SUBMITTED
                     attempts.append(self._attempt_values(row["id"], 1, row["spec"], site, executor, row["updated_at"]))
                 if new:

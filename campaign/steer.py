@@ -68,6 +68,11 @@ SUBMIT_BATCH_MAX = 400
 RECORD_BATCH = 500
 
 
+def _first_attempt(spec: TaskSpec) -> TaskSpec:
+    """``spec`` at attempt 1 (a planned spec usually is: then it is not copied)."""
+    return spec if spec.attempt == 1 else spec.model_copy(update={"attempt": 1})
+
+
 def _as_result(value: Any) -> TaskResult:
     return value if isinstance(value, TaskResult) else TaskResult.model_validate(value)
 
@@ -283,7 +288,7 @@ class Steerer:
                 ready.stale = True
             ready.add(made.ready)
         specs = {p.spec.task_id: p.spec for p in planned}
-        return [(row, specs[row.id].model_copy(update={"attempt": 1})) for row in made.begun]
+        return [(row, _first_attempt(specs[row.id])) for row in made.begun]
 
     def run_stage(self, stage: Stage, ctx: StageContext) -> str:
         """Run one stage to completion. Returns the stage status (``done`` or ``failed``)."""
@@ -291,23 +296,24 @@ class Steerer:
             return self._run_stage(stage, ctx)
 
     def _run_stage(self, stage: Stage, ctx: StageContext) -> str:
-        adopted = self._adopt(ctx)
-        self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id, keep=[a.task_id for a in adopted.values()])
+        # a stage with no tasks yet (its first run) has nothing to recover: its start list goes out at once
+        resumed = self.ledger.count_tasks(self.campaign_id, stage_id=ctx.stage_id) > 0
+        adopted = self._adopt(ctx) if resumed else {}
+        if resumed:
+            self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id,
+                                     keep=[a.task_id for a in adopted.values()])
         backlog = _Backlog(stage.start(ctx))  # created a chunk at a time while the first tasks run
-        # A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
-        # (datasets, artifacts, lineage, follow-ups) were never recorded: hand them to the stage again (every
-        # stage's on_done is idempotent: it records by content / by key and never runs anything twice).
-        for done in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.DONE]):
-            stored = TaskResult(task_id=done.id, attempt=int(done.spec.get("attempt", 1)), exit_cause=ExitCause.OK,
-                                result=done.result)
-            self._create(ctx, stage.on_done(ctx, done, stored))
+        ready = _ReadyTasks(self.ledger, self.campaign_id, ctx.stage_id, batch=max(64, 2 * self.max_in_flight))
+        if resumed:
+            self._hand_back_done(stage, ctx)
+            ready.refresh()  # READY tasks an earlier run left go first
+        else:
+            ready.stale = False  # the (empty) batch holds every READY task
         flight = _InFlight()
         for fut, launched in adopted.items():
             flight.add(fut, launched)
-        ready = _ReadyTasks(self.ledger, self.campaign_id, ctx.stage_id, batch=max(64, 2 * self.max_in_flight))
         progress = StageProgress(stage.name)
         last_poll = float("-inf")
-        ready.refresh()  # READY tasks an earlier run left go first
         while True:
             free = self.max_in_flight - len(flight)
             if free > 0 and backlog and ready.count < free:  # READY ones run short: next chunk
@@ -353,6 +359,18 @@ class Steerer:
         status = stage.finish(ctx)
         self.ledger.finish_stage(ctx.stage_id, status)
         return status
+
+    def _hand_back_done(self, stage: Stage, ctx: StageContext) -> None:
+        """Hand the stage's DONE tasks to it again (a resumed stage).
+
+        A driver killed between recording a result and the stage consuming it leaves DONE tasks whose outputs
+        (datasets, artifacts, lineage, follow-ups) were never recorded: every stage's ``on_done`` is idempotent
+        (it records by content / by key and never runs anything twice).
+        """
+        for done in self.ledger.tasks(self.campaign_id, stage_id=ctx.stage_id, states=[TaskState.DONE]):
+            stored = TaskResult(task_id=done.id, attempt=int(done.spec.get("attempt", 1)), exit_cause=ExitCause.OK,
+                                result=done.result)
+            self._create(ctx, stage.on_done(ctx, done, stored))
 
     def _submit(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
                 progress: StageProgress, ready: _ReadyTasks) -> None:
