@@ -9,7 +9,7 @@ This module imports neither torch, parsl nor sqlalchemy (an import-linter contra
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -82,7 +82,8 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    # os.urandom rather than uuid4 (a fifth of the cost): a stage planning a thousand tasks makes a thousand ids
+    task_id: str = Field(default_factory=lambda: os.urandom(16).hex(), description="32 random hex digits unless given.")
     kind: str = Field(description="Stage-level kind: preprocess, trial, train, screen, finetune, noop …")
     app: str = Field(description="Python module run on the worker, e.g. 'models.train'.")
     config: dict[str, Any] = Field(default_factory=dict, description="JSON config handed to the app.")
