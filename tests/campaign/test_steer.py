@@ -318,3 +318,32 @@ def test_ready_batch_keeps_new_tasks_in_database_order_or_reads_again() -> None:
     batch.count = 5  # more READY tasks than the batch holds
     batch.add([row("later", 9)])
     assert batch.stale and [t.id for t in batch.tasks] == ["new0"]
+
+
+def test_a_stage_run_for_the_first_time_reads_nothing_back_before_its_first_submission(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No task of the stage exists yet: one count says so, and the recovery reads (attempts to adopt or re-queue,
+    DONE tasks to hand back, READY tasks to run first) are skipped; the first chunk is created and begun at once."""
+    from sqlalchemy import event
+
+    ledger, cid, ctx = _many_stage_context(engine, tmp_path, "fresh")
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, params, context, many: statements.append(" ".join(sql.split())))
+    seen_at_first_submit: list[str] = []
+
+    class FirstSubmit(_Recording):
+        def submit(self, spec: TaskSpec) -> Future[Any]:
+            if not seen_at_first_submit:
+                seen_at_first_submit.extend(statements)
+            return self.inner.submit(spec)
+
+    stage = ManyStage(tmp_path, 5)
+    dispatcher = FirstSubmit(make_dispatcher("local", {"max_workers": 2, "retries": 0}, tmp_path / "d"), ledger, cid)
+    try:
+        assert Steerer(ledger, dispatcher, cid, "local", max_in_flight=8).run_stage(stage, ctx) == "done"
+    finally:
+        dispatcher.shutdown()
+    reads = [sql for sql in seen_at_first_submit if sql.startswith("SELECT")]
+    assert len(reads) == 2, reads
+    assert reads[0].startswith("SELECT count(*)") and "key" in reads[1].split("WHERE")[0]  # none there; keys known
+    assert ledger.count_tasks(cid, states=[TaskState.DONE]) == 5 + 2
