@@ -218,7 +218,8 @@ def wait_for_children(timeout_s: float = 30.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--reps", type=int, default=5, help="repetitions (the ratio is the median over them)")
+    parser.add_argument("--reps", type=int, default=9,
+                        help="repetitions (the ratio is the median over them; pairs vary by +-10%% on a busy machine)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=0, help="ours: tasks in flight at most (0: all)")
     parser.add_argument("--quick", action="store_true", help="200 tasks, 2 repetitions")
