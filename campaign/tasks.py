@@ -45,11 +45,6 @@ def check_transition(old: TaskState | str, new: TaskState | str) -> None:
         raise InvalidTransition(f"task state {o.value} cannot become {n.value}")
 
 
-def is_mpi(nodes: int, ranks_per_node: int) -> bool:
-    """Whether a task of ``nodes`` x ``ranks_per_node`` ranks needs a parallel launcher."""
-    return nodes * ranks_per_node > 1
-
-
 class ResourceRequest(BaseModel):
     """What one task needs. ``nodes > 1`` or ``ranks_per_node > 1`` makes it an MPI app launched by the
     site's launcher (srun / mpiexec / torchrun)."""
@@ -70,7 +65,7 @@ class ResourceRequest(BaseModel):
     @property
     def is_mpi(self) -> bool:
         """Whether the task needs a parallel launcher."""
-        return is_mpi(self.nodes, self.ranks_per_node)
+        return self.ranks > 1
 
 
 class TaskSpec(BaseModel):

@@ -9,6 +9,7 @@ that the function pickles and imports cheaply on the worker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from campaign.tasks import ExitCause, ResourceRequest, TaskResult, TaskSpec, is_mpi, utcnow
+from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
 from models.atomic_files import write_json_atomic
 
 #: Environment variables that carry the batch job id, per scheduler.
@@ -134,37 +135,6 @@ def wants_in_process(spec: TaskSpec) -> bool:
     return _in_process_entry(spec.app) is not None
 
 
-_SPEC_FIELDS = frozenset(TaskSpec.model_fields)
-_RESOURCE_FIELDS = frozenset(ResourceRequest.model_fields)
-
-
-def _light_spec(spec_json: str | dict[str, Any], launcher: Sequence[str] | str | None,
-                in_process: bool | None) -> dict[str, Any] | None:
-    """The task as its JSON text's plain dict when it runs in-process by :func:`wants_in_process`'s rule, else
-    ``None`` (then :func:`run_task` validates it as a :class:`TaskSpec` and decides again).
-
-    A light task's own code takes microseconds; validating its spec through the model would cost it several
-    times that inside a busy worker. The steering process built this JSON from a validated :class:`TaskSpec`,
-    so only what the in-process path reads is checked here (anything unexpected takes the validating path).
-    """
-    if launcher is not None or in_process is False or not isinstance(spec_json, str):
-        return None
-    raw = json.loads(spec_json)
-    if (not isinstance(raw, dict) or raw.keys() - _SPEC_FIELDS or raw.get("env")
-            or not isinstance(raw.get("config"), dict)):
-        return None
-    res = raw.get("resources")
-    if not isinstance(res, dict) or res.keys() - _RESOURCE_FIELDS or res.get("walltime_s") is not None:
-        return None
-    nodes, per_node, attempt = res.get("nodes", 1), res.get("ranks_per_node", 1), raw.get("attempt")
-    if (type(nodes) is not int or type(per_node) is not int or type(attempt) is not int or attempt < 1
-            or is_mpi(nodes, per_node) or not isinstance(raw.get("task_id"), str)
-            or not isinstance(raw.get("workdir"), str) or not isinstance(raw.get("app"), str)
-            or _in_process_entry(raw["app"]) is None):
-        return None
-    return raw
-
-
 def _run_in_process(app: str, config: dict[str, Any],
                     cfg_path: Path) -> tuple[ExitCause, int, dict[str, Any], str | None]:
     """Call the app's ``run_in_process(config, config_path)``; map its exceptions like the CLI contract does.
@@ -189,14 +159,10 @@ def _run_in_process(app: str, config: dict[str, Any],
     return cause, rc, payload, err
 
 
-#: This process's host name and batch job id, looked up once: neither changes while a worker process lives.
-_WHERE: list[tuple[str, str | None]] = []
-
-
+@functools.cache
 def _where() -> tuple[str, str | None]:
-    if not _WHERE:
-        _WHERE.append((socket.gethostname(), batch_job_id()))
-    return _WHERE[0]
+    """This process's host name and batch job id, looked up once: neither changes while a worker process lives."""
+    return socket.gethostname(), batch_job_id()
 
 
 def _in_process_attempt(task_id: str, attempt: int, app: str, config: dict[str, Any],
@@ -262,10 +228,6 @@ def run_task(
         :func:`_in_process_attempt`). Never raises for app failures: they come back as ``exit_cause`` error /
         walltime / killed with the tail of stderr.
     """
-    light = _light_spec(spec_json, launcher, in_process)
-    if light is not None:
-        return _in_process_attempt(light["task_id"], light["attempt"], light["app"], light["config"],
-                                   light["workdir"])
     spec = TaskSpec.model_validate_json(spec_json) if isinstance(spec_json, str) else TaskSpec.model_validate(spec_json)
     inproc = wants_in_process(spec) if in_process is None else in_process
     if inproc and launcher is None:

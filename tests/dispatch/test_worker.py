@@ -40,34 +40,6 @@ def test_in_process_result_is_exactly_the_models_json(make_spec, fail) -> None: 
     assert json.loads(json.dumps(out)) == out
 
 
-def test_json_text_and_validated_spec_run_in_process_alike(make_spec) -> None:  # type: ignore[no-untyped-def]
-    """The JSON text takes the light path (no model validation), a dict the validating one: same result."""
-    spec = make_spec(payload={"x": [1, 2]})
-    light, checked = run_task(spec.model_dump_json()), run_task(spec.model_dump())
-    assert {k: v for k, v in light.items() if not k.endswith("_at")} == {
-        k: v for k, v in checked.items() if not k.endswith("_at")}
-
-
-@pytest.mark.parametrize("odd", [{"attempt": "2"}, {"attempt": 0}, {"config": [1]}, {"task_id": 5},
-                                 {"resources": {"nodes": "1"}}, {"resources": {"nodes": 2}}, {"surprise": 1},
-                                 {"resources": {"nodes": 1, "surprise": 1}},
-                                 {"env": {"A": "1"}}])
-def test_json_the_light_path_does_not_expect_is_left_to_the_model(make_spec, odd) -> None:  # type: ignore[no-untyped-def]
-    """JSON other than what a TaskSpec dumps does what the model makes of it (coerced, refused, or not run
-    in-process): the light path never runs an app on what the model would not accept as it is."""
-    raw = {**make_spec(payload=1).model_dump(mode="json"), **odd}
-    try:
-        expected = run_task(raw)  # a dict: always validated
-    except ValueError as exc:
-        with pytest.raises(type(exc)):
-            run_task(json.dumps(raw))
-        return
-    got = run_task(json.dumps(raw))
-    def seen(r: dict) -> tuple:  # type: ignore[type-arg]
-        return r["exit_cause"], r["executor"], r["attempt"], r["task_id"], r["result"]["payload"]
-    assert seen(got) == seen(expected)
-
-
 def test_in_process_failures_map_like_the_cli(make_spec) -> None:  # type: ignore[no-untyped-def]
     err = TaskResult.model_validate(run_task(make_spec(fail="error").model_dump()))
     assert err.exit_cause is ExitCause.ERROR and err.returncode == 1 and err.result["reason"] == "asked"
