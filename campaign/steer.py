@@ -298,8 +298,9 @@ class Steerer:
     def _run_stage(self, stage: Stage, ctx: StageContext) -> str:
         # a stage with no tasks yet (its first run) has nothing to recover: its start list goes out at once
         resumed = self.ledger.count_tasks(self.campaign_id, stage_id=ctx.stage_id) > 0
-        adopted = self._adopt(ctx) if resumed else {}
-        if resumed:
+        adopted: dict[Future[Any], _Launched] = {}
+        if resumed:  # attempts still running are watched, the other ones left in flight re-queued
+            adopted = self._adopt(ctx)
             self.ledger.requeue_lost(self.campaign_id, stage_id=ctx.stage_id,
                                      keep=[a.task_id for a in adopted.values()])
         backlog = _Backlog(stage.start(ctx))  # created a chunk at a time while the first tasks run
@@ -379,12 +380,8 @@ class Steerer:
         is written)."""
         i, size = 0, SUBMIT_BATCH
         while i < len(tasks):  # the first batch gets workers going; later ones double (fewer transactions)
-            self._submit_batch(stage, ctx, flight, tasks[i:i + size], progress, ready)
+            self._launch(stage, ctx, flight, self._begin(tasks[i:i + size]), progress, ready)
             i, size = i + size, min(2 * size, SUBMIT_BATCH_MAX)
-
-    def _submit_batch(self, stage: Stage, ctx: StageContext, flight: _InFlight, tasks: list[Any],
-                      progress: StageProgress, ready: _ReadyTasks) -> None:
-        self._launch(stage, ctx, flight, self._begin(tasks), progress, ready)
 
     def _begin(self, tasks: list[Any], session: Session | None = None) -> list[tuple[TaskRow, TaskSpec]]:
         """Begin the attempts of READY ``tasks`` (in ``session``'s transaction, if given): each begun task's row
