@@ -226,3 +226,18 @@ def test_recording_attempts_the_caller_began_keeps_submission_values(ledger: Led
         numbers = sorted((x.number, x.exit_cause.value, x.site) for x in s.scalars(select(m.Attempt)
                                                                                  .where(m.Attempt.task_id == b.id)))
     assert numbers == [(1, "node_lost", "local"), (2, "error", "local"), (3, "ok", "local")]
+
+
+def test_task_row_with_state_is_replace_of_state_and_charged_failures() -> None:
+    """The hand-written copy the recording path uses matches ``dataclasses.replace`` field for field (it builds
+    the row positionally: a field added or reordered in TaskRow must show up here)."""
+    from dataclasses import fields, replace
+
+    from campaign.ledger import TaskRow
+
+    now = utcnow()
+    row = TaskRow(**{f.name: f"v-{f.name}" for f in fields(TaskRow)} | {"created_at": now, "updated_at": now})
+    copy = row.with_state(TaskState.DONE, 3)
+    assert copy == replace(row, state=TaskState.DONE, charged_failures=3) and copy is not row
+    assert [getattr(copy, f.name) for f in fields(TaskRow) if f.name not in ("state", "charged_failures")] == [
+        getattr(row, f.name) for f in fields(TaskRow) if f.name not in ("state", "charged_failures")]
