@@ -142,10 +142,10 @@ def _run_in_process(app: str, config: dict[str, Any],
     Nothing is written: config and result travel by value (the steering process records both). The app may
     write its own outputs under the workdir (``cfg_path.parent``), creating it when it does.
     """
-    run = _in_process_entry(app)
-    module = importlib.import_module(app) if run is None else None  # in_process=True: the app must offer it
+    # in_process=True for an app that does not declare IN_PROCESS: it must still offer run_in_process
+    run = _in_process_entry(app) or importlib.import_module(app).run_in_process
     try:
-        payload = {"status": "ok", **(run or module.run_in_process)(config, cfg_path)}  # type: ignore[union-attr]
+        payload = {"status": "ok", **run(config, cfg_path)}
         cause, rc, err = ExitCause.OK, 0, None
     except Exception as exc:  # the app's failure is the attempt's result, never the worker's
         reason = getattr(exc, "reason", None)
