@@ -1,8 +1,8 @@
 """Task state changes recorded per second through the campaign's database layer, SQLite and PostgreSQL.
 
 * ours — :class:`campaign.ledger.Ledger` as the steering loop uses it: tasks are submitted and come back in
-  batches (``--batch``, default 50); each batch's submissions are one ``begin_attempts`` transaction (READY ->
-  SUBMITTED, an attempt row each) and its results one ``record_attempts`` transaction (SUBMITTED -> DONE, the
+  batches (``--batch``, default 50); each batch's submissions are one ``claim`` transaction (READY ->
+  SUBMITTED, an attempt row each) and its results one ``record`` transaction (SUBMITTED -> DONE, the
   attempt closed with cause, host, batch job id and times, the result stored).
 * ours_single — the same through ``begin_attempt`` / ``record_attempt``, one transaction per state change.
 * peer — what a naive script does: the same state changes as one autocommit ``UPDATE tasks SET state = ...``
@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from campaign.ledger import AttemptOutcome, Ledger
+from campaign.ledger import Ledger
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
 from db.engine import make_engine
 from db.migrate import ensure_schema
@@ -85,8 +85,8 @@ def _prepare(url: str, n: int) -> tuple[Ledger, list[str]]:
     sid = ledger.stage(cid, "noop", "noop").id
     specs = [(f"noop/{i}", TaskSpec(kind="noop", app="campaign.apps.noop", workdir=f"/tmp/w/{i}",
                                     config={"payload": i})) for i in range(n)]
-    ids = [t.id for t in ledger.create_tasks(cid, sid, specs)]
-    return ledger, ids
+    ledger.create_tasks(cid, sid, specs)
+    return ledger, [t.id for t in ledger.tasks(cid)]
 
 
 def _result(task_id: str, attempt: int, i: int) -> TaskResult:
@@ -102,9 +102,8 @@ def run_ours(url: str, n: int, batch: int) -> float:
     try:
         t0 = time.perf_counter()
         for k in range(0, n, batch):
-            chunk = ids[k:k + batch]
-            numbers = ledger.begin_attempts(chunk, site="local", executor="parsl")
-            ledger.record_attempts([AttemptOutcome(_result(t, numbers[t], k + j)) for j, t in enumerate(chunk)])
+            specs = ledger.claim(1, 1, batch, site="local", executor="parsl")
+            ledger.record([_result(sp.task_id, sp.attempt, k + j) for j, sp in enumerate(specs)])
         dt = time.perf_counter() - t0
         assert ledger.count_tasks(1, states=[TaskState.DONE]) == n
     finally:
@@ -119,7 +118,7 @@ def run_ours_single(url: str, n: int) -> float:
         t0 = time.perf_counter()
         for i, t in enumerate(ids):
             attempt = ledger.begin_attempt(t, site="local", executor="parsl")
-            ledger.record_attempt(_result(t, attempt, i), final=True)
+            ledger.record_attempt(_result(t, attempt, i))
         dt = time.perf_counter() - t0
         assert ledger.count_tasks(1, states=[TaskState.DONE]) == n
     finally:

@@ -2,27 +2,22 @@
 
 * peer — bare Parsl: a ``python_app`` returning a small dict, on the same HighThroughputExecutor config
   (``sites.local.local_config``: loopback, same worker count, same ``parsl.log`` level), all N submitted at once.
-* peer_parsl_debug_log — the same with ``parsl.log`` at Parsl's own default level (DEBUG, about eight records per
-  task) instead of the site configuration's INFO: what the campaign path costed before its sites set the level.
 * ours — the campaign path: a stage planning N ``campaign.apps.noop`` tasks run by the steering loop
   (:class:`campaign.steer.Steerer`) through ``make_dispatcher("local", {"engine": "parsl"})`` into a SQLite
-  campaign database: every task created, its attempt begun, its result recorded (and committed) before the stage
-  is told. ``--in-flight`` caps the tasks in flight (default N, like the peer).
+  campaign database: every task created, claimed, its result recorded (and committed) before the stage is told.
+  ``--in-flight`` caps the tasks in flight (default N, like the peer).
 * ours_run_default — the same with the tasks in flight ``campaign run`` keeps for this site
   (``SiteSpec.max_in_flight()``: the workers plus ``queued_tasks``, 32 by default).
-* ours_workers_cap — the same with at most ``workers`` tasks in flight (no task queued behind a busy worker: every
-  result makes a round trip through the driver before the next task starts; what ``campaign run`` did before
-  ``queued_tasks``).
-* ours_per_task_tx — the same tasks, but the ledger written one transaction per state change from a plain
-  loop (create, begin, record for each task: the campaign path before batching), for the before/after figure.
-* ours_dispatch_only — the campaign dispatcher without any database.
+* peer_50ms / ours_50ms — the same with tasks that sleep 50 ms: how busy each keeps the workers
+  (``busy = tasks x 50 ms / workers / wall``); ``ratio_busy_50ms`` is ours' busy fraction over the peer's.
+* steering CPU per task (``--scaling``) — the steering thread's CPU time per task for 1,000 and 20,000 no-op
+  tasks with a dispatcher that answers at once from a thread (no workers, no Parsl): the loop and the database
+  alone. ``scaling_growth`` is the 20,000-task figure over the 1,000-task one (1.0: flat).
 
 Each variant starts its own DataFlowKernel (not timed) once the previous variant's processes have exited, warms
 up, and collects its garbage; the clock runs from the stage's start (task creation included) to its last result
-recorded. Variants are interleaved; medians over repetitions. The
-last line is one JSON object; ``ratio`` is the median over repetitions of ``peer / ours`` within a repetition
-(> 1: we are faster), with their range and the ratio of the medians; the other variants' ratios are ratios of
-medians.
+recorded. Variants are interleaved; medians over repetitions. The last line is one JSON object; ``ratio`` is the
+median over repetitions of ``peer / ours`` within a repetition (> 1: we are faster), with its range.
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +37,29 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from campaign.dispatch import make_dispatcher
+from campaign.dispatch import RetryPolicy, make_dispatcher
+from campaign.dispatch.base import Dispatcher
 from campaign.dispatch.environment import ensure_env_on_path
 from campaign.ledger import Ledger
 from campaign.recipe import parse_recipe
 from campaign.stages.base import PlannedTask, StageContext
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import TaskResult, TaskSpec, TaskState
+from campaign.worker import run_task
 from db.engine import make_engine
 from db.migrate import ensure_schema
 
 
-def bare_noop(i: int) -> dict[str, Any]:
-    """The peer's task: nothing, a small dict back."""
+def bare_noop(i: int, sleep_s: float = 0.0) -> dict[str, Any]:
+    """The peer's task: nothing (or a sleep), a small dict back."""
+    if sleep_s:
+        time.sleep(sleep_s)
     return {"i": i}
 
 
-def run_peer(n: int, workers: int, run_dir: Path, parsl_default_logging: bool = False) -> float:
-    """Bare Parsl HTEX: seconds for ``n`` no-op apps (``parsl_default_logging``: ``parsl.log`` at Parsl's own
-    default level, DEBUG, instead of the site configuration's)."""
+def run_peer(n: int, workers: int, run_dir: Path, sleep_s: float = 0.0) -> float:
+    """Bare Parsl HTEX: seconds for ``n`` no-op apps (each sleeping ``sleep_s``)."""
     from parsl import python_app
     from parsl.dataflow.dflow import DataFlowKernel
 
@@ -68,15 +67,13 @@ def run_peer(n: int, workers: int, run_dir: Path, parsl_default_logging: bool = 
 
     ensure_env_on_path()
     config = local_config(max_workers=workers, run_dir=str(run_dir))
-    if parsl_default_logging:
-        config.initialize_logging = True
     dfk = DataFlowKernel(config)
     try:
         app = python_app(bare_noop, data_flow_kernel=dfk)
         [f.result() for f in [app(i) for i in range(20)]]
         gc.collect()  # this run's clock does not pay for an earlier run's garbage
         t0 = time.perf_counter()
-        futs = [app(i) for i in range(n)]
+        futs = [app(i, sleep_s) for i in range(n)]
         wait(futs)
         dt = time.perf_counter() - t0
         assert all(f.result()["i"] == i for i, f in enumerate(futs))
@@ -85,8 +82,9 @@ def run_peer(n: int, workers: int, run_dir: Path, parsl_default_logging: bool = 
     return dt
 
 
-def _spec(run_dir: Path, i: int) -> TaskSpec:
-    return TaskSpec(kind="noop", app="campaign.apps.noop", workdir=str(run_dir / "w" / str(i)), config={"payload": i})
+def _spec(run_dir: Path, i: int, sleep_s: float = 0.0) -> TaskSpec:
+    config: dict[str, Any] = {"payload": i, **({"sleep_s": sleep_s} if sleep_s else {})}
+    return TaskSpec(kind="noop", app="campaign.apps.noop", workdir=str(run_dir / "w" / str(i)), config=config)
 
 
 class NoopStage:
@@ -95,13 +93,14 @@ class NoopStage:
     name = "noop"
     kind = "noop"
 
-    def __init__(self, n: int, run_dir: Path) -> None:
+    def __init__(self, n: int, run_dir: Path, sleep_s: float = 0.0) -> None:
         self.n = n
         self.run_dir = run_dir
+        self.sleep_s = sleep_s
         self.told = 0
 
     def start(self, ctx: StageContext) -> list[PlannedTask]:
-        return [PlannedTask(f"noop/{i}", _spec(self.run_dir, i)) for i in range(self.n)]
+        return [PlannedTask(f"noop/{i}", _spec(self.run_dir, i, self.sleep_s)) for i in range(self.n)]
 
     def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
         assert result.result is not None and task.key == f"noop/{result.result['payload']}"
@@ -135,31 +134,34 @@ def _check_db(ledger: Ledger, cid: int, n: int) -> None:
 
 
 def _dispatcher(run_dir: Path, workers: int) -> Any:
-    d = make_dispatcher("local", {"engine": "parsl", "max_workers": workers, "retries": 0}, run_dir)
+    d = make_dispatcher("local", {"engine": "parsl", "max_workers": workers}, run_dir)
     [f.result() for f in [d.submit(_spec(run_dir, -i - 1)) for i in range(20)]]  # warm-up
     return d
 
 
-def run_steered(n: int, workers: int, run_dir: Path, in_flight: int) -> float:
-    """The steering loop over the Parsl dispatcher into SQLite: seconds for ``n`` no-op tasks."""
-    ledger, cid, sid = _open(run_dir)
+def _steer(ledger: Ledger, cid: int, sid: int, d: Any, in_flight: int, stage: NoopStage, run_dir: Path) -> float:
+    """Run ``stage`` through the steering loop; the wall seconds it took."""
     ctx = StageContext(recipe=parse_recipe("campaign: bench\n"), ledger=ledger, campaign_id=cid, stage_id=sid,
                        workdir=run_dir, site="local")
+    steer = Steerer(TaskQueue(ledger, cid, site="local", executor=d.name, policy=RetryPolicy(0, 0)), d,
+                    max_in_flight=in_flight, on_progress=lambda p: None)
+    gc.collect()  # this run's clock does not pay for an earlier run's garbage
+    t0 = time.perf_counter()
+    status = steer.run_stage(stage, ctx)
+    dt = time.perf_counter() - t0
+    assert status == "done" and stage.told == stage.n
+    _check_db(ledger, cid, stage.n)
+    return dt
+
+
+def run_steered(n: int, workers: int, run_dir: Path, in_flight: int, sleep_s: float = 0.0) -> float:
+    """The steering loop over the Parsl dispatcher into SQLite: seconds for ``n`` no-op tasks."""
+    ledger, cid, sid = _open(run_dir)
     d = _dispatcher(run_dir, workers)
     try:
-        steer = Steerer(ledger, d, cid, "local", max_in_flight=in_flight, concurrency=workers,
-                        on_progress=lambda p: None)
-        d.on_attempt = steer.report_attempt
-        stage = NoopStage(n, run_dir)
-        gc.collect()  # this run's clock does not pay for an earlier run's garbage
-        t0 = time.perf_counter()
-        status = steer.run_stage(stage, ctx)
-        dt = time.perf_counter() - t0
+        return _steer(ledger, cid, sid, d, in_flight, NoopStage(n, run_dir, sleep_s), run_dir)
     finally:
         d.shutdown()
-    assert status == "done" and stage.told == n
-    _check_db(ledger, cid, n)
-    return dt
 
 
 def site_in_flight(workers: int) -> int:
@@ -167,43 +169,40 @@ def site_in_flight(workers: int) -> int:
     return parse_recipe(f"campaign: bench\nsite:\n  name: local\n  workers: {workers}\n").site.max_in_flight()
 
 
-def run_per_task_tx(n: int, workers: int, run_dir: Path) -> float:
-    """The ledger written one transaction per state change (create, begin, record per task), all submitted."""
+class InstantDispatcher(Dispatcher):
+    """Answers every attempt at once from one thread (the app's in-process path, no workers): what is left of
+    the campaign path is the steering loop and its database."""
+
+    name = "instant"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = ThreadPoolExecutor(1)
+
+    def _launch(self, spec: TaskSpec) -> Future[Any]:
+        return self._pool.submit(run_task, spec.model_dump(mode="json"), None, in_process=True)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=wait)
+
+
+def steering_cpu_per_task(n: int, run_dir: Path, in_flight: int) -> float:
+    """Microseconds of the steering thread's CPU per task for ``n`` no-op tasks (instant dispatcher)."""
     ledger, cid, sid = _open(run_dir)
-    d = _dispatcher(run_dir, workers)
+    d = InstantDispatcher()
+    ctx = StageContext(recipe=parse_recipe("campaign: bench\n"), ledger=ledger, campaign_id=cid, stage_id=sid,
+                       workdir=run_dir, site="local")
+    steer = Steerer(TaskQueue(ledger, cid, site="local", executor=d.name, policy=RetryPolicy(0, 0)), d,
+                    max_in_flight=in_flight)
+    stage = NoopStage(n, run_dir)
+    gc.collect()
+    t0 = time.thread_time()
     try:
-        specs = [_spec(run_dir, i) for i in range(n)]
-        gc.collect()  # this run's clock does not pay for an earlier run's garbage
-        t0 = time.perf_counter()
-        futs = []
-        for i, s in enumerate(specs):
-            task = ledger.create_task(cid, sid, f"noop/{i}", s)
-            attempt = ledger.begin_attempt(task.id, site="local", executor=d.name)
-            futs.append(d.submit(s.model_copy(update={"task_id": task.id, "attempt": attempt})))
-        for f in futs:
-            ledger.record_attempt(f.result(), final=True)
-        dt = time.perf_counter() - t0
+        assert steer.run_stage(stage, ctx) == "done"
     finally:
         d.shutdown()
-    _check_db(ledger, cid, n)
-    return dt
-
-
-def run_dispatch_only(n: int, workers: int, run_dir: Path) -> float:
-    """The campaign dispatcher alone: seconds for ``n`` no-op TaskSpecs, no database."""
-    d = _dispatcher(run_dir, workers)
-    try:
-        specs = [_spec(run_dir, i) for i in range(n)]
-        gc.collect()  # this run's clock does not pay for an earlier run's garbage
-        t0 = time.perf_counter()
-        futs = [d.submit(s) for s in specs]
-        wait(futs)
-        results = [f.result() for f in futs]
-        dt = time.perf_counter() - t0
-    finally:
-        d.shutdown()
-    assert all(r.ok and r.result["payload"] == i for i, r in enumerate(results))
-    return dt
+    return (time.thread_time() - t0) / n * 1e6
 
 
 def wait_for_children(timeout_s: float = 30.0) -> None:
@@ -222,19 +221,21 @@ def main() -> None:
                         help="repetitions (the ratio is the median over them; pairs vary by +-10%% on a busy machine)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=0, help="ours: tasks in flight at most (0: all)")
-    parser.add_argument("--quick", action="store_true", help="200 tasks, 2 repetitions")
+    parser.add_argument("--sleep-tasks", type=int, default=200, help="tasks of the 50 ms variant")
+    parser.add_argument("--scaling", default="1000,20000", help="task counts of the steering-CPU figure ('' skips)")
+    parser.add_argument("--quick", action="store_true", help="200 tasks, 2 repetitions, scaling 500,2000")
     parser.add_argument("--only", default="", help="comma-separated variants to run (default: all)")
     args = parser.parse_args()
     n, reps = (200, 2) if args.quick else (args.tasks, args.reps)
+    scaling = [int(x) for x in ("500,2000" if args.quick else args.scaling).split(",") if x]
     in_flight = args.in_flight or n
+    m = args.sleep_tasks
     runs = {
         "peer": lambda d: run_peer(n, args.workers, d),
-        "peer_parsl_debug_log": lambda d: run_peer(n, args.workers, d, parsl_default_logging=True),
         "ours": lambda d: run_steered(n, args.workers, d, in_flight),
         "ours_run_default": lambda d: run_steered(n, args.workers, d, site_in_flight(args.workers)),
-        "ours_workers_cap": lambda d: run_steered(n, args.workers, d, args.workers),
-        "ours_per_task_tx": lambda d: run_per_task_tx(n, args.workers, d),
-        "ours_dispatch_only": lambda d: run_dispatch_only(n, args.workers, d),
+        "peer_50ms": lambda d: run_peer(m, args.workers, d, sleep_s=0.05),
+        "ours_50ms": lambda d: run_steered(m, args.workers, d, site_in_flight(args.workers), sleep_s=0.05),
     }
     if args.only:
         runs = {k: v for k, v in runs.items() if k in {"peer", "ours", *args.only.split(",")}}
@@ -248,12 +249,18 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
                 dt = runs[which](Path(tmp))
             times[which].append(dt)
-            print(f"rep {rep} {which:>20}: {dt:.3f} s for {n} tasks ({n / dt:.0f} tasks/s)", flush=True)
+            print(f"rep {rep} {which:>20}: {dt:.3f} s", flush=True)
+    cpu: dict[int, float] = {}
+    for k in scaling:
+        with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+            cpu[k] = statistics.median(steering_cpu_per_task(k, Path(tmp), site_in_flight(args.workers))
+                                       for _ in range(3 if k <= 2000 else 1))
+        print(f"steering CPU per task at {k} tasks: {cpu[k]:.0f} us", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     # the ratio of one repetition's two runs (a few seconds apart) is not moved by the machine getting slower or
-    # faster between repetitions (seen here: the same code 1.6 s in one repetition, 2.5 s in the next)
+    # faster between repetitions
     pairs = [p / o for p, o in zip(times["peer"], times["ours"], strict=True)]
-    print(json.dumps({
+    out: dict[str, Any] = {
         "benchmark": "dispatch_noop_wall",
         "ours": round(med["ours"], 4),
         "peer": round(med["peer"], 4),
@@ -262,17 +269,20 @@ def main() -> None:
         "ratio_range": [round(min(pairs), 3), round(max(pairs), 3)],
         "ratio_of_medians": round(med["peer"] / med["ours"], 3),
         **{k: round(v, 4) for k, v in med.items() if k not in ("ours", "peer")},
-        **{f"ratio_{k[5:]}": round(med["peer"] / v, 3) for k, v in med.items() if k.startswith("ours_")},
-        **({"ratio_vs_parsl_debug_log": round(med["peer_parsl_debug_log"] / med["ours"], 3)}
-           if "peer_parsl_debug_log" in med else {}),
-        "includes_db_recording": True,
-        "db": "sqlite",
-        "tasks": n,
-        "in_flight": in_flight,
-        "reps": reps,
-        "workers": args.workers,
-        "peer_name": "bare Parsl HTEX python_app, same site config (parsl.log at INFO)",
-    }))
+    }
+    if "ours_run_default" in med:
+        out["ratio_run_default"] = round(med["peer"] / med["ours_run_default"], 3)
+    if "ours_50ms" in med and "peer_50ms" in med:
+        busy = {k: m * 0.05 / args.workers / med[k] for k in ("ours_50ms", "peer_50ms")}
+        out.update(busy_ours_50ms=round(busy["ours_50ms"], 3), busy_peer_50ms=round(busy["peer_50ms"], 3),
+                   ratio_busy_50ms=round(busy["ours_50ms"] / busy["peer_50ms"], 3))
+    if cpu:
+        out.update({f"steering_cpu_us_per_task_{k}": round(v, 1) for k, v in cpu.items()})
+        lo, hi = min(cpu), max(cpu)
+        out["scaling_growth"] = round(cpu[hi] / cpu[lo], 3)
+    out.update(includes_db_recording=True, db="sqlite", tasks=n, in_flight=in_flight, reps=reps,
+               workers=args.workers, peer_name="bare Parsl HTEX python_app, same site config (parsl.log at INFO)")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

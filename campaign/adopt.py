@@ -17,7 +17,6 @@ Either way a task never runs twice at once, and nothing that finished is run aga
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -26,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from campaign.processes import process_alive
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
-from campaign.worker import attempt_result_file, process_file, process_start_ticks, settle
+from campaign.worker import attempt_result_file, process_file, settle
 
 #: A heartbeat older than this (seconds) means the attempt's worker is gone.
 STALE_AFTER_S = 30.0
@@ -40,18 +40,6 @@ class Probe:
     state: Literal["finished", "alive", "lost"]
     result: dict[str, Any] | None = None
     detail: str = ""
-
-
-def _pid_alive(pid: int | None, start_ticks: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return start_ticks is None or process_start_ticks(pid) == start_ticks
 
 
 def probe_attempt(spec: TaskSpec, attempt: int, *, stale_after_s: float = STALE_AFTER_S) -> Probe:
@@ -70,8 +58,8 @@ def probe_attempt(spec: TaskSpec, attempt: int, *, stale_after_s: float = STALE_
     except (OSError, json.JSONDecodeError):
         return Probe("lost", None, "no record that the attempt started")
     if info.get("host") == socket.gethostname():
-        app_alive = _pid_alive(info.get("pid"), info.get("start_ticks"))
-        worker_alive = _pid_alive(info.get("worker_pid"), None) and age < stale_after_s
+        app_alive = process_alive(info.get("pid"), info.get("start_ticks"))
+        worker_alive = process_alive(info.get("worker_pid"), None) and age < stale_after_s
         if app_alive or worker_alive:
             return Probe("alive", None, f"pid {info.get('pid')} on this host")
         if (workdir / "result.json").exists():  # the app finished after its worker died
@@ -85,25 +73,24 @@ def probe_attempt(spec: TaskSpec, attempt: int, *, stale_after_s: float = STALE_
     return Probe("lost", None, f"no heartbeat from {info.get('host')} for {age:.0f} s")
 
 
-def lost_result(spec: TaskSpec, attempt: int, detail: str) -> dict[str, Any]:
+def lost_result(spec: TaskSpec, attempt: int, detail: str) -> TaskResult:
     """The ``node_lost`` result that closes an attempt nobody runs any more."""
     now = utcnow()
     return TaskResult(task_id=spec.task_id, attempt=attempt, exit_cause=ExitCause.NODE_LOST,
-                      error=f"adopted after a driver restart, then lost: {detail}", started_at=now,
-                      ended_at=now).model_dump(mode="json")
+                      error=f"adopted after a driver restart, then lost: {detail}", started_at=now, ended_at=now)
 
 
 def watch(spec: TaskSpec, attempt: int, *, poll_s: float = 1.0,
-          stale_after_s: float = STALE_AFTER_S) -> Future[dict[str, Any]]:
+          stale_after_s: float = STALE_AFTER_S) -> Future[TaskResult]:
     """A future that resolves to the attempt's result once it finishes (or to ``node_lost`` if it vanishes)."""
-    fut: Future[dict[str, Any]] = Future()
+    fut: Future[TaskResult] = Future()
     fut.set_running_or_notify_cancel()
 
     def _loop() -> None:
         while True:
             p = probe_attempt(spec, attempt, stale_after_s=stale_after_s)
             if p.state == "finished" and p.result is not None:
-                fut.set_result(p.result)
+                fut.set_result(TaskResult.model_validate(p.result))
                 return
             if p.state == "lost":
                 fut.set_result(lost_result(spec, attempt, p.detail))

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import getpass
 import os
+import secrets
 import socket
 import subprocess
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import campaign
-from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, check_transition, utcnow
+from campaign.dispatch.failures import FREE_CAUSES, RetryPolicy
+from campaign.lease import DriverBusy, LeaseHolder, LeaseLost
+from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, TaskState, check_transition, utcnow
 from db import models as m
-from db.bulk import insert_rows, update_rows
 from db.engine import session_factory, transaction
 from models.atomic_files import sha256_file
 
@@ -37,6 +39,9 @@ class CampaignConflict(ValueError):
 #: Ids per ``IN (...)`` list (well under SQLite's and PostgreSQL's bound-parameter limits).
 IN_CHUNK = 500
 
+#: The error of an attempt closed because the driver that submitted it stopped (retried free, never charged).
+DRIVER_STOPPED = "the steering process stopped while this attempt was in flight"
+
 _T = TypeVar("_T")
 
 
@@ -45,28 +50,10 @@ def _chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]
         yield items[i:i + size]
 
 
-@dataclass(frozen=True)
-class AttemptOutcome:
-    """One attempt's outcome to record (see :meth:`Ledger.record_attempts`).
-
-    Attributes:
-        result: What the worker (or the dispatcher, for a lost attempt) returned.
-        final: Whether the dispatcher is done with this task (otherwise it retries it itself and the task stays
-            SUBMITTED).
-        requeue: After a final failure, put the task back to READY for the steering loop to re-submit (for
-            dispatchers that do not retry), within the charged-failure and attempt budgets.
-    """
-
-    result: TaskResult
-    final: bool = True
-    requeue: bool = False
-
-
 @dataclass(slots=True)
 class TaskRow:
-    """A ``tasks`` row as plain values, read with one Core select (no ORM identity map, instrumentation or
-    per-row state): what :meth:`Ledger.tasks` returns and what stages are handed. Changing it changes nothing
-    in the database."""
+    """A ``tasks`` row as plain values: what :meth:`Ledger.tasks` returns and what stages are handed. Changing
+    it changes nothing in the database."""
 
     id: str
     campaign_id: int
@@ -82,12 +69,6 @@ class TaskRow:
     created_at: datetime
     updated_at: datetime
 
-    def with_state(self, state: TaskState, charged_failures: int) -> TaskRow:
-        """A copy with the task's state and charged failures as the database holds them now (what
-        ``dataclasses.replace`` does, at a fifth of its cost: the steering loop makes one per result)."""
-        return TaskRow(self.id, self.campaign_id, self.stage_id, self.key, self.kind, self.app, self.spec, state,
-                       self.priority, self.result, charged_failures, self.created_at, self.updated_at)
-
 
 _TASK_COLUMNS = tuple(m.Task.__table__.c[name] for name in TaskRow.__slots__)  # type: ignore[attr-defined]
 
@@ -98,26 +79,19 @@ def _task_rows(s: Session, q: Any) -> list[TaskRow]:
 
 
 @dataclass(frozen=True)
-class CreatedAndBegun:
-    """What :meth:`Ledger.create_and_begin` did.
+class Recorded:
+    """What recording one :class:`TaskResult` did.
 
     Attributes:
-        begun: The rows of the tasks whose first attempt it began (SUBMITTED), in planned order.
-        ready: The rows of the other new tasks (READY), in planned order.
-        existing: How many of the keys were in the campaign already (left alone).
+        state: The task's state after it (DONE, FAILED, READY for a retry).
+        task: The task row after it.
+        stale: The result was not the task's current attempt (already recorded, or superseded by a newer
+            attempt): its attempt row was closed if it was open, the task was left alone and nothing was charged.
     """
-
-    begun: list[TaskRow]
-    ready: list[TaskRow]
-    existing: int
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What recording one :class:`AttemptOutcome` did: the task's new state and the task row after it."""
 
     state: TaskState
     task: TaskRow
+    stale: bool = False
 
 
 def git_sha(start: Path | None = None) -> str | None:
@@ -143,7 +117,7 @@ class Ledger:
     def open_campaign(self, *, name: str, recipe_text: str, recipe_hash: str, site: str,
                       recipe_path: str | None = None, profile: str | None = None,
                       resume_only: bool = False) -> m.Campaign:
-        """Create the campaign row, or return the existing one when the recipe is the same (a resume).
+        """Create the campaign row, or return the existing one, unchanged, when the recipe is the same (a resume).
 
         Raises:
             CampaignConflict: a campaign of this name exists with a different recipe hash.
@@ -167,9 +141,12 @@ class Ledger:
                         f"campaign {name!r} already exists with a different recipe (hash {row.recipe_hash[:12]} "
                         f"vs {recipe_hash[:12]}); rename the campaign or use `campaign resume {name}`"
                     )
-                row.status = "running"
-                row.ended_at = None
             return row
+
+    def start_campaign(self, campaign_id: int) -> None:
+        """Mark the campaign running again (a resume; its driver holds the lease)."""
+        with transaction(self.Session) as s:
+            s.execute(update(m.Campaign).where(m.Campaign.id == campaign_id).values(status="running", ended_at=None))
 
     def finish_campaign(self, campaign_id: int, status: str) -> None:
         """Mark the campaign finished (``done`` / ``failed`` / ``interrupted``)."""
@@ -202,140 +179,274 @@ class Ledger:
         with transaction(self.Session) as s:
             s.execute(update(m.Stage).where(m.Stage.id == stage_id).values(status=status, ended_at=utcnow()))
 
-    # ---------------------------------------------------------------------------------------------- tasks
-    def create_task(self, campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> m.Task:
-        """Create a task in READY state, or return the existing task with the same key (idempotent)."""
+    # ---------------------------------------------------------------------------------------------- lease
+    def acquire_lease(self, campaign_id: int, *, host: str, pid: int, start_ticks: int | None) -> str:
+        """Take the campaign's driver lease and return a new fencing token.
+
+        Raises:
+            DriverBusy: another driver holds it and is not provably dead (see :class:`LeaseHolder`).
+        """
+        token = secrets.token_hex(16)
         with transaction(self.Session) as s:
-            existing = s.scalar(select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key == key))
-            if existing is not None:
-                return existing
-            row = m.Task(**self._task_values(campaign_id, stage_id, key, spec, utcnow(), 0))
-            s.add(row)
-            try:
-                s.flush()
-            except IntegrityError:  # pragma: no cover - another writer raced us; the key wins
-                s.rollback()
-                return self.get_task_by_key(campaign_id, key)
-            return row
-
-    def create_tasks(self, campaign_id: int, stage_id: int,
-                     planned: Sequence[tuple[str, TaskSpec]], *, returning: bool = True) -> list[m.Task]:
-        """Create many tasks in one transaction (idempotent by key, like :meth:`create_task`).
-
-        Args:
-            campaign_id: The campaign.
-            stage_id: The stage the new tasks belong to.
-            planned: ``(key, spec)`` pairs; a key already in the campaign (or repeated) keeps its first task.
-            returning: Read the rows back (``False``: the caller only needs them to exist; saves a query that
-                decodes every spec).
-
-        Returns:
-            One task row per distinct key, in the order of ``planned`` (empty when ``returning`` is false).
-        """
-        keys, first = self._distinct(planned)
-        if not keys:
-            return []
-        try:
-            with transaction(self.Session) as s:
-                _, new = self._new_task_values(s, campaign_id, stage_id, keys, first)
-                if new:  # executemany: one statement, not one ORM object per row
-                    insert_rows(s, m.Task.__table__, new)
-                if not returning:
-                    return []
-                rows: dict[str, m.Task] = {}
-                for chunk in _chunks(keys):
-                    q = select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key.in_(chunk))
-                    rows.update((t.key, t) for t in s.scalars(q))
-                return [rows[k] for k in keys]
-        except IntegrityError:  # pragma: no cover - another writer raced us: fall back to one key at a time
-            return [self.create_task(campaign_id, stage_id, k, first[k]) for k in keys]
-
-    def create_and_begin(self, campaign_id: int, stage_id: int, planned: Sequence[tuple[str, TaskSpec]], *,
-                         begin: int, site: str, executor: str | None = None) -> CreatedAndBegun:
-        """Create tasks and begin the first attempts of up to ``begin`` of the new ones, in one transaction.
-
-        What :meth:`create_tasks` then :meth:`begin_attempts` would write, without reading back what this
-        transaction has just written: a new task's first attempt needs neither its state nor its past attempts.
-        Keys already in the campaign (or repeated) are left as they are, like :meth:`create_tasks`.
-
-        Args:
-            campaign_id: The campaign.
-            stage_id: The stage the new tasks belong to.
-            planned: ``(key, spec)`` pairs, in the order to begin them.
-            begin: How many of the new tasks to begin (the first ones); the others are created READY.
-            site: Recorded on each attempt begun.
-            executor: Recorded on each attempt begun.
-
-        Returns:
-            The rows of the tasks begun (SUBMITTED, their spec at attempt 1) and of those created READY, and how
-            many keys existed already.
-        """
-        keys, first = self._distinct(planned)
-        if not keys:
-            return CreatedAndBegun([], [], 0)
-        try:
-            with transaction(self.Session) as s:
-                known, new = self._new_task_values(s, campaign_id, stage_id, keys, first)
-                begun = new[:max(0, begin)]
-                attempts = []
-                for row in begun:  # submitted when created (the spec is this row's own dump)
-                    row["spec"]["attempt"] = 1
-                    row["state"] = TaskState.SUBMITTED
-                    attempts.append(self._attempt_values(row["id"], 1, row["spec"], site, executor, row["updated_at"]))
-                if new:
-                    insert_rows(s, m.Task.__table__, new)
-                if attempts:
-                    insert_rows(s, m.Attempt.__table__, attempts)
-        except IntegrityError:  # pragma: no cover - another writer raced us: create, then begin what is READY
-            self.create_tasks(campaign_id, stage_id, planned, returning=False)
-            return CreatedAndBegun([], [], len(keys))
-        rows = [TaskRow(**{name: row.get(name) for name in TaskRow.__slots__}) for row in new]  # type: ignore[attr-defined]
-        return CreatedAndBegun(rows[:len(begun)], rows[len(begun):], len(known))
-
-    @staticmethod
-    def _distinct(planned: Sequence[tuple[str, TaskSpec]]) -> tuple[list[str], dict[str, TaskSpec]]:
-        """The distinct keys of ``planned`` in order, and each key's spec (the first of a repeated key wins)."""
-        return list(dict.fromkeys(k for k, _ in planned)), dict(reversed(planned))
-
-    def _new_task_values(self, s: Session, campaign_id: int, stage_id: int, keys: Sequence[str],
-                         first: Mapping[str, TaskSpec]) -> tuple[set[str], list[dict[str, Any]]]:
-        """Which of ``keys`` the campaign has tasks for, and the column values of a new READY task for each other
-        key (all created now, in the order of ``keys``)."""
-        known: set[str] = set()
-        for chunk in _chunks(keys):
-            known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
-                                                            m.Task.key.in_(chunk))))
-        now = utcnow()
-        return known, [self._task_values(campaign_id, stage_id, key, first[key], now, i)
-                       for i, key in enumerate(k for k in keys if k not in known)]
-
-    @staticmethod
-    def _task_values(campaign_id: int, stage_id: int, key: str, spec: TaskSpec, now: datetime,
-                     i: int) -> dict[str, Any]:
-        """A new READY task's column values; ``created_at`` is ``now`` plus ``i`` microseconds, so that tasks of
-        equal priority created together keep their planned order (:meth:`tasks`)."""
-        return dict(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
-                    app=spec.app, spec=spec.model_dump(mode="json"), state=TaskState.READY, priority=spec.priority,
-                    charged_failures=0, created_at=now + timedelta(microseconds=i), updated_at=now)
-
-    @staticmethod
-    def _attempt_values(task_id: str, number: int, spec: Mapping[str, Any], site: str, executor: str | None,
-                        now: datetime) -> dict[str, Any]:
-        """A new (open) attempt's column values: the resources it holds come from the task's spec."""
-        res = spec.get("resources", {})
-        nodes = int(res.get("nodes", 1))
-        ranks = nodes * int(res.get("ranks_per_node", 1))
-        return dict(task_id=task_id, number=number, site=site, executor=executor, nodes=nodes, ranks=ranks,
-                    gpus=ranks * int(res.get("gpus_per_rank", 0)), cpus=ranks * int(res.get("cpus_per_rank", 1)),
-                    submitted_at=now)
-
-    def get_task_by_key(self, campaign_id: int, key: str) -> m.Task:
-        """The task with ``key`` in the campaign."""
-        with self.Session() as s:
-            row = s.scalar(select(m.Task).where(m.Task.campaign_id == campaign_id, m.Task.key == key))
+            row = s.get(m.Campaign, campaign_id, with_for_update=True)
             if row is None:
-                raise KeyError(key)
-            return row
+                raise KeyError(campaign_id)
+            now = utcnow()
+            if row.driver_token is not None:
+                holder = LeaseHolder(row.driver_host, row.driver_pid, row.driver_start_ticks, row.driver_since,
+                                     row.driver_heartbeat_at)
+                beat = _aware(row.driver_heartbeat_at or row.driver_since or now)
+                if not holder.provably_dead((now - beat).total_seconds()):
+                    raise DriverBusy(f"campaign {row.name!r} is being run by another driver ({holder.describe()}); "
+                                     "wait for it to end or stop it first")
+            row.driver_token, row.driver_host, row.driver_pid = token, host, pid
+            row.driver_start_ticks, row.driver_since, row.driver_heartbeat_at = start_ticks, now, now
+        return token
+
+    def renew_lease(self, campaign_id: int, token: str, s: Session | None = None) -> None:
+        """Renew the lease held under ``token`` (in ``s``'s transaction when given).
+
+        Raises:
+            LeaseLost: another driver has taken the campaign.
+        """
+        with self.unit_of_work(s) as s:
+            done = s.execute(update(m.Campaign).where(m.Campaign.id == campaign_id, m.Campaign.driver_token == token)
+                             .values(driver_heartbeat_at=utcnow()))
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(f"campaign {campaign_id}: another driver took the campaign over")
+
+    def release_lease(self, campaign_id: int, token: str) -> None:
+        """Give the lease up (a no-op when another driver holds it now)."""
+        with transaction(self.Session) as s:
+            s.execute(update(m.Campaign).where(m.Campaign.id == campaign_id, m.Campaign.driver_token == token)
+                      .values(driver_token=None, driver_heartbeat_at=utcnow()))
+
+    # ---------------------------------------------------------------------------------------------- tasks
+    def create_tasks(self, campaign_id: int, stage_id: int, planned: Sequence[tuple[str, TaskSpec]]) -> int:
+        """Create READY tasks in one transaction, idempotent by key: a key already in the campaign (or repeated)
+        keeps its first task. Tasks of equal priority are claimed in the order given. Returns how many were new."""
+        keys = list(dict.fromkeys(k for k, _ in planned))
+        if not keys:
+            return 0
+        first = dict(reversed(planned))
+        try:
+            with transaction(self.Session) as s:
+                known: set[str] = set()
+                for chunk in _chunks(keys):
+                    known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
+                                                                    m.Task.key.in_(chunk))))
+                now = utcnow()
+                new = [self._task_values(campaign_id, stage_id, key, first[key], now + timedelta(microseconds=i))
+                       for i, key in enumerate(k for k in keys if k not in known)]
+                if new:
+                    s.execute(insert(m.Task), new)
+                return len(new)
+        except IntegrityError:  # pragma: no cover - a concurrent writer made one of the keys: one at a time
+            return sum(self._create_one(campaign_id, stage_id, k, first[k]) for k in keys)
+
+    def _create_one(self, campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> bool:
+        with transaction(self.Session) as s:
+            if s.scalar(select(m.Task.id).where(m.Task.campaign_id == campaign_id, m.Task.key == key)) is not None:
+                return False
+            s.execute(insert(m.Task), [self._task_values(campaign_id, stage_id, key, spec, utcnow())])
+            return True
+
+    def create_task(self, campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> TaskRow:
+        """Create one READY task (idempotent by key) and return the campaign's task with that key."""
+        self.create_tasks(campaign_id, stage_id, [(key, spec)])
+        return self.get_task_by_key(campaign_id, key)
+
+    @staticmethod
+    def _task_values(campaign_id: int, stage_id: int, key: str, spec: TaskSpec, created: datetime) -> dict[str, Any]:
+        return dict(id=spec.task_id, campaign_id=campaign_id, stage_id=stage_id, key=key, kind=spec.kind,
+                    app=spec.app, spec=spec.model_dump(mode="json", exclude={"driver"}), state=TaskState.READY,
+                    priority=spec.priority, charged_failures=0, created_at=created, updated_at=created)
+
+    def claim(self, campaign_id: int, stage_id: int, n: int, *, site: str, executor: str | None = None,
+              driver: DriverRef | None = None) -> list[TaskSpec]:
+        """Begin the next attempts of up to ``n`` READY tasks of a stage (highest priority, then oldest, first):
+        the one way an attempt begins.
+
+        Each task becomes SUBMITTED with a new open attempt row (numbered after its last one); the specs come back
+        with that attempt number and ``driver`` set, ready to submit. One transaction, fenced by ``driver``'s
+        lease when given.
+
+        Raises:
+            LeaseLost: ``driver``'s lease was taken by another driver (nothing is written).
+        """
+        if n <= 0:
+            return []
+        with transaction(self.Session) as s:
+            if driver is not None:
+                self.renew_lease(campaign_id, driver.token, s)
+            q = (select(m.Task.id, m.Task.spec).where(m.Task.campaign_id == campaign_id, m.Task.stage_id == stage_id,
+                                                      m.Task.state == TaskState.READY)
+                 .order_by(m.Task.priority.desc(), m.Task.created_at).limit(n).with_for_update())
+            return self._begin(s, list(s.execute(q)), site, executor, driver)
+
+    def begin_attempt(self, task_id: str, *, site: str, executor: str | None = None) -> int:
+        """Begin the next attempt of one READY task (what :meth:`claim` does for a chosen task). Returns its number.
+
+        Raises:
+            KeyError: no such task.
+            InvalidTransition: the task is not READY.
+        """
+        with transaction(self.Session) as s:
+            row = s.execute(select(m.Task.id, m.Task.spec, m.Task.state).where(m.Task.id == task_id)
+                            .with_for_update()).one_or_none()
+            if row is None:
+                raise KeyError(task_id)
+            check_transition(row.state, TaskState.SUBMITTED)
+            return self._begin(s, [(row.id, row.spec)], site, executor, None)[0].attempt
+
+    @staticmethod
+    def _begin(s: Session, rows: Sequence[tuple[str, dict[str, Any]]], site: str, executor: str | None,
+               driver: DriverRef | None) -> list[TaskSpec]:
+        if not rows:
+            return []
+        ids = [tid for tid, _ in rows]
+        last: dict[str, int] = {tid: n for tid, n in s.execute(
+            select(m.Attempt.task_id, func.max(m.Attempt.number)).where(m.Attempt.task_id.in_(ids))
+            .group_by(m.Attempt.task_id))}
+        now = utcnow()
+        specs, attempts, tasks = [], [], []
+        for tid, spec_json in rows:
+            spec = TaskSpec.model_validate({**spec_json, "attempt": (last.get(tid) or 0) + 1, "driver": driver})
+            res = spec.resources
+            attempts.append(dict(task_id=tid, number=spec.attempt, site=site, executor=executor, nodes=res.nodes,
+                                 ranks=res.ranks, gpus=res.ranks * res.gpus_per_rank,
+                                 cpus=res.ranks * res.cpus_per_rank, submitted_at=now))
+            tasks.append(dict(b_id=tid, state=TaskState.SUBMITTED, spec=spec.model_dump(mode="json"),
+                              updated_at=now))
+            specs.append(spec)
+        s.execute(insert(m.Attempt), attempts)
+        s.connection().execute(update(m.Task).where(m.Task.id == bindparam("b_id")), tasks)
+        return specs
+
+    def record(self, results: Sequence[TaskResult], *, policy: RetryPolicy | None = None,
+               campaign_id: int | None = None, token: str | None = None) -> list[Recorded]:
+        """Record attempts' outcomes and move their tasks on, in one transaction, committed before this returns
+        (a caller that acts on them never acts on something unrecorded).
+
+        A success makes the task DONE. A failure is charged by ``policy`` (app errors and kills cost a retry,
+        lost nodes and walltime are free up to the policy's limit, bad input ends the task) and the task goes
+        back to READY while the budget lasts, else FAILED. A result that is not the task's current open attempt
+        (already recorded, or superseded) is stale: it changes no task and charges nothing (see :class:`Recorded`).
+
+        Args:
+            results: What came back, in order (the same task may appear once per attempt).
+            policy: The retry policy (default :class:`RetryPolicy`'s defaults).
+            campaign_id: With ``token``: the campaign whose lease fences this write.
+            token: The recording driver's fencing token.
+
+        Returns:
+            One :class:`Recorded` per result, in order.
+
+        Raises:
+            KeyError: a result names a task that does not exist (nothing is written).
+            LeaseLost: ``token`` no longer holds the campaign (nothing is written).
+        """
+        if not results:
+            return []
+        policy = policy or RetryPolicy()
+        ids = list(dict.fromkeys(r.task_id for r in results))
+        out: list[Recorded] = []
+        with transaction(self.Session) as s:
+            if token is not None and campaign_id is not None:
+                self.renew_lease(campaign_id, token, s)
+            tasks: dict[str, TaskRow] = {}
+            open_: set[tuple[str, int]] = set()
+            latest: dict[str, int] = {}
+            free_used: dict[str, int] = {}
+            for chunk in _chunks(ids):
+                tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
+                                                           .where(m.Task.id.in_(chunk)).with_for_update()))
+                for tid, n, cause, error in s.execute(select(m.Attempt.task_id, m.Attempt.number,
+                                                             m.Attempt.exit_cause, m.Attempt.error)
+                                                      .where(m.Attempt.task_id.in_(chunk))):
+                    latest[tid] = max(latest.get(tid, 0), n)
+                    if cause is None:
+                        open_.add((tid, n))
+                    elif ExitCause(cause) in FREE_CAUSES and error != DRIVER_STOPPED:
+                        free_used[tid] = free_used.get(tid, 0) + 1
+            missing = [tid for tid in ids if tid not in tasks]
+            if missing:
+                raise KeyError(missing[0])
+            now = utcnow()
+            closing: list[dict[str, Any]] = []
+            moved: dict[str, TaskRow] = {}
+            for r in results:
+                task = tasks[r.task_id]
+                key = (task.id, r.attempt)
+                if key not in open_:  # already recorded, or an attempt this database never began
+                    out.append(Recorded(task.state, task, stale=True))
+                    continue
+                open_.discard(key)
+                closing.append(self._closed_attempt(r, now))
+                if r.attempt != latest[task.id] or task.state not in (TaskState.SUBMITTED, TaskState.RUNNING):
+                    out.append(Recorded(task.state, task, stale=True))
+                    continue
+                self._move_task(task, r, policy, free_used.get(task.id, 0))
+                if r.exit_cause in FREE_CAUSES:
+                    free_used[task.id] = free_used.get(task.id, 0) + 1
+                task.updated_at = now
+                moved[task.id] = task
+                out.append(Recorded(task.state, task))
+            if closing:
+                s.connection().execute(
+                    update(m.Attempt).where(m.Attempt.task_id == bindparam("b_task"),
+                                            m.Attempt.number == bindparam("b_number"))
+                    .values(executor=func.coalesce(bindparam("b_executor"), m.Attempt.executor),
+                            started_at=func.coalesce(bindparam("b_started"), m.Attempt.submitted_at)), closing)
+            if moved:
+                s.connection().execute(
+                    update(m.Task).where(m.Task.id == bindparam("b_id")),
+                    [dict(b_id=t.id, state=t.state, result=t.result, charged_failures=t.charged_failures,
+                          updated_at=now) for t in moved.values()])
+        return out
+
+    def record_attempt(self, result: TaskResult, *, policy: RetryPolicy | None = None) -> TaskState:
+        """Record one attempt's outcome (see :meth:`record`). Returns the task's state after it."""
+        return self.record([result], policy=policy)[0].state
+
+    @staticmethod
+    def _closed_attempt(result: TaskResult, now: datetime) -> dict[str, Any]:
+        """The ``attempts`` values ``result`` sets when it closes its attempt (one executemany for a batch); the
+        executor and start time stay as submitted where the worker did not report them."""
+        row = dict(b_task=result.task_id, b_number=result.attempt, exit_cause=m.ExitCause(result.exit_cause.value),
+                   returncode=result.returncode, error=result.error, host=result.host,
+                   batch_job_id=result.batch_job_id, ended_at=result.ended_at or now,
+                   stdout_path=result.stdout_path, stderr_path=result.stderr_path)
+        row["b_executor"], row["b_started"] = result.executor or None, result.started_at
+        return row
+
+    @staticmethod
+    def _move_task(task: TaskRow, result: TaskResult, policy: RetryPolicy, free_used: int) -> None:
+        """Apply one current attempt's outcome to its task (DONE, READY for a retry, or FAILED)."""
+        if result.exit_cause is ExitCause.OK:
+            task.state, task.result = TaskState.DONE, result.result
+            return
+        cost = policy.cost(result, free_used)
+        if cost > 0:
+            task.charged_failures += 1
+        if cost == 0 or (cost == 1 and task.charged_failures <= policy.max_retries):
+            task.state = TaskState.READY
+        else:
+            task.state = TaskState.FAILED
+            task.result = result.result or {"status": "failed", "reason": result.exit_cause.value,
+                                            "message": (result.error or "")[-2000:]}
+
+    def get_task_by_key(self, campaign_id: int, key: str) -> TaskRow:
+        """The task with ``key`` in the campaign.
+
+        Raises:
+            KeyError: no such task.
+        """
+        with self.Session() as s:
+            rows = _task_rows(s, select(*_TASK_COLUMNS).where(m.Task.campaign_id == campaign_id, m.Task.key == key))
+        if not rows:
+            raise KeyError(key)
+        return rows[0]
 
     def tasks(self, campaign_id: int, *, stage_id: int | None = None,
               states: Iterable[TaskState] | None = None, limit: int | None = None) -> list[TaskRow]:
@@ -369,221 +480,27 @@ class Ledger:
         with self.Session() as s:
             return int(s.scalar(q) or 0)
 
-    def set_state(self, task_id: str, new: TaskState) -> None:
-        """Move a task along the state machine (raises ``InvalidTransition`` otherwise)."""
-        with transaction(self.Session) as s:
-            row = s.get(m.Task, task_id, with_for_update=True)
-            if row is None:
-                raise KeyError(task_id)
-            if row.state != new:
-                check_transition(row.state, new)
-                row.state = new
+    def open_attempts(self, campaign_id: int, stage_id: int) -> list[TaskSpec]:
+        """The stage's attempts in flight, as the specs that were submitted (their attempt number is the open
+        attempt's)."""
+        return [TaskSpec.model_validate(t.spec)
+                for t in self.tasks(campaign_id, stage_id=stage_id, states=[TaskState.SUBMITTED, TaskState.RUNNING])]
 
-    def begin_attempt(self, task_id: str, *, site: str, executor: str | None = None) -> int:
-        """Record a submission: a new attempt row and the task SUBMITTED. Returns the attempt number.
+    def failure_summary(self, campaign_id: int, stage_id: int) -> str:
+        """Why a stage failed, from its FAILED tasks: how many, and the first one's cause and last line of error."""
+        failed = self.tasks(campaign_id, stage_id=stage_id, states=[TaskState.FAILED])
+        if not failed:
+            return "the stage reported failure without a failed task"
+        first = failed[0].result or {}
+        lines = str(first.get("message") or "").strip().splitlines()
+        why = f"{first.get('reason', 'failed')}" + (f": {lines[-1]}" if lines else "")
+        return f"{len(failed)} task(s) failed; first: {failed[0].key}: {why}"[:500]
 
-        Raises:
-            KeyError: no such task.
-            InvalidTransition: the task cannot be submitted (it is not READY).
-        """
-        return self._begin(task_ids=[task_id], site=site, executor=executor, strict=True)[task_id]
-
-    def begin_attempts(self, task_ids: Sequence[str], *, site: str, executor: str | None = None,
-                       specs: Mapping[str, dict[str, Any]] | None = None,
-                       session: Session | None = None) -> dict[str, int]:
-        """Record many submissions in one transaction (what the steering loop does per batch it submits).
-
-        Tasks that are no longer READY (or no longer exist) are left alone and missing from the answer.
-
-        Args:
-            task_ids: The tasks to submit.
-            site: Recorded on each attempt.
-            executor: Recorded on each attempt.
-            specs: The tasks' specs as the caller read them (:attr:`TaskRow.spec`), so that only their states
-                are read here; a task's spec is never changed but by this method, under the same lock.
-            session: Write in this (outer) transaction (see :meth:`unit_of_work`) instead of one of its own.
-
-        Returns:
-            ``{task_id: attempt number}`` of the attempts begun.
-        """
-        return self._begin(task_ids=task_ids, site=site, executor=executor, strict=False, known=specs,
-                           session=session)
-
-    def _begin(self, *, task_ids: Sequence[str], site: str, executor: str | None,
-               strict: bool, known: Mapping[str, dict[str, Any]] | None = None,
-               session: Session | None = None) -> dict[str, int]:
-        ids = list(dict.fromkeys(task_ids))
-        if not ids:
-            return {}
-        begun: dict[str, int] = {}
-        with self.unit_of_work(session) as s:
-            rows: dict[str, tuple[TaskState, dict[str, Any]]] = {}
-            last: dict[str, int] = {}
-            for chunk in _chunks(ids):
-                # Core rows (s.connection()): column tuples need no ORM loading machinery; a spec the caller
-                # holds is not read (and decoded) again
-                if known is not None and all(tid in known for tid in chunk):
-                    q = select(m.Task.id, m.Task.state).where(m.Task.id.in_(chunk)).with_for_update()
-                    rows.update((tid, (TaskState(state), known[tid])) for tid, state in s.connection().execute(q))
-                else:
-                    q = select(m.Task.id, m.Task.state, m.Task.spec).where(m.Task.id.in_(chunk)).with_for_update()
-                    rows.update((tid, (TaskState(state), spec)) for tid, state, spec in s.connection().execute(q))
-                last.update((tid, n) for tid, n in s.connection().execute(
-                    select(m.Attempt.task_id, func.max(m.Attempt.number))
-                    .where(m.Attempt.task_id.in_(chunk)).group_by(m.Attempt.task_id)))
-            now = utcnow()
-            attempts: list[dict[str, Any]] = []
-            tasks: list[dict[str, Any]] = []
-            for task_id in ids:
-                if task_id not in rows:
-                    if strict:
-                        raise KeyError(task_id)
-                    continue
-                state, spec = rows[task_id]
-                if strict:
-                    check_transition(state, TaskState.SUBMITTED)
-                elif state != TaskState.READY:
-                    continue
-                n = (last.get(task_id) or 0) + 1
-                attempts.append(self._attempt_values(task_id, n, spec, site, executor, now))
-                tasks.append(dict(id=task_id, state=TaskState.SUBMITTED, spec={**spec, "attempt": n}, updated_at=now))
-                begun[task_id] = n
-            if attempts:  # executemany: one statement per batch, not one ORM object per row
-                insert_rows(s, m.Attempt.__table__, attempts)
-                update_rows(s, m.Task.__table__, tasks)
-        return begun
-
-    def record_attempt(self, result: TaskResult, *, final: bool, requeue: bool = False,
-                       max_charged: int = 2, max_attempts: int = 8) -> TaskState:
-        """Write one attempt's outcome and move the task on.
-
-        Args:
-            result: What the worker returned.
-            final: Whether the dispatcher is done with this task (otherwise it retries it itself and the task
-                stays SUBMITTED).
-            requeue: After a final failure, put the task back to READY for the steering loop to re-submit (for
-                dispatchers that do not retry), while fewer than ``max_charged`` charged failures (cause
-                ``error``/``killed``; walltime and node loss are free) and ``max_attempts`` attempts were spent.
-            max_charged: Charged failures allowed before the task FAILS (with ``requeue``).
-            max_attempts: Attempts allowed in all (with ``requeue``).
-
-        Returns:
-            The task's new state: DONE, FAILED, READY or SUBMITTED.
-        """
-        outcome = AttemptOutcome(result, final=final, requeue=requeue)
-        return self.record_attempts([outcome], max_charged=max_charged, max_attempts=max_attempts)[0].state
-
-    def record_attempts(self, outcomes: Sequence[AttemptOutcome], *, max_charged: int = 2,
-                        max_attempts: int = 8, rows: Mapping[str, TaskRow] | None = None,
-                        open_attempts: Collection[tuple[str, int]] = (),
-                        session: Session | None = None) -> list[Recorded]:
-        """Write many attempts' outcomes in one transaction, in order (see :meth:`record_attempt`).
-
-        The same task may appear more than once (an attempt its dispatcher retried, then the final one). All
-        outcomes are committed together before this returns, so a caller that acts on them afterwards never
-        acts on something unrecorded.
-
-        Args:
-            outcomes: What to record.
-            max_charged: See :meth:`record_attempt`.
-            max_attempts: See :meth:`record_attempt`.
-            rows: Task rows the caller holds (as :meth:`tasks` returned them): only their state and charged
-                failures are read here (under the lock), the rest is taken from these; they are not changed.
-            open_attempts: ``(task id, attempt number)`` of attempts the caller began (their rows exist): where
-                every outcome of a batch names one of these, the attempt rows are not read back.
-            session: Write in this (outer) transaction (see :meth:`unit_of_work`): the outcomes are committed
-                with it, not when this returns.
-
-        Returns:
-            One :class:`Recorded` per outcome, in order (its ``task`` is the row as committed, detached).
-
-        Raises:
-            KeyError: an outcome names a task that does not exist (nothing is written).
-        """
-        if not outcomes:
-            return []
-        ids = list(dict.fromkeys(o.result.task_id for o in outcomes))
-        out: list[Recorded] = []
-        all_open = all((o.result.task_id, o.result.attempt) in open_attempts for o in outcomes)
-        with self.unit_of_work(session) as s:
-            tasks: dict[str, TaskRow] = {}
-            attempts: dict[tuple[str, int], str] = {}  # (task, number) -> site, of the rows read
-            for chunk in _chunks(ids):
-                if rows is not None and all(tid in rows for tid in chunk):
-                    q = select(m.Task.id, m.Task.state, m.Task.charged_failures).where(m.Task.id.in_(chunk))
-                    tasks.update((tid, rows[tid].with_state(TaskState(state), charged))
-                                 for tid, state, charged in s.connection().execute(q.with_for_update()))
-                else:
-                    tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
-                                                               .where(m.Task.id.in_(chunk)).with_for_update()))
-                if all_open:
-                    continue  # the caller began every attempt recorded here: they all exist
-                q = select(m.Attempt.task_id, m.Attempt.number, m.Attempt.site).where(m.Attempt.task_id.in_(chunk))
-                attempts.update(((tid, n), site) for tid, n, site in s.connection().execute(q))
-            missing = [tid for tid in ids if tid not in tasks]
-            if missing:
-                raise KeyError(missing[0])
-            changed: dict[tuple[str, int], tuple[str | None, dict[str, Any]]] = {}  # (site of a new row, closing)
-            now = utcnow()
-            for o in outcomes:
-                result = o.result
-                task = tasks[result.task_id]
-                key = (task.id, result.attempt)
-                site = None
-                if key not in open_attempts and key not in attempts:
-                    # an attempt retried inside the dispatcher (Parsl retry): it gets its own row, at the site of
-                    # the task's latest attempt
-                    prev = max(((n, a) for (tid, n), a in attempts.items() if tid == task.id), default=None)
-                    site = attempts[key] = prev[1] if prev else "unknown"
-                changed[key] = (site, self._closed_attempt(result, now))
-                self._move_task(task, o, max_charged=max_charged, max_attempts=max_attempts)
-                task.updated_at = now
-                out.append(Recorded(TaskState(task.state), task))
-            # a new row (a retried attempt) gets every column, an open one only those its closing sets (executor
-            # and start as the worker reported them, else as they were at submission)
-            inserts = [{"task_id": tid, "number": n, "site": site, "submitted_at": now,
-                        **row, "started_at": row["started_at"] or now}
-                       for (tid, n), (site, row) in changed.items() if site is not None]
-            updates = [{"task_id": tid, "number": n, **row}
-                       for (tid, n), (site, row) in changed.items() if site is None]
-            if inserts:
-                insert_rows(s, m.Attempt.__table__, inserts)
-            if updates:
-                update_rows(s, m.Attempt.__table__, updates, key=("task_id", "number"),
-                            fallback={"executor": "executor", "started_at": "submitted_at"})
-            update_rows(s, m.Task.__table__, [dict(id=t.id, state=t.state, result=t.result,
-                                                     charged_failures=t.charged_failures, updated_at=now)
-                                                for t in tasks.values()])
-        return out
-
-    @staticmethod
-    def _closed_attempt(result: TaskResult, now: Any) -> dict[str, Any]:
-        """The columns ``result`` sets when it closes an attempt (same keys for every row: one executemany);
-        ``executor`` and ``started_at`` are ``None`` where the worker did not report them."""
-        return dict(
-            exit_cause=m.ExitCause(result.exit_cause.value), returncode=result.returncode, error=result.error,
-            host=result.host, batch_job_id=result.batch_job_id, executor=result.executor or None,
-            started_at=result.started_at, ended_at=result.ended_at or now,
-            stdout_path=result.stdout_path, stderr_path=result.stderr_path,
-        )
-
-    @staticmethod
-    def _move_task(task: TaskRow, o: AttemptOutcome, *, max_charged: int, max_attempts: int) -> None:
-        result = o.result
-        if result.exit_cause is ExitCause.OK:
-            task.state = TaskState.DONE
-            task.result = result.result
-            return
-        if result.exit_cause in (ExitCause.ERROR, ExitCause.KILLED):
-            task.charged_failures += 1
-        if not o.final:
-            return  # the dispatcher retries; the task stays SUBMITTED
-        if o.requeue and task.charged_failures <= max_charged and result.attempt < max_attempts:
-            task.state = TaskState.READY
-        else:
-            task.state = TaskState.FAILED
-            task.result = result.result or {"status": "failed", "reason": result.exit_cause.value,
-                                            "message": (result.error or "")[-2000:]}
+    def stage_failure(self, stage_id: int) -> str:
+        """The failure reason recorded on a stage ("" when none)."""
+        with self.Session() as s:
+            row = s.get(m.Stage, stage_id)
+            return str((row.config or {}).get("failure") or "") if row is not None else ""
 
     def fail_task(self, task_id: str, reason: str) -> None:
         """Mark a task FAILED without an attempt (e.g. its inputs are missing)."""
@@ -597,7 +514,8 @@ class Ledger:
                      keep: Iterable[str] = ()) -> list[str]:
         """After a driver restart: SUBMITTED/RUNNING tasks whose attempt has no outcome go back to READY.
 
-        Their open attempt is closed as ``node_lost`` (the driver that held the future is gone).
+        Their open attempt is closed as ``node_lost`` with :data:`DRIVER_STOPPED` (never charged, and not counted
+        against the free retries).
 
         Args:
             campaign_id: The campaign.
@@ -617,7 +535,7 @@ class Ledger:
                 for att in s.scalars(select(m.Attempt).where(m.Attempt.task_id == task.id,
                                                              m.Attempt.exit_cause.is_(None))):
                     att.exit_cause = m.ExitCause.NODE_LOST
-                    att.error = "the steering process stopped while this attempt was in flight"
+                    att.error = DRIVER_STOPPED
                     att.ended_at = utcnow()
                 task.state = TaskState.READY
             return [t.id for t in rows]
@@ -679,6 +597,13 @@ class Ledger:
             s.add_all(m.Metric(task_id=task_id, epoch=int(r["epoch"]), head=str(r["head"]), split=str(r["split"]),
                                name=str(r["name"]), value=float(r["value"])) for r in rows)
         return len(rows)
+
+
+def _aware(ts: datetime) -> datetime:
+    """``ts`` as an aware UTC datetime (SQLite gives naive ones back)."""
+    from datetime import UTC
+
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 def current_user() -> str:

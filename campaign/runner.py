@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,9 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
             on_progress: Callable[[Any], None] | None = None) -> RunOutcome:
     """Run every stage of a validated recipe, resuming whatever an earlier run of it left.
 
+    The campaign's driver lease is taken before anything of an existing campaign is changed: a second driver is
+    refused (:class:`~campaign.lease.DriverBusy`) and leaves the first one's rows as they were.
+
     Args:
         recipe: The validated recipe.
         recipe_text: Its YAML (recorded in the database).
@@ -98,51 +102,63 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         base_dir: Directory the recipe's ``workdir`` is relative to (default: cwd).
         on_progress: Live-display callback (see :class:`campaign.steer.StageProgress`).
     """
-    from campaign.dispatch import make_dispatcher
+    from campaign.dispatch import make_dispatcher, retry_policy
+    from campaign.lease import this_driver, write_lease_file
     from campaign.ledger import Ledger
+    from campaign.processes import process_start_ticks
     from campaign.stages import StageContext, build_stages
     from campaign.steer import Steerer
+    from campaign.taskqueue import TaskQueue
     from db.engine import safe_url
 
     url = database_url(db, recipe)
     engine = open_database(url)
     workdir = _prepare_workdir(recipe, base_dir or Path.cwd())
     ledger = Ledger(engine)
-    try:
-        dispatcher = make_dispatcher(recipe.site.name, recipe.site.dispatch_params(), workdir / "dispatch")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CampaignInputError(f"{recipe_path or recipe.campaign}: site: {exc}") from exc
     row = ledger.open_campaign(name=recipe.campaign, recipe_text=redact_database_password(recipe_text),
                                recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
                                resume_only=resume_only)
-    outcome = RunOutcome(recipe.campaign, row.id, safe_url(url), "done", url=url)
-    shared: dict[str, Any] = {}
+    token = ledger.acquire_lease(row.id, host=socket.gethostname(), pid=os.getpid(),
+                                 start_ticks=process_start_ticks(os.getpid()))
+    driver = this_driver(token, workdir)
     try:
-        steer = Steerer(ledger, dispatcher, row.id, recipe.site.name,
-                        max_in_flight=recipe.site.max_in_flight(), concurrency=recipe.site.concurrency(),
-                        on_progress=on_progress)
-        dispatcher.on_attempt = steer.report_attempt
-        for kind, stage in build_stages(recipe):
-            stage_row = ledger.stage(row.id, kind, kind)
-            if stage is None:
-                ledger.finish_stage(stage_row.id, "skipped")
-                outcome.stages.append(StageOutcome(kind, "skipped", "not available in this version of campaign"))
-                continue
-            ctx = StageContext(recipe=recipe, ledger=ledger, campaign_id=row.id, stage_id=stage_row.id,
-                               workdir=workdir, site=recipe.site.name, shared=shared)
-            status = steer.run_stage(stage, ctx)
-            outcome.stages.append(StageOutcome(kind, status, getattr(stage, "note", "") or ""))
-            if status != "done":
-                outcome.status = "failed"
-                break
-    except KeyboardInterrupt:
-        ledger.finish_campaign(row.id, "interrupted")
-        raise
+        write_lease_file(driver)  # workers of an earlier driver that read it stop
+        params = recipe.site.dispatch_params()
+        try:
+            dispatcher = make_dispatcher(recipe.site.name, params, workdir / "dispatch")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CampaignInputError(f"{recipe_path or recipe.campaign}: site: {exc}") from exc
+        ledger.start_campaign(row.id)
+        outcome = RunOutcome(recipe.campaign, row.id, safe_url(url), "done", url=url)
+        tasks = TaskQueue(ledger, row.id, site=recipe.site.name, executor=dispatcher.name,
+                          policy=retry_policy(params), driver=driver)
+        steer = Steerer(tasks, dispatcher, max_in_flight=recipe.site.max_in_flight(), on_progress=on_progress)
+        shared: dict[str, Any] = {}
+        try:
+            for kind, stage in build_stages(recipe):
+                stage_row = ledger.stage(row.id, kind, kind)
+                if stage is None:
+                    ledger.finish_stage(stage_row.id, "skipped")
+                    outcome.stages.append(StageOutcome(kind, "skipped", "not available in this version of campaign"))
+                    continue
+                ctx = StageContext(recipe=recipe, ledger=ledger, campaign_id=row.id, stage_id=stage_row.id,
+                                   workdir=workdir, site=recipe.site.name, shared=shared)
+                status = steer.run_stage(stage, ctx)
+                note = ledger.stage_failure(stage_row.id) if status != "done" else getattr(stage, "note", "") or ""
+                outcome.stages.append(StageOutcome(kind, status, note))
+                if status != "done":
+                    outcome.status = "failed"
+                    break
+        except KeyboardInterrupt:
+            ledger.finish_campaign(row.id, "interrupted")
+            raise
+        finally:
+            dispatcher.shutdown()
+        ledger.finish_campaign(row.id, outcome.status)
+        return outcome
     finally:
-        dispatcher.shutdown()
-    ledger.finish_campaign(row.id, outcome.status)
-    return outcome
+        ledger.release_lease(row.id, token)
 
 
 def run_campaign(path: str | Path, *, db: str | None = None, profile: str | None = None,

@@ -44,6 +44,7 @@ class StageStatus:
     started_at: datetime | None
     ended_at: datetime | None
     tasks: dict[str, int] = field(default_factory=dict)
+    failure: str | None = None  # why the stage failed, when it did
 
     @property
     def total(self) -> int:
@@ -170,8 +171,11 @@ def find_campaign(conn: Connection, name: str | None) -> Row[Any]:
 
 def _stages(conn: Connection, cid: int) -> list[StageStatus]:
     rows = conn.execute(select(m.Stage.id, m.Stage.name, m.Stage.kind, m.Stage.status, m.Stage.started_at,
-                               m.Stage.ended_at).where(m.Stage.campaign_id == cid).order_by(m.Stage.id)).all()
-    stages = {r.id: StageStatus(r.name, r.kind, r.status, r.started_at, r.ended_at) for r in rows}
+                               m.Stage.ended_at, m.Stage.config)
+                        .where(m.Stage.campaign_id == cid).order_by(m.Stage.id)).all()
+    stages = {r.id: StageStatus(r.name, r.kind, r.status, r.started_at, r.ended_at,
+                                failure=(r.config or {}).get("failure") if r.status == "failed" else None)
+              for r in rows}
     if stages:
         counts = conn.execute(
             select(m.Task.stage_id, m.Task.state, func.count())
@@ -337,6 +341,9 @@ def render_status(snap: CampaignStatus) -> Group:
     if not snap.stages:
         stages.add_row("(no stage started yet)", "", *("" for _ in shown), "0")
     parts.append(stages)
+    for st in snap.stages:
+        if st.failure:
+            parts.append(Text.from_markup(f"[red]stage {st.name} failed:[/] ", end="") + Text(st.failure))
 
     if snap.hpo:
         parts.append(hpo_table(snap.hpo))

@@ -68,6 +68,24 @@ class ResourceRequest(BaseModel):
         return self.ranks > 1
 
 
+class DriverRef(BaseModel):
+    """The steering process a task was submitted by: its fence.
+
+    A worker starts the task only while that driver still holds the campaign, and stops it when the driver is
+    gone: on the driver's host it checks the process itself (``pid`` and ``start_ticks``), anywhere it compares
+    ``token`` with the lease file (``lease_file``, on a filesystem shared with the workers) a newer driver
+    rewrites when it takes the campaign over.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str = Field(description="The driver's fencing token (its lease in the campaign database).")
+    host: str = Field(description="Host name of the steering process.")
+    pid: int = Field(description="Process id of the steering process.")
+    start_ticks: int | None = Field(None, description="Its start time (clock ticks since boot), to tell a reused pid.")
+    lease_file: str | None = Field(None, description="The campaign's lease file, holding the current driver's token.")
+
+
 class TaskSpec(BaseModel):
     """A unit of work sent to a worker.
 
@@ -77,7 +95,6 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # os.urandom rather than uuid4 (a fifth of the cost): a stage planning a thousand tasks makes a thousand ids
     task_id: str = Field(default_factory=lambda: os.urandom(16).hex(), description="32 random hex digits unless given.")
     kind: str = Field(description="Stage-level kind: preprocess, trial, train, screen, finetune, noop …")
     app: str = Field(description="Python module run on the worker, e.g. 'models.train'.")
@@ -87,6 +104,7 @@ class TaskSpec(BaseModel):
     priority: int = 0
     attempt: int = Field(1, ge=1, description="1 for the first try, incremented on each retry.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the app.")
+    driver: DriverRef | None = Field(None, description="The driver that submitted this attempt (set when claimed).")
 
 
 class TaskResult(BaseModel):

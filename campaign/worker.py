@@ -18,13 +18,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
+from campaign.processes import process_alive, process_start_ticks
+from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, utcnow
 from models.atomic_files import write_json_atomic
 
 #: Environment variables that carry the batch job id, per scheduler.
@@ -35,26 +37,6 @@ BAD_INPUT_EXIT = 2
 
 #: Apps under this package may run inside the worker process (no Python start-up) when they declare it.
 IN_PROCESS_PACKAGE = "campaign.apps."
-
-
-class AttemptFailed(Exception):
-    """An attempt ended in failure; raised by :func:`run_attempt` so that Parsl's retry handler sees it.
-
-    Attributes:
-        result: The attempt's :class:`~campaign.tasks.TaskResult` as a JSON dict.
-    """
-
-    def __init__(self, result: dict[str, Any]) -> None:
-        super().__init__(result)
-        self.result = result
-
-    def __reduce__(self) -> tuple[type[AttemptFailed], tuple[dict[str, Any]]]:
-        return (AttemptFailed, (self.result,))
-
-    def __str__(self) -> str:
-        r = self.result
-        err = (r.get("error") or "").strip().splitlines()
-        return f"task {r.get('task_id')} attempt {r.get('attempt')}: {r.get('exit_cause')}: {err[-1] if err else ''}"
 
 
 def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
@@ -185,7 +167,7 @@ def run_attempt(
     in_process: bool | None = None,
     parsl_resource_specification: dict[str, Any] | None = None,
 ) -> str:
-    """Run one attempt and raise :class:`AttemptFailed` unless it succeeded (for Parsl's retry handler).
+    """Run one attempt inside a Parsl worker and return its :class:`TaskResult` as JSON text.
 
     Args:
         spec_json: The task, as JSON text or a dict.
@@ -196,15 +178,11 @@ def run_attempt(
             launcher prefix in ``launcher_env`` already carries it, so it is not used here.
 
     Returns:
-        The successful :class:`TaskResult` as JSON text (``TaskResult.model_validate_json`` reads it). Text
-        rather than the dict because Parsl serializes results with dill, whose pure-Python pickler takes
-        about 135 us for a light task's result dict and 20 us for the same as a string (plus 5 us to dump it).
+        The attempt's :class:`TaskResult`, success or failure, as JSON text: Parsl serializes results with dill,
+        whose pure-Python pickler is several times slower on a dict than on a string.
     """
     launcher = os.environ[launcher_env] if launcher_env else None
-    result = run_task(spec_json, launcher, in_process=in_process)
-    if result["exit_cause"] != ExitCause.OK.value:
-        raise AttemptFailed(result)
-    return json.dumps(result)
+    return json.dumps(run_task(spec_json, launcher, in_process=in_process))
 
 
 def run_task(
@@ -233,10 +211,22 @@ def run_task(
     if inproc and launcher is None:
         if spec.resources.is_mpi:
             raise ValueError(f"task {spec.task_id}: a multi-rank app cannot run in-process")
+        fenced = fence_violation(spec.driver)
+        if fenced is not None:
+            return _fenced_result(spec, fenced)
         return _in_process_attempt(spec.task_id, spec.attempt, spec.app, spec.config, spec.workdir)
 
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # claim the attempt before checking the fence: a driver that takes the campaign over after the check passed
+    # finds this file (with this worker alive) and adopts the attempt rather than starting it again
+    proc_file = process_file(workdir, spec.attempt)
+    write_json_atomic(proc_file, {"host": socket.gethostname(), "pid": None, "worker_pid": os.getpid(),
+                                  "started_at": utcnow().isoformat(), "attempt": spec.attempt})
+    fenced = fence_violation(spec.driver)
+    if fenced is not None:
+        proc_file.unlink(missing_ok=True)
+        return _fenced_result(spec, fenced)
     cfg_path = workdir / "config.json"
     tmp = cfg_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(spec.config, indent=2, sort_keys=True))
@@ -258,34 +248,105 @@ def run_task(
     started = utcnow()
     cause = ExitCause.OK
     returncode: int | None
-    proc_file = process_file(workdir, spec.attempt)
+    fenced = None
     with stdout_path.open("w") as out, stderr_path.open("w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True)
+        _RUNNING_GROUPS.add(proc.pid)
         write_json_atomic(proc_file, {"host": socket.gethostname(), "pid": proc.pid, "pgid": proc.pid,
                                       "start_ticks": process_start_ticks(proc.pid), "worker_pid": os.getpid(),
                                       "started_at": started.isoformat(), "attempt": spec.attempt})
         deadline = None if spec.resources.walltime_s is None else time.monotonic() + spec.resources.walltime_s
-        while True:  # wait, touching the process file as a heartbeat for a driver that may adopt this attempt
-            step = HEARTBEAT_S if deadline is None else max(0.0, min(HEARTBEAT_S, deadline - time.monotonic()))
-            try:
-                returncode = proc.wait(timeout=step)
-                break
-            except subprocess.TimeoutExpired:
-                if deadline is not None and time.monotonic() >= deadline:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                        proc.wait()
-                    returncode = proc.returncode
-                    cause = ExitCause.WALLTIME
+        beat = time.monotonic()
+        try:
+            while True:  # wait, checking the fence, and touching the process file as a heartbeat
+                step = FENCE_CHECK_S if deadline is None else max(0.0, min(FENCE_CHECK_S, deadline - time.monotonic()))
+                try:
+                    returncode = proc.wait(timeout=step)
                     break
-                with contextlib.suppress(OSError):
-                    os.utime(proc_file)
+                except subprocess.TimeoutExpired:
+                    fenced = fence_violation(spec.driver)
+                    if fenced is not None or (deadline is not None and time.monotonic() >= deadline):
+                        returncode = _stop_group(proc)
+                        cause = ExitCause.NODE_LOST if fenced is not None else ExitCause.WALLTIME
+                        break
+                    if time.monotonic() - beat >= HEARTBEAT_S:
+                        beat = time.monotonic()
+                        with contextlib.suppress(OSError):
+                            os.utime(proc_file)
+        finally:
+            _RUNNING_GROUPS.discard(proc.pid)
     out_result = settle(spec, returncode, cause, started, utcnow(), stdout_path, stderr_path)
+    if fenced is not None:
+        out_result["error"] = f"stopped: {fenced}"
     write_json_atomic(attempt_result_file(workdir, spec.attempt), out_result)
     return out_result
+
+
+def _stop_group(proc: subprocess.Popen[Any]) -> int:
+    """Stop the app's process group (SIGTERM, then SIGKILL after 30 s) and return its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
+# ------------------------------------------------------------------------------------------------- fencing
+#: Seconds between two checks of a running attempt's fence.
+FENCE_CHECK_S = 1.0
+
+#: Process groups of the apps this worker process runs now (stopped when its driver is gone).
+_RUNNING_GROUPS: set[int] = set()
+
+
+def fence_violation(driver: DriverRef | None) -> str | None:
+    """Why an attempt submitted by ``driver`` must not start or go on, or ``None`` when it may.
+
+    On the driver's host the driver process itself must be alive; anywhere, the campaign's lease file (where the
+    filesystem is shared) must still name ``driver``'s token.
+    """
+    if driver is None:
+        return None
+    if driver.host == socket.gethostname() and not process_alive(driver.pid, driver.start_ticks):
+        return f"its driver (pid {driver.pid} on {driver.host}) is gone"
+    if driver.lease_file:
+        try:
+            token = json.loads(Path(driver.lease_file).read_text()).get("token")
+        except (OSError, ValueError, AttributeError):
+            return None  # no shared filesystem (or being replaced): the process check above is the fence
+        if token != driver.token:
+            return "a newer driver has taken the campaign over"
+    return None
+
+
+def _fenced_result(spec: TaskSpec, why: str) -> dict[str, Any]:
+    """The result of an attempt the fence did not let start (a lost node: retried without charge)."""
+    now = utcnow()
+    host, job = _where()
+    return TaskResult(task_id=spec.task_id, attempt=spec.attempt, exit_cause=ExitCause.NODE_LOST,
+                      error=f"not started: {why}", host=host, batch_job_id=job, started_at=now,
+                      ended_at=now).model_dump(mode="json")
+
+
+def watch_driver(pid: int, start_ticks: int | None, interval_s: float = 0.5) -> None:
+    """Exit this worker process, stopping the apps it runs, as soon as the driver process ``pid`` is gone.
+
+    The initializer of the local pool's workers: a pool worker would otherwise outlive a killed driver and go
+    on taking the tasks already queued to it.
+    """
+    def _watch() -> None:
+        while process_alive(pid, start_ticks):
+            time.sleep(interval_s)
+        for group in list(_RUNNING_GROUPS):
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=_watch, name="watch-driver", daemon=True).start()
 
 
 #: Seconds between heartbeats of a running attempt (the process file's mtime).
@@ -300,15 +361,6 @@ def process_file(workdir: Path, attempt: int) -> Path:
 def attempt_result_file(workdir: Path, attempt: int) -> Path:
     """``attempt<N>.result.json``: the attempt's :class:`TaskResult`, written before the worker returns it."""
     return workdir / f"attempt{attempt}.result.json"
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: Any, ended: Any,

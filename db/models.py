@@ -103,6 +103,13 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # the lease of the one driver steering the campaign (see campaign.lease); NULL token: nobody holds it
+    driver_token: Mapped[str | None] = mapped_column(String(32))
+    driver_host: Mapped[str | None] = mapped_column(String(200))
+    driver_pid: Mapped[int | None] = mapped_column(Integer)
+    driver_start_ticks: Mapped[int | None] = mapped_column(BigInteger)
+    driver_since: Mapped[datetime | None]
+    driver_heartbeat_at: Mapped[datetime | None]
 
     stages: Mapped[list[Stage]] = relationship(back_populates="campaign", order_by="Stage.id")
 

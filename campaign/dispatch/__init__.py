@@ -15,44 +15,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from campaign.dispatch.base import AttemptCallback, Dispatcher
+from campaign.dispatch.base import Dispatcher
 from campaign.dispatch.errors import CredentialsMissing, DispatchError
 from campaign.dispatch.failures import RetryPolicy
 
 __all__ = [
-    "AttemptCallback",
     "CredentialsMissing",
     "DispatchError",
     "Dispatcher",
     "RetryPolicy",
     "make_dispatcher",
+    "retry_policy",
 ]
 
 #: ``params`` keys read by the dispatcher itself; everything else goes to the site's Parsl factory.
-DISPATCH_KEYS = ("engine", "retries", "free_retries", "in_process", "endpoint_id", "max_workers", "interactive",
+DISPATCH_KEYS = ("engine", "in_process", "endpoint_id", "max_workers", "interactive",
                  "parsl_log_level")
+
+#: ``params`` keys of the retry policy (the steering process applies it when it records an attempt).
+POLICY_KEYS = ("retries", "free_retries")
+
+
+def retry_policy(params: dict[str, Any] | None) -> RetryPolicy:
+    """The retry policy of a recipe's ``site:`` section (``retries``: charged retries, default 2;
+    ``free_retries``: retries of lost nodes and walltime that cost nothing, default 3)."""
+    p = params or {}
+    return RetryPolicy(max_retries=int(p.get("retries", 2)), max_free_retries=int(p.get("free_retries", 3)))
 
 
 def make_dispatcher(
     site_name: str,
     params: dict[str, Any] | None,
     run_dir: Path,
-    *,
-    on_attempt: AttemptCallback | None = None,
 ) -> Dispatcher:
     """Build the dispatcher for a recipe's ``site:`` section.
 
     Args:
         site_name: A name from :func:`sites.list_sites`.
         params: The site section's parameters. Dispatcher keys: ``engine`` (``process`` | ``parsl``, local
-            site only), ``retries`` (charged retry budget, default 2), ``free_retries`` (uncharged retries of
-            lost nodes/walltime, default 3), ``in_process`` (run light apps inside workers; default auto),
+            site only), ``in_process`` (run light apps inside workers; default auto),
             ``endpoint_id`` (Globus Compute), ``max_workers`` (local), ``parsl_log_level`` (``debug`` | ``info`` |
-            ``warning``: the level of ``parsl.log``, default ``info``). The rest are keyword arguments of the
-            site's factory (account, partition, walltime, nodes_per_block …).
+            ``warning``: the level of ``parsl.log``, default ``info``). ``retries`` and ``free_retries`` belong to
+            the retry policy (:func:`retry_policy`), not to the dispatcher, and are left out. The rest are keyword
+            arguments of the site's factory (account, partition, walltime, nodes_per_block …).
         run_dir: The campaign's run directory; Parsl writes its logs and submit scripts under
             ``run_dir/parsl``.
-        on_attempt: Called with every retried attempt's :class:`~campaign.tasks.TaskResult`.
 
     Raises:
         KeyError: unknown site.
@@ -62,8 +69,7 @@ def make_dispatcher(
     from sites.facts import get_site
 
     facts = get_site(site_name)
-    p = dict(params or {})
-    policy = RetryPolicy(max_retries=int(p.pop("retries", 2)), max_free_retries=int(p.pop("free_retries", 3)))
+    p = {k: v for k, v in (params or {}).items() if k not in POLICY_KEYS}
     in_process = p.pop("in_process", None)
     engine = p.pop("engine", "process" if site_name == "local" else "parsl")
     endpoint_id = p.pop("endpoint_id", None)
@@ -77,14 +83,14 @@ def make_dispatcher(
         from campaign.dispatch.globus_dispatch import GlobusDispatcher
 
         return GlobusDispatcher(
-            str(endpoint_id), policy=policy, on_attempt=on_attempt, in_process=in_process, interactive=interactive
+            str(endpoint_id), in_process=in_process, interactive=interactive
         )
     if site_name == "local" and engine == "process":
         if p:
             raise TypeError(f"site 'local' (process pool): unknown parameter(s) {', '.join(sorted(p))}")
         from campaign.dispatch.local import LocalDispatcher
 
-        return LocalDispatcher(max_workers, policy=policy, on_attempt=on_attempt, in_process=in_process)
+        return LocalDispatcher(max_workers, in_process=in_process)
     if engine != "parsl":
         raise TypeError(f"site {site_name!r}: engine must be 'process' or 'parsl', got {engine!r}")
 
@@ -102,4 +108,4 @@ def make_dispatcher(
         if log_level not in ("debug", "info", "warning"):
             raise TypeError(f"site {site_name!r}: parsl_log_level must be debug, info or warning, got {log_level!r}")
         config.initialize_logging = parsl_logging(log_level)
-    return ParslDispatcher(config, policy=policy, on_attempt=on_attempt, in_process=in_process)
+    return ParslDispatcher(config, in_process=in_process)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
-from campaign.worker import BAD_INPUT_EXIT, AttemptFailed
+from campaign.worker import BAD_INPUT_EXIT
 
 _NODE_LOST = frozenset({"WorkerLost", "ManagerLost", "BrokenProcessPool", "WorkerLostError"})
 _WALLTIME = frozenset({"BadStateException", "AppTimeout", "ScalingFailed", "TimeoutError"})
@@ -25,8 +25,6 @@ FREE_CAUSES = frozenset({ExitCause.WALLTIME, ExitCause.NODE_LOST})
 
 def classify(exc: BaseException) -> ExitCause:
     """The :class:`ExitCause` of an exception raised instead of a result."""
-    if isinstance(exc, AttemptFailed):
-        return ExitCause(exc.result["exit_cause"])
     names = {cls.__name__ for cls in type(exc).__mro__}
     if names & _NODE_LOST:
         return ExitCause.NODE_LOST
@@ -44,11 +42,6 @@ def result_from_exception(
     spec: TaskSpec, exc: BaseException, *, attempt: int | None = None, executor: str | None = None
 ) -> TaskResult:
     """The :class:`TaskResult` of an attempt that raised ``exc`` rather than returning a result."""
-    if isinstance(exc, AttemptFailed):
-        res = TaskResult.model_validate(exc.result)
-        if executor and not res.executor:
-            res.executor = executor
-        return res
     now = utcnow()
     return TaskResult(
         task_id=spec.task_id,
@@ -86,9 +79,3 @@ class RetryPolicy:
         if res.exit_cause is ExitCause.ERROR and res.returncode == BAD_INPUT_EXIT:
             return math.inf
         return 1.0
-
-    def next_step(self, result: TaskResult, spent: float, free_used: int) -> tuple[bool, float, int]:
-        """``(retry?, spent after this failure, free retries used after it)`` for a failed attempt."""
-        cost = self.cost(result, free_used)
-        spent += cost
-        return spent <= self.max_retries, spent, free_used + (1 if cost == 0 else 0)

@@ -18,9 +18,8 @@ from typing import Any
 from globus_compute_sdk import Executor
 from globus_compute_sdk.serialize import ComputeSerializer
 
-from campaign.dispatch.base import AttemptCallback, RetryingDispatcher
+from campaign.dispatch.base import Dispatcher
 from campaign.dispatch.errors import CredentialsMissing
-from campaign.dispatch.failures import RetryPolicy
 from campaign.dispatch.globus_remote import remote_run_task
 from campaign.dispatch.resources import mpi_resource_specification
 from campaign.tasks import TaskSpec
@@ -84,15 +83,13 @@ def pack_task(spec: TaskSpec, serializer: ComputeSerializer | None = None, in_pr
     return fn + args
 
 
-class GlobusDispatcher(RetryingDispatcher):
+class GlobusDispatcher(Dispatcher):
     """Run tasks on a Globus Compute endpoint.
 
     Args:
         endpoint_id: The site's endpoint UUID.
         executor: A ready ``globus_compute_sdk.Executor`` (tests inject one with a faked client); by default
             one is created after :func:`check_credentials`.
-        policy: Retry policy (retries are decided here, on the client side).
-        on_attempt: Called with every retried attempt.
         in_process: Passed to the worker (``None``: light ``campaign.apps`` in-process).
         interactive: Whether a login prompt can be answered (default: stdin is a tty).
     """
@@ -104,12 +101,10 @@ class GlobusDispatcher(RetryingDispatcher):
         endpoint_id: str,
         *,
         executor: Executor | None = None,
-        policy: RetryPolicy | None = None,
-        on_attempt: AttemptCallback | None = None,
         in_process: bool | None = None,
         interactive: bool | None = None,
     ) -> None:
-        super().__init__(policy=policy, on_attempt=on_attempt)
+        super().__init__()
         self.endpoint_id = endpoint_id
         self.in_process = in_process
         if executor is None:

@@ -99,4 +99,4 @@ def test_db_current(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     runner.invoke(app, ["db", "upgrade", "--db", url])
     res = runner.invoke(app, ["db", "current", "--db", url])
-    assert res.exit_code == 0 and "current: 0002" in res.output
+    assert res.exit_code == 0 and "current: 0003" in res.output

@@ -13,6 +13,7 @@ from campaign.recipe import RecipeError, parse_recipe
 from campaign.stages.base import StageContext
 from campaign.stages.finetune import FinetuneStage
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import TaskState
 from db import models as m
 from db.engine import transaction
@@ -50,8 +51,7 @@ def test_finetune_stage_end_to_end(engine, tmp_path: Path) -> None:  # type: ign
                        workdir=tmp_path / "work", site="local")
     dispatcher = make_dispatcher("local", {"max_workers": 2, "retries": 0}, tmp_path / "dispatch")
     try:
-        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=2)
-        dispatcher.on_attempt = steer.report_attempt
+        steer = Steerer(TaskQueue(ledger, cid, site="local", executor=dispatcher.name), dispatcher, max_in_flight=2)
         assert steer.run_stage(FinetuneStage(recipe), ctx) == "done"
     finally:
         dispatcher.shutdown()

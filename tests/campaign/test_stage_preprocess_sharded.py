@@ -13,11 +13,13 @@ import pytest
 from sqlalchemy import select
 
 from campaign.dispatch import make_dispatcher
+from campaign.dispatch.failures import RetryPolicy
 from campaign.ledger import Ledger
 from campaign.recipe import RecipeError, parse_recipe
 from campaign.stages.base import StageContext
 from campaign.stages.preprocess import PreprocessStage
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import ExitCause, TaskResult, TaskState
 from db import models as m
 
@@ -63,7 +65,7 @@ def _drive_in_process(stage: PreprocessStage, ctx: StageContext) -> str:
             attempt = led.begin_attempt(task.id, site="local")
             result = TaskResult(task_id=task.id, attempt=attempt, exit_cause=ExitCause.OK, returncode=0,
                                 result=json.loads(json.dumps(out)))  # fmt: skip
-            led.record_attempt(result, final=True)
+            led.record_attempt(result, policy=RetryPolicy(0, 0))
             follow += stage.on_done(ctx, led.get_task_by_key(cid, p.key), result)
         known = {t.key for t in led.tasks(cid, stage_id=ctx.stage_id)}
         pending = [f for f in follow if f.key not in known]
@@ -73,8 +75,7 @@ def _drive_in_process(stage: PreprocessStage, ctx: StageContext) -> str:
 def _drive_with_steerer(stage: PreprocessStage, ctx: StageContext, run_dir: Path) -> str:
     dispatcher = make_dispatcher("local", {"max_workers": 2, "retries": 0}, run_dir)
     try:
-        steer = Steerer(ctx.ledger, dispatcher, ctx.campaign_id, "local", max_in_flight=2)
-        dispatcher.on_attempt = steer.report_attempt
+        steer = Steerer(TaskQueue(ctx.ledger, ctx.campaign_id, site="local", executor=dispatcher.name), dispatcher, max_in_flight=2)
         return steer.run_stage(stage, ctx)
     finally:
         dispatcher.shutdown()

@@ -15,10 +15,12 @@ import pytest
 from sqlalchemy import func, select
 
 from campaign.dispatch import make_dispatcher
+from campaign.dispatch.failures import RetryPolicy
 from campaign.ledger import Ledger
 from campaign.recipe import Recipe, parse_recipe
 from campaign.stages.base import StageContext
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
 from db import models as m
 from db.engine import transaction
@@ -92,7 +94,7 @@ def add_trials(ledger: Ledger, campaign_id: int, runs: list[TrialRun], workdir: 
         ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.OK if ok else ExitCause.ERROR,
                                          result={"status": "ok", **r.result} if ok else None,
                                          error=None if ok else "nan: validation loss is nan at epoch 0",
-                                         started_at=utcnow(), ended_at=utcnow()), final=True)
+                                         started_at=utcnow(), ended_at=utcnow()), policy=RetryPolicy(0, 0))
         res = r.result or {}
         with transaction(ledger.Session) as s:
             trial = m.Trial(campaign_id=campaign_id, hpo=r.hpo, family=r.family, number=r.number, config=r.hyper,
@@ -135,8 +137,7 @@ def run_stage(ledger: Ledger, cid: int, recipe: Recipe, kind: str, workdir: Path
                        site="local", shared={} if shared is None else shared)
     dispatcher = make_dispatcher("local", {"max_workers": 1, **(dispatch or {})}, workdir / "dispatch")
     try:
-        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=1)
-        dispatcher.on_attempt = steer.report_attempt
+        steer = Steerer(TaskQueue(ledger, cid, site="local", executor=dispatcher.name), dispatcher, max_in_flight=1)
         status = steer.run_stage(stage, ctx)
     finally:
         dispatcher.shutdown()

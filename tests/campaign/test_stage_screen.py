@@ -21,6 +21,7 @@ from campaign.recipe import RecipeError, parse_recipe
 from campaign.stages.base import StageContext
 from campaign.stages.screen import ScreenStage
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import TaskState
 from db import models as m
 from db.engine import transaction
@@ -74,8 +75,7 @@ def _run(engine: Any, tmp: Path, model: str, extra: str = "") -> tuple[Ledger, i
     dispatcher = make_dispatcher("local", {"max_workers": 2, "retries": 0}, tmp / "dispatch")
     stage = ScreenStage(recipe)
     try:
-        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=2)
-        dispatcher.on_attempt = steer.report_attempt
+        steer = Steerer(TaskQueue(ledger, cid, site="local", executor=dispatcher.name), dispatcher, max_in_flight=2)
         status = steer.run_stage(stage, ctx)
     finally:
         dispatcher.shutdown()

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from campaign import api
+from campaign.dispatch.failures import RetryPolicy
 from campaign.ledger import Ledger
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
 from db import models as m
@@ -28,11 +29,11 @@ def graph(engine, db_url):  # type: ignore[no-untyped-def]
         tasks[key] = led.create_task(cid, stage.id, key, spec).id
         led.begin_attempt(tasks[key], site="frontier")
     led.record_attempt(TaskResult(task_id=tasks["trial0"], attempt=1, exit_cause=ExitCause.OK, started_at=t0,
-                                  ended_at=t0 + timedelta(hours=1)), final=True)
+                                  ended_at=t0 + timedelta(hours=1)), policy=RetryPolicy(0, 0))
     led.record_attempt(TaskResult(task_id=tasks["trial1"], attempt=1, exit_cause=ExitCause.NODE_LOST,
-                                  error="node died", started_at=t0, ended_at=t0 + timedelta(minutes=30)), final=True)
+                                  error="node died", started_at=t0, ended_at=t0 + timedelta(minutes=30)), policy=RetryPolicy(0, 0))
     led.record_attempt(TaskResult(task_id=tasks["scr"], attempt=1, exit_cause=ExitCause.OK, started_at=t0,
-                                  ended_at=t0 + timedelta(hours=2)), final=True)
+                                  ended_at=t0 + timedelta(hours=2)), policy=RetryPolicy(0, 0))
     ds = led.add_dataset(name="demo-emt", head_id=100, store_path="/s", content_hash="c")
     with led.Session() as s, s.begin():
         trials = [m.Trial(campaign_id=cid, hpo="painn", family="painn", number=i, config={"lr": 10.0 ** -i},

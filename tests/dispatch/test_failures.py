@@ -37,13 +37,3 @@ def test_policy_costs() -> None:
     assert p.cost(_res(ExitCause.NODE_LOST), 2) == 1  # past the free limit
     assert p.cost(_res(ExitCause.ERROR, 1), 0) == 1 and p.cost(_res(ExitCause.KILLED), 0) == 1
     assert math.isinf(p.cost(_res(ExitCause.ERROR, 2), 0))  # bad input is never retried
-
-
-def test_policy_sequence() -> None:
-    p = RetryPolicy(max_retries=1, max_free_retries=1)
-    retry, spent, free = p.next_step(_res(ExitCause.NODE_LOST), 0, 0)
-    assert (retry, spent, free) == (True, 0, 1)
-    retry, spent, free = p.next_step(_res(ExitCause.ERROR, 1), spent, free)
-    assert (retry, spent) == (True, 1)
-    retry, spent, free = p.next_step(_res(ExitCause.NODE_LOST), spent, free)
-    assert not retry

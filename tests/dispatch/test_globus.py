@@ -159,15 +159,13 @@ class _FakeCloud:
 def test_sdk_executor_with_faked_client(tmp_path: Path, make_spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     cloud = _FakeCloud()
     monkeypatch.setattr("globus_compute_sdk.sdk.executor._ResultWatcher", cloud.watcher)
-    attempts: list[TaskResult] = []
     executor = Executor(endpoint_id=uuid.uuid4(), client=cloud.client())
-    with GlobusDispatcher(str(executor.endpoint_id), executor=executor, on_attempt=attempts.append) as d:
+    with GlobusDispatcher(str(executor.endpoint_id), executor=executor) as d:
         ok = d.submit(make_spec(payload=[1, 2]))
-        retried = make_spec(fail="error", fail_attempts=1)
-        second = d.submit(retried)
+        failing = make_spec(fail="error", fail_attempts=1)
+        second = d.submit(failing)
         assert ok.result(timeout=60).result["payload"] == [1, 2]
         r = second.result(timeout=60)
-    assert r.ok and r.attempt == 2
-    assert [(a.task_id, a.attempt, a.exit_cause) for a in attempts] == [(retried.task_id, 1, ExitCause.ERROR)]
+    assert r.exit_cause is ExitCause.ERROR and r.attempt == 1  # retried by the policy, not here
     assert cloud.functions, "the SDK registered the campaign's remote function"
     cloud.pool.shutdown()

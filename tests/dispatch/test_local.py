@@ -1,4 +1,4 @@
-"""The local process-pool dispatcher: results by value, retries, lost workers, every attempt reported."""
+"""The local process-pool dispatcher: one attempt per submit, results by value, lost workers."""
 
 from __future__ import annotations
 
@@ -8,17 +8,12 @@ import pytest
 
 from campaign.dispatch import make_dispatcher
 from campaign.dispatch.local import LocalDispatcher
-from campaign.tasks import ExitCause, TaskResult
+from campaign.tasks import ExitCause
 
 
 @pytest.fixture(scope="module")
-def attempts() -> list[TaskResult]:
-    return []
-
-
-@pytest.fixture(scope="module")
-def local(attempts: list[TaskResult]):  # type: ignore[no-untyped-def]
-    with LocalDispatcher(2, on_attempt=attempts.append) as d:
+def local():  # type: ignore[no-untyped-def]
+    with LocalDispatcher(2) as d:
         yield d
 
 
@@ -29,34 +24,23 @@ def test_results_by_value(local, make_spec) -> None:  # type: ignore[no-untyped-
     assert all(r.ok and r.attempt == 1 and r.host for r in results)
 
 
-def test_error_retried_and_reported(local, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
+def test_one_attempt_per_submit_never_retried(local, make_spec) -> None:  # type: ignore[no-untyped-def]
     spec = make_spec(fail="error", fail_attempts=1)
     res = local.submit(spec).result(timeout=60)
-    assert res.ok and res.attempt == 2
-    mine = [a for a in attempts if a.task_id == spec.task_id]
-    assert [(a.attempt, a.exit_cause) for a in mine] == [(1, ExitCause.ERROR)]
+    assert res.exit_cause is ExitCause.ERROR and res.attempt == 1 and "asked" in res.error
+    again = local.submit(spec.model_copy(update={"attempt": 2})).result(timeout=60)
+    assert again.ok and again.attempt == 2 and again.result["run"] == 2
 
 
-def test_error_budget_exhausted(local, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
-    spec = make_spec(fail="error")
-    res = local.submit(spec).result(timeout=60)
-    assert res.exit_cause is ExitCause.ERROR and res.attempt == 3  # 1 + 2 charged retries
-    assert [a.attempt for a in attempts if a.task_id == spec.task_id] == [1, 2]
-
-
-def test_bad_input_not_retried(local, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
-    spec = make_spec(sleep_s=-1)
-    res = local.submit(spec).result(timeout=60)
+def test_bad_input(local, make_spec) -> None:  # type: ignore[no-untyped-def]
+    res = local.submit(make_spec(sleep_s=-1)).result(timeout=60)
     assert res.exit_cause is ExitCause.ERROR and res.returncode == 2 and res.attempt == 1
-    assert not [a for a in attempts if a.task_id == spec.task_id]
 
 
-def test_lost_worker_retried_free(local, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
+def test_lost_worker_is_node_lost_and_the_pool_is_rebuilt(local, make_spec) -> None:  # type: ignore[no-untyped-def]
     spec = make_spec(fail="crash", fail_attempts=1)  # in-process os._exit: the pool loses a worker
     res = local.submit(spec).result(timeout=60)
-    assert res.ok and res.attempt == 2
-    lost = [a for a in attempts if a.task_id == spec.task_id]
-    assert [a.exit_cause for a in lost] == [ExitCause.NODE_LOST]
+    assert res.exit_cause is ExitCause.NODE_LOST and res.attempt == 1
     assert local.submit(make_spec()).result(timeout=60).ok  # the pool was rebuilt
 
 

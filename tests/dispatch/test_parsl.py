@@ -1,4 +1,4 @@
-"""The Parsl dispatcher: retries through Parsl's retry handler, every attempt reported, HTEX on loopback."""
+"""The Parsl dispatcher: one attempt per submit (Parsl never retries), HTEX on loopback."""
 
 from __future__ import annotations
 
@@ -10,18 +10,13 @@ import pytest
 
 from campaign.dispatch import make_dispatcher
 from campaign.dispatch.parsl_dispatch import ParslDispatcher
-from campaign.tasks import ExitCause, TaskResult
+from campaign.tasks import ExitCause
 
 
 @pytest.fixture(scope="module")
-def attempts() -> list[TaskResult]:
-    return []
-
-
-@pytest.fixture(scope="module")
-def threads(tmp_path_factory, attempts):  # type: ignore[no-untyped-def]
+def threads(tmp_path_factory):  # type: ignore[no-untyped-def]
     run_dir = tmp_path_factory.mktemp("threads")
-    with make_dispatcher("threads", {"max_workers": 2}, run_dir, on_attempt=attempts.append) as d:
+    with make_dispatcher("threads", {"max_workers": 2}, run_dir) as d:
         yield d
 
 
@@ -33,36 +28,24 @@ def test_threads_results_by_value(threads, make_spec) -> None:  # type: ignore[n
     assert all(r.ok for r in res)
 
 
-def test_retry_handler_reports_and_bumps_attempt(threads, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_attempt_comes_back_as_its_result_and_parsl_never_retries(threads, make_spec) -> None:  # type: ignore[no-untyped-def]
     spec = make_spec(fail="error", fail_attempts=2)
     res = threads.submit(spec).result(timeout=60)
-    assert res.ok and res.attempt == 3
-    mine = [(a.attempt, a.exit_cause) for a in attempts if a.task_id == spec.task_id]
-    assert mine == [(1, ExitCause.ERROR), (2, ExitCause.ERROR)]
-    # each attempt wrote its own config/result and the counter shows three runs
-    assert (Path(spec.workdir) / "noop_runs.txt").read_text() == "3"
+    assert res.exit_cause is ExitCause.ERROR and res.attempt == 1 and "asked" in res.error
+    assert (Path(spec.workdir) / "noop_runs.txt").read_text() == "1"
+    assert threads.dfk.config.retries == 0
 
 
-def test_budget_exhausted_gives_final_result_not_exception(threads, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
-    spec = make_spec(fail="error")
-    res = threads.submit(spec).result(timeout=60)
-    assert res.exit_cause is ExitCause.ERROR and res.attempt == 3 and "asked" in res.error
-    assert [a.attempt for a in attempts if a.task_id == spec.task_id] == [1, 2]
-
-
-def test_bad_input_not_retried(threads, attempts, make_spec) -> None:  # type: ignore[no-untyped-def]
-    spec = make_spec(fail="bad_input")
-    res = threads.submit(spec).result(timeout=60)
+def test_bad_input(threads, make_spec) -> None:  # type: ignore[no-untyped-def]
+    res = threads.submit(make_spec(fail="bad_input")).result(timeout=60)
     assert res.returncode == 2 and res.attempt == 1
-    assert not [a for a in attempts if a.task_id == spec.task_id]
 
 
 def test_htex_loopback_end_to_end(tmp_path: Path, make_spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # an environment that was never activated: the dispatcher must put its bin/ on PATH for interchange.py
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    attempts: list[TaskResult] = []
     params = {"engine": "parsl", "max_workers": 2, "heartbeat_period": 1, "heartbeat_threshold": 3}
-    with make_dispatcher("local", params, tmp_path, on_attempt=attempts.append) as d:
+    with make_dispatcher("local", params, tmp_path) as d:
         assert os.environ["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
         ok = d.submit(make_spec(payload="hi"))
         sub = d.submit(make_spec(payload="sub", resources={"walltime_s": 60}))  # python -m on the worker
@@ -72,8 +55,8 @@ def test_htex_loopback_end_to_end(tmp_path: Path, make_spec, monkeypatch) -> Non
         r = sub.result(timeout=60)
         assert r.ok and r.result["payload"] == "sub" and r.executor == "parsl:htex"
         r = lost.result(timeout=90)
-        assert r.ok and r.attempt == 2
-    assert [(a.task_id, a.exit_cause) for a in attempts] == [(crash.task_id, ExitCause.NODE_LOST)]
+        assert r.exit_cause is ExitCause.NODE_LOST and r.attempt == 1 and r.task_id == crash.task_id
+        assert d.submit(make_spec(payload="after")).result(timeout=60).ok
     assert (tmp_path / "parsl").is_dir()
 
 

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from campaign.dispatch import make_dispatcher
+from campaign.dispatch import RetryPolicy, make_dispatcher
 from campaign.ledger import Ledger
 from campaign.recipe import parse_recipe
 from campaign.stages.base import PlannedTask, StageContext
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState
 from db import models as m
 from db.engine import make_engine
@@ -51,9 +52,8 @@ def test_two_rank_app_through_sbatch_and_srun(tmp_path: Path, make_spec) -> None
         "heartbeat_threshold": 10,
         "retries": 0,
     }
-    attempts: list[TaskResult] = []
     spec = make_spec(app="campaign.apps.ranks", resources={"nodes": 1, "ranks_per_node": 2})
-    with make_dispatcher("slurm", params, tmp_path, on_attempt=attempts.append) as d:
+    with make_dispatcher("slurm", params, tmp_path) as d:
         res = d.submit(spec).result(timeout=200)
     assert res.exit_cause is ExitCause.OK, res.error
     assert res.executor == "parsl:mpi"
@@ -65,7 +65,6 @@ def test_two_rank_app_through_sbatch_and_srun(tmp_path: Path, make_spec) -> None
     scripts = list((tmp_path / "parsl").rglob("parsl.mpi.block-0*"))
     batch = [p for p in scripts if p.is_file() and not p.name.endswith((".stdout", ".stderr"))]
     assert any("#SBATCH --partition=debug" in p.read_text() for p in batch)
-    assert not attempts
 
 
 class SlurmStage:
@@ -140,9 +139,8 @@ def test_campaign_stage_through_slurm_into_the_database(tmp_path: Path) -> None:
     dispatcher = make_dispatcher("slurm", params, tmp_path / "dispatch")
     stage = SlurmStage(tmp_path / "tasks", data_root)
     try:
-        steer = Steerer(ledger, dispatcher, cid, "slurm", max_in_flight=4)
-        dispatcher.on_attempt = steer.report_attempt
-        assert steer.run_stage(stage, ctx) == "done"
+        tasks = TaskQueue(ledger, cid, site="slurm", executor=dispatcher.name, policy=RetryPolicy(max_retries=0))
+        assert Steerer(tasks, dispatcher, max_in_flight=4).run_stage(stage, ctx) == "done"
         jobs = {label: {str(j) for j in ex.blocks_to_job_id.values()}
                 for label, ex in dispatcher.dfk.executors.items() if hasattr(ex, "blocks_to_job_id")}
     finally:

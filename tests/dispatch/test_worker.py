@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from campaign.tasks import ExitCause, TaskResult
-from campaign.worker import AttemptFailed, run_attempt, run_task, wants_in_process
+from campaign.worker import run_attempt, run_task, wants_in_process
 
 
 def test_noop_runs_in_process(make_spec) -> None:  # type: ignore[no-untyped-def]
@@ -69,17 +69,6 @@ def test_subprocess_causes(make_spec, config, resources, cause) -> None:  # type
     assert not wants_in_process(spec) or not resources
     res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=False))
     assert res.exit_cause is cause
-
-
-def test_run_attempt_raises_with_the_result(make_spec) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(AttemptFailed) as info:
-        run_attempt(make_spec(fail="error").model_dump_json())
-    assert info.value.result["exit_cause"] == "error"
-    assert "asked" in str(info.value)
-    import pickle
-
-    again = pickle.loads(pickle.dumps(info.value))
-    assert again.result == info.value.result
 
 
 def test_run_attempt_returns_the_result_as_json_text(make_spec) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ import traceback
 import pytest
 from sqlalchemy import func, select
 
+from campaign.dispatch.failures import RetryPolicy
 from campaign.ledger import Ledger
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState, utcnow
 from db import models as m
@@ -30,8 +31,7 @@ def _writer(url: str, campaign_id: int, stage_id: int, proc: int, rounds: int) -
             task = ledger.create_task(campaign_id, stage_id, f"p{proc}/t{i}", spec)
             n = ledger.begin_attempt(task.id, site="local", executor="test")
             ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.OK,
-                                             result={"p": proc, "i": i}, started_at=utcnow(), ended_at=utcnow()),
-                                  final=True)
+                                             result={"p": proc, "i": i}, started_at=utcnow(), ended_at=utcnow()), policy=RetryPolicy(0, 0))
             ledger.add_metrics(task.id, [{"epoch": i, "head": "h", "split": "val", "name": "loss", "value": i}])
         engine.dispose()
         return None

@@ -18,6 +18,7 @@ from campaign.ledger import Ledger
 from campaign.recipe import parse_recipe
 from campaign.stages.base import PlannedTask, StageContext
 from campaign.steer import Steerer
+from campaign.taskqueue import TaskQueue
 from campaign.tasks import TaskResult, TaskSpec, TaskState
 from db import models as m
 
@@ -84,8 +85,7 @@ def _run(engine: Any, tmp_path: Path, stage: OneTask, in_process: bool, find: An
     watcher = threading.Thread(target=_kill_once, args=(find, killed, stop), daemon=True)
     watcher.start()
     try:
-        steer = Steerer(ledger, dispatcher, cid, "local", max_in_flight=1)
-        dispatcher.on_attempt = steer.report_attempt
+        steer = Steerer(TaskQueue(ledger, cid, site="local", executor=dispatcher.name), dispatcher, max_in_flight=1)
         assert steer.run_stage(stage, ctx) == "done"
     finally:
         stop.set()

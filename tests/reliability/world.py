@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+from campaign.dispatch.failures import RetryPolicy
 from campaign.ledger import Ledger
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
 from db.engine import make_engine
@@ -30,7 +31,7 @@ def make_world(root: Path) -> str:
                                                                       workdir=str(out)))
     n = ledger.begin_attempt(task.id, site="local")
     ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.OK, result={"a": 1},
-                                     started_at=utcnow(), ended_at=utcnow()), final=True)
+                                     started_at=utcnow(), ended_at=utcnow()), policy=RetryPolicy(0, 0))
     ledger.add_artifact(out / "store.bin", "graph-store", task_id=task.id)
     ledger.finish_stage(sid, "done")
     ledger.finish_campaign(cid, "done")

@@ -1,0 +1,110 @@
+"""The steering loop's view of the campaign's tasks: create, claim, record (one path each), fenced by the lease.
+
+A :class:`TaskQueue` binds what every call shares (the ledger, the campaign, the site, the retry policy and this
+driver's lease) so that the loop passes only what changes: a stage, a count, results. Every call is one
+transaction of the :class:`~campaign.ledger.Ledger`, and every call that moves a task renews the lease under
+this driver's fencing token, so a driver that lost the campaign to another can write nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from campaign.adopt import probe_attempt, watch
+from campaign.dispatch.failures import RetryPolicy
+from campaign.lease import RENEW_EVERY_S
+from campaign.ledger import Ledger, Recorded, TaskRow
+from campaign.stages.base import PlannedTask
+from campaign.tasks import DriverRef, TaskResult, TaskSpec, TaskState
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a resumed stage found in flight: attempts still running (watched) and results recorded now."""
+
+    watched: list[tuple[TaskSpec, Future[TaskResult]]]
+    recorded: list[tuple[TaskResult, Recorded]]
+
+
+class TaskQueue:
+    """Create, claim and record the tasks of one campaign as its one driver.
+
+    Args:
+        ledger: The campaign database.
+        campaign_id: The campaign.
+        site: Recorded on every attempt.
+        executor: The dispatcher's name, recorded on every attempt.
+        policy: Decides, as each failure is recorded, whether its task is tried again.
+        driver: This driver and its fencing token (``None``: no lease, as in tests of a single process).
+    """
+
+    def __init__(self, ledger: Ledger, campaign_id: int, *, site: str, executor: str | None = None,
+                 policy: RetryPolicy | None = None, driver: DriverRef | None = None) -> None:
+        self.ledger = ledger
+        self.campaign_id = campaign_id
+        self.site = site
+        self.executor = executor
+        self.policy = policy or RetryPolicy()
+        self.driver = driver
+        self._renewed = time.monotonic()
+
+    def create(self, stage_id: int, planned: Sequence[PlannedTask]) -> int:
+        """Create planned tasks READY (idempotent by key). Returns how many were new."""
+        return self.ledger.create_tasks(self.campaign_id, stage_id, [(p.key, p.spec) for p in planned])
+
+    def claim(self, stage_id: int, n: int) -> list[TaskSpec]:
+        """Begin up to ``n`` READY tasks of the stage: the specs to submit, at their new attempt."""
+        specs = self.ledger.claim(self.campaign_id, stage_id, n, site=self.site, executor=self.executor,
+                                  driver=self.driver)
+        self._renewed = time.monotonic()
+        return specs
+
+    def record(self, results: Sequence[TaskResult]) -> list[Recorded]:
+        """Record results (committed before this returns) and move their tasks on by the retry policy."""
+        token = self.driver.token if self.driver is not None else None
+        out = self.ledger.record(results, policy=self.policy, campaign_id=self.campaign_id, token=token)
+        self._renewed = time.monotonic()
+        return out
+
+    def keep_alive(self) -> None:
+        """Renew the lease when nothing else did for :data:`~campaign.lease.RENEW_EVERY_S` (long tasks)."""
+        if self.driver is not None and time.monotonic() - self._renewed >= RENEW_EVERY_S:
+            self.ledger.renew_lease(self.campaign_id, self.driver.token)
+            self._renewed = time.monotonic()
+
+    def running(self, stage_id: int) -> list[TaskRow]:
+        """The stage's tasks in flight."""
+        return self.ledger.tasks(self.campaign_id, stage_id=stage_id,
+                                 states=[TaskState.SUBMITTED, TaskState.RUNNING])
+
+    def count(self, stage_id: int, *states: TaskState) -> int:
+        """How many of the stage's tasks are in ``states`` (all of them without states)."""
+        return self.ledger.count_tasks(self.campaign_id, stage_id=stage_id, states=states or None)
+
+    def finish_stage(self, stage_id: int, status: str, note: str = "") -> str:
+        """Record how a stage ended; a failed stage's reason is ``note`` or, without one, a summary of its FAILED
+        tasks (kept in the stage's config as ``failure``). Returns the reason recorded ("" when done)."""
+        if status != "done":
+            note = note or self.ledger.failure_summary(self.campaign_id, stage_id)
+            self.ledger.update_stage_config(stage_id, failure=note)
+        self.ledger.finish_stage(stage_id, status)
+        return note if status != "done" else ""
+
+    def recover(self, stage_id: int) -> Recovered:
+        """What an earlier driver left in flight in this stage: record the attempts that finished, watch those
+        still running (their processes are found alive: they are not started again), and put the lost ones back
+        to READY (their attempt closed as a free ``node_lost``)."""
+        watched: list[tuple[TaskSpec, Future[TaskResult]]] = []
+        finished: list[TaskResult] = []
+        for spec in self.ledger.open_attempts(self.campaign_id, stage_id):
+            probe = probe_attempt(spec, spec.attempt)
+            if probe.state == "finished" and probe.result is not None:
+                finished.append(TaskResult.model_validate(probe.result))
+            elif probe.state == "alive":
+                watched.append((spec, watch(spec, spec.attempt)))
+        recorded = list(zip(finished, self.record(finished), strict=True))
+        self.ledger.requeue_lost(self.campaign_id, stage_id=stage_id, keep=[s.task_id for s, _ in watched])
+        return Recovered(watched, recorded)
