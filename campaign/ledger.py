@@ -79,6 +79,17 @@ def _task_rows(s: Session, q: Any) -> list[TaskRow]:
 
 
 @dataclass(frozen=True)
+class DatasetRow:
+    """A recorded dataset as a stage reads it: its store and the head that trains on it."""
+
+    id: int
+    name: str
+    store_path: str
+    head_id: int
+    counts: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Recorded:
     """What recording one :class:`TaskResult` did.
 
@@ -574,6 +585,12 @@ class Ledger:
                 s.add(row)
                 s.flush()
             return row
+
+    def datasets_of_task(self, task_id: str) -> list[DatasetRow]:
+        """The datasets a preprocessing task recorded."""
+        with self.Session() as s:
+            return [DatasetRow(d.id, d.name, d.store_path, d.head_id, dict(d.counts or {}))
+                    for d in s.scalars(select(m.Dataset).where(m.Dataset.task_id == task_id))]
 
     def link(self, kind: str, src: tuple[str, Any], dst: tuple[str, Any], campaign_id: int | None = None, *,
              session: Session | None = None) -> None:

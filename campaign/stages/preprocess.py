@@ -148,21 +148,16 @@ class PreprocessStage:
 
     def finish(self, ctx: StageContext) -> str:
         """``done`` when every dataset has a store; puts ``{name: {root, head_id, dataset_id}}`` in ctx.shared."""
-        from sqlalchemy import select
-
-        from db import models as m
-
         tasks = ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id)
         if any(t.state != TaskState.DONE for t in tasks):
             return "failed"
         stores: dict[str, dict[str, Any]] = {}
-        with ctx.ledger.Session() as s:
-            for t in tasks:
-                if t.kind != "preprocess":
-                    continue
-                for row in s.scalars(select(m.Dataset).where(m.Dataset.task_id == t.id)):
-                    stores[row.name] = {"root": row.store_path, "head_id": row.head_id, "dataset_id": row.id,
-                                        "task_id": t.id, "counts": row.counts}
+        for t in tasks:
+            if t.kind != "preprocess":
+                continue
+            for row in ctx.ledger.datasets_of_task(t.id):
+                stores[row.name] = {"root": row.store_path, "head_id": row.head_id, "dataset_id": row.id,
+                                    "task_id": t.id, "counts": row.counts}
         missing = [d.name for d in self.recipe.datasets if d.name not in stores]
         if missing:
             return "failed"
