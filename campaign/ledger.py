@@ -407,8 +407,10 @@ class Ledger:
                 s.connection().execute(
                     update(m.Attempt).where(m.Attempt.task_id == bindparam("b_task"),
                                             m.Attempt.number == bindparam("b_number"))
-                    .values(executor=func.coalesce(bindparam("b_executor"), m.Attempt.executor),
-                            started_at=func.coalesce(bindparam("b_started"), m.Attempt.submitted_at)), closing)
+                    .values(executor=func.coalesce(bindparam("b_executor", type_=m.Attempt.executor.type),
+                                                   m.Attempt.executor),
+                            started_at=func.coalesce(bindparam("b_started", type_=m.Attempt.started_at.type),
+                                                     m.Attempt.submitted_at)), closing)
             if moved:
                 s.connection().execute(
                     update(m.Task).where(m.Task.id == bindparam("b_id")),

@@ -193,6 +193,11 @@ def test_claim_begins_ready_tasks_by_priority_with_their_resources(ledger: Ledge
     with ledger.Session() as s:
         att = s.scalar(select(m.Attempt).where(m.Attempt.task_id == specs[2].task_id))
         assert att.executor == "parsl" and att.started_at == att.submitted_at and att.ended_at is not None
+    ledger.record([_result(specs[0].task_id, 1, ExitCause.OK)])  # times reported by the worker
+    with ledger.Session() as s:
+        att = s.scalar(select(m.Attempt).where(m.Attempt.task_id == specs[0].task_id))
+        assert (att.ended_at - att.started_at).total_seconds() >= 0  # stored alike: both naive, or both aware
+        assert (att.ended_at - att.submitted_at).total_seconds() > -60
 
 
 def test_record_in_order_in_one_transaction(ledger: Ledger) -> None:
