@@ -13,23 +13,22 @@ import secrets
 import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import campaign
 from campaign.dispatch.failures import FREE_CAUSES, RetryPolicy
 from campaign.lease import DriverBusy, LeaseHolder, LeaseLost
+from campaign.provenance import Provenance
+from campaign.records import Recorded, TaskRow
 from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, TaskState, check_transition, utcnow
 from db import models as m
 from db.engine import session_factory, transaction
-from models.atomic_files import sha256_file
 
 
 class CampaignConflict(ValueError):
@@ -50,59 +49,12 @@ def _chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]
         yield items[i:i + size]
 
 
-@dataclass(slots=True)
-class TaskRow:
-    """A ``tasks`` row as plain values: what :meth:`Ledger.tasks` returns and what stages are handed. Changing
-    it changes nothing in the database."""
-
-    id: str
-    campaign_id: int
-    stage_id: int
-    key: str
-    kind: str
-    app: str
-    spec: dict[str, Any]
-    state: TaskState
-    priority: int
-    result: dict[str, Any] | None
-    charged_failures: int
-    created_at: datetime
-    updated_at: datetime
-
-
 _TASK_COLUMNS = tuple(m.Task.__table__.c[name] for name in TaskRow.__slots__)  # type: ignore[attr-defined]
 
 
 def _task_rows(s: Session, q: Any) -> list[TaskRow]:
     """``q`` (a select of :data:`_TASK_COLUMNS`) as :class:`TaskRow` s."""
     return [TaskRow(*row) for row in s.connection().execute(q)]
-
-
-@dataclass(frozen=True)
-class DatasetRow:
-    """A recorded dataset as a stage reads it: its store and the head that trains on it."""
-
-    id: int
-    name: str
-    store_path: str
-    head_id: int
-    counts: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What recording one :class:`TaskResult` did.
-
-    Attributes:
-        state: The task's state after it (DONE, FAILED, READY for a retry).
-        task: The task row after it.
-        stale: The result was not the task's current attempt (already recorded, or superseded by a newer
-            attempt): its attempt row was closed if it was open, the task was left alone and nothing was charged.
-    """
-
-    state: TaskState
-    task: TaskRow
-    stale: bool = False
 
 
 def git_sha(start: Path | None = None) -> str | None:
@@ -117,8 +69,9 @@ def git_sha(start: Path | None = None) -> str | None:
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
-class Ledger:
-    """Typed write API over the campaign database (used by the steering process only)."""
+class Ledger(Provenance):
+    """The campaign database as the steering process writes it: campaigns, stages, tasks and attempts, the
+    driver lease, and (from :class:`~campaign.provenance.Provenance`) what the stages record."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -461,6 +414,12 @@ class Ledger:
             raise KeyError(key)
         return rows[0]
 
+    def task(self, task_id: str) -> TaskRow | None:
+        """A task by id, or None."""
+        with self.Session() as s:
+            rows = _task_rows(s, select(*_TASK_COLUMNS).where(m.Task.id == task_id))
+        return rows[0] if rows else None
+
     def tasks(self, campaign_id: int, *, stage_id: int | None = None,
               states: Iterable[TaskState] | None = None, limit: int | None = None) -> list[TaskRow]:
         """Tasks of a campaign, optionally filtered by stage and state, highest priority (then oldest) first.
@@ -552,70 +511,6 @@ class Ledger:
                     att.ended_at = utcnow()
                 task.state = TaskState.READY
             return [t.id for t in rows]
-
-    # ----------------------------------------------------------------------------------- provenance rows
-    @contextmanager
-    def unit_of_work(self, session: Session | None = None) -> Iterator[Session]:
-        """One transaction for several ledger writes (pass the session to each): all are recorded or none.
-        With ``session`` given, that (outer) transaction is used."""
-        if session is not None:
-            yield session
-        else:
-            with transaction(self.Session) as s:
-                yield s
-
-    def add_artifact(self, path: str | Path, kind: str, *, task_id: str | None = None,
-                     sha256: str | None = None, session: Session | None = None) -> m.Artifact:
-        """Record a file by content (idempotent on path + sha256). Hashes the file if ``sha256`` is None."""
-        p = Path(path)
-        digest = sha256 or sha256_file(p)
-        with self.unit_of_work(session) as s:
-            row = s.scalar(select(m.Artifact).where(m.Artifact.path == str(p), m.Artifact.sha256 == digest))
-            if row is None:
-                row = m.Artifact(path=str(p), kind=kind, sha256=digest, bytes=p.stat().st_size, task_id=task_id)
-                s.add(row)
-                s.flush()
-            return row
-
-    def add_dataset(self, **fields: Any) -> m.Dataset:
-        """Record a preprocessed dataset (idempotent on name + content hash)."""
-        with transaction(self.Session) as s:
-            row = s.scalar(select(m.Dataset).where(m.Dataset.name == fields["name"],
-                                                   m.Dataset.content_hash == fields["content_hash"]))
-            if row is None:
-                row = m.Dataset(**fields)
-                s.add(row)
-                s.flush()
-            return row
-
-    def datasets_of_task(self, task_id: str) -> list[DatasetRow]:
-        """The datasets a preprocessing task recorded."""
-        with self.Session() as s:
-            return [DatasetRow(d.id, d.name, d.store_path, d.head_id, dict(d.counts or {}))
-                    for d in s.scalars(select(m.Dataset).where(m.Dataset.task_id == task_id))]
-
-    def link(self, kind: str, src: tuple[str, Any], dst: tuple[str, Any], campaign_id: int | None = None, *,
-             session: Session | None = None) -> None:
-        """Record a typed lineage edge ``src --kind--> dst`` (idempotent). Endpoints are ``(entity_kind, id)``."""
-        with self.unit_of_work(session) as s:
-            key = dict(kind=m.LineageKind(kind), src_kind=m.EntityKind(src[0]), src_id=str(src[1]),
-                       dst_kind=m.EntityKind(dst[0]), dst_id=str(dst[1]))
-            exists = s.scalar(select(m.Lineage.id).filter_by(**key))
-            if exists is None:
-                s.add(m.Lineage(campaign_id=campaign_id, **key))
-
-    def add_metrics(self, task_id: str, rows: Sequence[dict[str, Any]], *, replace: bool = False,
-                    session: Session | None = None) -> int:
-        """Record per-epoch metrics ``{epoch, head, split, name, value}`` of a run. Returns rows written.
-
-        ``replace``: first remove the task's earlier rows (recording a run's metrics again is then idempotent).
-        """
-        with self.unit_of_work(session) as s:
-            if replace:
-                s.execute(delete(m.Metric).where(m.Metric.task_id == task_id))
-            s.add_all(m.Metric(task_id=task_id, epoch=int(r["epoch"]), head=str(r["head"]), split=str(r["split"]),
-                               name=str(r["name"]), value=float(r["value"])) for r in rows)
-        return len(rows)
 
 
 def _aware(ts: datetime) -> datetime:

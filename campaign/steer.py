@@ -13,14 +13,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from campaign.dispatch.base import Dispatcher
 from campaign.dispatch.failures import result_from_exception
-from campaign.ledger import Recorded
+from campaign.records import Recorded
 from campaign.stages.base import PlannedTask, Stage, StageContext
-from campaign.taskqueue import TaskQueue
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState
+
+if TYPE_CHECKING:
+    from campaign.taskqueue import TaskQueue
 
 
 @dataclass

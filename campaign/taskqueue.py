@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from campaign.adopt import probe_attempt, watch
 from campaign.dispatch.failures import RetryPolicy
 from campaign.lease import RENEW_EVERY_S
-from campaign.ledger import Ledger, Recorded, TaskRow
+from campaign.ledger import Ledger
+from campaign.records import Recorded, TaskRow
 from campaign.stages.base import PlannedTask
 from campaign.tasks import DriverRef, TaskResult, TaskSpec, TaskState
 

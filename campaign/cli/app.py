@@ -42,13 +42,25 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def bad_input_types() -> tuple[type[BaseException], ...]:
+    """Exception types the CLI reports as bad input (exit 2). Imports db lazily (it pulls sqlalchemy)."""
+    from campaign.dispatch.errors import CredentialsMissing
+    from campaign.errors import CampaignInputError
+    from campaign.ledger import CampaignConflict
+    from campaign.recipe import RecipeError
+    from db.engine import DatabaseError
+    from db.queries import QueryParamError, UnknownQuery
+    from db.readonly import QueryError, ReadOnlyViolation
+
+    return (RecipeError, CampaignInputError, DatabaseError, QueryError, ReadOnlyViolation, UnknownQuery,
+            QueryParamError, CampaignConflict, CredentialsMissing)
+
+
 def bad_input_exit(func: F) -> F:
     """Turn bad-input exceptions into one message on stderr and exit status 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from campaign.errors import bad_input_types
-
         try:
             return func(*args, **kwargs)
         except bad_input_types() as exc:

@@ -2,7 +2,9 @@
 
 A stage plans tasks (:class:`PlannedTask`: a key unique in the campaign plus a :class:`~campaign.tasks.TaskSpec`)
 and consumes their results, possibly planning more (an HPO stage asks for a new trial whenever one is told).
-It never talks to the dispatcher and writes the database only through the :class:`~campaign.ledger.Ledger`.
+It never talks to the dispatcher, and records what it produces only through the ledger's typed provenance calls
+(:class:`~campaign.provenance.Provenance`: trials, models, hits, metrics, lineage), receiving plain rows
+(:mod:`campaign.records`); an import contract keeps SQLAlchemy and the tables out of every stage.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from campaign.tasks import TaskResult, TaskSpec
 
 if TYPE_CHECKING:
-    from campaign.ledger import Ledger, TaskRow
+    from campaign.ledger import Ledger
     from campaign.recipe import Recipe
+    from campaign.records import TaskRow
 
 
 def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:

@@ -126,20 +126,11 @@ class FinetuneStage:
         return int(row.id)
 
     def _dataset_id(self, ctx: StageContext, name: str) -> int | None:
-        from sqlalchemy import select
-
-        from db import models as m
-
         data_task = ctx.ledger.get_task_by_key(ctx.campaign_id, f"finetune/{name}/data")
-        with ctx.ledger.Session() as s:
-            return s.scalar(select(m.Dataset.id).where(m.Dataset.task_id == data_task.id))
+        found = ctx.ledger.datasets_of_task(data_task.id)
+        return found[0].id if found else None
 
     def _record_model(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> int:
-        from sqlalchemy import select
-
-        from db import models as m
-        from db.engine import transaction
-
         led = ctx.ledger
         cfg = task.spec["config"]
         scratch = bool(cfg.get("from_scratch"))
@@ -160,18 +151,12 @@ class FinetuneStage:
         hyper = {**parent.config, "finetune": {"head": cfg["head"], "freeze_encoder": cfg["freeze_encoder"],
                                                "from_scratch": scratch, "epochs": cfg["epochs"],
                                                "lr": cfg["optimizer"]["lr"], "batch_size": cfg["batch_size"]}}
-        with transaction(led.Session) as s:
-            row = s.scalar(select(m.Model).where(m.Model.task_id == task.id, m.Model.role == role))
-            if row is None:
-                row = m.Model(campaign_id=ctx.campaign_id, name=f"{name}-{role}", role=role, family=parent.family,
-                              hyperparameters=hyper, parent_id=None if scratch else parent.model_id,
-                              task_id=task.id)
-                s.add(row)
-            row.checkpoint_id = art.id
-            row.metrics = metrics
-            s.flush()
-            model_id = int(row.id)
-            fresh = s.scalar(select(m.Metric.id).where(m.Metric.task_id == task.id)) is None
+        model_id = led.save_model(
+            {"task_id": task.id, "role": role},
+            create={"campaign_id": ctx.campaign_id, "name": f"{name}-{role}", "family": parent.family,
+                    "hyperparameters": hyper, "parent_id": None if scratch else parent.model_id},
+            update={"checkpoint_id": art.id, "metrics": metrics})
+        fresh = not led.has_metrics(task.id)
         led.link("output_of", ("model", model_id), ("task", task.id), ctx.campaign_id)
         if dataset_id is not None:
             led.link("input_of", ("dataset", dataset_id), ("task", task.id), ctx.campaign_id)
@@ -185,10 +170,6 @@ class FinetuneStage:
 
     def finish(self, ctx: StageContext) -> str:
         """``done`` when every task has its models; puts the side-by-side comparison in ``ctx.shared``."""
-        from sqlalchemy import select
-
-        from db import models as m
-
         tasks = {t.key: t for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id)}
         if not tasks or any(t.state != TaskState.DONE for t in tasks.values()):
             return "failed"
@@ -203,9 +184,8 @@ class FinetuneStage:
                 self._record_dataset(ctx, data_task, data_task.result or {})
             for k in keys:
                 task = tasks[k]
-                with ctx.ledger.Session() as s:
-                    have = s.scalar(select(m.Model.id).where(m.Model.task_id == task.id))
-                mid = have if have is not None else self._record_model(ctx, task, task.result or {})
+                have = ctx.ledger.models(task_id=task.id)
+                mid = have[0].id if have else self._record_model(ctx, task, task.result or {})
                 variant = "scratch" if k.endswith("/scratch") else "finetuned"
                 entry[variant] = int(mid)
                 entry[f"{variant}_mae"] = (task.result or {}).get("test_target_mae")

@@ -23,19 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from campaign.errors import CampaignInputError
-from campaign.ledger import TaskRow
 from campaign.recipe import HPOSpec, Recipe
+from campaign.records import Checkpoint, TaskRow, TrialRow
 from campaign.stages.base import PlannedTask, StageContext
 from campaign.stages.hpo_export import results_rows, write_results_csv
 from campaign.stages.hpo_optimizer import AskTellOptimizer, LogEvent, Told, optimizer_seed, replay
 from campaign.stages.hpo_pruning import should_stop
 from campaign.stages.hpo_trials import local_threads, train_config, trial_dir, trial_task
-from campaign.tasks import TaskResult, TaskState, utcnow
-from db import models as m
-from db.engine import transaction
+from campaign.tasks import TaskResult, TaskState
 from models.atomic_files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -127,10 +123,8 @@ class HPOStage:
             planned += self._fill(ctx, run)
         return planned
 
-    def _trials(self, ctx: StageContext, hpo: str) -> list[m.Trial]:
-        with ctx.ledger.Session() as s:
-            return list(s.scalars(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id, m.Trial.hpo == hpo)
-                                  .order_by(m.Trial.number)))
+    def _trials(self, ctx: StageContext, hpo: str) -> list[TrialRow]:
+        return ctx.ledger.trials(ctx.campaign_id, hpo)
 
     def _open(self, ctx: StageContext, spec: HPOSpec, datasets: dict[str, dict[str, Any]]) -> HPORun:
         seed = optimizer_seed(self.recipe.seed, spec.seed, spec.name)
@@ -157,7 +151,7 @@ class HPOStage:
         return run
 
     @staticmethod
-    def _told_of(t: m.Trial) -> Told:
+    def _told_of(t: TrialRow) -> Told:
         ok = t.status in SUCCEEDED and t.objective is not None and math.isfinite(t.objective)
         return Told(config=dict(t.config), loss=t.objective if ok else None, failure=None if ok else t.failure)
 
@@ -169,43 +163,27 @@ class HPOStage:
         """
         if not spec.warm_start_from:
             return []
-        with ctx.ledger.Session() as s:
-            stage = s.get(m.Stage, ctx.stage_id)
-            snapshot = ((stage.config or {}).get("warm_start") or {}).get(spec.name) if stage else None
+        snapshot = (ctx.ledger.stage_config(ctx.stage_id).get("warm_start") or {}).get(spec.name)
         if snapshot is None:
             snapshot = []
-            with ctx.ledger.Session() as s:
-                for ref in spec.warm_start_from:
-                    camp_name, _, hpo_name = ref.partition("/")
-                    camp = s.scalar(select(m.Campaign).where(m.Campaign.name == camp_name))
-                    if camp is None:
-                        raise CampaignInputError(f"HPO campaign {spec.name!r}: warm_start_from {ref!r}: "
-                                                 f"no campaign named {camp_name!r} in the database")
-                    q = select(m.Trial).where(m.Trial.campaign_id == camp.id, m.Trial.tell_event.is_not(None))
-                    if hpo_name:
-                        q = q.where(m.Trial.hpo == hpo_name)
-                    for t in s.scalars(q.order_by(m.Trial.hpo, m.Trial.tell_event)):
-                        told = self._told_of(t)
-                        if told.loss is not None and opt.fits(t.config, spec.search_space):
-                            snapshot.append({"config": dict(t.config), "loss": told.loss, "from": f"{ref}#{t.number}"})
-            with ctx.ledger.Session() as s:
-                stage = s.get(m.Stage, ctx.stage_id)
-                ws = dict(((stage.config or {}) if stage else {}).get("warm_start") or {})
+            for ref in spec.warm_start_from:
+                camp_name, _, hpo_name = ref.partition("/")
+                camp_id = ctx.ledger.campaign_id(camp_name)
+                if camp_id is None:
+                    raise CampaignInputError(f"HPO campaign {spec.name!r}: warm_start_from {ref!r}: "
+                                             f"no campaign named {camp_name!r} in the database")
+                for t in ctx.ledger.told_trials(camp_id, hpo_name or None):
+                    told = self._told_of(t)
+                    if told.loss is not None and opt.fits(t.config, spec.search_space):
+                        snapshot.append({"config": dict(t.config), "loss": told.loss, "from": f"{ref}#{t.number}"})
+            ws = dict(ctx.ledger.stage_config(ctx.stage_id).get("warm_start") or {})
             ctx.ledger.update_stage_config(ctx.stage_id, warm_start={**ws, spec.name: snapshot})
         return [Told(config=w["config"], loss=float(w["loss"])) for w in snapshot]
 
-    def _stored_curves(self, ctx: StageContext, trials: list[m.Trial]) -> dict[int, list[float]]:
+    def _stored_curves(self, ctx: StageContext, trials: list[TrialRow]) -> dict[int, list[float]]:
         by_task = {t.task_id: t.number for t in trials if t.task_id and t.tell_event is not None}
-        if not by_task:
-            return {}
-        curves: dict[int, dict[int, float]] = {}
-        with ctx.ledger.Session() as s:
-            rows = s.execute(select(m.Metric.task_id, m.Metric.epoch, m.Metric.value).where(
-                m.Metric.task_id.in_(list(by_task)), m.Metric.split == "val", m.Metric.head == "None",
-                m.Metric.name == "loss"))
-            for task_id, epoch, value in rows:
-                curves.setdefault(by_task[task_id], {})[epoch] = value
-        return {n: [c[e] for e in sorted(c)] for n, c in curves.items()}
+        curves = ctx.ledger.val_loss_curves(list(by_task))
+        return {by_task[tid]: [c[e] for e in sorted(c)] for tid, c in curves.items()}
 
     # ------------------------------------------------------------------------------------ asking
     def _fill(self, ctx: StageContext, run: HPORun) -> list[PlannedTask]:
@@ -236,12 +214,8 @@ class HPOStage:
         planned = PlannedTask(task_key(spec.name, number), trial_task(spec, number, cfg, out))
         # the task first (idempotent by key), then the trial row that points at it and logs the ask
         task = ctx.ledger.create_task(ctx.campaign_id, ctx.stage_id, planned.key, planned.spec)
-        with transaction(ctx.ledger.Session) as s:
-            exists = s.scalar(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id,
-                                                    m.Trial.hpo == spec.name, m.Trial.number == number))
-            if exists is None:
-                s.add(m.Trial(campaign_id=ctx.campaign_id, hpo=spec.name, family=spec.family, number=number,
-                              config=hp, status="asked", task_id=task.id, ask_event=event))
+        ctx.ledger.ask_trial(ctx.campaign_id, hpo=spec.name, family=spec.family, number=number, config=hp,
+                             task_id=task.id, ask_event=event)
         return planned
 
     def _replan_open(self, ctx: StageContext, run: HPORun) -> list[PlannedTask]:
@@ -254,8 +228,7 @@ class HPOStage:
                 cfg = train_config(run.spec, t.config, run.datasets, out_dir=out, seed=seed, threads=self._threads)
                 p = PlannedTask(task_key(run.spec.name, t.number), trial_task(run.spec, t.number, cfg, out))
                 task = ctx.ledger.create_task(ctx.campaign_id, ctx.stage_id, p.key, p.spec)
-                with transaction(ctx.ledger.Session) as s:
-                    s.get(m.Trial, t.id).task_id = task.id
+                ctx.ledger.set_trial_task(t.id, task.id)
                 planned.append(p)
         return planned
 
@@ -266,25 +239,22 @@ class HPOStage:
         for t in self._trials(ctx, run.spec.name):
             if t.tell_event is not None or t.task_id is None:
                 continue
-            with ctx.ledger.Session() as s:
-                task = s.get(m.Task, t.task_id)
-                state, result = (task.state, task.result) if task else (None, None)
-                last = s.scalar(select(m.Attempt).where(m.Attempt.task_id == t.task_id)
-                                .order_by(m.Attempt.number.desc()).limit(1))
-                cause = last.exit_cause.value if last is not None and last.exit_cause is not None else "error"
-                error = last.error if last is not None else None
+            task = ctx.ledger.task(t.task_id)
+            state, result = (task.state, task.result) if task else (None, None)
+            last = ctx.ledger.last_attempt(t.task_id)
+            cause = (last.exit_cause if last is not None else None) or "error"
+            error = last.error if last is not None else None
             if state == TaskState.DONE:
                 self._tell_success(ctx, run, t.number, t.task_id, result or {})
             elif state in (TaskState.FAILED, TaskState.CANCELLED):
                 self._tell_failure(ctx, run, t.number, cause, (result or {}).get("reason") or error)
         return planned
 
-    def _trial_of(self, ctx: StageContext, task_id: str) -> tuple[HPORun, m.Trial] | None:
-        with ctx.ledger.Session() as s:
-            t = s.scalar(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id, m.Trial.task_id == task_id))
-        if t is None or t.hpo not in self.runs:
+    def _trial_of(self, ctx: StageContext, task_id: str) -> tuple[HPORun, TrialRow] | None:
+        found = ctx.ledger.trials_of_tasks(ctx.campaign_id, [task_id])
+        if not found or found[0].hpo not in self.runs:
             return None
-        return self.runs[t.hpo], t
+        return self.runs[found[0].hpo], found[0]
 
     def on_done(self, ctx: StageContext, task: TaskRow, result: TaskResult) -> list[PlannedTask]:
         """Tell the trial's best-epoch validation loss (a non-finite one is a failure), then ask again."""
@@ -324,22 +294,13 @@ class HPOStage:
                 "n_params", "last_epoch", "steps", "peak_memory_bytes", "completed")
         event = run.next_event
         run.next_event += 1
-        led = ctx.ledger
-        with led.unit_of_work() as s:  # the trial's result, metrics, checkpoint and lineage: all or nothing
-            trial = s.scalar(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id,
-                                                   m.Trial.hpo == run.spec.name, m.Trial.number == number))
-            trial.objective = float(objective)
-            trial.best_epoch = res.get("best_epoch")
-            trial.metrics = {k: res[k] for k in keep if k in res}
-            trial.status = status
-            trial.wall_time_s = res.get("wall_time_s")
-            trial.tell_event = event
-            trial.finished_at = utcnow()
-            config = dict(trial.config)
-            led.add_metrics(task_id, rows, replace=True, session=s)
-            if best and Path(best["path"]).exists():
-                art = led.add_artifact(best["path"], "checkpoint", task_id=task_id, sha256=best["sha256"], session=s)
-                led.link("output_of", ("artifact", art.id), ("task", task_id), ctx.campaign_id, session=s)
+        # the trial's result, metrics, checkpoint and lineage: one transaction
+        trial = ctx.ledger.tell_trial(
+            ctx.campaign_id, run.spec.name, number, status=status, tell_event=event, objective=float(objective),
+            best_epoch=res.get("best_epoch"), metrics={k: res[k] for k in keep if k in res},
+            wall_time_s=res.get("wall_time_s"), task_id=task_id, metric_rows=rows,
+            checkpoint=Checkpoint(best["path"], best.get("sha256")) if best else None)
+        config = dict(trial.config)
         # told only once recorded: a kill between the two leaves a recorded tell that replay repeats
         run.optimizer.tell([Told(config=config, loss=float(objective))])
         run.curves[number] = curve
@@ -350,15 +311,9 @@ class HPOStage:
         text = f"{cause}: {detail}" if detail else cause
         event = run.next_event
         run.next_event += 1
-        with transaction(ctx.ledger.Session) as s:
-            trial = s.scalar(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id,
-                                                   m.Trial.hpo == run.spec.name, m.Trial.number == number))
-            trial.status = "failed"
-            trial.failure = text[:4000]
-            trial.objective = None
-            trial.tell_event = event
-            trial.finished_at = utcnow()
-            config = dict(trial.config)
+        trial = ctx.ledger.tell_trial(ctx.campaign_id, run.spec.name, number, status="failed", tell_event=event,
+                                      failure=text[:4000])
+        config = dict(trial.config)
         run.optimizer.tell([Told(config=config, loss=None, failure=text)])
         run.running.discard(number)
         self._count(run, "failed", None)
@@ -375,9 +330,7 @@ class HPOStage:
         by_task = {t.id: t for t in running if t.kind == "trial"}
         if not by_task:
             return []
-        with ctx.ledger.Session() as s:
-            trials = list(s.scalars(select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id,
-                                                          m.Trial.task_id.in_(list(by_task)))))
+        trials = ctx.ledger.trials_of_tasks(ctx.campaign_id, list(by_task))
         newly_running = []
         for t in trials:
             run = self.runs.get(t.hpo)
@@ -386,7 +339,7 @@ class HPOStage:
             if t.status == "asked":
                 newly_running.append(t.id)
             run.running.add(t.number)
-            task = by_task[t.task_id]
+            task = by_task[str(t.task_id)]
             curve = read_val_curve(Path(task.spec["config"]["output_dir"]) / "metrics.jsonl")
             if not curve or curve == run.curves.get(t.number) or t.number in run.stop_requested:
                 continue
@@ -401,11 +354,7 @@ class HPOStage:
                 log.info("HPO %s: stopping trial %d early (%s rule, epoch %d)", t.hpo, t.number, rule.rule,
                          len(curve) - 1)
         if newly_running:
-            with transaction(ctx.ledger.Session) as s:
-                for tid in newly_running:
-                    row = s.get(m.Trial, tid)
-                    if row is not None and row.status == "asked":
-                        row.status = "running"
+            ctx.ledger.mark_trials_running(newly_running)
         return []
 
     def sub_progress(self) -> list[dict[str, Any]]:
@@ -426,14 +375,11 @@ class HPOStage:
         for spec in self.specs:
             trials = self._trials(ctx, spec.name)
             shared[spec.name] = [t.id for t in trials]
-            with ctx.ledger.Session() as s:
-                attempts = {}
-                for t in trials:
-                    if t.task_id:
-                        a = s.scalar(select(m.Attempt).where(m.Attempt.task_id == t.task_id)
-                                     .order_by(m.Attempt.number.desc()).limit(1))
-                        if a is not None:
-                            attempts[t.task_id] = (a.started_at, a.ended_at)
+            attempts = {}
+            for t in trials:
+                a = ctx.ledger.last_attempt(t.task_id) if t.task_id else None
+                if t.task_id and a is not None:
+                    attempts[t.task_id] = (a.started_at, a.ended_at)
             rows = results_rows(trials, sorted(spec.search_space), attempts)
             path = write_results_csv(ctx.workdir / "hpo" / spec.name / "results.csv", rows)
             art = ctx.ledger.add_artifact(path, "hpo-results")
@@ -450,10 +396,4 @@ class HPOStage:
 
 def trial_counts(ledger: Any, campaign_id: int) -> dict[str, dict[str, int]]:
     """``{hpo: {status: n}}`` of a campaign's trials (for summaries)."""
-    out: dict[str, dict[str, int]] = {}
-    with ledger.Session() as s:
-        for hpo, status, n in s.execute(select(m.Trial.hpo, m.Trial.status, func.count())
-                                        .where(m.Trial.campaign_id == campaign_id)
-                                        .group_by(m.Trial.hpo, m.Trial.status)):
-            out.setdefault(hpo, {})[status] = n
-    return out
+    return ledger.trial_counts(campaign_id)  # type: ignore[no-any-return]

@@ -82,13 +82,7 @@ class PromoteStage:
 
     def finish(self, ctx: StageContext) -> str:
         """Rank, select and record; ``failed`` (with :attr:`note`) when no trial has a usable objective."""
-        from sqlalchemy import select as sql_select
-
-        from db import models as m
-
-        with ctx.ledger.Session() as s:
-            trials = list(s.scalars(sql_select(m.Trial).where(m.Trial.campaign_id == ctx.campaign_id)
-                                    .order_by(m.Trial.id)))
+        trials = ctx.ledger.trials(ctx.campaign_id)
         if not trials:
             return self._fail(ctx, f"campaign {self.recipe.campaign!r} has no HPO trials to promote "
                                    "(no hpo stage ran, or it recorded nothing)")
@@ -114,28 +108,19 @@ class PromoteStage:
     def _checkpoint_id(self, ctx: StageContext, trial: Any) -> int | None:
         """The trial's best-checkpoint artifact: the one the HPO stage recorded, else registered here when the
         file named in the trial's metrics still exists with its recorded sha256."""
-        from sqlalchemy import select as sql_select
-
-        from db import models as m
         from models.atomic_files import sha256_file
 
         best = ((trial.metrics or {}).get("checkpoints") or {}).get("best") or {}
         path, digest = best.get("path"), best.get("sha256")
-        with ctx.ledger.Session() as s:
-            if path:
-                q = sql_select(m.Artifact.id).where(m.Artifact.path == str(path))
-                if digest:
-                    q = q.where(m.Artifact.sha256 == digest)
-                found = s.scalar(q.order_by(m.Artifact.id.desc()))
-                if found is not None:
-                    return int(found)
-            if trial.task_id is not None:
-                rows = list(s.scalars(sql_select(m.Artifact).where(m.Artifact.task_id == trial.task_id,
-                                                                   m.Artifact.kind == "checkpoint")
-                                      .order_by(m.Artifact.id)))
-                named = [a for a in rows if Path(a.path).name == "best.pt"] or rows
-                if named:
-                    return int(named[-1].id)
+        if path:
+            found = ctx.ledger.find_artifact(str(path), digest)
+            if found is not None:
+                return found
+        if trial.task_id is not None:
+            rows = ctx.ledger.artifacts_of_task(trial.task_id, "checkpoint")
+            named = [a for a in rows if Path(a.path).name == "best.pt"] or rows
+            if named:
+                return int(named[-1].id)
         if path and Path(path).is_file() and (digest is None or sha256_file(path) == digest):
             art = ctx.ledger.add_artifact(path, "checkpoint", task_id=trial.task_id, sha256=digest)
             if trial.task_id is not None:
@@ -144,11 +129,6 @@ class PromoteStage:
         return None
 
     def _promote(self, ctx: StageContext, trial: Any, sel: Selection) -> int:
-        from sqlalchemy import select as sql_select
-
-        from db import models as m
-        from db.engine import transaction
-
         ckpt = self._checkpoint_id(ctx, trial)
         tm = trial.metrics or {}
         metrics = {
@@ -157,51 +137,20 @@ class PromoteStage:
             "trial_status": trial.status, "wall_time_s": trial.wall_time_s, "n_params": tm.get("n_params"),
             "best_val_metrics": tm.get("best_val_metrics"), "rule": self.spec.model_dump(mode="json"),
         }
-        with transaction(ctx.ledger.Session) as s:
-            row = s.scalar(sql_select(m.Model).where(m.Model.campaign_id == ctx.campaign_id,
-                                                     m.Model.role == "promoted", m.Model.trial_id == trial.id))
-            if row is None:
-                row = m.Model(campaign_id=ctx.campaign_id, name=f"{trial.hpo}-trial{trial.number}",
-                              role="promoted", family=trial.family, hyperparameters=dict(trial.config or {}),
-                              trial_id=trial.id, task_id=trial.task_id)
-                s.add(row)
-            row.checkpoint_id = ckpt
-            row.metrics = metrics
-            s.flush()
-            model_id = int(row.id)
+        model_id = ctx.ledger.save_model(
+            {"campaign_id": ctx.campaign_id, "role": "promoted", "trial_id": trial.id},
+            create={"name": f"{trial.hpo}-trial{trial.number}", "family": trial.family,
+                    "hyperparameters": dict(trial.config or {}), "task_id": trial.task_id},
+            update={"checkpoint_id": ckpt, "metrics": metrics})
         ctx.ledger.link("promoted_from", ("model", model_id), ("trial", trial.id), ctx.campaign_id)
         return model_id
 
     def _retire_unselected(self, ctx: StageContext, keep: set[int]) -> None:
-        from sqlalchemy import select as sql_select
-
-        from db import models as m
-        from db.engine import transaction
-
-        with transaction(ctx.ledger.Session) as s:
-            for row in s.scalars(sql_select(m.Model).where(m.Model.campaign_id == ctx.campaign_id,
-                                                           m.Model.role == "promoted")):
-                if row.id not in keep and (row.metrics or {}).get("selected", True):
-                    row.metrics = {**(row.metrics or {}), "selected": False, "reasons": []}
+        ctx.ledger.retire_promoted(ctx.campaign_id, keep)
 
     def _ensemble(self, ctx: StageContext, model_ids: list[int], members: list[Selection]) -> int:
-        from sqlalchemy import select as sql_select
-
-        from db import models as m
-        from db.engine import transaction
-
         name = f"{self.recipe.campaign}-top{len(model_ids)}"
         rule = {"kind": "top_k_promoted", "k": self.spec.ensemble_k, "size": len(model_ids),
                 "by": "objective", "trial_ids": [sel.trial.id for sel in members],
                 "objectives": [sel.trial.objective for sel in members]}
-        with transaction(ctx.ledger.Session) as s:
-            row = s.scalar(sql_select(m.Ensemble).where(m.Ensemble.campaign_id == ctx.campaign_id,
-                                                        m.Ensemble.name == name))
-            if row is None:
-                row = m.Ensemble(campaign_id=ctx.campaign_id, name=name, model_ids=model_ids, rule=rule)
-                s.add(row)
-            else:
-                row.model_ids = model_ids
-                row.rule = rule
-            s.flush()
-            return int(row.id)
+        return ctx.ledger.save_ensemble(ctx.campaign_id, name, model_ids, rule)

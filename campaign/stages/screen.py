@@ -53,27 +53,19 @@ def _objective(row: Any) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf
 
 
-def _campaign_id(s: Any, ctx: StageContext, name: str | None) -> int:
-    from sqlalchemy import select
-
-    from db import models as m
-
+def _campaign_id(ctx: StageContext, name: str | None) -> int:
     if name is None:
         return ctx.campaign_id
-    cid = s.scalar(select(m.Campaign.id).where(m.Campaign.name == name))
+    cid = ctx.ledger.campaign_id(name)
     if cid is None:
         raise CampaignInputError(f"from_campaign: no campaign named {name!r} in the database")
-    return int(cid)
+    return cid
 
 
-def best_model_id(s: Any, campaign_id: int) -> int | None:
+def best_model_id(ledger: Any, campaign_id: int) -> int | None:
     """The best trained model of a campaign (lowest objective, then lowest id), else its best promoted one."""
-    from sqlalchemy import select
-
-    from db import models as m
-
     for role in ("trained", "promoted"):
-        rows = list(s.scalars(select(m.Model).where(m.Model.campaign_id == campaign_id, m.Model.role == role)))
+        rows = ledger.models(campaign_id=campaign_id, role=role)
         if role == "promoted":
             rows = [r for r in rows if (r.metrics or {}).get("selected", True) is not False]
         rows = [r for r in rows if r.checkpoint_id is not None]
@@ -82,18 +74,16 @@ def best_model_id(s: Any, campaign_id: int) -> int | None:
     return None
 
 
-def model_checkpoint(s: Any, model_id: int) -> ModelCheckpoint:
-    """A model row and its checkpoint artifact.
+def model_checkpoint(ledger: Any, model_id: int) -> ModelCheckpoint:
+    """A model and its checkpoint artifact.
 
     Raises:
         CampaignInputError: no such model, or it has no checkpoint.
     """
-    from db import models as m
-
-    row = s.get(m.Model, model_id)
+    row = ledger.model(model_id)
     if row is None:
         raise CampaignInputError(f"model {model_id} is not in the database")
-    art = s.get(m.Artifact, row.checkpoint_id) if row.checkpoint_id is not None else None
+    art = ledger.artifact(row.checkpoint_id) if row.checkpoint_id is not None else None
     if art is None:
         raise CampaignInputError(f"model {model_id} ({row.name}) has no checkpoint artifact")
     return ModelCheckpoint(model_id=int(row.id), name=row.name, role=row.role, family=row.family,
@@ -107,29 +97,22 @@ def resolve_models(ctx: StageContext, model: str | int, *, from_campaign: str | 
     Raises:
         CampaignInputError: nothing to use (with the reason).
     """
-    from sqlalchemy import select
-
-    from db import models as m
-
-    with ctx.ledger.Session() as s:
-        if isinstance(model, int):
-            return [model_checkpoint(s, model)]
-        cid = _campaign_id(s, ctx, from_campaign)
-        where = f"campaign {from_campaign!r}" if from_campaign else "this campaign"
-        if model == "best":
-            mid = best_model_id(s, cid)
-            if mid is None:
-                raise CampaignInputError(f"model: best: {where} has no trained or promoted model with a "
-                                         "checkpoint (run the train/promote stages, or give a model id)")
-            return [model_checkpoint(s, mid)]
-        q = select(m.Ensemble).where(m.Ensemble.campaign_id == cid)
-        if ensemble is not None:
-            q = q.where(m.Ensemble.name == ensemble)
-        row = s.scalar(q.order_by(m.Ensemble.id.desc()))
-        if row is None:
-            raise CampaignInputError(f"model: ensemble: {where} has no ensemble"
-                                     + (f" named {ensemble!r}" if ensemble else ""))
-        return [model_checkpoint(s, int(i)) for i in row.model_ids]
+    led = ctx.ledger
+    if isinstance(model, int):
+        return [model_checkpoint(led, model)]
+    cid = _campaign_id(ctx, from_campaign)
+    where = f"campaign {from_campaign!r}" if from_campaign else "this campaign"
+    if model == "best":
+        mid = best_model_id(led, cid)
+        if mid is None:
+            raise CampaignInputError(f"model: best: {where} has no trained or promoted model with a "
+                                     "checkpoint (run the train/promote stages, or give a model id)")
+        return [model_checkpoint(led, mid)]
+    members = led.ensemble_members(cid, ensemble)
+    if members is None:
+        raise CampaignInputError(f"model: ensemble: {where} has no ensemble"
+                                 + (f" named {ensemble!r}" if ensemble else ""))
+    return [model_checkpoint(led, i) for i in members]
 
 
 class ScreenStage:
@@ -154,20 +137,12 @@ class ScreenStage:
 
     def _dataset_stores(self, ctx: StageContext) -> list[tuple[dict[str, Any], int]]:
         """``(store ref, graphs)`` of the datasets to screen (from ctx.shared, else the database)."""
-        from sqlalchemy import select
-
-        from db import models as m
-
         found: dict[str, tuple[str, dict[str, Any]]] = {}
         for name, d in (ctx.shared.get("datasets") or {}).items():
             found[name] = (d["root"], d.get("counts") or {})
         if not found:
-            with ctx.ledger.Session() as s:
-                cid = _campaign_id(s, ctx, self.spec.from_campaign)
-                rows = s.execute(select(m.Dataset).join(m.Task, m.Dataset.task_id == m.Task.id)
-                                 .where(m.Task.campaign_id == cid).order_by(m.Dataset.id)).scalars()
-                for row in rows:
-                    found[row.name] = (row.store_path, dict(row.counts or {}))
+            for row in ctx.ledger.datasets_of_campaign(_campaign_id(ctx, self.spec.from_campaign)):
+                found[row.name] = (row.store_path, dict(row.counts or {}))
         names = self.spec.datasets or sorted(found)
         missing = [n for n in names if n not in found]
         if missing or not names:
@@ -234,10 +209,6 @@ class ScreenStage:
         return []
 
     def _record_shard(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> None:
-        from sqlalchemy import select
-
-        from db import models as m
-
         led = ctx.ledger
         for ref in task.spec["config"]["models"]:
             if ref.get("id") is not None:
@@ -245,22 +216,13 @@ class ScreenStage:
         for f in (res.get("output") or {}).get("files", []):
             art = led.add_artifact(f["path"], "screen-output", task_id=task.id, sha256=f["sha256"])
             led.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
-        with led.Session() as s:
-            have = s.scalar(select(m.Metric.id).where(m.Metric.task_id == task.id,
-                                                      m.Metric.name == "structures_per_s",
-                                                      m.Metric.split == "worker"))
-        if have is None:
+        if not led.has_metrics(task.id, name="structures_per_s", split="worker"):
             rows = [{"epoch": 0, "head": "all", "split": "worker", "name": name, "value": float(res[name])}
                     for name in ("structures_per_s", "model_structures_per_s") if res.get(name) is not None]
             led.add_metrics(task.id, rows)
 
     def finish(self, ctx: StageContext) -> str:
         """Merge the shards' top-k, record hits and the aggregate throughput; ``failed`` if a shard failed."""
-        from sqlalchemy import select
-
-        from db import models as m
-        from db.engine import transaction
-
         tasks = [t for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id) if t.kind == "screen"]
         if not tasks or any(t.state != TaskState.DONE for t in tasks):
             return "failed"
@@ -270,11 +232,8 @@ class ScreenStage:
         ids = [t.id for t in tasks]
         model_ids = [ref["id"] for ref in tasks[0].spec["config"]["models"] if ref.get("id") is not None]
         structures = sum(int((t.result or {}).get("structures", 0)) for t in tasks)
-        with ctx.ledger.Session() as s:
-            hit_ids = list(s.scalars(select(m.ScreeningHit.id).where(m.ScreeningHit.task_id.in_(ids))
-                                     .order_by(m.ScreeningHit.rank)))
-            spans = s.execute(select(m.Attempt.started_at, m.Attempt.ended_at).where(
-                m.Attempt.task_id.in_(ids), m.Attempt.exit_cause == m.ExitCause.OK)).all()
+        hit_ids = ctx.ledger.hit_ids(ids)
+        spans = ctx.ledger.successful_attempt_spans(ids)
         aggregate = None
         starts = [a for a, _ in spans if a is not None]
         ends = [b for _, b in spans if b is not None]
@@ -291,44 +250,32 @@ class ScreenStage:
             rows.append({"epoch": 0, "head": "all", "split": "aggregate", "name": "sum_worker_structures_per_s",
                          "value": sum(per_worker)})
             ctx.ledger.add_metrics(tasks[0].id, rows)
-            with transaction(ctx.ledger.Session) as s:  # the aggregate also travels with the first shard's result
-                first = s.get(m.Task, tasks[0].id)
-                first.result = {**(first.result or {}), "aggregate": {
-                    "structures": structures, "structures_per_s": aggregate, "shards": len(tasks),
-                    "sum_worker_structures_per_s": sum(per_worker)}}
+            # the aggregate also travels with the first shard's result
+            ctx.ledger.merge_task_result(tasks[0].id, {"aggregate": {
+                "structures": structures, "structures_per_s": aggregate, "shards": len(tasks),
+                "sum_worker_structures_per_s": sum(per_worker)}})
         ctx.shared["screen"] = {"hits": hit_ids, "structures": structures, "structures_per_s": aggregate,
                                 "tasks": ids, "models": model_ids}
         return "done"
 
     def _record_hits(self, ctx: StageContext, tasks: list[Any], model_ids: list[int]) -> list[int]:
-        from db import models as m
-        from db.engine import transaction
-
         pool = [(h, t) for t in tasks for h in (t.result or {}).get("top", [])]
         pool.sort(key=lambda p: (p[0]["score"], p[0]["structure_id"]))
         chosen = pool[: self.spec.top_k]
         head_names = _head_names()
-        out = []
-        with transaction(ctx.ledger.Session) as s:
-            for rank, (h, t) in enumerate(chosen, start=1):
-                data = {k: h[k] for k in ("numbers", "positions", "cell", "pbc", "energies", "index", "sid")
-                        if k in h}
-                if "forces" in h:
-                    data["forces"] = h["forces"]
-                data.update({"shard": t.spec["config"]["shard"], "models": model_ids,
-                             "head_id": h["head"], "criterion": self.spec.criterion,
-                             "source": t.spec["config"]["source"]["kind"]})
-                row = m.ScreeningHit(task_id=t.id, model_id=model_ids[0] if len(model_ids) == 1 else None,
-                                     rank=rank, structure_id=h["structure_id"], formula=h["formula"],
-                                     natoms=int(h["natoms"]), score=float(h["score"]),
-                                     energy_per_atom=float(h["energy_per_atom"]), uncertainty=h.get("uncertainty"),
-                                     head=head_names.get(int(h["head"]), str(h["head"])), data=data)
-                s.add(row)
-                s.flush()
-                out.append((int(row.id), t.id))
-        for hid, tid in out:
-            ctx.ledger.link("output_of", ("hit", hid), ("task", tid), ctx.campaign_id)
-        return [hid for hid, _ in out]
+        hits = []
+        for rank, (h, t) in enumerate(chosen, start=1):
+            data = {k: h[k] for k in ("numbers", "positions", "cell", "pbc", "energies", "index", "sid") if k in h}
+            if "forces" in h:
+                data["forces"] = h["forces"]
+            data.update({"shard": t.spec["config"]["shard"], "models": model_ids, "head_id": h["head"],
+                         "criterion": self.spec.criterion, "source": t.spec["config"]["source"]["kind"]})
+            hits.append(dict(task_id=t.id, model_id=model_ids[0] if len(model_ids) == 1 else None, rank=rank,
+                             structure_id=h["structure_id"], formula=h["formula"], natoms=int(h["natoms"]),
+                             score=float(h["score"]), energy_per_atom=float(h["energy_per_atom"]),
+                             uncertainty=h.get("uncertainty"), head=head_names.get(int(h["head"]), str(h["head"])),
+                             data=data))
+        return ctx.ledger.add_hits(ctx.campaign_id, hits)
 
 
 def _head_names() -> dict[int, str]:

@@ -97,62 +97,56 @@ class TrainStage:
     # ------------------------------------------------------------------------------------- sources
     def _resolve(self, ctx: StageContext) -> list[Source]:
         """The models to train, in order (best first for promoted models). Sets ``_error`` when unusable."""
-        from sqlalchemy import select
-
-        from db import models as m
-
         spec = self.spec
-        with ctx.ledger.Session() as s:
-            if isinstance(spec.models, list):
-                rows = {r.id: r for r in s.scalars(select(m.Model).where(m.Model.id.in_(spec.models)))}
-                missing = [i for i in spec.models if i not in rows]
-                if missing:
-                    self._error = f"stages.train.models: no model with id {', '.join(map(str, missing))} in the database"
+        led = ctx.ledger
+        if isinstance(spec.models, list):
+            rows = {r.id: r for r in led.models(ids=spec.models)}
+            missing = [i for i in spec.models if i not in rows]
+            if missing:
+                self._error = f"stages.train.models: no model with id {', '.join(map(str, missing))} in the database"
+                return []
+            models = [rows[i] for i in spec.models]
+        else:
+            campaign_id = ctx.campaign_id
+            if spec.from_campaign is not None:
+                cid = led.campaign_id(spec.from_campaign)
+                if cid is None:
+                    self._error = f"stages.train.from_campaign: no campaign named {spec.from_campaign!r} in the database"
                     return []
-                models = [rows[i] for i in spec.models]
+                campaign_id = int(cid)
+            shared = ctx.shared.get("promoted") if spec.from_campaign is None else None
+            found = (led.models(ids=list(shared)) if shared is not None
+                     else led.models(campaign_id=campaign_id, role="promoted"))
+            models = [r for r in found if (r.metrics or {}).get("selected", True)]
+            if shared is not None:
+                order = {mid: k for k, mid in enumerate(shared)}
+                models.sort(key=lambda r: order[r.id])
             else:
-                campaign_id = ctx.campaign_id
-                if spec.from_campaign is not None:
-                    cid = s.scalar(select(m.Campaign.id).where(m.Campaign.name == spec.from_campaign))
-                    if cid is None:
-                        self._error = f"stages.train.from_campaign: no campaign named {spec.from_campaign!r} in the database"
-                        return []
-                    campaign_id = int(cid)
-                shared = ctx.shared.get("promoted") if spec.from_campaign is None else None
-                q = select(m.Model).where(m.Model.campaign_id == campaign_id, m.Model.role == "promoted")
-                if shared is not None:
-                    q = select(m.Model).where(m.Model.id.in_(list(shared)))
-                models = [r for r in s.scalars(q.order_by(m.Model.id))
-                          if (r.metrics or {}).get("selected", True)]
-                if shared is not None:
-                    order = {mid: k for k, mid in enumerate(shared)}
-                    models.sort(key=lambda r: order[r.id])
-                else:
-                    models.sort(key=lambda r: ((r.metrics or {}).get("rank") or math.inf, r.id))
-                if not models:
-                    where = spec.from_campaign or self.recipe.campaign
-                    self._error = (f"campaign {where!r} has no promoted models to train "
-                                   "(run a promote stage first, or list model ids in stages.train.models)")
-                    return []
-            if spec.top is not None:
-                models = sorted(models, key=lambda r: (_objective(r), r.id))[: spec.top]
-            out = []
-            for r in models:
-                task = s.get(m.Task, r.task_id) if r.task_id else None
-                cfg = dict((task.spec or {}).get("config") or {}) if task is not None else {}
-                ckpt = s.get(m.Artifact, r.checkpoint_id) if r.checkpoint_id else None
-                src = Source(model_id=r.id, name=r.name, family=r.family, trial_id=r.trial_id,
-                             objective=_objective(r), hyperparameters=dict(r.hyperparameters or {}),
-                             base_config=cfg, checkpoint_id=r.checkpoint_id,
-                             checkpoint_path=ckpt.path if ckpt is not None else None)
-                if not cfg or "data_root" not in cfg:
-                    src.problems.append(f"model {r.id} ({r.name}): its task {r.task_id} has no models.train "
-                                        "config to train from")
-                if spec.from_checkpoint and (src.checkpoint_path is None or not Path(src.checkpoint_path).is_file()):
-                    where = src.checkpoint_path or "none recorded"
-                    src.problems.append(f"model {r.id} ({r.name}): checkpoint missing ({where}); set "
-                                        "stages.train.from_checkpoint: false to train it from scratch")
-                out.append(src)
+                models.sort(key=lambda r: ((r.metrics or {}).get("rank") or math.inf, r.id))
+            if not models:
+                where = spec.from_campaign or self.recipe.campaign
+                self._error = (f"campaign {where!r} has no promoted models to train "
+                               "(run a promote stage first, or list model ids in stages.train.models)")
+                return []
+        if spec.top is not None:
+            models = sorted(models, key=lambda r: (_objective(r), r.id))[: spec.top]
+        out = []
+        for r in models:
+            task = led.task(r.task_id) if r.task_id else None
+            cfg = dict((task.spec or {}).get("config") or {}) if task is not None else {}
+            ckpt = led.artifact(r.checkpoint_id) if r.checkpoint_id else None
+            src = Source(model_id=r.id, name=r.name, family=r.family, trial_id=r.trial_id,
+                         objective=_objective(r), hyperparameters=dict(r.hyperparameters or {}),
+                         base_config=cfg, checkpoint_id=r.checkpoint_id,
+                         checkpoint_path=ckpt.path if ckpt is not None else None)
+            if not cfg or "data_root" not in cfg:
+                src.problems.append(f"model {r.id} ({r.name}): its task {r.task_id} has no models.train "
+                                    "config to train from")
+            if spec.from_checkpoint and (src.checkpoint_path is None or not Path(src.checkpoint_path).is_file()):
+                where = src.checkpoint_path or "none recorded"
+                src.problems.append(f"model {r.id} ({r.name}): checkpoint missing ({where}); set "
+                                    "stages.train.from_checkpoint: false to train it from scratch")
+            out.append(src)
         return out
 
     # ------------------------------------------------------------------------------------- planning
@@ -250,18 +244,14 @@ class TrainStage:
 
     def finish(self, ctx: StageContext) -> str:
         """``done`` when every model has a trained row; puts their ids in ``ctx.shared["trained"]``."""
-        from sqlalchemy import select
-
-        from db import models as m
-
         if self._error:
             return self._fail(ctx, self._error)
         trained: list[int] = []
         problems = []
-        with ctx.ledger.Session() as s:  # one session at a time: SQLite sessions take the write lock
-            rows = {mid: s.scalar(select(m.Model.id).where(m.Model.campaign_id == ctx.campaign_id,
-                                                          m.Model.role == "trained", m.Model.parent_id == mid))
-                    for mid in self._sources}
+        rows: dict[int, int | None] = {}
+        for mid in self._sources:
+            found = ctx.ledger.models(campaign_id=ctx.campaign_id, role="trained", parent_id=mid)
+            rows[mid] = found[0].id if found else None
         for mid, src in self._sources.items():
             if rows[mid] is not None:
                 trained.append(int(rows[mid]))
@@ -294,10 +284,6 @@ class TrainStage:
         return int(art.id)
 
     def _record_chunk(self, ctx: StageContext, src: Source, n: int, task: Any, prev: Any | None) -> None:
-        from sqlalchemy import func, select
-
-        from db import models as m
-
         led, cid = ctx.ledger, ctx.campaign_id
         res = task.result or {}
         ckpts = res.get("checkpoints") or {}
@@ -313,19 +299,13 @@ class TrainStage:
             led.link("input_of", ("artifact", start_id), ("task", task.id), cid)
             if last_id is not None and last_id != start_id:
                 led.link("derived_from", ("artifact", last_id), ("artifact", start_id), cid)
-        with led.Session() as s:
-            have = s.scalar(select(func.count(m.Metric.id)).where(m.Metric.task_id == task.id)) or 0
+        have = led.has_metrics(task.id)
         path = res.get("metrics_path")
         if not have and path and Path(path).is_file():
             rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
             led.add_metrics(task.id, rows)  # run-level rows (head null) get head "None", as the HPO stage's
 
     def _record_trained(self, ctx: StageContext, src: Source, chunk_tasks: list[Any]) -> int:
-        from sqlalchemy import select
-
-        from db import models as m
-        from db.engine import transaction
-
         final = chunk_tasks[-1]
         res = final.result or {}
         ckpts = res.get("checkpoints") or {}
@@ -345,19 +325,12 @@ class TrainStage:
                                                if chunk_tasks[0].spec["config"].get("init_from") else None),
             "last_checkpoint_id": last_id, "parent_objective": src.objective,
         }
-        with transaction(ctx.ledger.Session) as s:
-            row = s.scalar(select(m.Model).where(m.Model.campaign_id == ctx.campaign_id,
-                                                 m.Model.role == "trained", m.Model.parent_id == src.model_id))
-            if row is None:
-                row = m.Model(campaign_id=ctx.campaign_id, name=f"{src.name}-trained", role="trained",
-                              family=src.family, hyperparameters=dict(src.hyperparameters),
-                              parent_id=src.model_id, trial_id=src.trial_id)
-                s.add(row)
-            row.checkpoint_id = best_id if best_id is not None else last_id
-            row.task_id = final.id
-            row.metrics = metrics
-            s.flush()
-            model_id = int(row.id)
+        model_id = ctx.ledger.save_model(
+            {"campaign_id": ctx.campaign_id, "role": "trained", "parent_id": src.model_id},
+            create={"name": f"{src.name}-trained", "family": src.family,
+                    "hyperparameters": dict(src.hyperparameters), "trial_id": src.trial_id},
+            update={"checkpoint_id": best_id if best_id is not None else last_id, "task_id": final.id,
+                    "metrics": metrics})
         ctx.ledger.link("derived_from", ("model", model_id), ("model", src.model_id), ctx.campaign_id)
         ctx.ledger.link("output_of", ("model", model_id), ("task", final.id), ctx.campaign_id)
         return model_id
