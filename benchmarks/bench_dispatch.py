@@ -54,6 +54,8 @@ from db.migrate import ensure_schema
 def bare_noop(i: int, sleep_s: float = 0.0) -> dict[str, Any]:
     """The peer's task: nothing (or a sleep), a small dict back."""
     if sleep_s:
+        import time  # the function travels by value to the worker, without this module's globals
+
         time.sleep(sleep_s)
     return {"i": i}
 
@@ -139,12 +141,13 @@ def _dispatcher(run_dir: Path, workers: int) -> Any:
     return d
 
 
-def _steer(ledger: Ledger, cid: int, sid: int, d: Any, in_flight: int, stage: NoopStage, run_dir: Path) -> float:
+def _steer(ledger: Ledger, cid: int, sid: int, d: Any, in_flight: int, workers: int, stage: NoopStage,
+           run_dir: Path) -> float:
     """Run ``stage`` through the steering loop; the wall seconds it took."""
     ctx = StageContext(recipe=parse_recipe("campaign: bench\n"), ledger=ledger, campaign_id=cid, stage_id=sid,
                        workdir=run_dir, site="local")
     steer = Steerer(TaskQueue(ledger, cid, site="local", executor=d.name, policy=RetryPolicy(0, 0)), d,
-                    max_in_flight=in_flight, on_progress=lambda p: None)
+                    max_in_flight=in_flight, concurrency=workers, on_progress=lambda p: None)
     gc.collect()  # this run's clock does not pay for an earlier run's garbage
     t0 = time.perf_counter()
     status = steer.run_stage(stage, ctx)
@@ -159,7 +162,7 @@ def run_steered(n: int, workers: int, run_dir: Path, in_flight: int, sleep_s: fl
     ledger, cid, sid = _open(run_dir)
     d = _dispatcher(run_dir, workers)
     try:
-        return _steer(ledger, cid, sid, d, in_flight, NoopStage(n, run_dir, sleep_s), run_dir)
+        return _steer(ledger, cid, sid, d, in_flight, workers, NoopStage(n, run_dir, sleep_s), run_dir)
     finally:
         d.shutdown()
 

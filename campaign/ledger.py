@@ -232,7 +232,7 @@ class Ledger(Provenance):
         the one way an attempt begins.
 
         Each task becomes SUBMITTED with a new open attempt row (numbered after its last one); the specs come back
-        with that attempt number and ``driver`` set, ready to submit. One transaction, fenced by ``driver``'s
+        with that attempt number and ``driver`` set, ready to submit (the task row keeps its spec as planned). One transaction, fenced by ``driver``'s
         lease when given.
 
         Raises:
@@ -273,18 +273,18 @@ class Ledger(Provenance):
             select(m.Attempt.task_id, func.max(m.Attempt.number)).where(m.Attempt.task_id.in_(ids))
             .group_by(m.Attempt.task_id))}
         now = utcnow()
-        specs, attempts, tasks = [], [], []
+        specs, attempts = [], []
         for tid, spec_json in rows:
             spec = TaskSpec.model_validate({**spec_json, "attempt": (last.get(tid) or 0) + 1, "driver": driver})
             res = spec.resources
             attempts.append(dict(task_id=tid, number=spec.attempt, site=site, executor=executor, nodes=res.nodes,
                                  ranks=res.ranks, gpus=res.ranks * res.gpus_per_rank,
                                  cpus=res.ranks * res.cpus_per_rank, submitted_at=now))
-            tasks.append(dict(b_id=tid, state=TaskState.SUBMITTED, spec=spec.model_dump(mode="json"),
-                              updated_at=now))
             specs.append(spec)
         s.execute(insert(m.Attempt), attempts)
-        s.connection().execute(update(m.Task).where(m.Task.id == bindparam("b_id")), tasks)
+        # the task keeps its spec as planned: its attempt rows number the tries
+        for chunk in _chunks(ids):
+            s.execute(update(m.Task).where(m.Task.id.in_(chunk)).values(state=TaskState.SUBMITTED, updated_at=now))
         return specs
 
     def record(self, results: Sequence[TaskResult], *, policy: RetryPolicy | None = None,
@@ -453,10 +453,20 @@ class Ledger(Provenance):
             return int(s.scalar(q) or 0)
 
     def open_attempts(self, campaign_id: int, stage_id: int) -> list[TaskSpec]:
-        """The stage's attempts in flight, as the specs that were submitted (their attempt number is the open
-        attempt's)."""
-        return [TaskSpec.model_validate(t.spec)
-                for t in self.tasks(campaign_id, stage_id=stage_id, states=[TaskState.SUBMITTED, TaskState.RUNNING])]
+        """The stage's attempts in flight, as the specs that were submitted (at the open attempt's number)."""
+        q = (select(m.Task.spec, m.Attempt.number).join(m.Attempt, m.Attempt.task_id == m.Task.id)
+             .where(m.Task.campaign_id == campaign_id, m.Task.stage_id == stage_id,
+                    m.Task.state.in_([TaskState.SUBMITTED, TaskState.RUNNING]), m.Attempt.exit_cause.is_(None)))
+        with self.Session() as s:
+            return [TaskSpec.model_validate({**spec, "attempt": n}) for spec, n in s.execute(q)]
+
+    def successful_attempts(self, campaign_id: int, stage_id: int) -> dict[str, int]:
+        """``{task id: number}`` of the successful attempt of each of the stage's DONE tasks."""
+        q = (select(m.Attempt.task_id, func.max(m.Attempt.number)).join(m.Task, m.Attempt.task_id == m.Task.id)
+             .where(m.Task.campaign_id == campaign_id, m.Task.stage_id == stage_id,
+                    m.Attempt.exit_cause == m.ExitCause.OK).group_by(m.Attempt.task_id))
+        with self.Session() as s:
+            return {tid: int(n) for tid, n in s.execute(q)}
 
     def failure_summary(self, campaign_id: int, stage_id: int) -> str:
         """Why a stage failed, from its FAILED tasks: how many, and the first one's cause and last line of error."""

@@ -133,7 +133,8 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         outcome = RunOutcome(recipe.campaign, row.id, safe_url(url), "done", url=url)
         tasks = TaskQueue(ledger, row.id, site=recipe.site.name, executor=dispatcher.name,
                           policy=retry_policy(params), driver=driver)
-        steer = Steerer(tasks, dispatcher, max_in_flight=recipe.site.max_in_flight(), on_progress=on_progress)
+        steer = Steerer(tasks, dispatcher, max_in_flight=recipe.site.max_in_flight(),
+                        concurrency=recipe.site.concurrency(), on_progress=on_progress)
         shared: dict[str, Any] = {}
         try:
             for kind, stage in build_stages(recipe):

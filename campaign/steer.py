@@ -51,13 +51,24 @@ class _InFlight:
         self.specs[fut] = spec
         fut.add_done_callback(self._finished.put)
 
-    def wait(self, timeout: float) -> list[TaskResult]:
-        """The results that finished, waiting up to ``timeout`` seconds for the first."""
+    def wait(self, timeout: float, linger_s: float = 0.0, refill_at: int = 0) -> list[TaskResult]:
+        """The results that finished, waiting up to ``timeout`` seconds for the first.
+
+        With ``linger_s``, results that finish within that long after the first are gathered too (recorded in
+        one transaction instead of one each), unless only ``refill_at`` attempts are left unfinished: then the
+        workers are about to run out of queued tasks and the loop must refill them now.
+        """
         try:
             done = [self._finished.get(timeout=timeout)]
         except queue.Empty:
             return []
-        while True:
+        deadline = time.monotonic() + linger_s
+        while len(self.specs) - len(done) > refill_at:
+            try:
+                done.append(self._finished.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        while True:  # and whatever else has finished meanwhile
             try:
                 done.append(self._finished.get_nowait())
             except queue.Empty:
@@ -91,16 +102,24 @@ class Steerer:
         dispatcher: Where tasks run.
         max_in_flight: Attempts submitted at once (the site's workers plus the tasks queued behind them).
         on_progress: Called with a :class:`StageProgress` as tasks start and finish (for the live display).
+        concurrency: Attempts the site runs at once (the rest of ``max_in_flight`` wait queued behind them).
         poll_interval_s: Least seconds between two calls of a stage's ``poll`` hook.
         report_interval_s: Least seconds between two progress reports (the last one of a stage always comes).
+        linger_s: How long to keep gathering results after the first before recording them together.
+        claim_batch: Tasks claimed (and submitted) per pass at most, so that the first ones start while the
+            next are claimed.
     """
 
     def __init__(self, tasks: TaskQueue, dispatcher: Dispatcher, *, max_in_flight: int = 4,
-                 on_progress: Callable[[StageProgress], None] | None = None,
-                 poll_interval_s: float = 0.25, report_interval_s: float = 0.1) -> None:
+                 concurrency: int | None = None, on_progress: Callable[[StageProgress], None] | None = None,
+                 poll_interval_s: float = 0.25, report_interval_s: float = 0.1, linger_s: float = 0.05,
+                 claim_batch: int = 100) -> None:
         self.tasks = tasks
         self.dispatcher = dispatcher
         self.max_in_flight = max(1, max_in_flight)
+        self.concurrency = min(self.max_in_flight, concurrency or self.max_in_flight)
+        self.linger_s = linger_s
+        self.claim_batch = max(1, claim_batch)
         self.on_progress = on_progress
         self.poll_interval_s = poll_interval_s
         self.report_interval_s = report_interval_s
@@ -119,12 +138,21 @@ class Steerer:
             self._hand_over(run, [(r, rec) for r, rec in recovered.recorded if rec.state is TaskState.FAILED])
             self._hand_back_done(run)
         while True:
-            for spec in self.tasks.claim(ctx.stage_id, self.max_in_flight - len(run.flight)):
+            want = min(self.max_in_flight - len(run.flight), self.claim_batch)
+            claimed = self.tasks.claim(ctx.stage_id, want)
+            for spec in claimed:
                 run.flight.add(spec, self._submit(spec))
             if not run.flight:
                 break
             self._report(run)
-            finished = run.flight.wait(timeout=1.0)
+            ready_may_wait = len(claimed) == want  # the claim got all it asked for (or asked for nothing)
+            if ready_may_wait and len(run.flight) < self.max_in_flight:
+                finished = run.flight.wait(timeout=0.0)  # free slots to fill at once: take only what is done
+            else:
+                # READY tasks may wait: refill once half of those queued behind the busy workers have started;
+                # none waits: gather results for linger_s
+                refill_at = self.concurrency + (len(run.flight) - self.concurrency) // 2 if ready_may_wait else 0
+                finished = run.flight.wait(timeout=1.0, linger_s=self.linger_s, refill_at=refill_at)
             self._poll(run)
             self.tasks.keep_alive()
             self._hand_over(run, list(zip(finished, self.tasks.record(finished), strict=True)))
@@ -161,9 +189,10 @@ class Steerer:
     def _hand_back_done(self, run: _StageRun) -> None:
         """Hand a resumed stage its DONE tasks again: a driver killed between recording a result and the stage
         consuming it left outputs unrecorded. Every stage's ``on_done`` is idempotent (it records by key)."""
+        attempts = self.tasks.ledger.successful_attempts(self.tasks.campaign_id, run.ctx.stage_id)
         for task in self.tasks.ledger.tasks(self.tasks.campaign_id, stage_id=run.ctx.stage_id,
                                             states=[TaskState.DONE]):
-            stored = TaskResult(task_id=task.id, attempt=int(task.spec.get("attempt", 1)), exit_cause=ExitCause.OK,
+            stored = TaskResult(task_id=task.id, attempt=attempts.get(task.id, 1), exit_cause=ExitCause.OK,
                                 result=task.result)
             self._plan(run, run.stage.on_done(run.ctx, task, stored))
 

@@ -187,7 +187,9 @@ def test_claim_begins_ready_tasks_by_priority_with_their_resources(ledger: Ledge
     with ledger.Session() as s:
         att = s.scalar(select(m.Attempt).where(m.Attempt.task_id == specs[0].task_id))
         assert (att.site, att.executor, att.ranks, att.gpus, att.exit_cause) == ("frontier", "parsl", 2, 2, None)
-        assert s.get(m.Task, a).spec["attempt"] == 2 and s.get(m.Task, a).state == TaskState.SUBMITTED
+        assert s.get(m.Task, a).spec["attempt"] == 1 and s.get(m.Task, a).state == TaskState.SUBMITTED  # as planned
+    assert sorted((sp.task_id, sp.attempt) for sp in ledger.open_attempts(cid, st)) == sorted(
+        (sp.task_id, sp.attempt) for sp in specs)
     bare = TaskResult(task_id=specs[2].task_id, attempt=1, exit_cause=ExitCause.NODE_LOST, error="lost")
     ledger.record([bare])  # a result that reports no executor nor start keeps the submission's
     with ledger.Session() as s:

@@ -7,10 +7,11 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from campaign.tasks import ExitCause, TaskResult
+from campaign.tasks import DriverRef, ExitCause, TaskResult
 from campaign.worker import run_attempt, run_task, wants_in_process
 
 
@@ -81,3 +82,47 @@ def test_run_attempt_returns_the_result_as_json_text(make_spec) -> None:  # type
     assert {k: v for k, v in sent.items() if not k.endswith("_at")} == {
         k: v for k, v in read.items() if not k.endswith("_at")}
     assert res.started_at.timestamp() == pytest.approx(sent["started_at"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- fencing
+def _driver(tmp_path: Path, token: str = "a" * 32, **kw: Any) -> DriverRef:
+    from campaign.lease import this_driver, write_lease_file
+
+    ref = this_driver(token, tmp_path).model_copy(update=kw)
+    if not kw:
+        write_lease_file(ref)
+    return ref
+
+
+def test_an_attempt_of_a_gone_or_superseded_driver_does_not_start(make_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from campaign.lease import this_driver, write_lease_file
+
+    live = _driver(tmp_path)
+    gone = live.model_copy(update={"pid": 2**22 + 1})  # above the kernel's pid limit: never a live process
+    for in_process in (True, False):
+        spec = make_spec(payload=1).model_copy(update={"driver": live})
+        assert TaskResult.model_validate(run_task(spec.model_dump(), in_process=in_process)).ok
+        res = TaskResult.model_validate(run_task(spec.model_copy(update={"driver": gone}).model_dump(),
+                                                 in_process=in_process))
+        assert res.exit_cause is ExitCause.NODE_LOST and "is gone" in (res.error or "")
+    write_lease_file(this_driver("b" * 32, tmp_path))  # a newer driver took the campaign over
+    spec = make_spec(payload=1).model_copy(update={"driver": live})
+    for in_process in (True, False):
+        res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=in_process))
+        assert res.exit_cause is ExitCause.NODE_LOST and "newer driver" in (res.error or "")
+    assert not (Path(spec.workdir) / "attempt1.proc.json").exists()  # the claim is withdrawn
+
+
+def test_a_running_attempt_stops_when_a_newer_driver_takes_over(make_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    from campaign.lease import this_driver, write_lease_file
+
+    live = _driver(tmp_path)
+    spec = make_spec(sleep_s=60).model_copy(update={"driver": live})
+    threading.Timer(1.5, lambda: write_lease_file(this_driver("c" * 32, tmp_path))).start()
+    t0 = time.monotonic()
+    res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=False))
+    assert time.monotonic() - t0 < 20
+    assert res.exit_cause is ExitCause.NODE_LOST and "newer driver" in (res.error or "")
