@@ -98,7 +98,7 @@ def _result(task_id: str, attempt: int, i: int) -> TaskResult:
 
 def run_ours(url: str, n: int, batch: int) -> float:
     """Seconds for 2 n state changes through the ledger, in batches of ``batch``."""
-    ledger, ids = _prepare(url, n)
+    ledger, _ = _prepare(url, n)
     try:
         t0 = time.perf_counter()
         for k in range(0, n, batch):

@@ -174,8 +174,9 @@ class Ledger(Provenance):
             LeaseLost: another driver has taken the campaign.
         """
         with self.unit_of_work(s) as s:
-            done = s.execute(update(m.Campaign).where(m.Campaign.id == campaign_id, m.Campaign.driver_token == token)
-                             .values(driver_heartbeat_at=utcnow()))
+            done = s.connection().execute(update(m.Campaign.__table__)
+                                          .where(m.Campaign.id == campaign_id, m.Campaign.driver_token == token)
+                                          .values(driver_heartbeat_at=utcnow()))
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 raise LeaseLost(f"campaign {campaign_id}: another driver took the campaign over")
 
@@ -197,13 +198,13 @@ class Ledger(Provenance):
             with transaction(self.Session) as s:
                 known: set[str] = set()
                 for chunk in _chunks(keys):
-                    known.update(s.scalars(select(m.Task.key).where(m.Task.campaign_id == campaign_id,
-                                                                    m.Task.key.in_(chunk))))
+                    known.update(s.connection().execute(
+                        select(m.Task.key).where(m.Task.campaign_id == campaign_id, m.Task.key.in_(chunk))).scalars())
                 now = utcnow()
                 new = [self._task_values(campaign_id, stage_id, key, first[key], now + timedelta(microseconds=i))
                        for i, key in enumerate(k for k in keys if k not in known)]
                 if new:
-                    s.execute(insert(m.Task), new)
+                    s.connection().execute(insert(m.Task.__table__), new)  # Core: no ORM bulk machinery
                 return len(new)
         except IntegrityError:  # pragma: no cover - a concurrent writer made one of the keys: one at a time
             return sum(self._create_one(campaign_id, stage_id, k, first[k]) for k in keys)
@@ -212,7 +213,8 @@ class Ledger(Provenance):
         with transaction(self.Session) as s:
             if s.scalar(select(m.Task.id).where(m.Task.campaign_id == campaign_id, m.Task.key == key)) is not None:
                 return False
-            s.execute(insert(m.Task), [self._task_values(campaign_id, stage_id, key, spec, utcnow())])
+            s.connection().execute(insert(m.Task.__table__),
+                                   [self._task_values(campaign_id, stage_id, key, spec, utcnow())])
             return True
 
     def create_task(self, campaign_id: int, stage_id: int, key: str, spec: TaskSpec) -> TaskRow:
@@ -246,7 +248,7 @@ class Ledger(Provenance):
             q = (select(m.Task.id, m.Task.spec).where(m.Task.campaign_id == campaign_id, m.Task.stage_id == stage_id,
                                                       m.Task.state == TaskState.READY)
                  .order_by(m.Task.priority.desc(), m.Task.created_at).limit(n).with_for_update())
-            return self._begin(s, list(s.execute(q)), site, executor, driver)
+            return self._begin(s, [(tid, spec) for tid, spec in s.connection().execute(q)], site, executor, driver)
 
     def begin_attempt(self, task_id: str, *, site: str, executor: str | None = None) -> int:
         """Begin the next attempt of one READY task (what :meth:`claim` does for a chosen task). Returns its number.
@@ -269,7 +271,7 @@ class Ledger(Provenance):
         if not rows:
             return []
         ids = [tid for tid, _ in rows]
-        last: dict[str, int] = {tid: n for tid, n in s.execute(
+        last: dict[str, int] = {tid: n for tid, n in s.connection().execute(
             select(m.Attempt.task_id, func.max(m.Attempt.number)).where(m.Attempt.task_id.in_(ids))
             .group_by(m.Attempt.task_id))}
         now = utcnow()
@@ -281,10 +283,11 @@ class Ledger(Provenance):
                                  ranks=res.ranks, gpus=res.ranks * res.gpus_per_rank,
                                  cpus=res.ranks * res.cpus_per_rank, submitted_at=now))
             specs.append(spec)
-        s.execute(insert(m.Attempt), attempts)
+        s.connection().execute(insert(m.Attempt.__table__), attempts)
         # the task keeps its spec as planned: its attempt rows number the tries
         for chunk in _chunks(ids):
-            s.execute(update(m.Task).where(m.Task.id.in_(chunk)).values(state=TaskState.SUBMITTED, updated_at=now))
+            s.connection().execute(update(m.Task.__table__).where(m.Task.id.in_(chunk))
+                                   .values(state=TaskState.SUBMITTED, updated_at=now))
         return specs
 
     def record(self, results: Sequence[TaskResult], *, policy: RetryPolicy | None = None,
@@ -325,7 +328,7 @@ class Ledger(Provenance):
             for chunk in _chunks(ids):
                 tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
                                                            .where(m.Task.id.in_(chunk)).with_for_update()))
-                for tid, n, cause, error in s.execute(select(m.Attempt.task_id, m.Attempt.number,
+                for tid, n, cause, error in s.connection().execute(select(m.Attempt.task_id, m.Attempt.number,
                                                              m.Attempt.exit_cause, m.Attempt.error)
                                                       .where(m.Attempt.task_id.in_(chunk))):
                     latest[tid] = max(latest.get(tid, 0), n)
@@ -358,7 +361,7 @@ class Ledger(Provenance):
                 out.append(Recorded(task.state, task))
             if closing:
                 s.connection().execute(
-                    update(m.Attempt).where(m.Attempt.task_id == bindparam("b_task"),
+                    update(m.Attempt.__table__).where(m.Attempt.task_id == bindparam("b_task"),
                                             m.Attempt.number == bindparam("b_number"))
                     .values(executor=func.coalesce(bindparam("b_executor", type_=m.Attempt.executor.type),
                                                    m.Attempt.executor),
@@ -366,7 +369,7 @@ class Ledger(Provenance):
                                                      m.Attempt.submitted_at)), closing)
             if moved:
                 s.connection().execute(
-                    update(m.Task).where(m.Task.id == bindparam("b_id")),
+                    update(m.Task.__table__).where(m.Task.id == bindparam("b_id")),
                     [dict(b_id=t.id, state=t.state, result=t.result, charged_failures=t.charged_failures,
                           updated_at=now) for t in moved.values()])
         return out
