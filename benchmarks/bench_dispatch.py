@@ -254,6 +254,9 @@ def main() -> None:
             times[which].append(dt)
             print(f"rep {rep} {which:>20}: {dt:.3f} s", flush=True)
     cpu: dict[int, float] = {}
+    if scaling:  # warm up (imports, statement compilation): the figure is the steady state, not a first run
+        with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+            steering_cpu_per_task(200, Path(tmp), site_in_flight(args.workers))
     for k in scaling:
         with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
             cpu[k] = statistics.median(steering_cpu_per_task(k, Path(tmp), site_in_flight(args.workers))

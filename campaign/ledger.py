@@ -13,11 +13,12 @@ import secrets
 import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,12 +50,26 @@ def _chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]
         yield items[i:i + size]
 
 
-_TASK_COLUMNS = tuple(m.Task.__table__.c[name] for name in TaskRow.__slots__)  # type: ignore[attr-defined]
+#: The tables the hot paths write with Core statements (no ORM bulk machinery).
+TASKS: Table = cast(Table, m.Task.__table__)
+ATTEMPTS: Table = cast(Table, m.Attempt.__table__)
+CAMPAIGNS: Table = cast(Table, m.Campaign.__table__)
+
+_TASK_COLUMNS = tuple(TASKS.c[f.name] for f in fields(TaskRow))
 
 
 def _task_rows(s: Session, q: Any) -> list[TaskRow]:
     """``q`` (a select of :data:`_TASK_COLUMNS`) as :class:`TaskRow` s."""
     return [TaskRow(*row) for row in s.connection().execute(q)]
+
+
+@dataclass
+class _History:
+    """What the attempts of the tasks being recorded say (see :meth:`Ledger._tasks_and_attempts`)."""
+
+    open: set[tuple[str, int]] = field(default_factory=set)
+    latest: dict[str, int] = field(default_factory=dict)
+    free_used: dict[str, int] = field(default_factory=dict)
 
 
 def git_sha(start: Path | None = None) -> str | None:
@@ -174,10 +189,10 @@ class Ledger(Provenance):
             LeaseLost: another driver has taken the campaign.
         """
         with self.unit_of_work(s) as s:
-            done = s.connection().execute(update(m.Campaign.__table__)
+            done = s.connection().execute(update(CAMPAIGNS)
                                           .where(m.Campaign.id == campaign_id, m.Campaign.driver_token == token)
                                           .values(driver_heartbeat_at=utcnow()))
-            if done.rowcount != 1:  # type: ignore[attr-defined]
+            if done.rowcount != 1:
                 raise LeaseLost(f"campaign {campaign_id}: another driver took the campaign over")
 
     def release_lease(self, campaign_id: int, token: str) -> None:
@@ -204,7 +219,7 @@ class Ledger(Provenance):
                 new = [self._task_values(campaign_id, stage_id, key, first[key], now + timedelta(microseconds=i))
                        for i, key in enumerate(k for k in keys if k not in known)]
                 if new:
-                    s.connection().execute(insert(m.Task.__table__), new)  # Core: no ORM bulk machinery
+                    s.connection().execute(insert(TASKS), new)  # Core: no ORM bulk machinery
                 return len(new)
         except IntegrityError:  # pragma: no cover - a concurrent writer made one of the keys: one at a time
             return sum(self._create_one(campaign_id, stage_id, k, first[k]) for k in keys)
@@ -213,7 +228,7 @@ class Ledger(Provenance):
         with transaction(self.Session) as s:
             if s.scalar(select(m.Task.id).where(m.Task.campaign_id == campaign_id, m.Task.key == key)) is not None:
                 return False
-            s.connection().execute(insert(m.Task.__table__),
+            s.connection().execute(insert(TASKS),
                                    [self._task_values(campaign_id, stage_id, key, spec, utcnow())])
             return True
 
@@ -283,10 +298,10 @@ class Ledger(Provenance):
                                  ranks=res.ranks, gpus=res.ranks * res.gpus_per_rank,
                                  cpus=res.ranks * res.cpus_per_rank, submitted_at=now))
             specs.append(spec)
-        s.connection().execute(insert(m.Attempt.__table__), attempts)
+        s.connection().execute(insert(ATTEMPTS), attempts)
         # the task keeps its spec as planned: its attempt rows number the tries
         for chunk in _chunks(ids):
-            s.connection().execute(update(m.Task.__table__).where(m.Task.id.in_(chunk))
+            s.connection().execute(update(TASKS).where(m.Task.id.in_(chunk))
                                    .values(state=TaskState.SUBMITTED, updated_at=now))
         return specs
 
@@ -321,21 +336,8 @@ class Ledger(Provenance):
         with transaction(self.Session) as s:
             if token is not None and campaign_id is not None:
                 self.renew_lease(campaign_id, token, s)
-            tasks: dict[str, TaskRow] = {}
-            open_: set[tuple[str, int]] = set()
-            latest: dict[str, int] = {}
-            free_used: dict[str, int] = {}
-            for chunk in _chunks(ids):
-                tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
-                                                           .where(m.Task.id.in_(chunk)).with_for_update()))
-                for tid, n, cause, error in s.connection().execute(select(m.Attempt.task_id, m.Attempt.number,
-                                                             m.Attempt.exit_cause, m.Attempt.error)
-                                                      .where(m.Attempt.task_id.in_(chunk))):
-                    latest[tid] = max(latest.get(tid, 0), n)
-                    if cause is None:
-                        open_.add((tid, n))
-                    elif ExitCause(cause) in FREE_CAUSES and error != DRIVER_STOPPED:
-                        free_used[tid] = free_used.get(tid, 0) + 1
+            tasks, h = self._tasks_and_attempts(s, ids)
+            open_, latest, free_used = h.open, h.latest, h.free_used
             missing = [tid for tid in ids if tid not in tasks]
             if missing:
                 raise KeyError(missing[0])
@@ -359,20 +361,41 @@ class Ledger(Provenance):
                 task.updated_at = now
                 moved[task.id] = task
                 out.append(Recorded(task.state, task))
-            if closing:
-                s.connection().execute(
-                    update(m.Attempt.__table__).where(m.Attempt.task_id == bindparam("b_task"),
-                                            m.Attempt.number == bindparam("b_number"))
-                    .values(executor=func.coalesce(bindparam("b_executor", type_=m.Attempt.executor.type),
-                                                   m.Attempt.executor),
-                            started_at=func.coalesce(bindparam("b_started", type_=m.Attempt.started_at.type),
-                                                     m.Attempt.submitted_at)), closing)
-            if moved:
-                s.connection().execute(
-                    update(m.Task.__table__).where(m.Task.id == bindparam("b_id")),
-                    [dict(b_id=t.id, state=t.state, result=t.result, charged_failures=t.charged_failures,
-                          updated_at=now) for t in moved.values()])
+            self._write_outcomes(s, closing, list(moved.values()), now)
         return out
+
+    @staticmethod
+    def _tasks_and_attempts(s: Session, ids: Sequence[str]) -> tuple[dict[str, TaskRow], _History]:
+        """The tasks ``ids`` (locked) and what their attempts say: which are open, the latest number of each,
+        and the free retries each has used (attempts closed by a stopped driver are not counted)."""
+        tasks: dict[str, TaskRow] = {}
+        h = _History()
+        for chunk in _chunks(ids):
+            tasks.update((t.id, t) for t in _task_rows(s, select(*_TASK_COLUMNS)
+                                                       .where(m.Task.id.in_(chunk)).with_for_update()))
+            q = select(m.Attempt.task_id, m.Attempt.number, m.Attempt.exit_cause, m.Attempt.error)
+            for tid, n, cause, error in s.connection().execute(q.where(m.Attempt.task_id.in_(chunk))):
+                h.latest[tid] = max(h.latest.get(tid, 0), n)
+                if cause is None:
+                    h.open.add((tid, n))
+                elif ExitCause(cause) in FREE_CAUSES and error != DRIVER_STOPPED:
+                    h.free_used[tid] = h.free_used.get(tid, 0) + 1
+        return tasks, h
+
+    @staticmethod
+    def _write_outcomes(s: Session, closing: list[dict[str, Any]], moved: list[TaskRow], now: datetime) -> None:
+        """Close the attempts (one executemany) and write the tasks' new states (another)."""
+        if closing:
+            s.connection().execute(
+                update(ATTEMPTS).where(m.Attempt.task_id == bindparam("b_task"), m.Attempt.number == bindparam("b_number"))
+                .values(executor=func.coalesce(bindparam("b_executor", type_=m.Attempt.executor.type),
+                                               m.Attempt.executor),
+                        started_at=func.coalesce(bindparam("b_started", type_=m.Attempt.started_at.type),
+                                                 m.Attempt.submitted_at)), closing)
+        if moved:
+            s.connection().execute(update(TASKS).where(m.Task.id == bindparam("b_id")),
+                                   [dict(b_id=t.id, state=t.state, result=t.result, charged_failures=t.charged_failures,
+                                         updated_at=now) for t in moved])
 
     def record_attempt(self, result: TaskResult, *, policy: RetryPolicy | None = None) -> TaskState:
         """Record one attempt's outcome (see :meth:`record`). Returns the task's state after it."""

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
 
 from campaign.records import ArtifactRow, AttemptRow, Checkpoint, DatasetRow, ModelRow, TrialRow
 from campaign.tasks import utcnow
@@ -35,11 +36,11 @@ def _row(cls: type[_R], orm: Any) -> _R:
 class Provenance:
     """Typed provenance calls over the campaign database (see the module docstring)."""
 
-    Session: sessionmaker[Session]
+    Session: sessionmaker[OrmSession]  # set by the Ledger (the name its callers know)
 
     # ----------------------------------------------------------------------------------------- general
     @contextmanager
-    def unit_of_work(self, session: Session | None = None) -> Iterator[Session]:
+    def unit_of_work(self, session: OrmSession | None = None) -> Iterator[OrmSession]:
         """One transaction for several writes (pass the session to each): all are recorded or none. With
         ``session`` given, that (outer) transaction is used."""
         if session is not None:
@@ -85,7 +86,7 @@ class Provenance:
 
     # --------------------------------------------------------------------------- artifacts, datasets
     def add_artifact(self, path: str | Path, kind: str, *, task_id: str | None = None,
-                     sha256: str | None = None, session: Session | None = None) -> ArtifactRow:
+                     sha256: str | None = None, session: OrmSession | None = None) -> ArtifactRow:
         """Record a file by content (idempotent on path + sha256). Hashes the file if ``sha256`` is None."""
         p = Path(path)
         digest = sha256 or sha256_file(p)
@@ -146,7 +147,7 @@ class Provenance:
 
     # ------------------------------------------------------------------------------- lineage, metrics
     def link(self, kind: str, src: tuple[str, Any], dst: tuple[str, Any], campaign_id: int | None = None, *,
-             session: Session | None = None) -> None:
+             session: OrmSession | None = None) -> None:
         """Record a typed lineage edge ``src --kind--> dst`` (idempotent). Endpoints are ``(entity_kind, id)``."""
         with self.unit_of_work(session) as s:
             key = dict(kind=m.LineageKind(kind), src_kind=m.EntityKind(src[0]), src_id=str(src[1]),
@@ -156,7 +157,7 @@ class Provenance:
                 s.add(m.Lineage(campaign_id=campaign_id, **key))
 
     def add_metrics(self, task_id: str, rows: Sequence[Mapping[str, Any]], *, replace: bool = False,
-                    session: Session | None = None) -> int:
+                    session: OrmSession | None = None) -> int:
         """Record per-epoch metrics ``{epoch, head, split, name, value}`` of a run. Returns rows written.
 
         ``replace``: first remove the task's earlier rows (recording a run's metrics again is then idempotent).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Group
 from rich.table import Table
@@ -161,12 +161,12 @@ def find_campaign(conn: Connection, name: str | None) -> Row[Any]:
         row = conn.execute(select(*cols).order_by(m.Campaign.id.desc()).limit(1)).first()
         if row is None:
             raise UnknownCampaign("the database holds no campaign yet (run one with `campaign run RECIPE`)")
-        return row
+        return cast(Row[Any], row)
     row = conn.execute(select(*cols).where(m.Campaign.name == name)).first()
     if row is None:
         known = conn.execute(select(m.Campaign.name).order_by(m.Campaign.id.desc()).limit(20)).scalars().all()
         raise UnknownCampaign(f"no campaign named {name!r}; known: {', '.join(known) or 'none'}")
-    return row
+    return cast(Row[Any], row)
 
 
 def _stages(conn: Connection, cid: int) -> list[StageStatus]:

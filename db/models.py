@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -142,6 +143,9 @@ class Task(Base):
         UniqueConstraint("campaign_id", "key"),
         Index("ix_tasks_campaign_id_state", "campaign_id", "state"),
         Index("ix_tasks_stage_id_state", "stage_id", "state"),
+        # the claim order (a stage's READY tasks, highest priority then oldest first): read in index order, not
+        # sorted per claim (sorting made claiming 20,000 tasks quadratic)
+        Index("ix_tasks_claim_order", "stage_id", "state", text("priority DESC"), "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

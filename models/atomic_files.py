@@ -55,7 +55,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda fh: fh.write(data), mode)
+    def _write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    atomic_write(path, _write, mode)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:

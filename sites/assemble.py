@@ -14,9 +14,9 @@ from parsl.logconfigs.file import FileLogging
 #: about eight records per task (formatted, stack-walked and flushed in the submitting thread), all of which the
 #: campaign database records anyway, with timestamps, for every attempt; INFO keeps Parsl's scaling, block and
 #: error records.
-DEFAULT_LOG_LEVEL = "info"
 
 LogLevel = Literal["debug", "info", "warning"]
+DEFAULT_LOG_LEVEL: LogLevel = "info"
 
 
 def parsl_logging(level: LogLevel | bool) -> FileLogging | bool:

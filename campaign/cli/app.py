@@ -255,8 +255,8 @@ def sql(
         for col in ("name", "parameters", "description"):
             table.add_column(col)
         for q in api.list_named_queries(db):
-            params = ", ".join(k if v is None else f"{k}={v}" for k, v in q.params.items())
-            table.add_row(q.name, params, q.description)
+            shown = ", ".join(k if v is None else f"{k}={v}" for k, v in q.params.items())
+            table.add_row(q.name, shown, q.description)
         console.print(table)
         return
     if query is not None:

@@ -70,7 +70,7 @@ def _hpo_sections(data: ReportData, w: _Writer) -> list[Section]:
     rows = []
     for hpo, ts in sorted(groups.items()):
         scored = [t for t in ts if t.objective is not None]
-        best = min(scored, key=lambda t: t.objective) if scored else None  # type: ignore[arg-type,return-value]
+        best = min(scored, key=lambda t: float(t.objective)) if scored else None
         cost = sum(t.wall_time_s or 0.0 for t in ts)
         rows.append([hpo, ts[0].family, len(ts), sum(t.status == "done" for t in ts),
                      sum(t.status == "pruned" for t in ts), sum(t.status == "failed" for t in ts),

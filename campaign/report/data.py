@@ -334,10 +334,10 @@ def _screening(conn: Connection, cid: int) -> Screening:
         if out.edges is None:
             out.edges, out.counts = edges, counts
         elif np.array_equal(out.edges, edges):
-            out.counts = out.counts + counts  # type: ignore[operator]
+            out.counts = out.counts + counts
         else:  # shards binned differently: re-bin onto the first shard's edges by bin centres
             centres = 0.5 * (edges[1:] + edges[:-1])
-            out.counts = out.counts + np.histogram(centres, bins=out.edges, weights=counts)[0]  # type: ignore[operator]
+            out.counts = out.counts + np.histogram(centres, bins=out.edges, weights=counts)[0]
     if out.counts is not None:
         out.screened = int(out.counts.sum())
     return out
@@ -349,8 +349,8 @@ def _ft_metric(metrics: dict[str, Any]) -> tuple[str, float | None]:
         unit = (metrics.get("unit") or "") if isinstance(metrics.get("unit"), str) else ""
         return f"test {metrics.get('target') or 'target'} MAE{f' ({unit})' if unit else ''}", float(target)
     per_head = metrics.get("test_metrics") or {}
-    maes = [v.get("energy_mae_per_atom") for v in per_head.values() if isinstance(v, dict)]
-    maes = [float(x) for x in maes if isinstance(x, int | float)]
+    raw = [v.get("energy_mae_per_atom") for v in per_head.values() if isinstance(v, dict)]
+    maes = [float(x) for x in raw if isinstance(x, int | float)]
     if maes:
         return "test energy MAE (eV/atom)", float(np.mean(maes))
     loss = metrics.get("test_loss")

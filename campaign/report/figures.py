@@ -73,9 +73,9 @@ def hpo_objectives(trials: Sequence[TrialPoint]) -> Figure | None:
                 x, y = zip(*pts, strict=True)
                 ax.scatter(x, y, s=18, color=STATUS_COLORS[status], label=status, zorder=3)
         scored = [(t.number, t.objective) for t in ts if t.objective is not None]
-        x = np.array([p[0] for p in scored])
+        numbers = np.array([p[0] for p in scored])
         best = np.minimum.accumulate(np.array([p[1] for p in scored], dtype=float))
-        ax.step(x, best, where="post", color="black", lw=1.2, label="best so far")
+        ax.step(numbers, best, where="post", color="black", lw=1.2, label="best so far")
         failed = [t.number for t in ts if t.status == "failed"]
         if failed:
             ax.scatter(failed, [0.97] * len(failed), marker="x", color=STATUS_COLORS["failed"],

@@ -253,8 +253,9 @@ class TrainStage:
             found = ctx.ledger.models(campaign_id=ctx.campaign_id, role="trained", parent_id=mid)
             rows[mid] = found[0].id if found else None
         for mid, src in self._sources.items():
-            if rows[mid] is not None:
-                trained.append(int(rows[mid]))
+            done = rows[mid]
+            if done is not None:
+                trained.append(done)
                 continue
             chunks = self._chunks(ctx, mid)
             state = f"chunk {chunks[-1][0]} is {chunks[-1][1].state.value}" if chunks else "no chunk ran"

@@ -21,10 +21,22 @@ def test_upgrade_creates_every_table(db_url: str) -> None:
     eng.dispose()
 
 
+#: Indexes with a DESC column: Alembic reflects the column without its direction and reports the index as
+#: changed, so they are compared by their columns' names here instead.
+EXPRESSION_INDEXES = {"ix_tasks_claim_order": ["stage_id", "state", "priority", "created_at"]}
+
+
 def test_autogenerate_finds_no_difference(engine) -> None:  # type: ignore[no-untyped-def]
+    def include(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+        return not (type_ == "index" and name in EXPRESSION_INDEXES)
+
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        opts = {"compare_type": True, "include_object": include}
+        diff = compare_metadata(MigrationContext.configure(conn, opts=opts), Base.metadata)
+        indexes = {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("tasks")}
     assert diff == []
+    for name, columns in EXPRESSION_INDEXES.items():
+        assert indexes.get(name) == columns, indexes
 
 
 def test_unknown_newer_revision_is_refused(engine) -> None:  # type: ignore[no-untyped-def]

@@ -1,8 +1,11 @@
-"""campaigns: the steering driver's lease
+"""campaigns: the steering driver's lease; tasks: an index in claim order
 
 One driver steers a campaign at a time. ``driver_token`` is the fencing token of the driver that holds the
 campaign (NULL: none does); ``driver_host``, ``driver_pid`` and ``driver_start_ticks`` say which process it is,
 ``driver_since`` when it took the lease and ``driver_heartbeat_at`` when it last renewed it.
+
+``ix_tasks_claim_order`` lets a claim read a stage's READY tasks in its order (priority, then age) instead of
+sorting all of them each time.
 
 Revision ID: 0003
 Revises: 0002
@@ -28,9 +31,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("driver_start_ticks", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("driver_since", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("driver_heartbeat_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index("ix_tasks_claim_order", "tasks", ["stage_id", "state", sa.text("priority DESC"), "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_claim_order", table_name="tasks")
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
         for name in ("driver_heartbeat_at", "driver_since", "driver_start_ticks", "driver_pid", "driver_host",
                      "driver_token"):
