@@ -16,7 +16,6 @@ and the next suggestions are those the killed driver would have made.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from campaign.stages.hpo_pruning import should_stop
 from campaign.stages.hpo_trials import local_threads, train_config, trial_dir, trial_task
 from campaign.tasks import TaskResult, TaskState
 from models.atomic_files import write_text_atomic
+from models.training.metrics import read_metrics, val_loss_curve
 
 log = logging.getLogger(__name__)
 
@@ -46,34 +46,7 @@ def task_key(hpo: str, number: int) -> str:
 
 def read_val_curve(metrics_path: str | Path) -> list[float]:
     """Validation loss per epoch from a ``metrics.jsonl`` (index = epoch; a partial last line is ignored)."""
-    try:
-        text = Path(metrics_path).read_text()
-    except OSError:
-        return []
-    by_epoch: dict[int, float] = {}
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if row.get("split") == "val" and row.get("head") is None and row.get("name") == "loss":
-            by_epoch[int(row["epoch"])] = float(row["value"])
-    return [by_epoch[e] for e in range(len(by_epoch)) if e in by_epoch]
-
-
-def read_metric_rows(metrics_path: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a ``metrics.jsonl``."""
-    try:
-        lines = Path(metrics_path).read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return val_loss_curve(read_metrics(metrics_path))
 
 
 @dataclass
@@ -287,8 +260,8 @@ class HPOStage:
             return
         status = "pruned" if res.get("stop_reason") == "stopped" else "done"
         metrics_path = res.get("metrics_path")
-        rows = read_metric_rows(metrics_path) if metrics_path else []
-        curve = read_val_curve(metrics_path) if metrics_path else []
+        rows = read_metrics(metrics_path) if metrics_path else []
+        curve = val_loss_curve(rows)
         best = (res.get("checkpoints") or {}).get("best")
         keep = ("best_val_metrics", "train_graphs_per_s", "stop_reason", "checkpoints", "world_size", "precision",
                 "n_params", "last_epoch", "steps", "peak_memory_bytes", "completed")

@@ -30,7 +30,6 @@ recording loses nothing. ``ctx.shared["trained"]`` = the trained model ids.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 
 from campaign.stages.base import PlannedTask, StageContext
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+from models.training.metrics import read_metrics
 
 #: Train-config keys of the trial that a long run must not inherit.
 _DROPPED_KEYS = ("resume_from", "init_from", "stop_file", "chunk_epochs", "max_steps", "time_limit_s")
@@ -303,7 +303,7 @@ class TrainStage:
         have = led.has_metrics(task.id)
         path = res.get("metrics_path")
         if not have and path and Path(path).is_file():
-            rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+            rows = read_metrics(path)
             led.add_metrics(task.id, rows)  # run-level rows (head null) get head "None", as the HPO stage's
 
     def _record_trained(self, ctx: StageContext, src: Source, chunk_tasks: list[Any]) -> int:

@@ -49,8 +49,28 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All lines of a metrics file as dicts."""
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """Every complete line of a metrics file as a dict: the one reader of the format. A run still writing it may
+    leave a partial last line, which is skipped; a file not written yet reads as no rows."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def val_loss_curve(rows: Iterable[Mapping[str, Any]]) -> list[float]:
+    """The run-level validation loss per epoch (index = epoch), up to the first epoch missing."""
+    by_epoch = {int(r["epoch"]): float(r["value"]) for r in select(rows, split="val", head=None, name="loss")}
+    out: list[float] = []
+    while len(out) in by_epoch:
+        out.append(by_epoch[len(out)])
+    return out
 
 
 def select(rows: Iterable[Mapping[str, Any]], **match: Any) -> list[Mapping[str, Any]]:
