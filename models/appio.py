@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models.atomic_files import write_json_atomic
+from models.launch import detect
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -115,10 +116,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def is_rank_zero() -> bool:
     """Whether this process is rank 0 of its launch (torchrun, Slurm, MPI) or not launched in parallel."""
-    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return os.environ[var] == "0"
-    return True
+    return detect().rank == 0
 
 
 def main_for(app: Callable[[dict[str, Any], Path], dict[str, Any]], description: str) -> None:

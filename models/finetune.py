@@ -45,8 +45,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models import checkpoint
 from models.appio import BadInput, main_for, write_json_atomic
-from models.distributed import GradSync, detect, init, shutdown
+from models.distributed import GradSync, init, shutdown
 from models.inference import load_model
+from models.launch import detect
 from models.nn.precision import param_dtype
 from models.training.config import OptimizerConfig, SchedulerConfig
 from models.training.data import eval_batches, open_stores

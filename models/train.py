@@ -38,11 +38,11 @@ from models.distributed import (
     GradSync,
     all_reduce_,
     assign_head_groups,
-    detect,
     init,
     is_initialized,
     shutdown,
 )
+from models.launch import detect
 from models.nn.precision import param_dtype
 from models.training.config import TrainConfig, parse_config
 from models.training.data import dataset_head, eval_batches, open_stores

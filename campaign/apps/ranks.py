@@ -2,8 +2,7 @@
 
 Each rank writes ``rank<R>.json`` into the workdir; rank 0 waits for all of them (``timeout_s``, default 60)
 and returns ``{"ntasks", "ranks": [{"rank", "size", "host", "job_id", "launcher"} …], "job_id", "hosts"}``.
-Rank and size come from Slurm (``SLURM_PROCID``/``SLURM_NTASKS``), PMI/PALS (``PMI_RANK``/``PMI_SIZE``),
-Open MPI or torchrun (``RANK``/``WORLD_SIZE``).
+Rank, size and launcher are parsed by :mod:`models.launch`, the one parser of launch environments.
 """
 
 from __future__ import annotations
@@ -16,22 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from models.appio import RunFailed, main_for, write_json_atomic
-
-_RANK_VARS = (
-    ("SLURM_PROCID", "SLURM_NTASKS", "slurm"),
-    ("PMI_RANK", "PMI_SIZE", "pmi"),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "openmpi"),
-    ("RANK", "WORLD_SIZE", "torchrun"),
-)
+from models.launch import detect
 
 
 def rank_and_size(environ: dict[str, str] | None = None) -> tuple[int, int, str]:
-    """(rank, size, launcher) from the environment; (0, 1, "none") when not launched in parallel."""
-    env = os.environ if environ is None else environ
-    for rank_var, size_var, name in _RANK_VARS:
-        if rank_var in env and size_var in env:
-            return int(env[rank_var]), int(env[size_var]), name
-    return 0, 1, "none"
+    """(rank, size, launcher) of this process, as the training app reads them (:func:`models.launch.detect`):
+    ``launcher`` is ``torchrun``, ``mpi``, ``slurm`` or ``single``."""
+    env = detect(os.environ if environ is None else environ)
+    return env.rank, env.world_size, env.launcher
 
 
 def run(config: dict[str, Any], config_path: Path) -> dict[str, Any]:

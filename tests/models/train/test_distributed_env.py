@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.distributed import DistEnv, assign_head_groups, detect, expand_hostlist
+from models.distributed import assign_head_groups
+from models.launch import DistEnv, detect, expand_hostlist
 
 
 def test_single_process_when_no_launcher() -> None:
