@@ -125,6 +125,13 @@ class SiteSpec(_Strict):
             return per_node
         return per_node * self.nodes_per_block * self.max_blocks
 
+    def shared_filesystem(self) -> bool:
+        """Whether the workers see the campaign's workdir (see ``sites.facts.SiteFacts.shared_filesystem``): never
+        through a Globus Compute endpoint."""
+        from sites.facts import get_site  # standard library only
+
+        return get_site(self.name).shared_filesystem and not self.endpoint_id
+
     def max_in_flight(self) -> int:
         """Tasks the steering loop keeps submitted at once: :meth:`concurrency` plus ``queued_tasks``."""
         return self.concurrency() + self.queued_tasks
@@ -558,6 +565,11 @@ class Recipe(_Strict):
                     raise ValueError(f"HPO campaign {h.name!r} uses dataset {d!r}, which the recipe does not list")
             if not (h.datasets or names):
                 raise ValueError(f"HPO campaign {h.name!r} has no datasets")
+            if h.early_stopping.rule != "none" and not self.site.shared_filesystem():
+                raise ValueError(
+                    f"HPO campaign {h.name!r}: early_stopping.rule {h.early_stopping.rule!r} watches each running "
+                    f"trial's metrics and stop file in the campaign's workdir, which the workers of site "
+                    f"{self.site.name!r} do not share (a Globus Compute endpoint); set early_stopping: {{rule: none}}")
         return self
 
     def hash(self) -> str:

@@ -46,6 +46,10 @@ class SiteFacts:
         required: Parameters a recipe must give for this site (e.g. ``account``).
         max_walltime: Longest walltime the default partition/queue allows, ``HH:MM:SS``.
         scheduler_options: Extra scheduler lines every batch script of this site carries.
+        shared_filesystem: Whether the workers see the steering process's files (the campaign's workdir): true on
+            the local machine and on a batch site run from its login node, false behind a Globus Compute
+            endpoint. Features that watch a running task's files (early stopping of HPO trials through their
+            metrics and stop files, the workers' lease-file fence) need it.
     """
 
     name: str
@@ -64,6 +68,7 @@ class SiteFacts:
     required: tuple[str, ...] = ()
     max_walltime: str | None = None
     scheduler_options: tuple[str, ...] = field(default_factory=tuple)
+    shared_filesystem: bool = True
 
     @property
     def workers_per_node(self) -> int:
@@ -154,6 +159,7 @@ _SITES: dict[str, SiteFacts] = {
     "globus": SiteFacts(
         name="globus",
         kind="globus",
+        shared_filesystem=False,
         description="Any Globus Compute endpoint (endpoint_id): tasks cross the cloud service",
         scheduler="globus",
         launcher="local",

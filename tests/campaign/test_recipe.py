@@ -133,3 +133,18 @@ def test_profiles_that_are_not_a_mapping_are_named_when_a_site_is_given() -> Non
     """``profiles: true`` with ``--site``: the recipe error names the field (it was a TypeError)."""
     with pytest.raises(RecipeError, match=r"^r\.yaml:2: profiles: .*dictionary"):
         parse_recipe("campaign: x\nprofiles: true\n", "r.yaml", site="local")
+
+
+def test_early_stopping_is_refused_where_workers_do_not_share_the_workdir() -> None:
+    """Early stopping watches a running trial's files in the campaign's workdir: behind a Globus Compute endpoint
+    the workers do not see it, so the recipe is refused with the field named instead of never pruning."""
+    from campaign.recipe import RecipeError, parse_recipe
+
+    hpo = ("datasets:\n  - {{name: demo-emt, count: 10}}\nstages:\n  preprocess: {{cutoff: 5.0}}\n  hpo:\n"
+           "    - name: painn\n      family: painn\n{extra}"
+           "      search_space:\n        lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}\n")
+    globus = "campaign: g\nsite: {name: globus, endpoint_id: 0f8a1b2c-0000-0000-0000-000000000000}\n"
+    with pytest.raises(RecipeError, match=r"early_stopping.rule 'median'.*do not share.*rule: none"):
+        parse_recipe(globus + hpo.format(extra=""), "g.yaml")
+    assert parse_recipe(globus + hpo.format(extra="      early_stopping: {rule: none}\n"), "g.yaml").campaign == "g"
+    assert parse_recipe("campaign: l\n" + hpo.format(extra=""), "l.yaml").site.shared_filesystem()
