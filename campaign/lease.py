@@ -14,8 +14,8 @@ lease file, so that a worker refuses to start, and stops, an attempt whose drive
 
 from __future__ import annotations
 
-import json
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +24,7 @@ from pathlib import Path
 from campaign.errors import CampaignInputError
 from campaign.processes import process_alive, process_start_ticks
 from campaign.tasks import DriverRef
+from models.atomic_files import write_json_atomic
 
 #: A lease whose heartbeat is older than this (seconds) is presumed dead when its driver is on another host.
 STALE_AFTER_S = 90.0
@@ -66,18 +67,15 @@ class LeaseHolder:
         return age_s > STALE_AFTER_S
 
 
-def this_driver(token: str, workdir: Path | None) -> DriverRef:
-    """The :class:`DriverRef` of this process holding ``token`` (its lease file under ``workdir``)."""
+def this_driver(workdir: Path | None, token: str | None = None) -> DriverRef:
+    """This process as a driver, with a fresh fencing token (or ``token``) and its lease file under ``workdir``."""
     pid = os.getpid()
-    return DriverRef(token=token, host=socket.gethostname(), pid=pid, start_ticks=process_start_ticks(pid),
+    return DriverRef(token=token or secrets.token_hex(16), host=socket.gethostname(), pid=pid,
+                     start_ticks=process_start_ticks(pid),
                      lease_file=str(workdir / LEASE_FILE) if workdir is not None else None)
 
 
 def write_lease_file(ref: DriverRef) -> None:
     """Write the lease file (atomically): workers of an older driver that read it stop."""
-    if ref.lease_file is None:
-        return
-    path = Path(ref.lease_file)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(ref.model_dump(mode="json")))
-    os.replace(tmp, path)
+    if ref.lease_file is not None:
+        write_json_atomic(ref.lease_file, ref.model_dump(mode="json"))

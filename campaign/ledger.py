@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import secrets
 import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
@@ -153,19 +152,23 @@ class Ledger(Provenance):
             if row is not None:
                 row.config = {**(row.config or {}), **items}
 
-    def finish_stage(self, stage_id: int, status: str) -> None:
-        """Mark a stage finished."""
+    def finish_stage(self, stage_id: int, status: str, failure: str | None = None) -> None:
+        """Mark a stage finished; a failed one with its reason (``config.failure``), in the same transaction."""
         with transaction(self.Session) as s:
-            s.execute(update(m.Stage).where(m.Stage.id == stage_id).values(status=status, ended_at=utcnow()))
+            row = s.get(m.Stage, stage_id, with_for_update=True)
+            if row is None:
+                return
+            row.status, row.ended_at = status, utcnow()
+            if failure is not None:
+                row.config = {**(row.config or {}), "failure": failure}
 
     # ---------------------------------------------------------------------------------------------- lease
-    def acquire_lease(self, campaign_id: int, *, host: str, pid: int, start_ticks: int | None) -> str:
-        """Take the campaign's driver lease and return a new fencing token.
+    def acquire_lease(self, campaign_id: int, driver: DriverRef) -> None:
+        """Take the campaign's driver lease for ``driver`` (its token becomes the campaign's fencing token).
 
         Raises:
             DriverBusy: another driver holds it and is not provably dead (see :class:`LeaseHolder`).
         """
-        token = secrets.token_hex(16)
         with transaction(self.Session) as s:
             row = s.get(m.Campaign, campaign_id, with_for_update=True)
             if row is None:
@@ -178,9 +181,8 @@ class Ledger(Provenance):
                 if not holder.provably_dead((now - beat).total_seconds()):
                     raise DriverBusy(f"campaign {row.name!r} is being run by another driver ({holder.describe()}); "
                                      "wait for it to end or stop it first")
-            row.driver_token, row.driver_host, row.driver_pid = token, host, pid
-            row.driver_start_ticks, row.driver_since, row.driver_heartbeat_at = start_ticks, now, now
-        return token
+            row.driver_token, row.driver_host, row.driver_pid = driver.token, driver.host, driver.pid
+            row.driver_start_ticks, row.driver_since, row.driver_heartbeat_at = driver.start_ticks, now, now
 
     def renew_lease(self, campaign_id: int, token: str, s: Session | None = None) -> None:
         """Renew the lease held under ``token`` (in ``s``'s transaction when given).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +104,6 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
     from campaign.dispatch import make_dispatcher, retry_policy
     from campaign.lease import this_driver, write_lease_file
     from campaign.ledger import Ledger
-    from campaign.processes import process_start_ticks
     from campaign.stages import StageContext, build_stages
     from campaign.steer import Steerer
     from campaign.taskqueue import TaskQueue
@@ -119,9 +117,8 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
                                recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
                                resume_only=resume_only)
-    token = ledger.acquire_lease(row.id, host=socket.gethostname(), pid=os.getpid(),
-                                 start_ticks=process_start_ticks(os.getpid()))
-    driver = this_driver(token, workdir)
+    driver = this_driver(workdir)
+    ledger.acquire_lease(row.id, driver)
     try:
         write_lease_file(driver)  # workers of an earlier driver that read it stop
         params = recipe.site.dispatch_params()
@@ -159,7 +156,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         ledger.finish_campaign(row.id, outcome.status)
         return outcome
     finally:
-        ledger.release_lease(row.id, token)
+        ledger.release_lease(row.id, driver.token)
 
 
 def run_campaign(path: str | Path, *, db: str | None = None, profile: str | None = None,

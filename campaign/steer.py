@@ -19,7 +19,7 @@ from campaign.dispatch.base import Dispatcher
 from campaign.dispatch.failures import result_from_exception
 from campaign.records import Recorded
 from campaign.stages.base import PlannedTask, Stage, StageContext
-from campaign.tasks import ExitCause, TaskResult, TaskSpec, TaskState
+from campaign.tasks import TaskResult, TaskSpec, TaskState
 
 if TYPE_CHECKING:
     from campaign.taskqueue import TaskQueue
@@ -164,10 +164,9 @@ class Steerer:
     def _submit(self, spec: TaskSpec) -> Future[TaskResult]:
         try:
             return self.dispatcher.submit(spec)
-        except Exception as exc:  # the dispatcher could not take it: the attempt fails at once
+        except Exception as exc:  # the dispatcher could not take it (shut down): the attempt fails at once
             fut: Future[TaskResult] = Future()
-            fut.set_result(result_from_exception(spec, exc, executor=self.dispatcher.name)
-                           .model_copy(update={"exit_cause": ExitCause.ERROR, "error": f"submit failed: {exc}"}))
+            fut.set_result(result_from_exception(spec, exc, executor=self.dispatcher.name))
             return fut
 
     def _plan(self, run: _StageRun, planned: Sequence[PlannedTask]) -> None:
@@ -189,11 +188,7 @@ class Steerer:
     def _hand_back_done(self, run: _StageRun) -> None:
         """Hand a resumed stage its DONE tasks again: a driver killed between recording a result and the stage
         consuming it left outputs unrecorded. Every stage's ``on_done`` is idempotent (it records by key)."""
-        attempts = self.tasks.ledger.successful_attempts(self.tasks.campaign_id, run.ctx.stage_id)
-        for task in self.tasks.ledger.tasks(self.tasks.campaign_id, stage_id=run.ctx.stage_id,
-                                            states=[TaskState.DONE]):
-            stored = TaskResult(task_id=task.id, attempt=attempts.get(task.id, 1), exit_cause=ExitCause.OK,
-                                result=task.result)
+        for task, stored in self.tasks.done_results(run.ctx.stage_id):
             self._plan(run, run.stage.on_done(run.ctx, task, stored))
 
     def _poll(self, run: _StageRun) -> None:

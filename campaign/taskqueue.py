@@ -19,7 +19,7 @@ from campaign.lease import RENEW_EVERY_S
 from campaign.ledger import Ledger
 from campaign.records import Recorded, TaskRow
 from campaign.stages.base import PlannedTask
-from campaign.tasks import DriverRef, TaskResult, TaskSpec, TaskState
+from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, TaskState
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,19 @@ class TaskQueue:
         """How many of the stage's tasks are in ``states`` (all of them without states)."""
         return self.ledger.count_tasks(self.campaign_id, stage_id=stage_id, states=states or None)
 
+    def done_results(self, stage_id: int) -> list[tuple[TaskRow, TaskResult]]:
+        """The stage's DONE tasks with their recorded results (as the successful attempt returned them)."""
+        attempts = self.ledger.successful_attempts(self.campaign_id, stage_id)
+        return [(task, TaskResult(task_id=task.id, attempt=attempts.get(task.id, 1), exit_cause=ExitCause.OK,
+                                  result=task.result))
+                for task in self.ledger.tasks(self.campaign_id, stage_id=stage_id, states=[TaskState.DONE])]
+
     def finish_stage(self, stage_id: int, status: str, note: str = "") -> str:
         """Record how a stage ended; a failed stage's reason is ``note`` or, without one, a summary of its FAILED
         tasks (kept in the stage's config as ``failure``). Returns the reason recorded ("" when done)."""
-        if status != "done":
-            note = note or self.ledger.failure_summary(self.campaign_id, stage_id)
-            self.ledger.update_stage_config(stage_id, failure=note)
-        self.ledger.finish_stage(stage_id, status)
-        return note if status != "done" else ""
+        failure = (note or self.ledger.failure_summary(self.campaign_id, stage_id)) if status != "done" else None
+        self.ledger.finish_stage(stage_id, status, failure)
+        return failure or ""
 
     def recover(self, stage_id: int) -> Recovered:
         """What an earlier driver left in flight in this stage: record the attempts that finished, watch those

@@ -365,8 +365,3 @@ class HPOStage:
                 ok = False  # a trial neither finished nor failed: the stage is not over
         ctx.shared["hpo"] = shared
         return "done" if ok and any_success else "failed"
-
-
-def trial_counts(ledger: Any, campaign_id: int) -> dict[str, dict[str, int]]:
-    """``{hpo: {status: n}}`` of a campaign's trials (for summaries)."""
-    return ledger.trial_counts(campaign_id)

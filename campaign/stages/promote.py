@@ -101,8 +101,7 @@ class PromoteStage:
 
     # ------------------------------------------------------------------------------------ recording
     def _fail(self, ctx: StageContext, reason: str) -> str:
-        self.note = reason
-        ctx.ledger.update_stage_config(ctx.stage_id, failure=reason)
+        self.note = reason  # recorded on the stage by the steering loop as its failure reason
         return "failed"
 
     def _checkpoint_id(self, ctx: StageContext, trial: Any) -> int | None:

@@ -267,8 +267,7 @@ class TrainStage:
 
     # ------------------------------------------------------------------------------------ recording
     def _fail(self, ctx: StageContext, reason: str) -> str:
-        self.note = reason
-        ctx.ledger.update_stage_config(ctx.stage_id, failure=reason)
+        self.note = reason  # recorded on the stage by the steering loop as its failure reason
         return "failed"
 
     def _artifact(self, ctx: StageContext, info: dict[str, Any] | None, task: Any) -> int | None:

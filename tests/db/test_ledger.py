@@ -223,25 +223,22 @@ def test_record_in_order_in_one_transaction(ledger: Ledger) -> None:
 def test_one_driver_holds_the_lease_and_a_fenced_driver_writes_nothing(ledger: Ledger) -> None:
     import os
 
-    from campaign.processes import process_start_ticks
+    from campaign.lease import this_driver
 
     cid, st, tid = _task(ledger)
-    me = os.getpid()
-    token = ledger.acquire_lease(cid, host=__import__("socket").gethostname(), pid=me,
-                                 start_ticks=process_start_ticks(me))
-    with pytest.raises(DriverBusy, match=f"pid {me} on "):
-        ledger.acquire_lease(cid, host="elsewhere", pid=1, start_ticks=None)
-    ledger.release_lease(cid, token)
-    # a holder on this host whose process is gone is provably dead: its lease is taken over
-    ledger.acquire_lease(cid, host=__import__("socket").gethostname(), pid=me, start_ticks=-1)
-    newer = ledger.acquire_lease(cid, host="elsewhere", pid=1, start_ticks=None)
+    me = this_driver(None)
+    elsewhere = me.model_copy(update={"host": "elsewhere", "pid": 1, "token": "e" * 32})
+    ledger.acquire_lease(cid, me)
+    with pytest.raises(DriverBusy, match=f"pid {os.getpid()} on "):
+        ledger.acquire_lease(cid, elsewhere)
+    ledger.release_lease(cid, me.token)
+    # a holder on this host whose process is gone (another start time) is provably dead: its lease is taken over
+    ledger.acquire_lease(cid, me.model_copy(update={"start_ticks": -1}))
+    ledger.acquire_lease(cid, elsewhere)
     with pytest.raises(LeaseLost):
-        ledger.record([_result(tid, 1, ExitCause.OK)], campaign_id=cid, token=token)
-    from campaign.tasks import DriverRef
-
-    old = DriverRef(token=token, host="h", pid=1)
+        ledger.record([_result(tid, 1, ExitCause.OK)], campaign_id=cid, token=me.token)
     with pytest.raises(LeaseLost):
-        ledger.claim(cid, st, 1, site="local", driver=old)
+        ledger.claim(cid, st, 1, site="local", driver=me)
     assert ledger.tasks(cid)[0].state is TaskState.READY and _attempts(ledger, tid) == []
-    (spec,) = ledger.claim(cid, st, 1, site="local", driver=DriverRef(token=newer, host="elsewhere", pid=1))
-    assert spec.driver is not None and spec.driver.token == newer
+    (spec,) = ledger.claim(cid, st, 1, site="local", driver=elsewhere)
+    assert spec.driver == elsewhere

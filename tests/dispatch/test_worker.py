@@ -7,7 +7,6 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -85,12 +84,12 @@ def test_run_attempt_returns_the_result_as_json_text(make_spec) -> None:  # type
 
 
 # ------------------------------------------------------------------------------------------------- fencing
-def _driver(tmp_path: Path, token: str = "a" * 32, **kw: Any) -> DriverRef:
+def _driver(tmp_path: Path) -> DriverRef:
+    """This process as a live driver, its lease file written."""
     from campaign.lease import this_driver, write_lease_file
 
-    ref = this_driver(token, tmp_path).model_copy(update=kw)
-    if not kw:
-        write_lease_file(ref)
+    ref = this_driver(tmp_path, "a" * 32)
+    write_lease_file(ref)
     return ref
 
 
@@ -105,7 +104,7 @@ def test_an_attempt_of_a_gone_or_superseded_driver_does_not_start(make_spec, tmp
         res = TaskResult.model_validate(run_task(spec.model_copy(update={"driver": gone}).model_dump(),
                                                  in_process=in_process))
         assert res.exit_cause is ExitCause.NODE_LOST and "is gone" in (res.error or "")
-    write_lease_file(this_driver("b" * 32, tmp_path))  # a newer driver took the campaign over
+    write_lease_file(this_driver(tmp_path, "b" * 32))  # a newer driver took the campaign over
     spec = make_spec(payload=1).model_copy(update={"driver": live})
     for in_process in (True, False):
         res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=in_process))
@@ -121,7 +120,7 @@ def test_a_running_attempt_stops_when_a_newer_driver_takes_over(make_spec, tmp_p
 
     live = _driver(tmp_path)
     spec = make_spec(sleep_s=60).model_copy(update={"driver": live})
-    threading.Timer(1.5, lambda: write_lease_file(this_driver("c" * 32, tmp_path))).start()
+    threading.Timer(1.5, lambda: write_lease_file(this_driver(tmp_path, "c" * 32))).start()
     t0 = time.monotonic()
     res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=False))
     assert time.monotonic() - t0 < 20
