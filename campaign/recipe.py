@@ -20,22 +20,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-#: The six message-passing families of the seed work's HPO campaigns (a test checks models.nn agrees).
-FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
+from models.appio import BadInput
+from models.contracts.hyperparams import FAMILIES, parse_hyperparameters, searchable
 
-#: Hyperparameters an HPO campaign may search or fix. Model keys mirror ``models.nn.model`` (COMMON_DEFAULTS and
-#: FAMILY_DEFAULTS; a test keeps them equal) so that a misspelt name fails validation, not a trial.
-MODEL_KEYS: frozenset[str] = frozenset({"hidden", "layers", "cutoff", "num_rbf", "max_z", "head_hidden", "forces",
-                                       "node_heads"})
-FAMILY_MODEL_KEYS: dict[str, frozenset[str]] = {
-    "painn": frozenset(),
-    "schnet": frozenset({"num_filters"}),
-    "egnn": frozenset({"avg_num_neighbors"}),
-    "dimenet++": frozenset({"num_radial", "num_spherical", "int_emb_size", "basis_emb_size", "out_emb_channels",
-                            "envelope_exponent"}),
-    "mace": frozenset({"max_ell", "hidden_ell", "correlation", "avg_num_neighbors"}),
-    "pna": frozenset({"deg", "aggregators", "scalers", "towers"}),
-}
 #: Training hyperparameters: optimizer (lr, weight_decay), schedule (warmup_steps) and loop settings.
 TRAINING_KEYS: frozenset[str] = frozenset({"lr", "weight_decay", "warmup_steps", "batch_size", "force_weight",
                                            "grad_clip"})
@@ -203,6 +190,10 @@ class IntParam(_Strict):
     high: int
     log: bool = False
 
+    def extremes(self) -> list[Any]:
+        """The values at the ends of the range (checked against the model's schema)."""
+        return [self.low, self.high]
+
     @model_validator(mode="after")
     def _order(self) -> IntParam:
         if self.low >= self.high:
@@ -220,6 +211,10 @@ class FloatParam(_Strict):
     high: float
     log: bool = False
 
+    def extremes(self) -> list[Any]:
+        """The values at the ends of the range (checked against the model's schema)."""
+        return [self.low, self.high]
+
     @model_validator(mode="after")
     def _order(self) -> FloatParam:
         if not self.low < self.high:
@@ -234,6 +229,10 @@ class CategoricalParam(_Strict):
 
     type: Literal["categorical"]
     choices: list[int | float | str | bool] = Field(min_length=1)
+
+    def extremes(self) -> list[Any]:
+        """Every choice (checked against the model's schema)."""
+        return list(self.choices)
 
     @field_validator("choices")
     @classmethod
@@ -297,12 +296,27 @@ class HPOSpec(_Strict):
         both = set(self.search_space) & set(self.fixed)
         if both:
             raise ValueError(f"{sorted(both)[0]!r} is both searched and fixed")
-        known = MODEL_KEYS | FAMILY_MODEL_KEYS[self.family] | TRAINING_KEYS
+        model_keys = searchable(self.family)
+        known = model_keys | TRAINING_KEYS
         unknown = sorted((set(self.search_space) | set(self.fixed)) - known)
         if unknown:
             raise ValueError(f"unknown hyperparameter {unknown[0]!r} for family {self.family!r}; "
                              f"known: {', '.join(sorted(known))}")
+        # every value a trial can get must build the model: the fixed ones, and each end of each searched range
+        fixed = {k: v for k, v in self.fixed.items() if k in model_keys}
+        self._check_model({"family": self.family, **fixed}, "fixed")
+        for name, param in self.search_space.items():
+            if name in model_keys:
+                for value in param.extremes():
+                    self._check_model({"family": self.family, **fixed, name: value}, f"search_space.{name} = {value!r}")
         return self
+
+    @staticmethod
+    def _check_model(config: dict[str, Any], what: str) -> None:
+        try:
+            parse_hyperparameters(config, where=what)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
 
 
 class PromoteSpec(_Strict):

@@ -9,7 +9,6 @@ direct node heads (:mod:`models.nn.node_heads`) predict per-atom properties from
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any
 
 import torch
@@ -18,49 +17,19 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
 from models import keys
-from models.appio import BadInput
+from models.contracts.hyperparams import FAMILIES, parse_hyperparameters
 from models.nn.geometry import apply_strain, cell_volume, edge_vectors
 from models.nn.heads import MultiHead
-from models.nn.node_heads import NODE_KINDS, NodeHeads
+from models.nn.node_heads import NodeHeads
 
-FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
-
-COMMON_DEFAULTS: dict[str, Any] = {
-    "hidden": 128,
-    "layers": 4,
-    "cutoff": 5.0,
-    "num_rbf": 20,
-    "heads": [0],
-    "max_z": 100,
-    "head_hidden": None,
-    "forces": "conservative",
-    "node_heads": [],
-}
-
-#: Force modes: ``conservative`` (``-dE/dpos``, energy-consistent, a double backward to train) or ``direct`` (a
-#: vector node head named ``forces``: one backward, not conservative).
-FORCE_MODES: tuple[str, ...] = ("conservative", "direct")
-
-#: Names a node head cannot take (outputs of the model itself).
-_RESERVED_OUTPUTS = ("energy", "stress")
-
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "painn": {},
-    "schnet": {"num_filters": None},
-    "egnn": {"avg_num_neighbors": 32.0},
-    "dimenet++": {"num_radial": 6, "num_spherical": 7, "int_emb_size": 64, "basis_emb_size": 8,
-                  "out_emb_channels": 256, "envelope_exponent": 5},
-    "mace": {"max_ell": 2, "hidden_ell": 1, "correlation": 2, "avg_num_neighbors": 32.0},
-    "pna": {"deg": None, "aggregators": ["mean", "min", "max", "std"],
-            "scalers": ["identity", "amplification", "attenuation"], "towers": 1},
-}
+__all__ = ["FAMILIES", "MultiHeadModel", "build_model", "count_parameters", "normalize_config"]
 
 
 def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate a model config and fill in the defaults of its family.
+    """Validate a model config against its family's schema and fill in the defaults.
 
     Args:
-        config: ``{"family": ..., "hidden": ..., ...}`` (see :data:`COMMON_DEFAULTS`, :data:`FAMILY_DEFAULTS`).
+        config: ``{"family": ..., "hidden": ..., ...}`` (see :mod:`models.contracts.hyperparams`).
 
     Returns:
         A new, complete config (JSON-serialisable) that :func:`build_model` turns into the same architecture.
@@ -68,59 +37,7 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     Raises:
         BadInput: naming the offending field (unknown family or key, bad value).
     """
-    if not isinstance(config, dict):
-        raise BadInput("model config: must be a JSON object")
-    family = str(config.get("family", "")).lower()
-    if family not in FAMILIES:
-        raise BadInput(f"model config: field 'family' is {config.get('family')!r}; choose one of {FAMILIES}")
-    out: dict[str, Any] = {"family": family, **copy.deepcopy(COMMON_DEFAULTS),
-                           **copy.deepcopy(FAMILY_DEFAULTS[family])}
-    unknown = sorted(set(config) - set(out))
-    if unknown:
-        raise BadInput(f"model config: unknown field(s) {unknown} for family {family!r}; known: {sorted(out)}")
-    out.update({k: copy.deepcopy(v) for k, v in config.items() if k != "family"})
-    for key in ("hidden", "layers", "num_rbf", "max_z"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise BadInput(f"model config: field {key!r} must be a positive integer, got {out[key]!r}")
-    if not isinstance(out["cutoff"], int | float) or out["cutoff"] <= 0:
-        raise BadInput(f"model config: field 'cutoff' must be a positive number, got {out['cutoff']!r}")
-    out["cutoff"] = float(out["cutoff"])
-    heads = out["heads"]
-    if (not isinstance(heads, list) or not heads or len(set(heads)) != len(heads)
-            or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in heads)):
-        raise BadInput(f"model config: field 'heads' must be a non-empty list of distinct ints >= 0, got {heads!r}")
-    _check_node_heads(out)
-    if family == "mace" and out["correlation"] not in (1, 2):
-        raise BadInput(f"model config: field 'correlation' must be 1 or 2 for mace, got {out['correlation']!r}")
-    if family == "pna" and out["hidden"] % out["towers"]:
-        raise BadInput("model config: field 'towers' must divide 'hidden'")
-    return out
-
-
-def _check_node_heads(out: dict[str, Any]) -> None:
-    """Validate ``forces`` and ``node_heads`` in place (``forces: direct`` adds the ``forces`` vector head)."""
-    if out["forces"] not in FORCE_MODES:
-        raise BadInput(f"model config: field 'forces' must be one of {FORCE_MODES}, got {out['forces']!r}")
-    specs = out["node_heads"]
-    if not isinstance(specs, list):
-        raise BadInput(f"model config: field 'node_heads' must be a list, got {specs!r}")
-    names: list[str] = []
-    for k, spec in enumerate(specs):
-        where = f"model config: field 'node_heads[{k}]'"
-        if not isinstance(spec, dict) or set(spec) != {"name", "kind"}:
-            raise BadInput(f"{where} must be an object with exactly 'name' and 'kind', got {spec!r}")
-        name, kind = spec["name"], spec["kind"]
-        if not isinstance(name, str) or not name.isidentifier():
-            raise BadInput(f"{where}.name must be an identifier, got {name!r}")
-        if name in _RESERVED_OUTPUTS or name in names:
-            raise BadInput(f"{where}.name {name!r} is reserved or repeated")
-        if kind not in NODE_KINDS:
-            raise BadInput(f"{where}.kind must be one of {NODE_KINDS}, got {kind!r}")
-        if name == "forces" and (kind != "vector" or out["forces"] != "direct"):
-            raise BadInput(f"{where}: a 'forces' node head is a vector head of a 'forces: direct' model")
-        names.append(name)
-    if out["forces"] == "direct" and "forces" not in names:
-        out["node_heads"] = [*specs, {"name": "forces", "kind": "vector"}]
+    return parse_hyperparameters(config).model_dump(mode="json")
 
 
 def _make_encoder(cfg: dict[str, Any]) -> torch.nn.Module:

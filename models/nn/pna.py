@@ -13,10 +13,8 @@ from torch import Tensor
 from torch.nn import Embedding
 from torch_geometric.nn import PNAConv
 
+from models.contracts.hyperparams import DEFAULT_AGGREGATORS, DEFAULT_SCALERS
 from models.nn.geometry import BesselBasis, cosine_cutoff
-
-DEFAULT_AGGREGATORS = ("mean", "min", "max", "std")
-DEFAULT_SCALERS = ("identity", "amplification", "attenuation")
 
 
 class EnvelopePNAConv(PNAConv):

@@ -67,6 +67,33 @@ def test_bad_inputs(text: str, loc: str, line: int | None, words: str) -> None:
     assert any(e[0] == loc and e[1] == line and words in e[2] for e in errs), errs
 
 
+LR = "lr: {type: float, low: 0.0001, high: 0.01, log: true}"
+
+
+@pytest.mark.parametrize(("family", "space", "fixed", "words"), [
+    ("mace", "correlation: {type: int, low: 1, high: 3}", "{}", "search_space.correlation = 3: field 'correlation'"),
+    ("mace", LR, "{correlation: 3}", "fixed: field 'correlation': Input should be 1 or 2"),
+    ("pna", "towers: {type: categorical, choices: [1, 3]}", "{hidden: 64}", "towers (3) must divide hidden (64)"),
+    ("painn", "hidden: {type: float, low: 8, high: 64}", "{}", "field 'hidden': Input should be a valid integer"),
+    ("painn", "num_filters: {type: int, low: 8, high: 64}", "{}", "unknown hyperparameter 'num_filters'"),
+    ("painn", LR, "{heads: [0, 1]}", "unknown hyperparameter 'heads'"),
+    ("schnet", LR, "{forces: sideways}", "fixed: field 'forces'"),
+])
+def test_model_hyperparameters_checked_against_the_family_schema(family: str, space: str, fixed: str,
+                                                                  words: str) -> None:
+    """A value the model builder would refuse fails when the recipe is checked, not in a trial."""
+    text = MINIMAL.replace("family: painn", f"family: {family}").replace(LR, space) + f"      fixed: {fixed}\n"
+    errs = _errors(text)
+    assert any(e[0] == "stages.hpo[0]" and words in e[2] for e in errs), errs
+
+
+def test_valid_family_hyperparameters_pass() -> None:
+    text = (MINIMAL.replace("family: painn", "family: mace").replace(LR, "max_ell: {type: int, low: 1, high: 3}")
+            + "      fixed: {correlation: 1, cutoff: 4, hidden: 32}\n")
+    (spec,) = parse_recipe(text, "r.yaml").stages.hpo or []
+    assert spec.fixed == {"correlation": 1, "cutoff": 4, "hidden": 32}
+
+
 @pytest.mark.parametrize(("text", "line", "words"), [
     ("campaign: t\n  bad indent: [\n", 2, "malformed YAML"),
     ("campaign: t\ncampaign: u\n", 2, "duplicate key"),

@@ -1,0 +1,42 @@
+"""The typed contracts between the campaign and the apps: configs in, results out, model hyperparameters.
+
+Every app (``python -m models.<app>``) reads a config validated by one of these pydantic models and returns a
+result the campaign reads through another; the recipe and the model builder share one hyperparameter schema per
+message-passing family. Importing this package needs pydantic and the standard library only (no torch, numpy or
+PyG): the driver on a login node builds and checks configs without the model stack (an import contract checks it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from models.appio import BadInput
+
+T = TypeVar("T")
+
+
+class Strict(BaseModel):
+    """A config or result object: unknown fields are refused, so a misspelt name fails where it is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def error_text(exc: ValidationError, where: str) -> str:
+    """One line naming ``where`` (a file or a config's name), the first bad field and pydantic's reason."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}: field '{field}': {msg}{more}"
+
+
+def validate(schema: type[T] | TypeAdapter[T], raw: Any, where: Path | str) -> T:
+    """``raw`` validated as ``schema``, or :class:`models.appio.BadInput` naming ``where`` and the field."""
+    adapter = schema if isinstance(schema, TypeAdapter) else TypeAdapter(schema)
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        raise BadInput(error_text(exc, str(where))) from None
