@@ -214,8 +214,9 @@ class Provenance:
             return [_row(TrialRow, t) for t in s.scalars(q.order_by(m.Trial.hpo, m.Trial.tell_event))]
 
     def ask_trial(self, campaign_id: int, *, hpo: str, family: str, number: int, config: dict[str, Any],
-                  task_id: str, ask_event: int) -> None:
-        """Record an asked trial (idempotent on campaign, HPO campaign and number)."""
+                  task_id: str | None, ask_event: int) -> None:
+        """Record an asked trial (idempotent on campaign, HPO campaign and number); ``task_id`` is None for a
+        configuration refused before it became a task."""
         with transaction(self.Session) as s:
             exists = s.scalar(select(m.Trial.id).where(m.Trial.campaign_id == campaign_id, m.Trial.hpo == hpo,
                                                        m.Trial.number == number))

@@ -45,11 +45,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models import checkpoint
 from models.appio import BadInput, main_for, write_json_atomic
+from models.contracts.train import OptimizerConfig, SchedulerConfig
 from models.distributed import GradSync, init, shutdown
 from models.inference import load_model
 from models.launch import detect
 from models.nn.precision import param_dtype
-from models.training.config import OptimizerConfig, SchedulerConfig
 from models.training.data import eval_batches, open_stores
 from models.training.early_stopping import EarlyStopping
 from models.training.loop import Trainer
@@ -325,7 +325,7 @@ def _prepare_model(cfg: FinetuneConfig, head: int, config_path: Path | str) -> t
     from models.nn.model import build_model
 
     if cfg.from_scratch:
-        base = dict(ckpt["model_config"]) if ckpt is not None else dict(cfg.model or {})
+        base = dict(ckpt["model_config"]) if ckpt is not None else cfg.model.model_dump(mode="json") if cfg.model else {}
         base["heads"] = [head]
         torch.manual_seed(cfg.seed)
         return build_model(base), {}

@@ -40,115 +40,25 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models import checkpoint, keys
 from models.appio import BadInput, main_for
 from models.candidates import CandidateSpec, candidates
+from models.contracts.screen import (
+    FilesSource,
+    GeneratorSource,
+    ScreenConfig,
+    ScreenResult,
+    StoresSource,
+    parse_config,
+)
 from models.data.graphs import radius_graph_pbc
 from models.inference import EnsemblePredictor, Predictor, load_model, memory_atom_budget
 from models.screen_output import ScreenWriter
-
-
-# ------------------------------------------------------------------------------------------------ config
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelRef(_Strict):
-    """A model checkpoint to screen with."""
-
-    id: int | None = None
-    checkpoint: str
-    sha256: str | None = None
-
-
-class GeneratorSource(_Strict):
-    """Candidates ``start … start+count-1`` of the seeded generator (:mod:`models.candidates`)."""
-
-    kind: Literal["generator"]
-    seed: int = 0
-    start: int = Field(0, ge=0)
-    count: int = Field(ge=0)
-    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], min_length=1)
-    min_atoms: int = Field(2, ge=1)
-    max_atoms: int = Field(64, ge=1)
-    max_species: int = Field(4, ge=1)
-    periodic: bool = True
-
-
-class StoreRef(_Strict):
-    """One split of a preprocessed ADIOS2 graph store."""
-
-    root: str
-    dataset: str
-    split: Literal["train", "val", "test"] = "test"
-
-
-class StoresSource(_Strict):
-    """Graphs ``start … start+count-1`` of the stores, concatenated in the order given."""
-
-    kind: Literal["stores"]
-    stores: list[StoreRef] = Field(min_length=1)
-    start: int = Field(0, ge=0)
-    count: int | None = Field(None, ge=0)
-
-
-class FilesSource(_Strict):
-    """Frames ``start … start+count-1`` of ASE-readable files, concatenated in the order given."""
-
-    kind: Literal["files"]
-    files: list[str] = Field(min_length=1)
-    start: int = Field(0, ge=0)
-    count: int | None = Field(None, ge=0)
-    format: str | None = None
-
-
-Source = Annotated[GeneratorSource | StoresSource | FilesSource, Field(discriminator="kind")]
-
-
-class ScreenConfig(_Strict):
-    """``python -m models.screen`` config (see the module docstring)."""
-
-    models: list[ModelRef] = Field(min_length=1)
-    source: Source
-    head: int | None = None
-    heads: list[int] | None = None
-    precision: Literal["fp64", "fp32", "bf16"] = "fp32"
-    device: str = "auto"
-    forces: bool = True
-    write_forces: bool = False
-    force_method: Literal["loop", "vmap"] = "loop"
-    max_atoms_per_batch: int | None = Field(None, ge=1)
-    max_neighbours: int | None = Field(32, ge=1)
-    top_k: int = Field(20, ge=0)
-    max_uncertainty: float | None = Field(None, gt=0)
-    output: str
-    shard: int = Field(0, ge=0)
-    flush_every: int = Field(65536, ge=1)
-    threads: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _checks(self) -> ScreenConfig:
-        if self.max_uncertainty is not None and len(self.models) < 2:
-            raise ValueError("max_uncertainty needs an ensemble (two or more models)")
-        if self.write_forces and not self.forces:
-            raise ValueError("write_forces needs forces: true")
-        return self
-
-
-def parse_config(raw: dict[str, Any], path: Path | str) -> ScreenConfig:
-    """Validate ``raw``; the error names the file and the field."""
-    try:
-        return ScreenConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise BadInput(f"{path}: field '{field}': {err['msg'].removeprefix('Value error, ')}") from None
 
 
 # ------------------------------------------------------------------------------------------------ blocks
@@ -341,7 +251,7 @@ def _hit(block: Block, g: int, row: dict[str, Any], heads: list[int], forces: np
 
 
 def screen(cfg: ScreenConfig) -> dict[str, Any]:
-    """Screen one shard as configured; returns the result dict (see the module docstring)."""
+    """Screen one shard as configured; returns the result dict (:class:`models.contracts.screen.ScreenResult`)."""
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -419,7 +329,7 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
             n_batches += 1
         flush()
     seconds = time.perf_counter() - t0
-    return {
+    return ScreenResult.model_validate({
         "shard": cfg.shard,
         "structures": n_struct,
         "atoms": n_atoms,
@@ -438,7 +348,7 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
         "models": [m.id for m in cfg.models],
         "top": top,
         "output": {"path": str(Path(cfg.output)), "files": _files_of(Path(cfg.output))},
-    }
+    }).model_dump(mode="json")
 
 
 def app(raw: dict[str, Any], config_path: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The distributed training app: ``python -m models.train --config run.json --result result.json``.
 
 Launch it as one process or under ``torchrun`` / ``srun`` / ``mpiexec`` (see :mod:`models.distributed`); gloo on
-CPU, nccl on GPU. The config is :class:`models.training.config.TrainConfig`.
+CPU, nccl on GPU. The config is :class:`models.contracts.train.TrainConfig` (its result :class:`models.contracts.train.TrainResult`).
 
 What it does per epoch: a training pass (the same number of steps on every rank: the minimum of the ranks'
 loader lengths), gradient sync (all ranks, or encoder over all ranks and heads over their head group with
@@ -13,7 +13,8 @@ The result JSON holds ``objective`` (= the BEST epoch's validation loss), ``best
 per head, ``last_epoch``, ``completed`` (false when ``time_limit_s`` stopped the chunk early: continue it with
 ``resume_from``), ``stop_reason``, ``wall_time_s``, ``train_graphs_per_s``, ``peak_memory_bytes``,
 ``resumed_from_epoch``, ``initialised_from`` (the ``init_from`` checkpoint whose weights started a fresh run) and
-the checkpoint paths with their sha256.
+the checkpoint paths with their sha256, and ``history``: every per-epoch figure of ``metrics.jsonl`` by value
+(:class:`models.contracts.train.TrainResult`).
 
 A single-rank run may also be called inside a worker process (:data:`run_in_process`).
 """
@@ -34,6 +35,7 @@ import torch.distributed as dist
 
 from models import checkpoint
 from models.appio import BadInput, RunFailed, main_for
+from models.contracts.train import TrainConfig, TrainResult, parse_config
 from models.distributed import (
     GradSync,
     all_reduce_,
@@ -44,11 +46,10 @@ from models.distributed import (
 )
 from models.launch import detect
 from models.nn.precision import param_dtype
-from models.training.config import TrainConfig, parse_config
 from models.training.data import dataset_head, eval_batches, open_stores
 from models.training.early_stopping import EarlyStopping
 from models.training.loop import Trainer
-from models.training.metrics import MetricsWriter
+from models.training.metrics import MetricsWriter, read_metrics
 from models.training.schedule import Schedule
 
 
@@ -92,7 +93,7 @@ def _agree_flag(flag: bool) -> bool:
 
 
 def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any]:
-    """Train as configured on this rank; returns the result dict (identical on every rank).
+    """Train as configured on this rank; returns the result (identical on every rank but ``history``: rank 0's).
 
     Raises:
         BadInput: unusable config, data or checkpoint.
@@ -111,7 +112,8 @@ def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any
         result = _run(
             cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss
         )
-        return {**result, "launcher": denv.launcher}
+        # validated against the contract the campaign reads it with, so a drift fails here, named, not there
+        return TrainResult.model_validate({**result, "launcher": denv.launcher}).model_dump(mode="json")
     finally:
         shutdown()
 
@@ -149,8 +151,11 @@ def _run(
             init = checkpoint.load(cfg.init_from)
         except (OSError, ValueError, RuntimeError) as exc:
             raise BadInput(f"{config_path}: field 'init_from': {exc}") from exc
-    model_cfg = resume["model_config"] if resume else init["model_config"] if init else cfg.model
-    assert model_cfg is not None
+    if resume or init:
+        model_cfg = (resume or init)["model_config"]
+    else:
+        assert cfg.model is not None
+        model_cfg = cfg.model.model_dump(mode="json")
 
     seed_everything(cfg.seed)
     try:
@@ -353,6 +358,7 @@ def _run(
         "peak_memory_bytes": mem,
         "checkpoints": ckpts,
         "metrics_path": str(out / "metrics.jsonl"),
+        "history": read_metrics(out / "metrics.jsonl") if rank == 0 else [],
         "world_size": world,
         "n_params": sum(p.numel() for p in model.parameters()),
         "resumed_from_epoch": start_epoch if resume is not None else None,

@@ -11,14 +11,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from pydantic import BaseModel
+
+from campaign.errors import CampaignInputError
 from campaign.tasks import TaskResult, TaskSpec
+from models.appio import BadInput
+from models.contracts import validate
 
 if TYPE_CHECKING:
     from campaign.ledger import Ledger
     from campaign.recipe import Recipe
     from campaign.records import TaskRow
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def app_config(schema: type[C], raw: dict[str, Any], where: str) -> C:
+    """An app config a stage built from the recipe, validated against the app's contract before dispatch.
+
+    Raises:
+        CampaignInputError: (exit 2) naming ``where`` (the recipe's stage) and the field the app would refuse.
+    """
+    try:
+        return validate(schema, raw, where)
+    except BadInput as exc:
+        raise CampaignInputError(str(exc)) from None
+
+
+def app_task_config(config: BaseModel) -> dict[str, Any]:
+    """The JSON a task carries for its app: every field set, unset optional ones (None) left out."""
+    return config.model_dump(mode="json", exclude_none=True)
 
 
 def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:

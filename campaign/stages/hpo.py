@@ -31,7 +31,9 @@ from campaign.stages.hpo_optimizer import AskTellOptimizer, LogEvent, Told, opti
 from campaign.stages.hpo_pruning import should_stop
 from campaign.stages.hpo_trials import local_threads, train_config, trial_dir, trial_task
 from campaign.tasks import TaskResult, TaskState
+from models.appio import BadInput
 from models.atomic_files import write_text_atomic
+from models.contracts.train import read_result
 from models.training.metrics import read_metrics, val_loss_curve
 
 log = logging.getLogger(__name__)
@@ -176,14 +178,24 @@ class HPOStage:
             number = first + i
             hp = {**spec.fixed, **searched}
             planned.append(self._create_trial(ctx, run, number, hp, event))
-        return planned
+        ready = [p for p in planned if p is not None]
+        if len(ready) < len(planned):  # refused configurations were told as failures: ask for others
+            ready += self._fill(ctx, run)
+        return ready
 
     def _create_trial(self, ctx: StageContext, run: HPORun, number: int, hp: dict[str, Any],
-                      event: int) -> PlannedTask:
+                      event: int) -> PlannedTask | None:
+        """The trial's task, or None when its configuration is refused (told as a failure, never run)."""
         spec = run.spec
         out = trial_dir(ctx.workdir, spec.name, number)
         seed = optimizer_seed(self.recipe.seed, spec.seed, spec.name, number)
-        cfg = train_config(spec, hp, run.datasets, out_dir=out, seed=seed, threads=self._threads)
+        try:
+            cfg = train_config(spec, hp, run.datasets, out_dir=out, seed=seed, threads=self._threads)
+        except BadInput as exc:  # a combination the family's schema refuses (each value alone was checked)
+            ctx.ledger.ask_trial(ctx.campaign_id, hpo=spec.name, family=spec.family, number=number, config=hp,
+                                 task_id=None, ask_event=event)
+            self._tell_failure(ctx, run, number, "bad_config", str(exc))
+            return None
         planned = PlannedTask(task_key(spec.name, number), trial_task(spec, number, cfg, out))
         # the task first (idempotent by key), then the trial row that points at it and logs the ask
         task = ctx.ledger.create_task(ctx.campaign_id, ctx.stage_id, planned.key, planned.spec)
@@ -198,7 +210,12 @@ class HPOStage:
             if t.tell_event is None and t.task_id is None:
                 out = trial_dir(ctx.workdir, run.spec.name, t.number)
                 seed = optimizer_seed(self.recipe.seed, run.spec.seed, run.spec.name, t.number)
-                cfg = train_config(run.spec, t.config, run.datasets, out_dir=out, seed=seed, threads=self._threads)
+                try:
+                    cfg = train_config(run.spec, t.config, run.datasets, out_dir=out, seed=seed,
+                                       threads=self._threads)
+                except BadInput as exc:  # refused when asked; the driver died before telling it
+                    self._tell_failure(ctx, run, t.number, "bad_config", str(exc))
+                    continue
                 p = PlannedTask(task_key(run.spec.name, t.number), trial_task(run.spec, t.number, cfg, out))
                 task = ctx.ledger.create_task(ctx.campaign_id, ctx.stage_id, p.key, p.spec)
                 ctx.ledger.set_trial_task(t.id, task.id)
@@ -253,32 +270,34 @@ class HPOStage:
         return self._fill(ctx, run)
 
     def _tell_success(self, ctx: StageContext, run: HPORun, number: int, task_id: str,
-                      res: dict[str, Any]) -> None:
-        objective = res.get("objective")
-        if objective is None or not math.isfinite(float(objective)):
-            self._tell_failure(ctx, run, number, "error", f"nan: objective is {objective}")
+                      payload: dict[str, Any]) -> None:
+        try:
+            res = read_result(payload, f"result of trial {number} of HPO {run.spec.name!r}")
+        except BadInput as exc:  # an app that does not keep its contract: the trial failed, the campaign goes on
+            self._tell_failure(ctx, run, number, "bad_result", str(exc))
             return
-        status = "pruned" if res.get("stop_reason") == "stopped" else "done"
-        metrics_path = res.get("metrics_path")
-        rows = read_metrics(metrics_path) if metrics_path else []
-        curve = val_loss_curve(rows)
-        best = (res.get("checkpoints") or {}).get("best")
-        keep = ("best_val_metrics", "train_graphs_per_s", "stop_reason", "checkpoints", "world_size", "precision",
-                "n_params", "last_epoch", "steps", "peak_memory_bytes", "completed")
+        if res.objective is None or not math.isfinite(res.objective):
+            self._tell_failure(ctx, run, number, "error", f"nan: objective is {res.objective}")
+            return
+        status = "pruned" if res.stop_reason == "stopped" else "done"
+        rows = [r.model_dump() for r in res.history]
+        best = res.checkpoints.get("best")
+        metrics = res.model_dump(mode="json", include={
+            "best_val_metrics", "train_graphs_per_s", "stop_reason", "checkpoints", "world_size", "precision",
+            "n_params", "last_epoch", "steps", "peak_memory_bytes", "completed"})
         event = run.next_event
         run.next_event += 1
         # the trial's result, metrics, checkpoint and lineage: one transaction
         trial = ctx.ledger.tell_trial(
-            ctx.campaign_id, run.spec.name, number, status=status, tell_event=event, objective=float(objective),
-            best_epoch=res.get("best_epoch"), metrics={k: res[k] for k in keep if k in res},
-            wall_time_s=res.get("wall_time_s"), task_id=task_id, metric_rows=rows,
-            checkpoint=Checkpoint(best["path"], best.get("sha256")) if best else None)
+            ctx.campaign_id, run.spec.name, number, status=status, tell_event=event, objective=res.objective,
+            best_epoch=res.best_epoch, metrics=metrics, wall_time_s=res.wall_time_s, task_id=task_id,
+            metric_rows=rows, checkpoint=Checkpoint(best.path, best.sha256) if best else None)
         config = dict(trial.config)
         # told only once recorded: a kill between the two leaves a recorded tell that replay repeats
-        run.optimizer.tell([Told(config=config, loss=float(objective))])
-        run.curves[number] = curve
+        run.optimizer.tell([Told(config=config, loss=res.objective)])
+        run.curves[number] = val_loss_curve(rows)
         run.running.discard(number)
-        self._count(run, status, float(objective))
+        self._count(run, status, res.objective)
 
     def _tell_failure(self, ctx: StageContext, run: HPORun, number: int, cause: str, detail: str | None) -> None:
         text = f"{cause}: {detail}" if detail else cause

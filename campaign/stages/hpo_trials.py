@@ -1,8 +1,10 @@
 """From an HPO campaign's hyperparameters to one trial: its ``models.train`` config and its task.
 
-Searched and fixed hyperparameters are routed by name (see :data:`campaign.recipe.TRAINING_KEYS` and the model
-keys): optimizer settings, schedule, loop settings, and everything else into the model config. The heads come
-from the datasets (one per dataset, the registry's head id), never from the search.
+Searched and fixed hyperparameters are routed by name: optimizer settings, schedule and loop settings (see
+:data:`campaign.recipe.TRAINING_KEYS`) into the training config, everything else into the model config (the
+family's schema, :mod:`models.contracts.hyperparams`). The heads come from the datasets (one per dataset, the
+registry's head id), never from the search. The config is a :class:`models.contracts.train.TrainConfig`, checked
+when the trial is planned.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from campaign.recipe import HPOSpec
+from campaign.stages.base import app_task_config
 from campaign.tasks import ResourceRequest, TaskSpec
+from models.contracts import validate
+from models.contracts.train import TrainConfig
 
 TRIAL_APP = "models.train"
 
@@ -28,8 +33,8 @@ def stop_file(workdir: Path, hpo: str, number: int) -> Path:
 
 
 def train_config(spec: HPOSpec, hyperparameters: dict[str, Any], datasets: dict[str, dict[str, Any]], *,
-                 out_dir: Path, seed: int, threads: int | None) -> dict[str, Any]:
-    """The ``models.train`` config (JSON) of one trial.
+                 out_dir: Path, seed: int, threads: int | None) -> TrainConfig:
+    """The ``models.train`` config of one trial.
 
     Args:
         spec: The HPO campaign.
@@ -38,42 +43,39 @@ def train_config(spec: HPOSpec, hyperparameters: dict[str, Any], datasets: dict[
         out_dir: The trial directory.
         seed: Seed of the model initialisation and sampling.
         threads: Torch threads per rank (None: torch's choice).
+
+    Raises:
+        models.appio.BadInput: a value the training app or the family's schema refuses.
     """
     hp = dict(hyperparameters)
     optimizer = {k: hp.pop(k) for k in ("lr", "weight_decay") if k in hp}
     scheduler: dict[str, Any] = {"kind": "cosine"}
     if "warmup_steps" in hp:
         scheduler["warmup_steps"] = hp.pop("warmup_steps")
-    batch_size = hp.pop("batch_size", spec.batch_size)
-    force_weight = hp.pop("force_weight", spec.force_weight)
-    grad_clip = hp.pop("grad_clip", None)
+    loop = {k: hp.pop(k) for k in ("grad_clip",) if k in hp}
     names = list(datasets)
-    model = {"family": spec.family, **hp, "heads": sorted({int(datasets[n]["head_id"]) for n in names})}
-    cfg: dict[str, Any] = {
+    raw: dict[str, Any] = {
         "data_root": {n: str(datasets[n]["root"]) for n in names},
         "datasets": names,
         "dataset_heads": {n: int(datasets[n]["head_id"]) for n in names},
-        "batch_size": int(batch_size),
-        "model": model,
+        "batch_size": hp.pop("batch_size", spec.batch_size),
+        "force_weight": hp.pop("force_weight", spec.force_weight),
+        "model": {"family": spec.family, **hp, "heads": sorted({int(datasets[n]["head_id"]) for n in names})},
         "optimizer": optimizer,
         "scheduler": scheduler,
         "epochs": spec.epochs,
         "precision": spec.precision,
-        "force_weight": float(force_weight),
         "patience": 0,  # the campaign's early-stopping rule decides, not the trial's own patience
         "output_dir": str(out_dir / "run"),
         "seed": seed,
         "auto_resume": True,
         "stop_file": str(out_dir / "STOP"),
         "head_groups": False,
+        "threads": threads,
+        "device": "cpu" if spec.gpus_per_rank == 0 else "auto",
+        **loop,
     }
-    if grad_clip is not None:
-        cfg["grad_clip"] = float(grad_clip)
-    if threads is not None:
-        cfg["threads"] = threads
-    if spec.gpus_per_rank == 0:
-        cfg["device"] = "cpu"
-    return cfg
+    return validate(TrainConfig, raw, f"HPO {spec.name!r} trial config")
 
 
 def local_threads(site: str, workers: int | None) -> int | None:
@@ -83,12 +85,12 @@ def local_threads(site: str, workers: int | None) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, workers or 1))
 
 
-def trial_task(spec: HPOSpec, number: int, config: dict[str, Any], out_dir: Path) -> TaskSpec:
+def trial_task(spec: HPOSpec, number: int, config: TrainConfig, out_dir: Path) -> TaskSpec:
     """The task that runs one trial (``spec.nodes_per_trial`` x ``spec.ranks_per_node`` ranks)."""
     return TaskSpec(
         kind="trial",
         app=TRIAL_APP,
-        config=config,
+        config=app_task_config(config),
         workdir=str(out_dir),
         resources=ResourceRequest(nodes=spec.nodes_per_trial, ranks_per_node=spec.ranks_per_node,
                                   gpus_per_rank=spec.gpus_per_rank, walltime_s=spec.trial_timeout_s),

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaign.errors import CampaignInputError
-from campaign.stages.base import PlannedTask, StageContext, shard_ranges
+from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config, shard_ranges
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+from models.contracts.screen import ScreenConfig, ScreenResult, read_result
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,14 @@ class ScreenStage:
         for k, source in enumerate(self._sources(ctx)):
             key = f"screen/{k:05d}"
             workdir = ctx.task_dir("screen", f"{k:05d}")
-            cfg = {"models": models, "source": source, "head": self._head(), "precision": spec.precision,
-                   "forces": spec.forces, "write_forces": spec.write_forces,
-                   "max_atoms_per_batch": spec.max_atoms_per_batch, "top_k": spec.top_k,
-                   "max_uncertainty": spec.max_uncertainty, "output": str(workdir / f"screen-{k:05d}.bp"),
-                   "shard": k}
-            out.append(PlannedTask(key, TaskSpec(kind="screen", app="models.screen", config=cfg,
+            cfg = app_config(ScreenConfig, {
+                "models": models, "source": source, "head": self._head(), "precision": spec.precision,
+                "forces": spec.forces, "write_forces": spec.write_forces,
+                "max_atoms_per_batch": spec.max_atoms_per_batch, "top_k": spec.top_k,
+                "max_uncertainty": spec.max_uncertainty, "output": str(workdir / f"screen-{k:05d}.bp"),
+                "shard": k}, f"stages.screen (shard {k})")
+            out.append(PlannedTask(key, TaskSpec(kind="screen", app="models.screen",
+                                                 config=app_task_config(cfg),
                                                  workdir=str(workdir),
                                                  resources=ResourceRequest(gpus_per_rank=spec.gpus_per_shard))))
         return out
@@ -201,25 +204,25 @@ class ScreenStage:
     # ---------------------------------------------------------------------------------------- results
     def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
         """Record the shard's output files, its throughput and the model -> task lineage."""
-        self._record_shard(ctx, task, result.result or {})
+        self._record_shard(ctx, task, _result(task))
         return []
 
     def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
         """A failed shard (after its retries) fails the stage; nothing to plan."""
         return []
 
-    def _record_shard(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> None:
+    def _record_shard(self, ctx: StageContext, task: Any, res: ScreenResult) -> None:
         led = ctx.ledger
-        for ref in task.spec["config"]["models"]:
-            if ref.get("id") is not None:
-                led.link("input_of", ("model", ref["id"]), ("task", task.id), ctx.campaign_id)
-        for f in (res.get("output") or {}).get("files", []):
-            art = led.add_artifact(f["path"], "screen-output", task_id=task.id, sha256=f["sha256"])
+        for model_id in res.models:
+            if model_id is not None:
+                led.link("input_of", ("model", model_id), ("task", task.id), ctx.campaign_id)
+        for f in res.output.files:
+            art = led.add_artifact(f.path, "screen-output", task_id=task.id, sha256=f.sha256)
             led.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
         if not led.has_metrics(task.id, name="structures_per_s", split="worker"):
-            rows = [{"epoch": 0, "head": "all", "split": "worker", "name": name, "value": float(res[name])}
-                    for name in ("structures_per_s", "model_structures_per_s") if res.get(name) is not None]
-            led.add_metrics(task.id, rows)
+            rates = {"structures_per_s": res.structures_per_s, "model_structures_per_s": res.model_structures_per_s}
+            led.add_metrics(task.id, [{"epoch": 0, "head": "all", "split": "worker", "name": name, "value": value}
+                                      for name, value in rates.items() if value is not None])
 
     def finish(self, ctx: StageContext) -> str:
         """Merge the shards' top-k, record hits and the aggregate throughput; ``failed`` if a shard failed."""
@@ -227,11 +230,12 @@ class ScreenStage:
         if not tasks or any(t.state != TaskState.DONE for t in tasks):
             return "failed"
         tasks.sort(key=lambda t: t.key)
-        for t in tasks:  # idempotent: a result recorded before a crash is not recorded twice
-            self._record_shard(ctx, t, t.result or {})
+        results = [_result(t) for t in tasks]
+        for t, res in zip(tasks, results, strict=True):  # idempotent: recorded before a crash is not re-recorded
+            self._record_shard(ctx, t, res)
         ids = [t.id for t in tasks]
-        model_ids = [ref["id"] for ref in tasks[0].spec["config"]["models"] if ref.get("id") is not None]
-        structures = sum(int((t.result or {}).get("structures", 0)) for t in tasks)
+        model_ids = [m for m in results[0].models if m is not None]
+        structures = sum(r.structures for r in results)
         hit_ids = ctx.ledger.hit_ids(ids)
         spans = ctx.ledger.successful_attempt_spans(ids)
         aggregate = None
@@ -241,41 +245,41 @@ class ScreenStage:
             wall = (max(ends) - min(starts)).total_seconds()
             aggregate = structures / wall if wall > 0 else None
         if not hit_ids:
-            hit_ids = self._record_hits(ctx, tasks, model_ids)
+            hit_ids = self._record_hits(ctx, list(zip(tasks, results, strict=True)), model_ids)
             rows = []
             if aggregate is not None:
                 rows.append({"epoch": 0, "head": "all", "split": "aggregate", "name": "structures_per_s",
                              "value": aggregate})
-            per_worker = [float((t.result or {}).get("structures_per_s") or 0.0) for t in tasks]
+            per_worker = [r.structures_per_s or 0.0 for r in results]
             rows.append({"epoch": 0, "head": "all", "split": "aggregate", "name": "sum_worker_structures_per_s",
                          "value": sum(per_worker)})
             ctx.ledger.add_metrics(tasks[0].id, rows)
-            # the aggregate also travels with the first shard's result
-            ctx.ledger.merge_task_result(tasks[0].id, {"aggregate": {
-                "structures": structures, "structures_per_s": aggregate, "shards": len(tasks),
-                "sum_worker_structures_per_s": sum(per_worker)}})
         ctx.shared["screen"] = {"hits": hit_ids, "structures": structures, "structures_per_s": aggregate,
                                 "tasks": ids, "models": model_ids}
         return "done"
 
-    def _record_hits(self, ctx: StageContext, tasks: list[Any], model_ids: list[int]) -> list[int]:
-        pool = [(h, t) for t in tasks for h in (t.result or {}).get("top", [])]
-        pool.sort(key=lambda p: (p[0]["score"], p[0]["structure_id"]))
+    def _record_hits(self, ctx: StageContext, shards: list[tuple[Any, ScreenResult]],
+                     model_ids: list[int]) -> list[int]:
+        pool = [(h, t, res) for t, res in shards for h in res.top]
+        pool.sort(key=lambda p: (p[0].score, p[0].structure_id))
         chosen = pool[: self.spec.top_k]
         head_names = _head_names()
         hits = []
-        for rank, (h, t) in enumerate(chosen, start=1):
-            data = {k: h[k] for k in ("numbers", "positions", "cell", "pbc", "energies", "index", "sid") if k in h}
-            if "forces" in h:
-                data["forces"] = h["forces"]
-            data.update({"shard": t.spec["config"]["shard"], "models": model_ids, "head_id": h["head"],
+        for rank, (h, t, res) in enumerate(chosen, start=1):
+            data = h.model_dump(mode="json", include={"numbers", "positions", "cell", "pbc", "energies", "index",
+                                                      "sid", "forces"}, exclude_none=True)
+            data.update({"shard": res.shard, "models": model_ids, "head_id": h.head,
                          "criterion": self.spec.criterion, "source": t.spec["config"]["source"]["kind"]})
             hits.append(dict(task_id=t.id, model_id=model_ids[0] if len(model_ids) == 1 else None, rank=rank,
-                             structure_id=h["structure_id"], formula=h["formula"], natoms=int(h["natoms"]),
-                             score=float(h["score"]), energy_per_atom=float(h["energy_per_atom"]),
-                             uncertainty=h.get("uncertainty"), head=head_names.get(int(h["head"]), str(h["head"])),
-                             data=data))
+                             structure_id=h.structure_id, formula=h.formula, natoms=h.natoms, score=h.score,
+                             energy_per_atom=h.energy_per_atom, uncertainty=h.uncertainty,
+                             head=head_names.get(h.head, str(h.head)), data=data))
         return ctx.ledger.add_hits(ctx.campaign_id, hits)
+
+
+def _result(task: Any) -> ScreenResult:
+    """A DONE shard's result, read through the screening app's contract."""
+    return read_result(task.result, f"result of task {task.id} ({task.key})")
 
 
 def _head_names() -> dict[int, str]:

@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from campaign.stages.base import PlannedTask, StageContext
+from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
-from models.training.metrics import read_metrics
+from models.appio import BadInput
+from models.contracts import validate
+from models.contracts.train import CheckpointRef, TrainConfig, TrainResult, read_result
 
 #: Train-config keys of the trial that a long run must not inherit.
 _DROPPED_KEYS = ("resume_from", "init_from", "stop_file", "chunk_epochs", "max_steps", "time_limit_s")
@@ -74,7 +76,7 @@ class Source:
     trial_id: int | None
     objective: float | None
     hyperparameters: dict[str, Any]
-    base_config: dict[str, Any]
+    base_config: TrainConfig | None
     checkpoint_id: int | None
     checkpoint_path: str | None
     problems: list[str] = field(default_factory=list)
@@ -133,15 +135,16 @@ class TrainStage:
         out = []
         for r in models:
             task = led.task(r.task_id) if r.task_id else None
-            cfg = dict((task.spec or {}).get("config") or {}) if task is not None else {}
             ckpt = led.artifact(r.checkpoint_id) if r.checkpoint_id else None
             src = Source(model_id=r.id, name=r.name, family=r.family, trial_id=r.trial_id,
                          objective=_objective(r), hyperparameters=dict(r.hyperparameters or {}),
-                         base_config=cfg, checkpoint_id=r.checkpoint_id,
+                         base_config=None, checkpoint_id=r.checkpoint_id,
                          checkpoint_path=ckpt.path if ckpt is not None else None)
-            if not cfg or "data_root" not in cfg:
-                src.problems.append(f"model {r.id} ({r.name}): its task {r.task_id} has no models.train "
-                                    "config to train from")
+            raw = (task.spec or {}).get("config") if task is not None else None
+            try:
+                src.base_config = validate(TrainConfig, raw, f"the models.train config of task {r.task_id}")
+            except BadInput as exc:
+                src.problems.append(f"model {r.id} ({r.name}): no config to train from: {exc}")
             if spec.from_checkpoint and (src.checkpoint_path is None or not Path(src.checkpoint_path).is_file()):
                 where = src.checkpoint_path or "none recorded"
                 src.problems.append(f"model {r.id} ({r.name}): checkpoint missing ({where}); set "
@@ -152,9 +155,10 @@ class TrainStage:
     # ------------------------------------------------------------------------------------- planning
     def _chunk_task(self, ctx: StageContext, src: Source, n: int, resume_from: str | None) -> PlannedTask:
         spec = self.spec
-        cfg = {k: v for k, v in src.base_config.items() if k not in _DROPPED_KEYS}
+        assert src.base_config is not None  # sources without one are problems, never planned
         workdir = ctx.task_dir("train", f"model-{src.model_id}", f"chunk-{n}")
         cpu = spec.gpus_per_rank == 0
+        cfg = src.base_config.model_dump(mode="json", exclude=set(_DROPPED_KEYS), exclude_none=True)
         cfg.update(epochs=spec.epochs, precision=spec.precision, output_dir=str(workdir), auto_resume=True,
                    device="cpu" if cpu else "auto")
         if cpu and not cfg.get("threads"):
@@ -165,11 +169,13 @@ class TrainStage:
             cfg["resume_from"] = resume_from
         elif spec.from_checkpoint and src.checkpoint_path:
             cfg["init_from"] = src.checkpoint_path
+        config = app_config(TrainConfig, cfg, f"stages.train: chunk {n} of model {src.model_id}")
         walltime = attempt_walltime_s(spec.chunk_walltime_s) if spec.chunk_walltime_s is not None else None
         res = ResourceRequest(nodes=spec.nodes, ranks_per_node=spec.ranks_per_node,
                               gpus_per_rank=spec.gpus_per_rank, walltime_s=walltime)
         return PlannedTask(chunk_key(src.model_id, n),
-                           TaskSpec(kind="train", app="models.train", config=cfg, workdir=str(workdir),
+                           TaskSpec(kind="train", app="models.train",
+                                    config=app_task_config(config), workdir=str(workdir),
                                     resources=res, priority=1))
 
     def _chunks(self, ctx: StageContext, model_id: int) -> list[tuple[int, Any]]:
@@ -183,22 +189,26 @@ class TrainStage:
 
     def _advance(self, ctx: StageContext, src: Source, n: int, task: Any) -> list[PlannedTask]:
         """Chunk ``n`` is DONE: record it; plan chunk n+1 or record the trained model."""
-        res = task.result or {}
         chunks = self._chunks(ctx, src.model_id)
         prev = next((t for k, t in chunks if k == n - 1), None)
-        self._record_chunk(ctx, src, n, task, prev)
-        if res.get("completed", True):
-            self._record_trained(ctx, src, [t for k, t in chunks if k <= n])
+        try:
+            res = _result(task)
+            self._record_chunk(ctx, src, n, task, res, _result(prev) if prev is not None else None)
+            if res.completed:
+                self._record_trained(ctx, src, [(t, _result(t)) for k, t in chunks if k <= n])
+                return []
+        except BadInput as exc:  # an app that does not keep its contract: that model's training stops
+            self._problems[src.model_id] = f"model {src.model_id}: {exc}"
             return []
-        last = (res.get("checkpoints") or {}).get("last") or {}
-        if int(res.get("epochs_this_chunk") or 0) < 1 or not last.get("path"):
+        last = res.checkpoints.get("last")
+        if res.epochs_this_chunk < 1 or last is None:
             self._problems[src.model_id] = (f"model {src.model_id}: chunk {n} made no progress "
-                                            f"(stop reason {res.get('stop_reason')!r}); not continuing")
+                                            f"(stop reason {res.stop_reason!r}); not continuing")
             return []
         if n >= self.spec.epochs:
             self._problems[src.model_id] = f"model {src.model_id}: {n} chunks for {self.spec.epochs} epochs"
             return []
-        return [self._chunk_task(ctx, src, n + 1, str(last["path"]))]
+        return [self._chunk_task(ctx, src, n + 1, last.path)]
 
     # ------------------------------------------------------------------------------- stage protocol
     def start(self, ctx: StageContext) -> list[PlannedTask]:
@@ -218,8 +228,13 @@ class TrainStage:
             n, task = chunks[-1]
             if task.state == TaskState.DONE:
                 for k, t in chunks[:-1]:  # recorded already unless the driver died in between: idempotent
+                    prev = next((p for j, p in chunks if j == k - 1), None)
                     if t.state == TaskState.DONE:
-                        self._record_chunk(ctx, src, k, t, next((p for j, p in chunks if j == k - 1), None))
+                        try:
+                            self._record_chunk(ctx, src, k, t, _result(t),
+                                               _result(prev) if prev is not None else None)
+                        except BadInput as exc:
+                            self._problems[src.model_id] = f"model {src.model_id}: {exc}"
                 planned += self._advance(ctx, src, n, task)
         return planned
 
@@ -270,56 +285,52 @@ class TrainStage:
         self.note = reason  # recorded on the stage by the steering loop as its failure reason
         return "failed"
 
-    def _artifact(self, ctx: StageContext, info: dict[str, Any] | None, task: Any) -> int | None:
+    def _artifact(self, ctx: StageContext, info: CheckpointRef | None, task: Any) -> int | None:
         """The artifact id of a checkpoint named in a result (recorded once; ``task_id`` only when this
         chunk wrote it — a best checkpoint that did not improve stays the earlier chunk's)."""
-        if not info or not info.get("path") or not Path(info["path"]).is_file():
+        if info is None or not Path(info.path).is_file():
             return None
-        path = Path(info["path"])
+        path = Path(info.path)
         mine = path.is_relative_to(Path(task.spec["workdir"]))
         art = ctx.ledger.add_artifact(path, "checkpoint", task_id=task.id if mine else None,
-                                      sha256=info.get("sha256") or None)
+                                      sha256=info.sha256 or None)
         if mine:
             ctx.ledger.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
         return int(art.id)
 
-    def _record_chunk(self, ctx: StageContext, src: Source, n: int, task: Any, prev: Any | None) -> None:
+    def _record_chunk(self, ctx: StageContext, src: Source, n: int, task: Any, res: TrainResult,
+                      prev: TrainResult | None) -> None:
+        """Chunk ``n``'s checkpoints, lineage and per-epoch metrics (``prev``: chunk n-1's result)."""
         led, cid = ctx.ledger, ctx.campaign_id
-        res = task.result or {}
-        ckpts = res.get("checkpoints") or {}
-        self._artifact(ctx, ckpts.get("best"), task)
-        last_id = self._artifact(ctx, ckpts.get("last"), task)
+        self._artifact(ctx, res.checkpoints.get("best"), task)
+        last_id = self._artifact(ctx, res.checkpoints.get("last"), task)
         if n == 1:
             led.link("input_of", ("model", src.model_id), ("task", task.id), cid)
             start_id = src.checkpoint_id if task.spec["config"].get("init_from") else None
         else:
-            prev_last = ((prev.result or {}).get("checkpoints") or {}).get("last") if prev is not None else None
-            start_id = self._artifact(ctx, prev_last, prev) if prev is not None else None
+            prev_task = next((t for k, t in self._chunks(ctx, src.model_id) if k == n - 1), None)
+            start_id = (self._artifact(ctx, prev.checkpoints.get("last"), prev_task)
+                        if prev is not None and prev_task is not None else None)
         if start_id is not None:
             led.link("input_of", ("artifact", start_id), ("task", task.id), cid)
             if last_id is not None and last_id != start_id:
                 led.link("derived_from", ("artifact", last_id), ("artifact", start_id), cid)
-        have = led.has_metrics(task.id)
-        path = res.get("metrics_path")
-        if not have and path and Path(path).is_file():
-            rows = read_metrics(path)
-            led.add_metrics(task.id, rows)  # run-level rows (head null) get head "None", as the HPO stage's
+        if not led.has_metrics(task.id):  # run-level rows (head null) get head "None", as the HPO stage's
+            led.add_metrics(task.id, [r.model_dump() for r in res.history])
 
-    def _record_trained(self, ctx: StageContext, src: Source, chunk_tasks: list[Any]) -> int:
-        final = chunk_tasks[-1]
-        res = final.result or {}
-        ckpts = res.get("checkpoints") or {}
-        best_id = self._artifact(ctx, ckpts.get("best"), final)
-        last_id = self._artifact(ctx, ckpts.get("last"), final)
+    def _record_trained(self, ctx: StageContext, src: Source, chunks: list[tuple[Any, TrainResult]]) -> int:
+        """The trained model's row (metrics of the final chunk, wall time of all) and its lineage."""
+        chunk_tasks = [t for t, _ in chunks]
+        final, res = chunks[-1]
+        best_id = self._artifact(ctx, res.checkpoints.get("best"), final)
+        last_id = self._artifact(ctx, res.checkpoints.get("last"), final)
         spec = self.spec
         metrics = {
-            "objective": res.get("objective"), "best_epoch": res.get("best_epoch"),
-            "best_val_metrics": res.get("best_val_metrics"), "last_epoch": res.get("last_epoch"),
-            "stop_reason": res.get("stop_reason"), "chunks": len(chunk_tasks),
-            "chunk_task_ids": [t.id for t in chunk_tasks],
-            "wall_time_s": sum(float((t.result or {}).get("wall_time_s") or 0.0) for t in chunk_tasks),
-            "train_graphs_per_s": res.get("train_graphs_per_s"), "world_size": res.get("world_size"),
-            "n_params": res.get("n_params"), "precision": res.get("precision"), "epochs": spec.epochs,
+            **res.model_dump(mode="json", include={"objective", "best_epoch", "best_val_metrics", "last_epoch",
+                                                   "stop_reason", "train_graphs_per_s", "world_size", "n_params",
+                                                   "precision"}),
+            "chunks": len(chunk_tasks), "chunk_task_ids": [t.id for t in chunk_tasks],
+            "wall_time_s": sum(r.wall_time_s for _, r in chunks), "epochs": spec.epochs,
             "nodes": spec.nodes, "ranks_per_node": spec.ranks_per_node,
             "initialised_from_checkpoint_id": (src.checkpoint_id
                                                if chunk_tasks[0].spec["config"].get("init_from") else None),
@@ -334,6 +345,11 @@ class TrainStage:
         ctx.ledger.link("derived_from", ("model", model_id), ("model", src.model_id), ctx.campaign_id)
         ctx.ledger.link("output_of", ("model", model_id), ("task", final.id), ctx.campaign_id)
         return model_id
+
+
+def _result(task: Any) -> TrainResult:
+    """A DONE chunk's result, read through the training app's contract."""
+    return read_result(task.result, f"result of task {task.id} ({task.key})")
 
 
 def _objective(row: Any) -> float:

@@ -8,6 +8,7 @@ PyG): the driver on a login node builds and checks configs without the model sta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,11 +25,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def reason(err: Mapping[str, Any]) -> str:
+    """Pydantic's reason for one error, worded for a person (an extra field reads as an unknown one)."""
+    if err["type"] == "extra_forbidden":
+        return "unknown field (misspelt, or not a setting of this config)"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 def error_text(exc: ValidationError, where: str) -> str:
-    """One line naming ``where`` (a file or a config's name), the first bad field and pydantic's reason."""
+    """One line naming ``where`` (a file or a config's name), the first bad field and the reason."""
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = reason(err)
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{where}: field '{field}': {msg}{more}"
 

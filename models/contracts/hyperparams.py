@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from models.appio import BadInput
-from models.contracts import Strict
+from models.contracts import Strict, reason
 
 #: The six message-passing families, in the order the seed work's HPO campaigns list them.
 FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
@@ -157,10 +157,19 @@ class PNAHyperparameters(CommonHyperparameters):
         return self
 
 
+def _family_lower_case(raw: Any) -> Any:
+    """Family names are case-insensitive (``PaiNN`` = ``painn``)."""
+    if isinstance(raw, dict) and isinstance(raw.get("family"), str):
+        return {**raw, "family": raw["family"].lower()}
+    return raw
+
+
+#: A model config of any family (the field of app configs that carry one).
 ModelHyperparameters = Annotated[
     PaiNNHyperparameters | SchNetHyperparameters | EGNNHyperparameters | DimeNetPPHyperparameters
     | MACEHyperparameters | PNAHyperparameters,
     Field(discriminator="family"),
+    BeforeValidator(_family_lower_case),
 ]
 
 _ADAPTER: TypeAdapter[ModelHyperparameters] = TypeAdapter(ModelHyperparameters)
@@ -189,9 +198,12 @@ def parse_hyperparameters(raw: Any, where: str = "model config") -> ModelHyperpa
     if family not in FAMILY_SCHEMAS:
         raise BadInput(f"{where}: field 'family' is {raw.get('family')!r}; choose one of {FAMILIES}")
     try:
-        return _ADAPTER.validate_python({**raw, "family": family})
+        return _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(p) for p in err["loc"]][1:]  # the first is the union's tag: the family, named once below
         field = f"field '{'.'.join(loc)}'" if loc else f"family {family!r}"
-        raise BadInput(f"{where}: {field}: {str(err['msg']).removeprefix('Value error, ')}") from None
+        why = reason(err)
+        if err["type"] == "extra_forbidden" and len(loc) == 1:
+            why = f"unknown field for family {family!r}; known: {', '.join(sorted(FAMILY_SCHEMAS[family].model_fields))}"
+        raise BadInput(f"{where}: {field}: {why}") from None

@@ -21,7 +21,8 @@ from campaign.stages.hpo_optimizer import (
     same_config,
 )
 from campaign.stages.hpo_pruning import median_rule, rungs, should_stop, successive_halving
-from campaign.stages.hpo_trials import train_config
+from campaign.stages.hpo_trials import train_config, trial_task
+from models.appio import BadInput
 
 SPACE = {
     "hidden": CategoricalParam(type="categorical", choices=[16, 32, 64]),
@@ -155,16 +156,26 @@ def test_hyperparameters_are_routed_to_optimizer_model_and_loop(tmp_path: Path) 
                        {"lr": 2e-3, "weight_decay": 1e-5, "hidden": 32, "layers": 2, "cutoff": 4.5,
                         "batch_size": 8, "warmup_steps": 5, "force_weight": 3.0},
                        datasets, out_dir=tmp_path / "t", seed=11, threads=1)
-    assert cfg["optimizer"] == {"lr": 2e-3, "weight_decay": 1e-5}
-    assert cfg["scheduler"] == {"kind": "cosine", "warmup_steps": 5}
-    assert cfg["model"] == {"family": "painn", "hidden": 32, "layers": 2, "cutoff": 4.5, "heads": [100, 101]}
-    assert cfg["batch_size"] == 8 and cfg["force_weight"] == 3.0 and cfg["epochs"] == 3
-    assert cfg["data_root"] == {"demo-emt": "/d/emt", "demo-gfn2": "/d/g2"}
-    assert cfg["dataset_heads"] == {"demo-emt": 100, "demo-gfn2": 101}
-    assert cfg["auto_resume"] and cfg["stop_file"] == str(tmp_path / "t" / "STOP") and cfg["patience"] == 0
-    from models.training.config import parse_config
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (2e-3, 1e-5)
+    assert (cfg.scheduler.kind, cfg.scheduler.warmup_steps) == ("cosine", 5)
+    assert cfg.model is not None and cfg.model.model_dump(exclude_defaults=True) == {
+        "hidden": 32, "layers": 2, "cutoff": 4.5, "heads": [100, 101]}
+    assert cfg.model.family == "painn"
+    assert cfg.batch_size == 8 and cfg.force_weight == 3.0 and cfg.epochs == 3
+    assert cfg.data_root == {"demo-emt": "/d/emt", "demo-gfn2": "/d/g2"}
+    assert cfg.dataset_heads == {"demo-emt": 100, "demo-gfn2": 101}
+    assert cfg.auto_resume and cfg.stop_file == str(tmp_path / "t" / "STOP") and cfg.patience == 0
+    from models.contracts.train import parse_config
 
-    parse_config(cfg, "trial.json")  # the training app accepts it
+    task = trial_task(_spec(epochs=3, precision="fp64"), 0, cfg, tmp_path / "t")
+    assert parse_config(task.config, "trial.json") == cfg  # what the task carries is what the app reads
+
+
+def test_a_combination_the_schema_refuses_is_refused_when_planned(tmp_path: Path) -> None:
+    """Each searched value alone is checked with the recipe; a refused combination is caught before dispatch."""
+    with pytest.raises(BadInput, match=r"trial config: field 'model.pna': towers \(3\) must divide hidden \(32\)"):
+        train_config(_spec(family="pna"), {"hidden": 32, "towers": 3}, {"d": {"root": "/d", "head_id": 0}},
+                     out_dir=tmp_path, seed=0, threads=None)
 
 
 def test_unknown_hyperparameter_fails_recipe_validation() -> None:

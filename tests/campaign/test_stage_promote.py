@@ -53,8 +53,8 @@ def run_trials(base: Path) -> list[TrialRun]:
     """Train the trials of :data:`TRIAL_PLAN` for one epoch each (in this process) on a tiny EMT store."""
     import torch
 
+    from models.contracts.train import parse_config
     from models.train import run
-    from models.training.config import parse_config
     from tests.models.train.emt_data import demo_root
 
     torch.set_num_threads(1)

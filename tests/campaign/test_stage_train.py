@@ -20,8 +20,8 @@ from db.engine import transaction
 from models import checkpoint
 from models.appio import BadInput
 from models.atomic_files import sha256_file
+from models.contracts.train import parse_config
 from models.train import run
-from models.training.config import parse_config
 from tests.campaign.test_stage_promote import TrialRun, hpo_campaign, run_stage, trial_runs  # noqa: F401
 
 #: Chunks run as single-rank models.train calls inside the local pool's worker (no Python start-up per chunk).

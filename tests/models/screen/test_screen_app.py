@@ -15,7 +15,8 @@ import torch
 
 from models.candidates import CandidateSpec, candidates
 from models.inference import Predictor
-from models.screen import ScreenConfig, screen
+from models.contracts.screen import ScreenConfig
+from models.screen import screen
 from models.screen_output import read_output
 
 REPO = Path(__file__).resolve().parents[3]

@@ -13,10 +13,10 @@ from ase.build import bulk
 
 from models import checkpoint
 from models.appio import BadInput
+from models.contracts.train import parse_config as parse_train
 from models.finetune import finetune, parse_config
 from models.inference import Predictor
 from models.train import run
-from models.training.config import parse_config as parse_train
 from tests.models.train.emt_data import write_dataset
 
 

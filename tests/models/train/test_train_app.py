@@ -15,9 +15,9 @@ import torch
 
 from models import checkpoint
 from models.appio import BadInput, RunFailed
+from models.contracts.train import parse_config
 from models.nn.model import build_model
 from models.train import run
-from models.training.config import parse_config
 from models.training.metrics import read_metrics, select
 from tests.models.train.emt_data import metal_atoms, write_dataset
 

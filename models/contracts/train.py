@@ -1,29 +1,34 @@
-"""The training app's configuration, validated with one clear error naming the file and the field."""
+"""The training app's contract: :class:`TrainConfig` in, :class:`TrainResult` out.
+
+The campaign builds a trial's or a long run's config as a :class:`TrainConfig` and reads the app's result through
+:class:`TrainResult`; the per-epoch metrics come back by value in ``TrainResult.history``, so nothing needs to
+read the run's files on a filesystem shared with the workers.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from models.appio import BadInput
+from models.contracts import Strict, validate
+from models.contracts.hyperparams import ModelHyperparameters
 
 
-class OptimizerConfig(BaseModel):
+class OptimizerConfig(Strict):
     """AdamW settings."""
 
-    model_config = ConfigDict(extra="forbid")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
 
-class SchedulerConfig(BaseModel):
+class SchedulerConfig(Strict):
     """Learning-rate schedule (see :class:`models.training.schedule.Schedule`)."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: Literal["cosine", "plateau", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
@@ -31,7 +36,7 @@ class SchedulerConfig(BaseModel):
     patience: int = Field(5, ge=0)
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Strict):
     """``python -m models.train`` config (JSON).
 
     Attributes:
@@ -42,7 +47,7 @@ class TrainConfig(BaseModel):
         batch_size: Graphs per batch per rank.
         sampling: Multi-dataset sampling rule passed to the loader.
         train_split / val_split: Split names.
-        model: The ``build_model`` config (ignored when resuming: the checkpoint's is used).
+        model: The model's hyperparameters (ignored when resuming: the checkpoint's are used).
         optimizer / scheduler: AdamW and schedule settings.
         epochs: Epochs to run in total (over all chunks of a resumed run).
         max_steps: Stop after this many optimizer steps in total.
@@ -74,7 +79,6 @@ class TrainConfig(BaseModel):
         threads: torch intra-op threads per rank (default: leave torch's choice).
     """
 
-    model_config = ConfigDict(extra="forbid")
     data_root: str | dict[str, str]
     datasets: list[str] = Field(min_length=1)
     dataset_heads: dict[str, int] | None = None
@@ -82,7 +86,7 @@ class TrainConfig(BaseModel):
     sampling: str = "proportional"
     train_split: str = "train"
     val_split: str = "val"
-    model: dict[str, Any] | None = None
+    model: ModelHyperparameters | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     epochs: int = Field(10, ge=1)
@@ -110,13 +114,81 @@ class TrainConfig(BaseModel):
 
 def parse_config(raw: dict[str, Any], path: Path | str) -> TrainConfig:
     """Validate ``raw`` (read from ``path``), raising :class:`BadInput` naming the file and field."""
-    try:
-        cfg = TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise BadInput(f"{path}: field '{field}': {err['msg']}{more}") from None
+    cfg = validate(TrainConfig, raw, path)
     if cfg.model is None and cfg.resume_from is None and cfg.init_from is None:
         raise BadInput(f"{path}: field 'model': required unless 'resume_from' or 'init_from' gives a checkpoint")
     return cfg
+
+
+class CheckpointRef(Strict):
+    """A checkpoint file and its sha256 (hex)."""
+
+    path: str
+    sha256: str
+
+
+class MetricRow(Strict):
+    """One per-epoch figure: ``head`` is None for run-level figures (total loss, learning rate)."""
+
+    epoch: int
+    split: str
+    head: int | None
+    name: str
+    value: float
+
+
+StopReason = Literal["epochs", "early_stopping", "stopped", "max_steps", "chunk_epochs", "time_limit"]
+
+
+class TrainResult(Strict):
+    """What ``python -m models.train`` returns (identical on every rank; rank 0 writes it).
+
+    Attributes:
+        completed: False when the chunk stopped early (``chunk_epochs`` or ``time_limit``): continue it.
+        stop_reason: Why the run stopped; ``stopped`` = asked to through ``stop_file``.
+        objective: The best epoch's validation loss (None when no epoch ran); the HPO objective.
+        best_val_loss: Same as ``objective``.
+        best_epoch: Epoch of the best validation loss (-1 when none ran).
+        best_val_metrics: ``{head_id: {name: value}}`` at the best epoch (energy MAE per atom eV/atom, force MAE
+            eV/Å, loss).
+        last_epoch / epochs_this_chunk / steps: Progress after this chunk (epochs count from 0).
+        wall_time_s: Wall time of this chunk, s.
+        train_graphs_per_s: Training throughput over all ranks (None when no step ran).
+        peak_memory_bytes: Peak device (or host) memory of the largest rank.
+        checkpoints: ``{"best": ..., "last": ...}`` as far as written.
+        metrics_path: The run's ``metrics.jsonl`` on the worker's filesystem.
+        history: Every per-epoch figure of the run so far (earlier chunks included), by value.
+        world_size / n_params / precision: How it ran; ``launcher`` names the launch environment.
+        resumed_from_epoch: First epoch of this chunk when it continued a checkpoint.
+        initialised_from: The ``init_from`` checkpoint whose weights started a fresh run.
+        head_groups: ``{head_id: [ranks]}`` with multi-task parallelism.
+    """
+
+    status: Literal["ok"] = "ok"
+    completed: bool
+    stop_reason: StopReason
+    objective: float | None
+    best_val_loss: float | None
+    best_epoch: int
+    best_val_metrics: dict[str, dict[str, float]]
+    last_epoch: int
+    epochs_this_chunk: int
+    steps: int
+    wall_time_s: float
+    train_graphs_per_s: float | None
+    peak_memory_bytes: int | None
+    checkpoints: dict[Literal["best", "last"], CheckpointRef]
+    metrics_path: str
+    history: list[MetricRow] = Field(default_factory=list)
+    world_size: int
+    n_params: int
+    resumed_from_epoch: int | None
+    initialised_from: str | None
+    precision: Literal["fp64", "fp32", "bf16"]
+    head_groups: dict[str, list[int]] | None
+    launcher: str = "single"
+
+
+def read_result(raw: Any, where: str) -> TrainResult:
+    """A finished task's result as :class:`TrainResult` (:class:`BadInput` naming ``where`` if it is not one)."""
+    return validate(TrainResult, raw, where)
