@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.appio import BadInput
+from models.contracts.finetune import GENERATED_KINDS
 from models.contracts.hyperparams import FAMILIES, parse_hyperparameters, searchable
 
 #: Training hyperparameters: optimizer (lr, weight_decay), schedule (warmup_steps) and loop settings.
@@ -455,8 +456,8 @@ class ScreenSpec(_Strict):
         return self
 
 
-#: Downstream data the fine-tune app generates and labels itself (models/finetune.py, DOWNSTREAM_KINDS).
-FINETUNE_GENERATED: tuple[str, ...] = ("xtb-molecules", "emt-alloys")
+#: Downstream data the fine-tune app generates and labels itself.
+FINETUNE_GENERATED: tuple[str, ...] = GENERATED_KINDS
 
 
 class FinetuneTask(_Strict):

@@ -37,15 +37,22 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models import checkpoint
 from models.appio import BadInput, main_for, write_json_atomic
-from models.contracts.train import OptimizerConfig, SchedulerConfig
+from models.contracts.finetune import (
+    TARGET_UNITS,
+    DownstreamData,
+    DownstreamSummary,
+    FinetuneConfig,
+    FinetuneResult,
+    PrepareResult,
+    parse_config,
+)
 from models.distributed import GradSync, init, shutdown
 from models.inference import load_model
 from models.launch import detect
@@ -59,75 +66,8 @@ from models.training.schedule import Schedule
 HARTREE_EV = 27.211386245988
 BOHR_ANGSTROM = 0.529177210903
 E_BOHR_DEBYE = 2.541746473
-#: Downstream datasets the app generates itself.
-DOWNSTREAM_KINDS = ("xtb-molecules", "emt-alloys", "files")
-#: Unit of each target (stored in the energy field).
-TARGET_UNITS = {"energy": "eV", "gap": "eV", "dipole": "D"}
 #: Index offset of the downstream molecules: disjoint from the demo pre-training set's indices.
 MOLECULE_OFFSET = 1_000_000
-
-
-class DownstreamData(BaseModel):
-    """A small downstream dataset the app builds (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["xtb-molecules", "emt-alloys", "files"]
-    target: Literal["energy", "gap", "dipole"] = "energy"
-    count: int = Field(100, ge=3)
-    seed: int = 0
-    elements: list[str] = Field(default_factory=lambda: ["Ni", "Al", "Cu"])
-    files: list[str] = Field(default_factory=list)
-    cutoff: float = Field(5.0, gt=0)
-    max_neighbours: int | None = Field(32, ge=1)
-    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
-
-
-class FinetuneConfig(BaseModel):
-    """``python -m models.finetune`` config (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-    prepare: DownstreamData | None = None
-    prepare_only: bool = False
-    checkpoint: str | None = None
-    data_root: str
-    dataset: str
-    head: int | None = Field(None, ge=0)
-    init_from_head: int | None = None
-    freeze_encoder: bool = False
-    from_scratch: bool = False
-    model: dict[str, Any] | None = None
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(8, ge=1)
-    optimizer: OptimizerConfig = OptimizerConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
-    precision: Literal["fp64", "fp32", "bf16"] = "fp32"
-    force_weight: float = Field(10.0, ge=0)
-    energy_loss: str = "mse"
-    patience: int = Field(10, ge=0)
-    grad_clip: float = Field(10.0, ge=0)
-    output_dir: str
-    seed: int = 0
-
-
-def parse_config(raw: dict[str, Any], path: Path | str) -> FinetuneConfig:
-    """Validate ``raw``; errors name the file and the field."""
-    try:
-        cfg = FinetuneConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise BadInput(f"{path}: field '{field}': {err['msg']}") from None
-    if cfg.prepare_only:
-        if cfg.prepare is None:
-            raise BadInput(f"{path}: field 'prepare': required with prepare_only")
-        if cfg.head is None:
-            raise BadInput(f"{path}: field 'head': required with prepare (the new head's id)")
-        return cfg
-    if cfg.checkpoint is None and not (cfg.from_scratch and cfg.model is not None):
-        raise BadInput(f"{path}: field 'checkpoint': required (or from_scratch with 'model')")
-    if cfg.from_scratch and cfg.freeze_encoder:
-        raise BadInput(f"{path}: field 'freeze_encoder': a from-scratch baseline cannot freeze its encoder")
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------- downstream data
@@ -241,13 +181,12 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
         try:
-            old = json.loads(summary_path.read_text())
-        except ValueError:
-            old = {}
-        files_ok = all(Path(f["path"]).is_file() and Path(f["path"]).stat().st_size == f["bytes"]
-                       for f in old.get("output_files", []))
-        if old.get("content_hash") == chash and files_ok:
-            return {**old, "skipped": True}
+            old = DownstreamSummary.model_validate_json(summary_path.read_text())
+        except ValueError:  # unreadable, or written by a version with another summary: rebuilt
+            old = None
+        if old is not None and old.content_hash == chash and all(
+                Path(f.path).is_file() and Path(f.path).stat().st_size == f.bytes for f in old.output_files):
+            return {**old.model_dump(mode="json"), "skipped": True}
     try:
         fractions = check_fractions(data.split)
     except (ValueError, AttributeError) as exc:
@@ -342,7 +281,8 @@ def _prepare_model(cfg: FinetuneConfig, head: int, config_path: Path | str) -> t
 
 
 def finetune(cfg: FinetuneConfig, config_path: Path | str = "<config>") -> dict[str, Any]:
-    """Fine-tune as configured; returns the result dict.
+    """Fine-tune as configured; returns the result (:class:`models.contracts.finetune.FinetuneResult`, or
+    :class:`~models.contracts.finetune.PrepareResult` with ``prepare_only``).
 
     Raises:
         BadInput: unusable config, checkpoint or data.
@@ -358,14 +298,14 @@ def finetune(cfg: FinetuneConfig, config_path: Path | str = "<config>") -> dict[
         except BadInput as exc:
             raise BadInput(f"{config_path}: {exc}") from None
         if cfg.prepare_only:
-            return {"prepared": prepared, "wall_time_s": time.perf_counter() - t0}
+            return PrepareResult.model_validate({"prepared": prepared, "wall_time_s": time.perf_counter() - t0}
+                                                ).model_dump(mode="json")
     denv = detect()
     device = init(denv)
     try:
         result = _finetune(cfg, config_path, denv.rank, denv.world_size, device, t0)
-        if prepared is not None:
-            result["prepared"] = prepared
-        return result
+        # validated against the contract the campaign reads it with (a drift fails here, named)
+        return FinetuneResult.model_validate({**result, "prepared": prepared}).model_dump(mode="json")
     finally:
         shutdown()
 

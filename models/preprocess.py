@@ -44,7 +44,9 @@ import numpy as np
 
 from models.appio import BadInput, main_for, replace_dir, write_json_atomic, write_refused
 from models.atomic_files import sha256_file
-from models.data.filters import REASONS, FilterConfig, distance_reason, force_reason, label_reason
+from models.contracts import validate
+from models.contracts.preprocess import Filters, MergeConfig, PreprocessConfig, PreprocessSummary
+from models.data.filters import REASONS, distance_reason, force_reason, label_reason
 from models.data.graphs import radius_graph_pbc
 from models.data.merge import (
     PER_PART_FIELDS,
@@ -54,22 +56,12 @@ from models.data.merge import (
     part_output_files,
 )
 from models.data.readers import READER_NAMES, get_reader
-from models.data.reference import composition_factor, fit_reference_energies, reference_sum
+from models.data.reference import composition_factor, energy_stats, fit_reference_energies, reference_sum
 from models.data.split import SPLITS, assign_split, check_fractions, structure_id
 from models.data.store import INDEX_NAME, SCHEMA_VERSION, pack_graphs, write_split
 from models.registry import load_registry
 
 SUMMARY_NAME = "summary.json"
-DEFAULTS: dict[str, Any] = {
-    "cutoff": 5.0,
-    "max_neighbours": 32,
-    "split": {"train": 0.8, "val": 0.1, "test": 0.1},
-    "seed": 0,
-    "filters": {"max_force": 50.0, "min_distance": 0.5, "deduplicate": True},
-    "ridge": 1e-8,
-    "shard_size": 100_000,
-    "part": None,
-}
 
 
 def _resolve(p: str, base: Path) -> Path:
@@ -77,88 +69,46 @@ def _resolve(p: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def normalise_config(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
-    """Fill defaults, resolve paths and validate; raise :class:`BadInput` naming the config and field."""
+def normalise_config(raw: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    """Validate against :class:`models.contracts.preprocess.PreprocessConfig`, fill defaults (the registry's
+    reader and its options), resolve paths against the config's directory and check the inputs exist.
+
+    Returns:
+        The normalised config as JSON (what the content hash covers).
+
+    Raises:
+        BadInput: naming the config file and the field.
+    """
     where = str(cfg_path)
     base = cfg_path.parent
-    known = {"output_dir", "datasets", *DEFAULTS}
-    extra = set(cfg) - known
-    if extra:
-        raise BadInput(f"{where}: unknown field(s) {sorted(extra)}")
-    if "output_dir" not in cfg:
-        raise BadInput(f"{where}: missing field 'output_dir'")
-    out = {**DEFAULTS, **cfg}
-    out["output_dir"] = str(_resolve(str(cfg["output_dir"]), base))
-    out["filters"] = {**DEFAULTS["filters"], **cfg.get("filters", {})}
+    cfg = validate(PreprocessConfig, raw, where)
     try:
-        FilterConfig(**out["filters"])
-    except TypeError as exc:
-        raise BadInput(f"{where}: field 'filters': {exc}") from exc
-    try:
-        out["split"] = check_fractions(out["split"])
-    except (ValueError, AttributeError) as exc:
+        split = check_fractions(cfg.split)
+    except ValueError as exc:
         raise BadInput(f"{where}: field 'split': {exc}") from exc
-    for key, typ in (("cutoff", (int, float)), ("max_neighbours", (int, type(None))), ("seed", int)):
-        if not isinstance(out[key], typ) or isinstance(out[key], bool):
-            raise BadInput(f"{where}: field {key!r} has the wrong type ({out[key]!r})")
-    if out["cutoff"] <= 0:
-        raise BadInput(f"{where}: field 'cutoff' must be > 0")
-    out["part"] = _check_part(out["part"], where)
-    mind = out["filters"]["min_distance"]
-    if mind is not None and mind >= out["cutoff"]:
-        raise BadInput(f"{where}: field 'filters.min_distance' must be below 'cutoff'")
-    datasets = cfg.get("datasets")
-    if not isinstance(datasets, list) or not datasets:
-        raise BadInput(f"{where}: field 'datasets' must be a non-empty list")
     registry = load_registry()
-    norm = []
-    for k, d in enumerate(datasets):
+    datasets = []
+    for k, d in enumerate(cfg.datasets):
         field = f"datasets[{k}]"
-        if not isinstance(d, dict) or "name" not in d:
-            raise BadInput(f"{where}: field {field}: expected an object with 'name' and 'inputs'")
         try:
-            info = registry.get(d["name"])
+            info = registry.get(d.name)
         except KeyError as exc:
             raise BadInput(f"{where}: field {field}.name: {exc.args[0]}") from exc
-        reader = d.get("reader", info.reader)
+        reader = d.reader or info.reader
         if reader not in READER_NAMES:
             raise BadInput(
                 f"{where}: field {field}.reader: {reader!r} is not a reader ({', '.join(READER_NAMES)});"
                 f" registry notes for {info.name}: {info.notes or '-'}"
             )
-        inputs = d.get("inputs")
-        if not isinstance(inputs, list) or not inputs:
-            raise BadInput(f"{where}: field {field}.inputs must be a non-empty list of files")
-        paths = [_resolve(str(p), base) for p in inputs]
+        paths = [_resolve(p, base) for p in d.inputs]
         for p in paths:
             if not p.exists():
                 raise BadInput(f"{where}: field {field}.inputs: {p} does not exist")
-        norm.append(
-            {
-                "name": info.name,
-                "inputs": [str(p) for p in paths],
-                "reader": reader,
-                "reader_options": {**info.reader_options, **d.get("reader_options", {})},
-            }
-        )
-    names = [d["name"] for d in norm]
-    if len(set(names)) != len(names):
-        raise BadInput(f"{where}: field 'datasets' names a dataset twice")
-    out["datasets"] = norm
+        datasets.append({"name": info.name, "inputs": [str(p) for p in paths], "reader": reader,
+                         "reader_options": {**info.reader_options, **d.reader_options}})
+    out = cfg.model_dump(mode="json")
+    out.update(output_dir=str(_resolve(cfg.output_dir, base)), split=split, datasets=datasets)
     return out
-
-
-def _check_part(part: Any, where: str) -> dict[str, int] | None:
-    """Validate the ``part`` field: ``{"index": k, "count": n}`` with ``0 <= k < n``, or None."""
-    if part is None:
-        return None
-    ok = isinstance(part, dict) and set(part) == {"index", "count"}
-    ok = ok and all(isinstance(part[k], int) and not isinstance(part[k], bool) for k in ("index", "count"))
-    if not ok or not 0 <= part["index"] < part["count"]:
-        raise BadInput(
-            f"{where}: field 'part': expected {{'index': k, 'count': n}} with 0 <= k < n, got {part!r}"
-        )
-    return {"index": part["index"], "count": part["count"]}
 
 
 def in_part(sid: int, part: dict[str, int] | None) -> bool:
@@ -176,29 +126,10 @@ def content_hash(cfg: dict[str, Any], input_hashes: dict[str, str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _outputs_intact(summary: dict[str, Any], out_dir: Path) -> bool:
-    for entry in summary.get("output_files", []):
-        p = out_dir / entry["path"]
-        if not p.is_file() or p.stat().st_size != entry["bytes"]:
-            return False
-    return True
-
-
-def _stats(values: np.ndarray) -> dict[str, float]:
-    if values.size == 0:
-        return {}
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
-
-
 def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Read, filter, graph, split, normalise and write one dataset; return its summary."""
     info = load_registry().get(d["name"])
-    fcfg = FilterConfig(**cfg["filters"])
+    fcfg = Filters.model_validate(cfg["filters"])
     reader = get_reader(d["reader"])
     filtered: Counter[str] = Counter()
     seen: set[int] = set()
@@ -286,8 +217,8 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
         "elements": sorted({int(z) for r in records for z in np.unique(r["z"])}),
         "atoms": int(natoms.sum()),
         "edges": int(sum(r["edge_index"].shape[1] for r in records)),
-        "energy": _stats(energy),
-        "energy_per_atom_after_reference": _stats(resid),
+        "energy": energy_stats(energy),
+        "energy_per_atom_after_reference": energy_stats(resid),
         "reference_energies": meta["reference_energies"],
         "with_forces": int(sum(r["forces"] is not None for r in records)),
         "with_stress": int(sum(r["stress"] is not None for r in records)),
@@ -299,16 +230,20 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
 
 
 def _saved_if_current(out_dir: Path, chash: str) -> dict[str, Any] | None:
-    """The saved summary marked ``skipped`` when it has content hash ``chash`` and intact outputs, else None."""
+    """The saved summary marked ``skipped`` when it has content hash ``chash`` and intact outputs, else None
+    (also when it is unreadable or not a :class:`PreprocessSummary`: the run rebuilds it)."""
     summary_path = out_dir / SUMMARY_NAME
-    if summary_path.is_file():
-        try:
-            old = json.loads(summary_path.read_text())
-        except ValueError:
-            old = {}
-        if old.get("content_hash") == chash and _outputs_intact(old, out_dir):
-            return {**old, "skipped": True}
-    return None
+    if not summary_path.is_file():
+        return None
+    try:
+        old = PreprocessSummary.model_validate_json(summary_path.read_text())
+    except ValueError:
+        return None
+    intact = all((out_dir / f.path).is_file() and (out_dir / f.path).stat().st_size == f.bytes
+                 for f in old.output_files)
+    if old.content_hash != chash or not intact:
+        return None
+    return {**old.model_dump(mode="json", exclude_none=True), "skipped": True}
 
 
 def _make_staging(out_dir: Path, cfg_path: Path) -> Path:
@@ -327,11 +262,14 @@ def _refused(exc: OSError | RuntimeError, cfg_path: Path) -> BadInput:
     return BadInput(f"{cfg_path}: field 'output_dir': {refused}")
 
 
-def _write_summary(out_dir: Path, summary: dict[str, Any], cfg_path: Path) -> None:
+def _write_summary(out_dir: Path, summary: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    """Save the run's summary (checked against :class:`PreprocessSummary`) and return it as the result."""
+    checked = PreprocessSummary.model_validate(summary).model_dump(mode="json", exclude_none=True)
     try:
-        write_json_atomic(out_dir / SUMMARY_NAME, summary)
+        write_json_atomic(out_dir / SUMMARY_NAME, checked)
     except OSError as exc:
         raise _refused(exc, cfg_path) from exc
+    return checked
 
 
 def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
@@ -376,31 +314,17 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 3),
         "skipped": False,
     }
-    _write_summary(out_dir, summary, cfg_path)
-    return summary
+    return _write_summary(out_dir, summary, cfg_path)
 
 
 def run_merge(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     """Merge mode (``"parts"`` in the config): see :mod:`models.data.merge`. Returns the summary dict."""
     where = str(cfg_path)
-    extra = set(cfg) - {"output_dir", "parts", "ridge"}
-    if extra:
-        raise BadInput(f"{where}: unknown field(s) {sorted(extra)} (a merge takes output_dir, parts, ridge)")
-    if "output_dir" not in cfg:
-        raise BadInput(f"{where}: missing field 'output_dir'")
-    parts_field = cfg["parts"]
-    if (
-        not isinstance(parts_field, list)
-        or not parts_field
-        or not all(isinstance(p, str) for p in parts_field)
-    ):
-        raise BadInput(f"{where}: field 'parts' must be a non-empty list of part output directories")
-    ridge = cfg.get("ridge", DEFAULTS["ridge"])
-    if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or ridge < 0:
-        raise BadInput(f"{where}: field 'ridge' must be a non-negative number, got {ridge!r}")
+    merge = validate(MergeConfig, cfg, where)
+    ridge = merge.ridge
     base = cfg_path.parent
-    out_dir = _resolve(str(cfg["output_dir"]), base)
-    parts = load_parts([_resolve(p, base) for p in parts_field], where)
+    out_dir = _resolve(merge.output_dir, base)
+    parts = load_parts([_resolve(p, base) for p in merge.parts], where)
     chash = merge_content_hash(parts, float(ridge))
     saved = _saved_if_current(out_dir, chash)
     if saved is not None:
@@ -440,8 +364,7 @@ def run_merge(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 3),
         "skipped": False,
     }
-    _write_summary(out_dir, summary, cfg_path)
-    return summary
+    return _write_summary(out_dir, summary, cfg_path)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from campaign.stages.base import PlannedTask, StageContext
+from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
 from campaign.stages.screen import ModelCheckpoint, resolve_models
 from campaign.tasks import TaskResult, TaskSpec, TaskState
+from models.contracts.finetune import (
+    TARGET_UNITS,
+    FinetuneConfig,
+    FinetuneResult,
+    PrepareResult,
+    read_prepare_result,
+    read_result,
+)
 
 _FIDELITY = {"xtb-molecules": "xtb", "emt-alloys": "emt", "files": "downstream"}
 
@@ -55,10 +63,12 @@ class FinetuneStage:
                 "cutoff": float(self.parent.config.get("cutoff", 5.0)),
                 "max_neighbours": (self.recipe.stages.preprocess.max_neighbours
                                    if self.recipe.stages.preprocess is not None else 32)}
-        cfg = {"prepare": prep, "prepare_only": True, "data_root": str(root), "dataset": t.name,
-               "head": self.spec.head_of(pos), "output_dir": str(root)}
+        cfg = app_config(FinetuneConfig, {"prepare": prep, "prepare_only": True, "data_root": str(root),
+                                          "dataset": t.name, "head": self.spec.head_of(pos), "output_dir": str(root)},
+                         f"stages.finetune.tasks[{pos}]")
         return PlannedTask(f"finetune/{t.name}/data",
-                           TaskSpec(kind="generate", app="models.finetune", config=cfg, workdir=str(root)))
+                           TaskSpec(kind="generate", app="models.finetune", config=app_task_config(cfg),
+                                    workdir=str(root)))
 
     def _train_tasks(self, ctx: StageContext, pos: int) -> list[PlannedTask]:
         t = self.spec.tasks[pos]
@@ -68,14 +78,15 @@ class FinetuneStage:
         variants = [("pretrained", False)] + ([("scratch", True)] if t.scratch else [])
         for variant, scratch in variants:
             workdir = ctx.task_dir("finetune", t.name, variant)
-            cfg = {"checkpoint": self.parent.path, "data_root": data_root, "dataset": t.name,
-                   "head": self.spec.head_of(pos), "from_scratch": scratch,
-                   "freeze_encoder": t.freeze_encoder and not scratch, "epochs": t.epochs,
-                   "batch_size": t.batch_size, "optimizer": {"lr": t.lr}, "precision": self.spec.precision,
-                   "patience": t.patience, "output_dir": str(workdir), "seed": t.seed,
-                   "force_weight": 10.0 if t.target == "energy" else 0.0}
+            cfg = app_config(FinetuneConfig, {
+                "checkpoint": self.parent.path, "data_root": data_root, "dataset": t.name,
+                "head": self.spec.head_of(pos), "from_scratch": scratch,
+                "freeze_encoder": t.freeze_encoder and not scratch, "epochs": t.epochs,
+                "batch_size": t.batch_size, "optimizer": {"lr": t.lr}, "precision": self.spec.precision,
+                "patience": t.patience, "output_dir": str(workdir), "seed": t.seed,
+                "force_weight": 10.0 if t.target == "energy" else 0.0}, f"stages.finetune.tasks[{pos}]")
             out.append(PlannedTask(f"finetune/{t.name}/{variant}",
-                                   TaskSpec(kind="finetune", app="models.finetune", config=cfg,
+                                   TaskSpec(kind="finetune", app="models.finetune", config=app_task_config(cfg),
                                             workdir=str(workdir))))
         return out
 
@@ -96,10 +107,10 @@ class FinetuneStage:
     def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
         """Record a dataset (then plan its two trainings) or a trained model."""
         if task.kind == "generate":
-            self._record_dataset(ctx, task, result.result or {})
+            self._record_dataset(ctx, task, read_prepare_result(task.result, _where(task)))
             pos = self._position(task.spec["config"]["dataset"])
             return self._train_tasks(ctx, pos)
-        self._record_model(ctx, task, result.result or {})
+        self._record_model(ctx, task, read_result(task.result, _where(task)))
         return []
 
     def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
@@ -109,18 +120,15 @@ class FinetuneStage:
     def _position(self, name: str) -> int:
         return [t.name for t in self.spec.tasks].index(name)
 
-    def _record_dataset(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> int:
-        prep = res.get("prepared") or {}
-        cfg = task.spec["config"]
-        kind = cfg["prepare"]["kind"]
+    def _record_dataset(self, ctx: StageContext, task: Any, res: PrepareResult) -> int:
+        prep = res.prepared
         row = ctx.ledger.add_dataset(
-            name=prep.get("dataset", cfg["dataset"]), head_id=int(prep.get("head_id", cfg["head"])),
-            fidelity=_FIDELITY.get(kind, kind), level_of_theory=prep.get("level_of_theory") or None,
-            units={"energy": prep.get("unit", "eV"), "target": prep.get("target")},
-            counts=prep.get("counts", {}), elements=prep.get("elements", []), store_path=cfg["data_root"],
-            content_hash=prep["content_hash"], task_id=task.id,
-            summary={k: prep.get(k) for k in ("kind", "target", "unit", "target_stats", "reference_energies",
-                                              "with_forces")},
+            name=prep.dataset, head_id=prep.head_id, fidelity=_FIDELITY.get(prep.kind, prep.kind),
+            level_of_theory=prep.level_of_theory or None, units={"energy": prep.unit, "target": prep.target},
+            counts=prep.counts, elements=prep.elements, store_path=task.spec["config"]["data_root"],
+            content_hash=prep.content_hash, task_id=task.id,
+            summary=prep.model_dump(mode="json", include={"kind", "target", "unit", "target_stats",
+                                                          "reference_energies", "with_forces"}),
         )
         ctx.ledger.link("output_of", ("dataset", row.id), ("task", task.id), ctx.campaign_id)
         return int(row.id)
@@ -130,7 +138,7 @@ class FinetuneStage:
         found = ctx.ledger.datasets_of_task(data_task.id)
         return found[0].id if found else None
 
-    def _record_model(self, ctx: StageContext, task: Any, res: dict[str, Any]) -> int:
+    def _record_model(self, ctx: StageContext, task: Any, res: FinetuneResult) -> int:
         led = ctx.ledger
         cfg = task.spec["config"]
         scratch = bool(cfg.get("from_scratch"))
@@ -139,15 +147,15 @@ class FinetuneStage:
         t = self.spec.tasks[self._position(name)]
         parent = self.parent
         assert parent is not None
-        ck = res.get("checkpoint") or {}
-        art = led.add_artifact(ck["path"], "checkpoint", task_id=task.id, sha256=ck.get("sha256") or None)
+        art = led.add_artifact(res.checkpoint.path, "checkpoint", task_id=task.id,
+                               sha256=res.checkpoint.sha256 or None)
         led.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
         dataset_id = self._dataset_id(ctx, name)
-        metrics = {k: res.get(k) for k in ("test_target_mae", "test_metrics", "test_loss", "objective",
-                                           "best_epoch", "epochs_run", "trainable_parameters", "wall_time_s",
-                                           "test_graphs", "train_graphs")}
-        metrics.update({"task": name, "target": t.target, "unit": {"energy": "eV", "gap": "eV", "dipole": "D"}[
-            t.target], "dataset_id": dataset_id, "pretrained_model_id": parent.model_id})
+        metrics = res.model_dump(mode="json", include={
+            "test_target_mae", "test_metrics", "test_loss", "objective", "best_epoch", "epochs_run",
+            "trainable_parameters", "wall_time_s", "test_graphs", "train_graphs"})
+        metrics.update({"task": name, "target": t.target, "unit": TARGET_UNITS[t.target], "dataset_id": dataset_id,
+                        "pretrained_model_id": parent.model_id})
         hyper = {**parent.config, "finetune": {"head": cfg["head"], "freeze_encoder": cfg["freeze_encoder"],
                                                "from_scratch": scratch, "epochs": cfg["epochs"],
                                                "lr": cfg["optimizer"]["lr"], "batch_size": cfg["batch_size"]}}
@@ -164,8 +172,8 @@ class FinetuneStage:
             led.link("finetuned_from", ("model", model_id), ("model", parent.model_id), ctx.campaign_id)
             led.link("input_of", ("model", parent.model_id), ("task", task.id), ctx.campaign_id)
         if fresh:
-            led.add_metrics(task.id, [{**r, "head": "all" if r.get("head") is None else r["head"]}
-                                      for r in res.get("history", [])])
+            led.add_metrics(task.id, [{**r.model_dump(), "head": "all" if r.head is None else r.head}
+                                      for r in res.history])
         return model_id
 
     def finish(self, ctx: StageContext) -> str:
@@ -181,18 +189,23 @@ class FinetuneStage:
             entry: dict[str, Any] = {"target": spec_task.target, "finetuned": None, "scratch": None}
             data_task = tasks[f"finetune/{spec_task.name}/data"]
             if self._dataset_id(ctx, spec_task.name) is None:  # a result recorded before a crash
-                self._record_dataset(ctx, data_task, data_task.result or {})
+                self._record_dataset(ctx, data_task, read_prepare_result(data_task.result, _where(data_task)))
             for k in keys:
                 task = tasks[k]
+                res = read_result(task.result, _where(task))
                 have = ctx.ledger.models(task_id=task.id)
-                mid = have[0].id if have else self._record_model(ctx, task, task.result or {})
+                mid = have[0].id if have else self._record_model(ctx, task, res)
                 variant = "scratch" if k.endswith("/scratch") else "finetuned"
                 entry[variant] = int(mid)
-                entry[f"{variant}_mae"] = (task.result or {}).get("test_target_mae")
-            entry["unit"] = {"energy": "eV", "gap": "eV", "dipole": "D"}[spec_task.target]
+                entry[f"{variant}_mae"] = res.test_target_mae
+            entry["unit"] = TARGET_UNITS[spec_task.target]
             a, b = entry.get("finetuned_mae"), entry.get("scratch_mae")
             entry["mae_ratio"] = (b / a if isinstance(a, float) and isinstance(b, float) and a > 0
                                   and math.isfinite(b) else None)
             summary[spec_task.name] = entry
         ctx.shared["finetune"] = summary
         return "done"
+
+
+def _where(task: Any) -> str:
+    return f"result of task {task.id} ({task.key})"

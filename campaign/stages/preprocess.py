@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from campaign.stages.base import PlannedTask, StageContext, shard_ranges
+from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config, shard_ranges
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+from models.contracts.preprocess import MergeConfig, PreprocessConfig, PreprocessSummary, read_result
 
 
 class PreprocessStage:
@@ -47,18 +48,19 @@ class PreprocessStage:
                                    TaskSpec(kind="generate", app="models.demo", config=cfg, workdir=str(workdir))))
         return out
 
-    def _prep_config(self, ctx: StageContext, ds: Any, inputs: list[str]) -> dict[str, Any]:
+    def _prep_config(self, ds: Any, inputs: list[str], output_dir: Path,
+                     part: dict[str, int] | None = None) -> PreprocessConfig:
         p = self.spec
-        return {
-            "output_dir": str(ctx.task_dir("graphs", ds.name)),
-            "datasets": [{"name": ds.name, "inputs": inputs, **({"reader": ds.reader} if ds.reader else {})}],
+        return app_config(PreprocessConfig, {
+            "output_dir": str(output_dir),
+            "datasets": [{"name": ds.name, "inputs": inputs, "reader": ds.reader}],
             "cutoff": p.cutoff, "max_neighbours": p.max_neighbours, "seed": p.seed,
             "split": dict(zip(("train", "val", "test"), p.split, strict=True)),
-            "filters": {"max_force": p.max_force, "min_distance": p.min_distance},
-        }  # fmt: skip
+            "filters": {"max_force": p.max_force, "min_distance": p.min_distance}, "part": part,
+        }, f"stages.preprocess (dataset {ds.name!r})")  # fmt: skip
 
-    def _task(self, key: str, cfg: dict[str, Any], workdir: Path) -> PlannedTask:
-        return PlannedTask(key, TaskSpec(kind="preprocess", app="models.preprocess", config=cfg,
+    def _task(self, key: str, cfg: PreprocessConfig | MergeConfig, workdir: Path) -> PlannedTask:
+        return PlannedTask(key, TaskSpec(kind="preprocess", app="models.preprocess", config=app_task_config(cfg),
                                          workdir=str(workdir), resources=ResourceRequest()))  # fmt: skip
 
     def _part_tasks(self, ctx: StageContext, ds: Any, inputs: list[str]) -> list[PlannedTask]:
@@ -66,9 +68,8 @@ class PreprocessStage:
         n = ds.preprocess_shards
         out = []
         for k in range(n):
-            cfg = self._prep_config(ctx, ds, inputs)
-            cfg["output_dir"] = str(ctx.task_dir("graphs", ds.name, "parts", f"{k:05d}-of-{n:05d}"))
-            cfg["part"] = {"index": k, "count": n}
+            cfg = self._prep_config(ds, inputs, ctx.task_dir("graphs", ds.name, "parts", f"{k:05d}-of-{n:05d}"),
+                                    part={"index": k, "count": n})
             out.append(self._task(f"preprocess/{ds.name}/part-{k:05d}", cfg,
                                   ctx.task_dir("preprocess", ds.name, f"part-{k:05d}")))  # fmt: skip
         return out
@@ -77,13 +78,15 @@ class PreprocessStage:
         """One task for the dataset, or its part tasks and, once they are all ``done``, the merge task."""
         key = f"preprocess/{ds.name}"
         if ds.preprocess_shards == 1:
-            return [self._task(key, self._prep_config(ctx, ds, inputs), ctx.task_dir("preprocess", ds.name))]
+            cfg = self._prep_config(ds, inputs, ctx.task_dir("graphs", ds.name))
+            return [self._task(key, cfg, ctx.task_dir("preprocess", ds.name))]
         parts = self._part_tasks(ctx, ds, inputs)
         if not all(t.key in done for t in parts):
             return parts
-        cfg = {"output_dir": str(ctx.task_dir("graphs", ds.name)),
-               "parts": [t.spec.config["output_dir"] for t in parts]}  # fmt: skip
-        return [*parts, self._task(key, cfg, ctx.task_dir("preprocess", ds.name, "merge"))]
+        merge = app_config(MergeConfig, {"output_dir": str(ctx.task_dir("graphs", ds.name)),
+                                         "parts": [t.spec.config["output_dir"] for t in parts]},
+                           f"stages.preprocess (dataset {ds.name!r})")  # fmt: skip
+        return [*parts, self._task(key, merge, ctx.task_dir("preprocess", ds.name, "merge"))]
 
     def _ready_preprocess(self, ctx: StageContext) -> list[PlannedTask]:
         tasks = {t.key: t for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id)}
@@ -115,7 +118,7 @@ class PreprocessStage:
             return self._ready_preprocess(ctx)
         if "part" in task.spec["config"]:  # one part of a sharded dataset: the merge records the dataset
             return self._ready_preprocess(ctx)
-        self._record_preprocess(ctx, task, result.result or {})
+        self._record_preprocess(ctx, task, read_result(task.result, f"result of task {task.id} ({task.key})"))
         return []
 
     def on_failed(self, ctx: StageContext, task: Any, result: TaskResult | None) -> list[PlannedTask]:
@@ -123,24 +126,24 @@ class PreprocessStage:
         return []
 
     # --------------------------------------------------------------------------------------- recording
-    def _record_preprocess(self, ctx: StageContext, task: Any, summary: dict[str, Any]) -> None:
+    def _record_preprocess(self, ctx: StageContext, task: Any, summary: PreprocessSummary) -> None:
         led = ctx.ledger
-        out_dir = Path(summary["output_dir"])
+        out_dir = Path(summary.output_dir)
         raw_ids = []
-        for f in summary.get("input_files", []):
-            art = led.add_artifact(f["path"], "raw-structures", sha256=f["sha256"])
+        for f in summary.input_files:
+            art = led.add_artifact(f.path, "raw-structures", sha256=f.sha256)
             led.link("input_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
             raw_ids.append(art.id)
-        for f in summary.get("output_files", []):
-            art = led.add_artifact(out_dir / f["path"], "graph-store", task_id=task.id, sha256=f["sha256"])
+        for f in summary.output_files:
+            art = led.add_artifact(out_dir / f.path, "graph-store", task_id=task.id, sha256=f.sha256)
             led.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
-        for name, d in summary.get("datasets", {}).items():
+        for name, d in summary.datasets.items():
             info = self.registry.get(name)
             row = led.add_dataset(
                 name=name, head_id=info.head_id, fidelity=info.fidelity, level_of_theory=info.level_of_theory,
-                units=dict(info.units), counts=d.get("counts", {}), elements=d.get("elements", []),
-                store_path=str(out_dir), content_hash=summary["content_hash"], task_id=task.id,
-                summary={k: v for k, v in d.items() if k not in ("counts", "elements")},
+                units=dict(info.units), counts=d.counts, elements=d.elements,
+                store_path=str(out_dir), content_hash=summary.content_hash, task_id=task.id,
+                summary=d.model_dump(mode="json", exclude={"counts", "elements"}, exclude_none=True),
             )
             led.link("output_of", ("dataset", row.id), ("task", task.id), ctx.campaign_id)
             for rid in raw_ids:

@@ -25,6 +25,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class OutputFile(Strict):
+    """A file an app wrote, with its sha256 (hex) and size in bytes."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
 def reason(err: Mapping[str, Any]) -> str:
     """Pydantic's reason for one error, worded for a person (an extra field reads as an unknown one)."""
     if err["type"] == "extra_forbidden":
@@ -32,10 +40,18 @@ def reason(err: Mapping[str, Any]) -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
 
+def field_name(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """A pydantic error location as a person writes it: ``datasets[0].name``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
 def error_text(exc: ValidationError, where: str) -> str:
     """One line naming ``where`` (a file or a config's name), the first bad field and the reason."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    field = field_name(err["loc"])
     msg = reason(err)
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{where}: field '{field}': {msg}{more}"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from models.appio import BadInput
-from models.contracts import Strict, reason
+from models.contracts import Strict, field_name, reason
 
 #: The six message-passing families, in the order the seed work's HPO campaigns list them.
 FAMILIES: tuple[str, ...] = ("painn", "schnet", "egnn", "dimenet++", "mace", "pna")
@@ -201,8 +201,8 @@ def parse_hyperparameters(raw: Any, where: str = "model config") -> ModelHyperpa
         return _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"]][1:]  # the first is the union's tag: the family, named once below
-        field = f"field '{'.'.join(loc)}'" if loc else f"family {family!r}"
+        loc = list(err["loc"])[1:]  # the first is the union's tag: the family, named once below
+        field = f"field '{field_name(loc)}'" if loc else f"family {family!r}"
         why = reason(err)
         if err["type"] == "extra_forbidden" and len(loc) == 1:
             why = f"unknown field for family {family!r}; known: {', '.join(sorted(FAMILY_SCHEMAS[family].model_fields))}"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from models.contracts import Strict, validate
+from models.contracts import OutputFile, Strict, validate
 
 
 class ModelRef(Strict):
@@ -98,14 +98,6 @@ class ScreenConfig(Strict):
 def parse_config(raw: dict[str, Any], path: Path | str) -> ScreenConfig:
     """Validate ``raw``; the error names the file and the field."""
     return validate(ScreenConfig, raw, path)
-
-
-class OutputFile(Strict):
-    """One file of the shard's ADIOS2 output, with its sha256 (hex) and size."""
-
-    path: str
-    sha256: str
-    bytes: int
 
 
 class ScreenOutput(Strict):

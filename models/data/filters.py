@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from models.contracts.preprocess import Filters
 from models.data.structure import Structure
 
 REASONS = ("unlabelled", "nonfinite", "max_force", "min_distance", "duplicate")
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    """Thresholds.
-
-    Attributes:
-        max_force: Reject structures with any |F| above this, eV/Å (``None`` disables).
-        min_distance: Reject structures with two atoms closer than this, Å (``None`` disables). Must be below
-            the graph cutoff (the check uses the neighbour list).
-        deduplicate: Reject a structure whose id was already seen in this dataset.
-    """
-
-    max_force: float | None = 50.0
-    min_distance: float | None = 0.5
-    deduplicate: bool = True
 
 
 def label_reason(s: Structure) -> str | None:
@@ -40,7 +23,7 @@ def label_reason(s: Structure) -> str | None:
     return None
 
 
-def force_reason(s: Structure, cfg: FilterConfig) -> str | None:
+def force_reason(s: Structure, cfg: Filters) -> str | None:
     """``max_force`` when any atom's force norm exceeds the threshold, else None."""
     if cfg.max_force is not None and s.forces is not None:
         if float(np.max(np.linalg.norm(s.forces, axis=1), initial=0.0)) > cfg.max_force:
@@ -48,7 +31,7 @@ def force_reason(s: Structure, cfg: FilterConfig) -> str | None:
     return None
 
 
-def distance_reason(dist: np.ndarray, cfg: FilterConfig) -> str | None:
+def distance_reason(dist: np.ndarray, cfg: Filters) -> str | None:
     """``min_distance`` when the shortest neighbour distance (Å) is below the threshold, else None."""
     if cfg.min_distance is not None and dist.size and float(dist.min()) < cfg.min_distance:
         return "min_distance"

@@ -31,7 +31,7 @@ import numpy as np
 from models.appio import BadInput, write_json_atomic
 from models.atomic_files import sha256_file
 from models.data.filters import REASONS
-from models.data.reference import fit_reference_energies_from_factors
+from models.data.reference import energy_stats, fit_reference_energies_from_factors
 from models.data.split import SPLITS
 from models.data.store import INDEX_NAME, SCHEMA_VERSION, GraphStore
 
@@ -94,13 +94,6 @@ def merge_content_hash(parts: Sequence[Mapping[str, Any]], ridge: float) -> str:
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _stats(values: np.ndarray) -> dict[str, float]:
-    if values.size == 0:
-        return {}
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max())}  # fmt: skip
 
 
 def merged_split_index(
@@ -192,8 +185,8 @@ def merge_dataset(
         "elements": sorted({int(z) for d in per_part for z in d["elements"]}),
         "atoms": sum(int(d["atoms"]) for d in per_part),
         "edges": sum(int(d["edges"]) for d in per_part),
-        "energy": _stats(all_energy),
-        "energy_per_atom_after_reference": _stats(all_resid),
+        "energy": energy_stats(all_energy),
+        "energy_per_atom_after_reference": energy_stats(all_resid),
         "reference_energies": {str(z): e for z, e in sorted(refs.items())},
         "with_forces": sum(int(d["with_forces"]) for d in per_part),
         "with_stress": sum(int(d["with_stress"]) for d in per_part),

@@ -128,3 +128,11 @@ def reference_sums(z: np.ndarray, natoms: np.ndarray, references: dict[int, floa
         table[int(k)] = v
     graph = np.repeat(np.arange(natoms.size, dtype=np.int64), natoms)
     return np.bincount(graph, weights=table[np.asarray(z, dtype=np.int64)], minlength=natoms.size)
+
+
+def energy_stats(values: np.ndarray) -> dict[str, float] | None:
+    """Mean, standard deviation, minimum and maximum of ``values`` [n] (eV or eV/atom); None when empty."""
+    if values.size == 0:
+        return None
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}

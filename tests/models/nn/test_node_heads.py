@@ -197,7 +197,7 @@ def test_node_heads_are_grouped_with_their_head_id_and_follow_new_heads() -> Non
     ([{"name": "forces", "kind": "vector"}], "conservative", "forces: direct"),
     ([{"name": "forces", "kind": "scalar"}], "direct", "forces: direct"),
     ([{"name": "1x", "kind": "scalar"}], "conservative", "identifier"),
-    ([{"name": "q"}], "conservative", "field 'node_heads.0.kind': Field required"),
+    ([{"name": "q"}], "conservative", r"field 'node_heads\[0\]\.kind': Field required"),
     ([], "both", "field 'forces': Input should be 'conservative' or 'direct'"),
 ])
 def test_bad_node_head_configs_name_the_field(node_heads, forces, match) -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from models.candidates import CandidateSpec, candidates
-from models.inference import Predictor
 from models.contracts.screen import ScreenConfig
+from models.inference import Predictor
 from models.screen import screen
 from models.screen_output import read_output
 

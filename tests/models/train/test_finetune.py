@@ -13,8 +13,9 @@ from ase.build import bulk
 
 from models import checkpoint
 from models.appio import BadInput
+from models.contracts.finetune import parse_config
 from models.contracts.train import parse_config as parse_train
-from models.finetune import finetune, parse_config
+from models.finetune import finetune
 from models.inference import Predictor
 from models.train import run
 from tests.models.train.emt_data import write_dataset
