@@ -77,13 +77,6 @@ class Provenance:
             return [(a, b) for a, b in s.execute(select(m.Attempt.started_at, m.Attempt.ended_at).where(
                 m.Attempt.task_id.in_(list(task_ids)), m.Attempt.exit_cause == m.ExitCause.OK))]
 
-    def merge_task_result(self, task_id: str, items: Mapping[str, Any]) -> None:
-        """Add ``items`` to a DONE task's stored result (e.g. an aggregate over a stage's shards)."""
-        with transaction(self.Session) as s:
-            row = s.get(m.Task, task_id, with_for_update=True)
-            if row is not None:
-                row.result = {**(row.result or {}), **items}
-
     # --------------------------------------------------------------------------- artifacts, datasets
     def add_artifact(self, path: str | Path, kind: str, *, task_id: str | None = None,
                      sha256: str | None = None, session: OrmSession | None = None) -> ArtifactRow:

@@ -20,36 +20,30 @@ from typing import Any
 
 from models.appio import BadInput, main_for
 from models.atomic_files import atomic_path
+from models.contracts import validate
+from models.contracts.demo import DemoConfig, DemoResult
 from models.registry import load_registry
 
 
 def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
-    """Generate the shard; see the module docstring."""
+    """Generate the shard (:class:`models.contracts.demo.DemoConfig` in, ``DemoResult`` out)."""
     import ase.io
 
     from models.atomic_files import sha256_file
     from models.data.demo import generate
 
     where = str(cfg_path)
-    extra = set(cfg) - {"dataset", "output", "seed", "start", "count"}
-    if extra:
-        raise BadInput(f"{where}: unknown field(s) {sorted(extra)}")
-    for key in ("dataset", "output"):
-        if key not in cfg:
-            raise BadInput(f"{where}: missing field {key!r}")
+    demo = validate(DemoConfig, cfg, where)
     try:
-        info = load_registry().get(cfg["dataset"])
+        info = load_registry().get(demo.dataset)
     except KeyError as exc:
         raise BadInput(f"{where}: field 'dataset': {exc.args[0]}") from exc
     if info.generator is None:
         raise BadInput(f"{where}: field 'dataset': {info.name!r} is not a demo dataset (no generator)")
     gen = dict(info.generator)
-    seed, start = cfg.get("seed", 0), cfg.get("start", 0)
-    count = cfg.get("count", gen.get("default_count", 100))
-    for key, val in (("seed", seed), ("start", start), ("count", count)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 0:
-            raise BadInput(f"{where}: field {key!r} must be a non-negative integer, got {val!r}")
-    out = Path(cfg["output"])
+    seed, start = demo.seed, demo.start
+    count = demo.count if demo.count is not None else int(gen.get("default_count", 100))
+    out = Path(demo.output)
     if not out.is_absolute():
         out = cfg_path.parent / out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +57,7 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     atoms = list(generate(gen["kind"], seed, start, count, **options))
     with atomic_path(out) as tmp:
         ase.io.write(tmp, atoms, format="extxyz")
-    return {
+    return DemoResult.model_validate({
         "dataset": info.name,
         "head_id": info.head_id,
         "output": str(out),
@@ -74,7 +68,7 @@ def run(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
         "count": len(atoms),
         "atoms": sum(len(a) for a in atoms),
         "seconds": round(time.perf_counter() - t0, 3),
-    }
+    }).model_dump(mode="json")
 
 
 if __name__ == "__main__":

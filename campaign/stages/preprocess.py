@@ -17,6 +17,8 @@ from typing import Any
 
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config, shard_ranges
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+from models.contracts.demo import DemoConfig
+from models.contracts.demo import read_result as read_demo_result
 from models.contracts.preprocess import MergeConfig, PreprocessConfig, PreprocessSummary, read_result
 
 
@@ -42,10 +44,12 @@ class PreprocessStage:
         out = []
         for k, (start, n) in enumerate(shard_ranges(count, ds.shards)):
             workdir = ctx.task_dir("generate", ds.name, f"{k:03d}")
-            cfg = {"dataset": ds.name, "output": str(ctx.task_dir("raw", ds.name, f"{k:03d}.extxyz")),
-                   "seed": self.recipe.seed, "start": start, "count": n}
+            cfg = app_config(DemoConfig, {"dataset": ds.name, "seed": self.recipe.seed, "start": start, "count": n,
+                                          "output": str(ctx.task_dir("raw", ds.name, f"{k:03d}.extxyz"))},
+                             f"datasets: {ds.name!r}")
             out.append(PlannedTask(f"generate/{ds.name}/{k:03d}",
-                                   TaskSpec(kind="generate", app="models.demo", config=cfg, workdir=str(workdir))))
+                                   TaskSpec(kind="generate", app="models.demo", config=app_task_config(cfg),
+                                            workdir=str(workdir))))
         return out
 
     def _prep_config(self, ds: Any, inputs: list[str], output_dir: Path,
@@ -111,9 +115,8 @@ class PreprocessStage:
     def on_done(self, ctx: StageContext, task: Any, result: TaskResult) -> list[PlannedTask]:
         """Record a preprocessing result; after the last shard of a dataset, plan its preprocessing."""
         if task.kind == "generate":
-            res = result.result or {}
-            path = task.spec["config"]["output"]
-            art = ctx.ledger.add_artifact(path, "raw-structures", task_id=task.id, sha256=res.get("sha256"))
+            shard = read_demo_result(task.result, f"result of task {task.id} ({task.key})")
+            art = ctx.ledger.add_artifact(shard.output, "raw-structures", task_id=task.id, sha256=shard.sha256)
             ctx.ledger.link("output_of", ("artifact", art.id), ("task", task.id), ctx.campaign_id)
             return self._ready_preprocess(ctx)
         if "part" in task.spec["config"]:  # one part of a sharded dataset: the merge records the dataset
