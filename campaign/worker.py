@@ -28,6 +28,7 @@ from typing import Any
 from campaign.processes import pid_exists, process_alive, process_start_ticks
 from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, utcnow
 from models.atomic_files import write_json_atomic
+from models.contracts import AppFailure, app_failure
 
 #: Environment variables that carry the batch job id, per scheduler.
 BATCH_JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "FLUX_JOB_ID")
@@ -135,7 +136,7 @@ def _run_in_process(app: str, config: dict[str, Any],
             rc, reason = BAD_INPUT_EXIT, "bad_input"
         else:
             rc, reason = 1, reason or type(exc).__name__
-        payload = {"status": "failed", "reason": reason, "message": str(exc)}
+        payload = AppFailure(reason=reason, message=str(exc)).model_dump()
         cause = ExitCause.ERROR
         err = f"{reason}\n" + "".join(traceback.format_exception(exc))[-4000:]
     return cause, rc, payload, err
@@ -424,11 +425,11 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
             cause = ExitCause.KILLED
         elif (returncode is not None and returncode != 0) or result is None:
             cause = ExitCause.ERROR
-        elif isinstance(result, dict) and result.get("status") == "failed":
+        elif app_failure(result) is not None:
             cause = ExitCause.ERROR
     if cause is not ExitCause.OK and err_text is None:
-        reason = result.get("reason") if isinstance(result, dict) else None
-        err_text = (f"{reason}\n" if reason else "") + _tail(stderr_path)
+        failure = app_failure(result)
+        err_text = (f"{failure.reason}\n" if failure else "") + _tail(stderr_path)
         if not err_text.strip():
             err_text = f"exit status {returncode} and no result file"
     return TaskResult(

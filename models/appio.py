@@ -126,6 +126,8 @@ def main_for(app: Callable[[dict[str, Any], Path], dict[str, Any]], description:
         app: Callable receiving the parsed config and its path, returning the result dict.
         description: Shown by ``--help``.
     """
+    from models.contracts import AppFailure  # the contracts import BadInput from here
+
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="JSON config file")
     parser.add_argument("--result", default=None, help="where rank 0 writes the JSON result")
@@ -140,7 +142,7 @@ def main_for(app: Callable[[dict[str, Any], Path], dict[str, Any]], description:
     except RunFailed as exc:
         print(f"failed: {exc}", file=sys.stderr)
         if result_path is not None and is_rank_zero():
-            write_json_atomic(result_path, {"status": "failed", "reason": exc.reason, "message": str(exc)})
+            write_json_atomic(result_path, AppFailure(reason=exc.reason, message=str(exc)).model_dump())
         sys.exit(EXIT_FAILED)
     except (OSError, RuntimeError) as exc:
         refused = write_refused(exc)

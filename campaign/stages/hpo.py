@@ -33,6 +33,7 @@ from campaign.stages.hpo_trials import local_threads, train_config, trial_dir, t
 from campaign.tasks import TaskResult, TaskState
 from models.appio import BadInput
 from models.atomic_files import write_text_atomic
+from models.contracts import app_failure
 from models.contracts.train import read_result
 from models.training.metrics import read_metrics, val_loss_curve
 
@@ -237,7 +238,8 @@ class HPOStage:
             if state == TaskState.DONE:
                 self._tell_success(ctx, run, t.number, t.task_id, result or {})
             elif state in (TaskState.FAILED, TaskState.CANCELLED):
-                self._tell_failure(ctx, run, t.number, cause, (result or {}).get("reason") or error)
+                failure = app_failure(result)
+                self._tell_failure(ctx, run, t.number, cause, failure.reason if failure else error)
         return planned
 
     def _trial_of(self, ctx: StageContext, task_id: str) -> tuple[HPORun, TrialRow] | None:
@@ -264,8 +266,8 @@ class HPOStage:
         run, trial = found
         if trial.tell_event is None:
             cause = result.exit_cause.value if result is not None else "error"
-            payload = (result.result or {}) if result is not None else {}
-            detail = payload.get("reason") or payload.get("message") or (result.error if result else None)
+            failure = app_failure(result.result) if result is not None else None
+            detail = failure.reason if failure else (result.error if result else None)
             self._tell_failure(ctx, run, trial.number, cause, detail)
         return self._fill(ctx, run)
 

@@ -39,7 +39,7 @@ from typing import Any
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
-from models.contracts import validate
+from models.contracts import app_failure, validate
 from models.contracts.train import CheckpointRef, TrainConfig, TrainResult, read_result
 
 #: Train-config keys of the trial that a long run must not inherit.
@@ -249,7 +249,8 @@ class TrainStage:
         """A chunk failed for good (its retries are spent): that model's training stops there."""
         parsed = parse_chunk_key(task.key)
         if parsed is not None:
-            why = (task.result or {}).get("message") or (result.error if result else None) or "failed"
+            failure = app_failure(task.result)
+            why = failure.message if failure else (result.error if result else None) or "failed"
             self._problems[parsed[0]] = f"model {parsed[0]}: chunk {parsed[1]} failed: {str(why).strip()[-300:]}"
         return []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -31,6 +31,23 @@ class OutputFile(Strict):
     path: str
     sha256: str
     bytes: int
+
+
+class AppFailure(Strict):
+    """What an app that ran and failed returns (exit status 1): a short machine-readable reason (``nan``,
+    ``bad_input``, an exception's name) and the message."""
+
+    status: Literal["failed"] = "failed"
+    reason: str
+    message: str
+
+
+def app_failure(raw: Any) -> AppFailure | None:
+    """``raw`` (a task's stored result) as an :class:`AppFailure`, or None when it is not one."""
+    try:
+        return AppFailure.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def reason(err: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from models import checkpoint
 from models.appio import BadInput, RunFailed
-from models.contracts.train import parse_config
+from models.contracts.train import TrainResult, parse_config
 from models.nn.model import build_model
 from models.train import run
 from models.training.metrics import read_metrics, select
@@ -40,6 +40,8 @@ def test_result_metrics_and_checkpoints(train_config: dict[str, Any]) -> None:
     assert set(res["best_val_metrics"]) == {"0", "1"}
     assert {"loss", "energy_mae_per_atom", "force_mae"} <= set(res["best_val_metrics"]["0"])
     assert val[3] < val[0]  # it learns
+    assert res["history"] == rows  # the per-epoch figures travel by value: no shared filesystem needed to read them
+    assert TrainResult.model_validate(res).checkpoints["best"].path == res["checkpoints"]["best"]["path"]
     assert res["train_graphs_per_s"] > 0 and res["peak_memory_bytes"] > 10_000_000
     for kind in ("last", "best"):
         info = res["checkpoints"][kind]
