@@ -55,12 +55,52 @@ def _dialect(db: str | None) -> str:
     return parse_url(resolve_url(db)).get_backend_name()
 
 
-def query(sql: str, params: Any = (), *, db: str | None = None) -> Any:
-    """Run one read-only SQL statement; returns a :class:`db.readonly.QueryResult` (``.rows``,
-    ``.as_dicts()``, ``.to_dataframe()``)."""
+def query(sql: str, params: Any = (), *, db: str | None = None, timeout_s: float | None = None) -> Any:
+    """Run one read-only SQL statement of the user's; returns a :class:`db.readonly.QueryResult` (``.rows``,
+    ``.as_dicts()``, ``.to_dataframe()``). On PostgreSQL the URL must name a role that can only read (see
+    :func:`grant_reader`)."""
     from db.readonly import run_readonly
 
-    return run_readonly(sql, params, url=db)
+    return run_readonly(sql, params, url=db, user_sql=True, timeout_s=timeout_s)
+
+
+def row_exists(table: str, column: str, value: Any, *, db: str | None = None) -> bool:
+    """Whether the campaign table ``table`` has a row whose ``column`` equals ``value`` (read-only)."""
+    from sqlalchemy import select
+
+    from campaign.report.database import readonly_engine
+    from db import models as m
+
+    t = m.Base.metadata.tables[table]
+    engine = readonly_engine(db)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(t.c[column]).where(t.c[column] == value).limit(1)).first() is not None
+    finally:
+        engine.dispose()
+
+
+def grant_reader(role: str, *, password: str | None = None, db: str | None = None) -> list[str]:
+    """(PostgreSQL) Create or update ``role`` as a login role that can only read the campaign tables; run with
+    the owner's URL. Returns the tables granted."""
+    from campaign.errors import CampaignInputError
+    from campaign.runner import database_url
+    from db.engine import check_connection, make_engine, parse_url
+    from db.roles import grant_reader as grant
+
+    url = database_url(db, None)
+    if parse_url(url).get_backend_name() != "postgresql":
+        raise CampaignInputError("grant-reader is for PostgreSQL; a SQLite database is protected by its file's "
+                                 "permissions (owner-only by default)")
+    engine = make_engine(url)
+    try:
+        check_connection(engine)
+        try:
+            return grant(engine, role, password=password)
+        except ValueError as exc:
+            raise CampaignInputError(str(exc)) from None
+    finally:
+        engine.dispose()
 
 
 def list_named_queries(db: str | None = None) -> list[Any]:
@@ -70,14 +110,15 @@ def list_named_queries(db: str | None = None) -> list[Any]:
     return list_queries(_dialect(db))
 
 
-def named_query(name: str, params: dict[str, str] | None = None, *, db: str | None = None) -> Any:
+def named_query(name: str, params: dict[str, str] | None = None, *, db: str | None = None,
+                timeout_s: float | None = None) -> Any:
     """Run a named query from ``db/queries`` with ``params`` (strings; numbers and ``null`` converted)."""
     from db.queries import get_query
     from db.readonly import run_readonly
 
     dialect = _dialect(db)
     q = get_query(name, dialect)
-    return run_readonly(q.for_dialect(dialect), q.bind(params or {}), url=db)
+    return run_readonly(q.for_dialect(dialect), q.bind(params or {}), url=db, timeout_s=timeout_s)
 
 
 def status(campaign: str | None = None, *, db: str | None = None) -> dict[str, Any]:
@@ -143,9 +184,10 @@ def upgrade_database(db: str | None = None) -> str:
 def schema_revisions(db: str | None = None) -> tuple[str | None, str]:
     """(current revision of the database, head revision of this code)."""
     from campaign.runner import database_url
-    from db.engine import check_connection, make_engine
+    from db.engine import check_connection, make_engine, require_existing
     from db.migrate import current_revision, head_revision
 
+    require_existing(database_url(db, None))  # asking for the revision never creates a database
     engine = make_engine(database_url(db, None))
     check_connection(engine)
     return current_revision(engine), head_revision()

@@ -18,8 +18,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from campaign.recipe_yaml import RecipeYAMLError, load_bounded
 from models.appio import BadInput
 from models.contracts.finetune import GENERATED_KINDS
 from models.contracts.hyperparams import FAMILIES, parse_hyperparameters, searchable
@@ -42,7 +51,7 @@ class RecipeError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------------- site
@@ -162,6 +171,39 @@ class DatasetSpec(_Strict):
         if v not in reg.names():
             raise ValueError(f"unknown dataset {v!r}; registered: {', '.join(reg.names())}")
         return v
+
+    @model_validator(mode="after")
+    def _inputs_usable(self, info: ValidationInfo) -> DatasetSpec:
+        """The files exist and look like what their reader reads (relative paths: to the working directory,
+        where ``campaign run`` resolves them too). Skipped when the recipe is checked for another machine
+        (``check_files=False``)."""
+        from models.formats import READER_NAMES, sniff
+        from models.registry import load_registry
+
+        check_files = (info.context or {}).get("check_files", True)
+
+        entry = load_registry().get(self.name)
+        reader = self.reader or entry.reader
+        if self.reader is not None and self.reader not in READER_NAMES:
+            raise ValueError(f"reader: {self.reader!r} is not a reader ({', '.join(READER_NAMES)})")
+        if not self.files:
+            if entry.generator is None:
+                raise ValueError(f"dataset {self.name!r} has no generator: list its files")
+            return self
+        if reader is None:
+            raise ValueError(f"files: no reader reads dataset {self.name!r} yet ({entry.notes or 'see the registry'});"
+                             " name one with reader:")
+        for k, name in enumerate(self.files if check_files else []):
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ValueError(f"files[{k}]: {name} does not exist (or is not a file)")
+            try:
+                problem = sniff(path, reader)
+            except OSError as exc:
+                raise ValueError(f"files[{k}]: {name}: cannot read ({exc.strerror or exc})") from None
+            if problem is not None:
+                raise ValueError(f"files[{k}]: {name}: {problem}, which the {reader!r} reader needs")
+        return self
 
 
 class PreprocessSpec(_Strict):
@@ -596,25 +638,6 @@ class Recipe(_Strict):
 
 
 # ------------------------------------------------------------------------------------------- loading
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """1-based line of the YAML node at pydantic location ``loc`` (the deepest existing node)."""
     node = root
@@ -654,7 +677,7 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 
 
 def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = None,
-                 site: str | None = None) -> Recipe:
+                 site: str | None = None, check_files: bool = True) -> Recipe:
     """Validate recipe YAML text.
 
     Args:
@@ -662,18 +685,16 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
         path: File name used in messages.
         profile: A name from the recipe's ``profiles`` to merge over the base.
         site: Override of ``site.name`` (e.g. ``--site frontier``); a profile of that name is applied too.
+        check_files: Check that the datasets' files exist here and look like their reader's format (False when
+            checking a recipe for another machine).
 
     Raises:
         RecipeError: with every problem, its YAML path and line.
     """
     try:
-        root = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(path, [("", line, f"malformed YAML: {problem}")]) from exc
+        root, data = load_bounded(text)
+    except RecipeYAMLError as exc:
+        raise RecipeError(path, [("", exc.line, str(exc))]) from None
     if data is None:
         raise RecipeError(path, [("", 1, "the recipe is empty")])
     if not isinstance(data, dict):
@@ -693,7 +714,7 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
     if isinstance(hpo_defaults, dict) and isinstance(stages, dict) and isinstance(stages.get("hpo"), list):
         stages["hpo"] = [_deep_merge(hpo_defaults, h) if isinstance(h, dict) else h for h in stages["hpo"]]
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={"check_files": check_files})
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
@@ -705,7 +726,8 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
         raise RecipeError(path, errors) from None
 
 
-def load_recipe(path: str | Path, *, profile: str | None = None, site: str | None = None) -> Recipe:
+def load_recipe(path: str | Path, *, profile: str | None = None, site: str | None = None,
+                check_files: bool = True) -> Recipe:
     """Read and validate a recipe file (see :func:`parse_recipe`)."""
     p = Path(path)
     try:
@@ -714,7 +736,7 @@ def load_recipe(path: str | Path, *, profile: str | None = None, site: str | Non
         raise RecipeError(str(p), [("", None, "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(str(p), [("", None, f"cannot read: {exc}")]) from None
-    return parse_recipe(text, str(p), profile=profile, site=site)
+    return parse_recipe(text, str(p), profile=profile, site=site, check_files=check_files)
 
 
 def recipe_schema() -> dict[str, Any]:

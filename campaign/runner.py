@@ -7,7 +7,6 @@ Nothing is written before the recipe validates and the database answers.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 from campaign.errors import CampaignInputError
 from campaign.recipe import Recipe, load_recipe, parse_recipe
+from campaign.redact import redact_recipe_text
+from campaign.sharing import apply_sharing
 
 
 @dataclass
@@ -52,13 +53,6 @@ def database_url(cli_url: str | None, recipe: Recipe | None) -> str:
     if os.environ.get("CAMPAIGN_DB"):
         return resolve_url(None)
     return resolve_url(recipe.database if recipe else None)
-
-
-def redact_database_password(recipe_text: str) -> str:
-    """The recipe text with the password of a ``database:`` URL replaced by ``***`` (stored in the database,
-    shown in reports: a secret must not travel with it)."""
-    return re.sub(r"(?m)^(\s*database\s*:\s*['\"]?[A-Za-z0-9+.-]+://[^:/@\s]+:)[^@\s]+(@)", r"\1***\2",
-                  recipe_text)
 
 
 def open_database(url: str | None = None) -> Any:
@@ -109,11 +103,12 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
     from campaign.taskqueue import TaskQueue
     from db.engine import safe_url
 
+    apply_sharing()  # the database and every output owner-only unless CAMPAIGN_SHARING=group
     url = database_url(db, recipe)
     engine = open_database(url)
     workdir = _prepare_workdir(recipe, base_dir or Path.cwd())
     ledger = Ledger(engine)
-    row = ledger.open_campaign(name=recipe.campaign, recipe_text=redact_database_password(recipe_text),
+    row = ledger.open_campaign(name=recipe.campaign, recipe_text=redact_recipe_text(recipe_text),
                                recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
                                resume_only=resume_only)
@@ -174,8 +169,9 @@ def resume_campaign(name: str, *, db: str | None = None,
     from sqlalchemy import select
 
     from db import models as m
-    from db.engine import safe_url, session_factory
+    from db.engine import require_existing, safe_url, session_factory
 
+    require_existing(database_url(db, None))  # resuming never creates a database
     engine = open_database(database_url(db, None))
     with session_factory(engine)() as s:
         row = s.scalar(select(m.Campaign).where(m.Campaign.name == name))

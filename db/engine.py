@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DB_FILE = "campaign.db"
@@ -31,15 +31,63 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or used. The message names the URL (without the password)."""
 
 
+#: What a bare path may end with when it names a SQLite file that does not exist yet.
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+#: The first 16 bytes of every SQLite database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def resolve_url(url: str | None = None) -> str:
     """The database URL: ``url`` if given, else ``$CAMPAIGN_DB``, else ``sqlite:///campaign.db`` in the cwd.
 
-    A bare file path is accepted and turned into a SQLite URL.
+    A bare path is accepted as a SQLite file when it exists or ends in ``.db``, ``.sqlite`` or ``.sqlite3``;
+    anything else (``::::``, a typo of a URL) is refused rather than becoming a file of that name.
+
+    Raises:
+        DatabaseError: a bare value that is neither an existing file nor a SQLite file name.
     """
     chosen = url or os.environ.get(ENV_VAR) or DEFAULT_DB_FILE
     if "://" not in chosen:
-        chosen = f"sqlite:///{Path(chosen).expanduser().resolve()}"
+        path = Path(chosen).expanduser()
+        if not path.is_file() and path.suffix not in SQLITE_SUFFIXES:
+            raise DatabaseError(f"database {chosen!r} is neither a URL nor an existing file: write "
+                                "sqlite:///PATH (or a path ending in .db) or postgresql+psycopg://USER@HOST/DB")
+        chosen = f"sqlite:///{path.resolve()}"
     return chosen
+
+
+def check_sqlite_file(path: str | Path) -> None:
+    """Refuse an existing file that is not a SQLite database (an empty file is a new one).
+
+    Raises:
+        DatabaseError: naming the file.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database file {p}: {exc.strerror or exc}") from None
+    if head and head != SQLITE_MAGIC:
+        raise DatabaseError(f"{p} is not a SQLite database (it does not start with 'SQLite format 3')")
+
+
+def require_existing(url: str) -> None:
+    """For commands that only read or resume: the SQLite file must exist (they never create one).
+
+    Raises:
+        DatabaseError: no such file, or not a SQLite database.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    path = _sqlite_path(parsed)
+    if path is None or not Path(path).is_file():
+        raise DatabaseError(f"no campaign database at {path or safe_url(parsed)} (run a campaign first, or pass "
+                            "--db URL)")
+    check_sqlite_file(path)
 
 
 def safe_url(url: str | URL) -> str:
@@ -109,6 +157,7 @@ def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
             parent = Path(path).parent
             if not parent.is_dir():
                 raise DatabaseError(f"{safe_url(parsed)}: directory {parent} does not exist")
+            check_sqlite_file(path)
         engine = create_engine(
             parsed,
             echo=echo,
@@ -132,7 +181,7 @@ def check_connection(engine: Engine) -> None:
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
-    except OperationalError as exc:
+    except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseError(f"cannot reach database {safe_url(engine.url)}: {reason}") from exc
 

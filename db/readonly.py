@@ -8,17 +8,28 @@ Read-only by construction, not by inspecting the statement:
 * PostgreSQL: the session's default is a read-only transaction, each query runs in a transaction that has
   already executed a statement (so ``SET TRANSACTION READ WRITE`` is refused), and the statement is sent with
   the extended protocol, which refuses several statements in one call. The transaction is always rolled back.
+  A read-only transaction still lets a privileged role run server programs or write server files (``COPY ... TO
+  PROGRAM``, administrative functions), so users' own SQL runs only over a role that can do nothing but read
+  (:func:`db.roles.privileges_beyond_reading` finds what more a role may do; ``campaign db grant-reader``
+  creates such a role).
+
+Every statement has a time limit (``timeout_s``; SQLite through a progress handler, PostgreSQL through
+``statement_timeout``).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from db.engine import DatabaseError, parse_url, resolve_url, safe_url
+from db.engine import DatabaseError, check_sqlite_file, parse_url, resolve_url, safe_url
+from db.roles import privileges_beyond_reading
 
 
 class ReadOnlyViolation(PermissionError):
@@ -60,14 +71,38 @@ def _sqlite_authorizer(action: int, *_args: object) -> int:
     return sqlite3.SQLITE_OK if action in _SQLITE_ALLOWED else sqlite3.SQLITE_DENY
 
 
-def _run_sqlite(path: str, sql: str, params: Mapping[str, Any] | Sequence[Any]) -> QueryResult:
+#: Default time limit of one statement, seconds (``$CAMPAIGN_SQL_TIMEOUT_S`` overrides it).
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class StatementTimeout(QueryError):
+    """The statement ran past its time limit and was cancelled."""
+
+
+def _timeout_s(timeout_s: float | None) -> float:
+    if timeout_s is not None:
+        return timeout_s
+    raw = os.environ.get("CAMPAIGN_SQL_TIMEOUT_S")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise QueryError(f"CAMPAIGN_SQL_TIMEOUT_S must be a number of seconds (got {raw!r})") from None
+    if not math.isfinite(value) or value <= 0:
+        raise QueryError(f"CAMPAIGN_SQL_TIMEOUT_S must be a positive number of seconds (got {raw!r})")
+    return value
+
+
+def _run_sqlite(path: str, sql: str, params: Mapping[str, Any] | Sequence[Any], timeout_s: float) -> QueryResult:
     if not Path(path).exists():
         raise DatabaseError(f"no campaign database at {path} (run a campaign first, or pass --db URL)")
+    check_sqlite_file(path)
     uri = f"file:{Path(path).resolve()}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=30)
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.set_authorizer(_sqlite_authorizer)
+        deadline = time.monotonic() + timeout_s
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)  # non-zero: interrupt
         try:
             cur = conn.execute(sql, params)
             rows = cur.fetchall()
@@ -75,6 +110,9 @@ def _run_sqlite(path: str, sql: str, params: Mapping[str, Any] | Sequence[Any]) 
             raise QueryError(str(exc)) from exc
         except (sqlite3.DatabaseError, sqlite3.Warning) as exc:
             msg = str(exc)
+            if "interrupted" in msg and time.monotonic() > deadline:
+                raise StatementTimeout(f"the statement ran past its time limit of {timeout_s:g} s and was "
+                                       "cancelled (set CAMPAIGN_SQL_TIMEOUT_S or --timeout)") from exc
             if any(w in msg.lower() for w in _WRITE_WORDS):
                 raise ReadOnlyViolation(f"refused: the campaign database is read-only here ({msg})") from exc
             raise QueryError(msg) from exc
@@ -85,7 +123,8 @@ def _run_sqlite(path: str, sql: str, params: Mapping[str, Any] | Sequence[Any]) 
         conn.close()
 
 
-def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any]) -> QueryResult:
+def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any], timeout_s: float,
+                  user_sql: bool) -> QueryResult:
     import psycopg
     from psycopg import errors
 
@@ -97,7 +136,7 @@ def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any])
         "user": parsed.username,
         "password": parsed.password,
         "connect_timeout": 10,
-        "options": "-c default_transaction_read_only=on -c statement_timeout=300000",
+        "options": f"-c default_transaction_read_only=on -c statement_timeout={max(1, int(timeout_s * 1000))}",
     }
     try:
         conn = psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
@@ -105,6 +144,14 @@ def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any])
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseError(f"cannot reach database {safe_url(parsed)}: {first}") from exc
     try:
+        if user_sql:
+            beyond = privileges_beyond_reading(conn)
+            if beyond:
+                raise ReadOnlyViolation(
+                    f"refused: {safe_url(parsed)} connects as role {parsed.username!r}, which can do more than read "
+                    f"({'; '.join(beyond)}). Run your SQL as a reader role: as the campaign database's owner, "
+                    "`campaign db grant-reader campaign_reader`, then `campaign sql --db "
+                    "postgresql+psycopg://campaign_reader@HOST/DB ...` (see docs/security.md)")
         with conn.transaction(force_rollback=True), conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
             cur.execute("SELECT 1")  # after a statement, the transaction can no longer become read-write
@@ -113,6 +160,9 @@ def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any])
                 cur.execute(sql, params or None, prepare=True)
             except (errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege, errors.ActiveSqlTransaction) as exc:
                 raise ReadOnlyViolation(f"refused: the campaign database is read-only here ({exc})") from exc
+            except errors.QueryCanceled as exc:
+                raise StatementTimeout(f"the statement ran past its time limit of {timeout_s:g} s and was "
+                                       "cancelled (set CAMPAIGN_SQL_TIMEOUT_S or --timeout)") from exc
             except psycopg.Error as exc:
                 msg = str(exc).strip()
                 if "read-only" in msg or "read only" in msg:
@@ -125,7 +175,8 @@ def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any])
         conn.close()
 
 
-def run_readonly(sql: str, params: Mapping[str, Any] | Sequence[Any] = (), url: str | None = None) -> QueryResult:
+def run_readonly(sql: str, params: Mapping[str, Any] | Sequence[Any] = (), url: str | None = None, *,
+                 user_sql: bool = False, timeout_s: float | None = None) -> QueryResult:
     """Run one SQL statement read-only and return its rows.
 
     Args:
@@ -133,12 +184,17 @@ def run_readonly(sql: str, params: Mapping[str, Any] | Sequence[Any] = (), url: 
             queries in ``db/queries`` are written portably and translated by :mod:`db.queries`.
         params: Bound parameters.
         url: Database URL (see :func:`db.engine.resolve_url`).
+        user_sql: The statement is a user's own (``campaign sql``): on PostgreSQL it runs only over a role that
+            can do nothing but read.
+        timeout_s: Time limit of the statement (default ``$CAMPAIGN_SQL_TIMEOUT_S`` or 300 s).
 
     Raises:
-        ReadOnlyViolation: the statement tried to write.
+        ReadOnlyViolation: the statement tried to write, or user SQL over a role that can do more than read.
+        StatementTimeout: the statement ran past its time limit.
         QueryError: the statement is invalid.
         DatabaseError: the database cannot be reached.
     """
+    limit = _timeout_s(timeout_s)
     resolved = resolve_url(url)
     parsed = parse_url(resolved)
     if not sql.strip():
@@ -147,5 +203,5 @@ def run_readonly(sql: str, params: Mapping[str, Any] | Sequence[Any] = (), url: 
         path = parsed.database
         if not path or path == ":memory:":
             raise DatabaseError("campaign sql needs a database file, not an in-memory database")
-        return _run_sqlite(path, sql, params)
-    return _run_postgres(resolved, sql, params)
+        return _run_sqlite(path, sql, params, limit)
+    return _run_postgres(resolved, sql, params, limit, user_sql)

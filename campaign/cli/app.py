@@ -8,6 +8,7 @@ schema error, unknown site, unreachable database), reported as one message witho
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -172,8 +173,9 @@ def hits(
     """Export a campaign's screening hits, best first, as extxyz (energies, forces, rank and per-head energies)."""
     from campaign.hits import export_hits
     from campaign.runner import database_url
-    from db.engine import check_connection, make_engine
+    from db.engine import check_connection, make_engine, require_existing
 
+    require_existing(database_url(db, None))
     engine = make_engine(database_url(db, None))
     try:
         check_connection(engine)
@@ -190,11 +192,14 @@ def validate(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     profile: Annotated[str | None, typer.Option(help="Validate with this profile applied.")] = None,
     site: Annotated[str | None, typer.Option(help="Validate with this site.")] = None,
+    elsewhere: Annotated[bool, typer.Option(
+        "--elsewhere", help="The recipe runs on another machine: skip checking its dataset files here.")] = False,
 ) -> None:
-    """Check a recipe: every error with its YAML path and line number (exit 2 if any)."""
+    """Check a recipe: every error with its YAML path and line number (exit 2 if any), including that each
+    dataset file exists and looks like its reader's format."""
     from campaign.recipe import load_recipe
 
-    r = load_recipe(recipe, profile=profile, site=site)
+    r = load_recipe(recipe, profile=profile, site=site, check_files=not elsewhere)
     stages = [k for k in ("preprocess", "hpo", "promote", "train", "screen", "finetune") if getattr(r.stages, k)]
     console.print(f"[green]ok[/] {recipe}: campaign {r.campaign!r}, site {r.site.name}, "
                   f"{len(r.datasets)} datasets, stages: {', '.join(stages) or 'none'}, hash {r.hash()[:12]}")
@@ -239,9 +244,13 @@ def sql(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value for a named query.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     list_queries: Annotated[bool, typer.Option("--list", help="List the named queries.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", help="Seconds a statement may run (default $CAMPAIGN_SQL_TIMEOUT_S or 300).", min=0.001,
+        max=86400)] = None,
     db: DbOpt = None,
 ) -> None:
-    """Query the campaign database, read-only (writes and DDL are refused)."""
+    """Query the campaign database, read-only (writes and DDL are refused; on PostgreSQL only through a role
+    that can do nothing but read: see `campaign db grant-reader`)."""
     from campaign import api
 
     if fmt not in ("table", "csv", "json"):
@@ -268,9 +277,9 @@ def sql(
 
                 raise QueryParamError(f"--param needs key=value (got {item!r})")
             params[key.strip()] = value
-        result = api.named_query(query, params, db=db)
+        result = api.named_query(query, params, db=db, timeout_s=timeout)
     elif statement:
-        result = api.query(statement, db=db)
+        result = api.query(statement, db=db, timeout_s=timeout)
     else:
         from campaign.errors import CampaignInputError
 
@@ -305,7 +314,10 @@ def lineage(model: Annotated[int, typer.Argument(help="Model id.")], db: DbOpt =
             fmt: Annotated[str, typer.Option("--format", "-f")] = "table") -> None:
     """Everything upstream of a model: trials, tasks, datasets, artifacts, parent models."""
     from campaign import api
+    from campaign.errors import CampaignInputError
 
+    if not api.row_exists("models", "id", model, db=db):
+        raise CampaignInputError(f"no model with id {model} in the campaign database")
     _print_rows(api.named_query("model_lineage", {"model": str(model)}, db=db), fmt)
 
 
@@ -316,7 +328,10 @@ def trials(campaign: Annotated[str | None, typer.Argument(help="Campaign name (d
            db: DbOpt = None, fmt: Annotated[str, typer.Option("--format", "-f")] = "table") -> None:
     """The best trials of each HPO campaign."""
     from campaign import api
+    from campaign.errors import CampaignInputError
 
+    if campaign and not api.row_exists("campaigns", "name", campaign, db=db):
+        raise CampaignInputError(f"no campaign named {campaign!r} in the campaign database")
     params = {"k": str(top)} | ({"campaign": campaign} if campaign else {})
     _print_rows(api.named_query("top_trials", params, db=db), fmt)
 
@@ -429,8 +444,40 @@ def db_current(db: DbOpt = None) -> None:
     console.print(f"current: {cur or 'empty'}  head: {head}")
 
 
+@db_app.command("grant-reader")
+@bad_input_exit
+def db_grant_reader(
+    role: Annotated[str, typer.Argument(help="Name of the reader role to create or update.")] = "campaign_reader",
+    password_env: Annotated[str | None, typer.Option(
+        "--password-env", help="Environment variable holding the role's password (never on the command line).")] = None,
+    db: DbOpt = None,
+) -> None:
+    """(PostgreSQL) Create a login role that can only read the campaign tables, for `campaign sql` users. Run it
+    with the owner's URL."""
+    from campaign import api
+
+    password = None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            from campaign.errors import CampaignInputError
+
+            raise CampaignInputError(f"--password-env {password_env}: the variable is unset or empty")
+    tables = api.grant_reader(role, password=password, db=db)
+    console.print(f"role {role!r} may read {len(tables)} campaign tables and nothing else; users connect as "
+                  f"postgresql+psycopg://{role}@HOST/DB", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: files are created owner-only unless ``CAMPAIGN_SHARING=group``."""
+    from campaign.errors import CampaignInputError
+    from campaign.sharing import apply_sharing
+
+    try:
+        apply_sharing()
+    except CampaignInputError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(EXIT_BAD_INPUT) from None
     app()
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
-from db.engine import DatabaseError, parse_url, resolve_url, safe_url
+from db.engine import DatabaseError, check_sqlite_file, parse_url, resolve_url, safe_url
 
 
 def _sqlite_readonly(path: Path) -> Engine:
     if not path.exists():
         raise DatabaseError(f"no campaign database at {path} (run a campaign first, or pass --db URL)")
+    check_sqlite_file(path)
     uri = f"file:{path.resolve()}?mode=ro"
 
     def connect() -> sqlite3.Connection:

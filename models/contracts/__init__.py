@@ -20,12 +20,20 @@ T = TypeVar("T")
 
 
 class Strict(BaseModel):
-    """A config or result object: unknown fields are refused, so a misspelt name fails where it is written."""
+    """A config or result object: unknown fields are refused, so a misspelt name fails where it is written, and
+    so are non-finite numbers (a loss that is NaN is a failed run, never a result)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Result(BaseModel):
+    """What an app returns: unknown fields are refused (a drift from the contract is caught where it is read);
+    a metric may be NaN (a head without force labels, an empty split), so non-finite numbers pass."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class OutputFile(Strict):
+class OutputFile(Result):
     """A file an app wrote, with its sha256 (hex) and size in bytes."""
 
     path: str
@@ -33,7 +41,7 @@ class OutputFile(Strict):
     bytes: int
 
 
-class AppFailure(Strict):
+class AppFailure(Result):
     """What an app that ran and failed returns (exit status 1): a short machine-readable reason (``nan``,
     ``bad_input``, an exception's name) and the message."""
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from models.contracts import Strict, validate
+from models.contracts import Result, Strict, validate
 
 
 class DemoConfig(Strict):
@@ -23,7 +23,7 @@ class DemoConfig(Strict):
     count: int | None = Field(None, ge=0, strict=True)
 
 
-class DemoResult(Strict):
+class DemoResult(Result):
     """The written shard: its file (sha256, bytes), structures and atoms, and how long labelling took (s)."""
 
     status: Literal["ok"] = "ok"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from models.appio import BadInput
-from models.contracts import OutputFile, Strict, validate
+from models.contracts import OutputFile, Result, Strict, validate
 from models.contracts.hyperparams import ModelHyperparameters
 from models.contracts.train import CheckpointRef, MetricRow, OptimizerConfig, SchedulerConfig
 
@@ -78,7 +78,7 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> FinetuneConfig:
     return cfg
 
 
-class DownstreamSummary(Strict):
+class DownstreamSummary(Result):
     """The downstream store a ``prepare`` built (or found intact: ``skipped``).
 
     Attributes:
@@ -106,7 +106,7 @@ class DownstreamSummary(Strict):
     skipped: bool
 
 
-class PrepareResult(Strict):
+class PrepareResult(Result):
     """What a ``prepare_only`` run returns."""
 
     status: Literal["ok"] = "ok"
@@ -114,7 +114,7 @@ class PrepareResult(Strict):
     wall_time_s: float
 
 
-class FinetuneResult(Strict):
+class FinetuneResult(Result):
     """What a fine-tuning (or from-scratch baseline) run returns.
 
     Attributes:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from models.contracts import OutputFile, Strict, validate
+from models.contracts import OutputFile, Result, Strict, validate
 
 
 class Filters(Strict):
@@ -89,7 +89,7 @@ class MergeConfig(Strict):
     ridge: float = Field(1e-8, ge=0)
 
 
-class EnergyStats(Strict):
+class EnergyStats(Result):
     """Mean, standard deviation, minimum and maximum, eV (or eV/atom); empty when nothing was kept."""
 
     mean: float
@@ -98,7 +98,7 @@ class EnergyStats(Strict):
     max: float
 
 
-class DatasetSummary(Strict):
+class DatasetSummary(Result):
     """One preprocessed dataset.
 
     Attributes:
@@ -129,14 +129,14 @@ class DatasetSummary(Strict):
     parts: int | None = None
 
 
-class PartRef(Strict):
+class PartRef(Result):
     """A part a merged store reads, and the content hash of its summary."""
 
     dir: str
     content_hash: str
 
 
-class PreprocessSummary(Strict):
+class PreprocessSummary(Result):
     """What ``python -m models.preprocess`` returns (also saved as ``<output_dir>/summary.json``).
 
     Attributes:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from models.contracts import OutputFile, Strict, validate
+from models.contracts import OutputFile, Result, Strict, validate
 
 
 class ModelRef(Strict):
@@ -100,14 +100,14 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> ScreenConfig:
     return validate(ScreenConfig, raw, path)
 
 
-class ScreenOutput(Strict):
+class ScreenOutput(Result):
     """The shard's output directory (an ADIOS2 BP5 store) and its files."""
 
     path: str
     files: list[OutputFile]
 
 
-class ScreenHit(Strict):
+class ScreenHit(Result):
     """One structure of the shard's local top-k, with what it takes to label it.
 
     Attributes:
@@ -136,7 +136,7 @@ class ScreenHit(Strict):
     forces: list[list[float]] | None = None
 
 
-class ScreenResult(Strict):
+class ScreenResult(Result):
     """What ``python -m models.screen`` returns for one shard (throughputs in structures/s)."""
 
     status: Literal["ok"] = "ok"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from models.appio import BadInput
-from models.contracts import Strict, validate
+from models.contracts import Result, Strict, validate
 from models.contracts.hyperparams import ModelHyperparameters
 
 
@@ -120,14 +120,14 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> TrainConfig:
     return cfg
 
 
-class CheckpointRef(Strict):
+class CheckpointRef(Result):
     """A checkpoint file and its sha256 (hex)."""
 
     path: str
     sha256: str
 
 
-class MetricRow(Strict):
+class MetricRow(Result):
     """One per-epoch figure: ``head`` is None for run-level figures (total loss, learning rate)."""
 
     epoch: int
@@ -140,7 +140,7 @@ class MetricRow(Strict):
 StopReason = Literal["epochs", "early_stopping", "stopped", "max_steps", "chunk_epochs", "time_limit"]
 
 
-class TrainResult(Strict):
+class TrainResult(Result):
     """What ``python -m models.train`` returns (identical on every rank; rank 0 writes it).
 
     Attributes:

@@ -26,9 +26,10 @@ stages:
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(path: Path) -> None:
-    recipe = load_recipe(path)
+    here = path.name != "exascale.yaml"  # its raw files are on Frontier's file system
+    recipe = load_recipe(path, check_files=here)
     for name in recipe.profiles:
-        load_recipe(path, profile=name)
+        load_recipe(path, profile=name, check_files=here)
 
 
 def test_hpo_recipe_has_six_families() -> None:

@@ -35,7 +35,7 @@ def test_the_recipes_we_promise_are_shipped() -> None:
 
 @pytest.mark.parametrize(("name", "profile"), _cases())
 def test_every_shipped_recipe_and_profile_validates(name: str, profile: str | None) -> None:
-    recipe = load_recipe(RECIPES / name, profile=profile)
+    recipe = load_recipe(RECIPES / name, profile=profile, check_files=name != "exascale.yaml")
     assert isinstance(recipe, Recipe) and len(recipe.hash()) == 64
     train = recipe.stages.train
     if train is not None and train.chunk_walltime_s is not None and recipe.site.name != "local":
@@ -68,7 +68,7 @@ def test_train_picks_up_the_models_promoted_by_the_main_job() -> None:
 def test_exascale_describes_the_seed_campaign() -> None:
     from models.registry import load_registry
 
-    r = load_recipe(RECIPES / "exascale.yaml")
+    r = load_recipe(RECIPES / "exascale.yaml", check_files=False)
     reg = load_registry()
     names = [d.name for d in r.datasets]
     assert len(names) == 16 and all(not n.startswith("demo-") and n in reg.names() for n in names)
@@ -92,7 +92,7 @@ def test_exascale_renders_its_frontier_batch_script(executor: str) -> None:
     from campaign.dispatch import DISPATCH_KEYS
     from sites.render import render_batch_script
 
-    r = load_recipe(RECIPES / "exascale.yaml")
+    r = load_recipe(RECIPES / "exascale.yaml", check_files=False)
     params = {k: v for k, v in r.site.dispatch_params().items() if k not in DISPATCH_KEYS}
     script = (api.render_site_script(r.site.name, params) if executor == "htex"
               else render_batch_script(r.site.name, executor=executor, **params))

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from models.data.structure import Structure
+from models.formats import READER_NAMES
+
+__all__ = ["READER_NAMES", "Reader", "get_reader", "read_structures"]
 
 Reader = Callable[..., Iterator[Structure]]
 
@@ -44,9 +47,6 @@ def get_reader(name: str) -> Reader:
 
         return read_ase_lmdb
     raise KeyError(f"unknown reader {name!r}; known readers: {', '.join(READER_NAMES)}")
-
-
-READER_NAMES = ("ase", "ani-hdf5", "ase-lmdb")
 
 
 def read_structures(name: str, path: str | Path, **kwargs: Any) -> Iterator[Structure]:
