@@ -96,7 +96,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         on_progress: Live-display callback (see :class:`campaign.steer.StageProgress`).
     """
     from campaign.dispatch import make_dispatcher, retry_policy
-    from campaign.lease import this_driver, write_lease_file
+    from campaign.lease import LeaseLost, this_driver, write_lease_file
     from campaign.ledger import Ledger
     from campaign.stages import StageContext, build_stages
     from campaign.steer import Steerer
@@ -128,9 +128,11 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         steer = Steerer(tasks, dispatcher, max_in_flight=recipe.site.max_in_flight(),
                         concurrency=recipe.site.concurrency(), on_progress=on_progress)
         shared: dict[str, Any] = {}
+        current: int | None = None  # the stage running now
         try:
             for kind, stage in build_stages(recipe):
                 stage_row = ledger.stage(row.id, kind, kind)
+                current = stage_row.id
                 if stage is None:
                     ledger.finish_stage(stage_row.id, "skipped")
                     outcome.stages.append(StageOutcome(kind, "skipped", "not available in this version of campaign"))
@@ -143,8 +145,14 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
                 if status != "done":
                     outcome.status = "failed"
                     break
+            current = None
         except KeyboardInterrupt:
             ledger.finish_campaign(row.id, "interrupted")
+            raise
+        except LeaseLost:
+            raise  # another driver holds the campaign now: its rows are not ours to write
+        except Exception as exc:  # a stage raised (bad input it found, or a defect): never left "running"
+            _record_crash(ledger, row.id, current, exc)
             raise
         finally:
             dispatcher.shutdown()
@@ -152,6 +160,17 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         return outcome
     finally:
         ledger.release_lease(row.id, driver.token)
+
+
+def _record_crash(ledger: Any, campaign_id: int, stage_id: int | None, exc: BaseException) -> None:
+    """Mark the running stage and the campaign failed with the exception as the reason (best effort: when the
+    database itself is what failed, the original exception is what the caller sees)."""
+    try:
+        if stage_id is not None:
+            ledger.finish_stage(stage_id, "failed", f"{type(exc).__name__}: {exc}"[:4000])
+        ledger.finish_campaign(campaign_id, "failed")
+    except Exception:  # the original exception is re-raised by the caller
+        pass
 
 
 def run_campaign(path: str | Path, *, db: str | None = None, profile: str | None = None,

@@ -303,3 +303,61 @@ def test_files_are_owner_only_by_default(tmp_path: Path) -> None:
     proc = subprocess.run([*exe, "status"], env=env | {"CAMPAIGN_SHARING": "world"}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "CAMPAIGN_SHARING='world'" in proc.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("case_id", "text", "fragments"), BOUNDED, ids=[c[0] for c in BOUNDED])
+def test_recipe_beyond_bounds_leaves_postgres_untouched(case_id: str, text: str, fragments: tuple[str, ...],
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same refusals with a PostgreSQL campaign database: nothing reaches it."""
+    from sqlalchemy import text as sql
+
+    from db.engine import make_engine
+    from db.migrate import ensure_schema
+    from tests.conftest import _pg_database
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    gen = _pg_database()
+    url = next(gen)
+    try:
+        engine = make_engine(url)
+        ensure_schema(engine)
+
+        def rows() -> list[tuple[object, ...]]:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(sql(
+                    "SELECT (SELECT count(*) FROM campaigns), (SELECT count(*) FROM tasks), "
+                    "(SELECT count(*) FROM stages)"))]
+
+        before = rows()
+        recipe = tmp_path / "bad.yaml"
+        recipe.write_text(text)
+        out = _refused(["run", str(recipe), "--db", url, "--quiet"], tmp_path, None)
+        for frag in fragments:
+            assert frag.format(path=recipe) in out
+        assert rows() == before
+        engine.dispose()
+    finally:
+        gen.close()
+
+
+def test_a_stage_that_refuses_its_input_fails_the_campaign_instead_of_leaving_it_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad input found by a stage at run time (a model id that does not exist): exit 2, and the campaign and
+    the stage are recorded failed with the reason, never left 'running'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("campaign: ghost\nstages:\n  screen: {model: 4242}\n")
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    res = runner.invoke(app, ["run", str(recipe), "--db", url, "--quiet"])
+    assert res.exit_code == 2 and "model 4242 is not in the database" in res.output
+    assert "Traceback" not in res.output
+    status = runner.invoke(app, ["status", "ghost", "--db", url, "--format", "json"])
+    import json
+
+    snap = json.loads(status.stdout)
+    assert snap["status"] == "failed"
+    (stage,) = [s for s in snap["stages"] if s["kind"] == "screen"]
+    assert stage["status"] == "failed" and "model 4242 is not in the database" in (stage.get("failure") or "")
