@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -85,12 +86,14 @@ def _result(spec: TaskSpec, fut: Future[TaskResult]) -> TaskResult:
 
 @dataclass
 class _StageRun:
-    """One stage being run: the stage, its context, its attempts in flight and its progress counts."""
+    """One stage being run: the stage, its context, its attempts in flight, the tasks it planned that are not
+    written yet, and its progress counts."""
 
     stage: Stage
     ctx: StageContext
     flight: _InFlight
     progress: StageProgress
+    unsaved: deque[PlannedTask] = field(default_factory=deque)
     last_poll: float = float("-inf")
 
 
@@ -138,14 +141,16 @@ class Steerer:
             self._hand_over(run, [(r, rec) for r, rec in recovered.recorded if rec.state is TaskState.FAILED])
             self._hand_back_done(run)
         while True:
+            self._save(run)
             want = min(self.max_in_flight - len(run.flight), self.claim_batch)
             claimed = self.tasks.claim(ctx.stage_id, want)
             for spec in claimed:
                 run.flight.add(spec, self._submit(spec))
-            if not run.flight:
+            if not run.flight and not run.unsaved:
                 break
             self._report(run)
-            ready_may_wait = len(claimed) == want  # the claim got all it asked for (or asked for nothing)
+            # READY tasks may wait when the claim got all it asked for (or asked for nothing), or some are unsaved
+            ready_may_wait = len(claimed) == want or bool(run.unsaved)
             if ready_may_wait and len(run.flight) < self.max_in_flight:
                 finished = run.flight.wait(timeout=0.0)  # free slots to fill at once: take only what is done
             else:
@@ -170,8 +175,15 @@ class Steerer:
             return fut
 
     def _plan(self, run: _StageRun, planned: Sequence[PlannedTask]) -> None:
-        if planned:
-            self.tasks.create(run.ctx.stage_id, planned)
+        run.unsaved.extend(planned)
+
+    def _save(self, run: _StageRun) -> None:
+        """Write the next ``claim_batch`` planned tasks (one transaction), so that the first ones of a long list
+        are claimed and running while the rest are written. Planned tasks not written when the driver dies are
+        not lost: a resumed stage plans them again (``start`` and ``on_done`` plan by key)."""
+        if run.unsaved:
+            batch = [run.unsaved.popleft() for _ in range(min(self.claim_batch, len(run.unsaved)))]
+            self.tasks.create(run.ctx.stage_id, batch)
 
     def _hand_over(self, run: _StageRun, recorded: Sequence[tuple[TaskResult, Recorded]]) -> None:
         """Give each recorded final outcome to the stage (a stale one, or one to retry, is not given)."""
@@ -206,7 +218,7 @@ class Steerer:
         self._last_report = time.monotonic()
         p = run.progress
         p.running = len(run.flight)
-        p.ready = self.tasks.count(run.ctx.stage_id, TaskState.READY)
+        p.ready = self.tasks.count(run.ctx.stage_id, TaskState.READY) + len(run.unsaved)
         self.on_progress(p)
         sub = getattr(run.stage, "sub_progress", None)
         for row in sub() if sub is not None else []:

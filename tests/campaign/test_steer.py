@@ -175,3 +175,28 @@ def test_steering_batches_ledger_writes_and_records_before_telling(engine, tmp_p
     # one transaction per task created, begun and recorded would be 3 (n + 2); batches need far fewer
     assert len(commits) < 1.5 * n, len(commits)
     assert progress[-1] == (n + 2, 0)  # the last report of the stage always comes
+
+
+def test_a_long_start_list_runs_while_it_is_still_being_written(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The first tasks of a long start list are claimed and submitted before the rest are written: the workers
+    do not wait for 20,000 rows to be created first."""
+    ledger, cid, ctx = _many_stage_context(engine, tmp_path, "long")
+    n, batch = 350, 100
+    dispatcher = make_dispatcher("local", {"max_workers": 2}, tmp_path / "dispatch")
+    tasks = TaskQueue(ledger, cid, site="local", executor=dispatcher.name, policy=RetryPolicy(max_retries=0))
+    created_at_first_submit: list[int] = []
+    submit = dispatcher.submit
+
+    def counting_submit(spec: TaskSpec) -> Any:
+        if not created_at_first_submit:
+            created_at_first_submit.append(ledger.count_tasks(cid))
+        return submit(spec)
+
+    dispatcher.submit = counting_submit  # type: ignore[method-assign]
+    try:
+        steer = Steerer(tasks, dispatcher, max_in_flight=n, claim_batch=batch)
+        assert steer.run_stage(ManyStage(tmp_path, n), ctx) == "done"
+    finally:
+        dispatcher.shutdown()
+    assert created_at_first_submit == [batch]
+    assert ledger.count_tasks(cid, states=[TaskState.DONE]) == n + 2
