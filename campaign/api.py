@@ -12,6 +12,7 @@ Nothing here imports torch or parsl until a campaign is run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,10 @@ def list_named_queries(db: str | None = None) -> list[Any]:
     return list_queries(_dialect(db))
 
 
-def named_query(name: str, params: dict[str, str] | None = None, *, db: str | None = None,
+def named_query(name: str, params: Mapping[str, Any] | None = None, *, db: str | None = None,
                 timeout_s: float | None = None) -> Any:
-    """Run a named query from ``db/queries`` with ``params`` (strings; numbers and ``null`` converted)."""
+    """Run a named query from ``db/queries`` with ``params`` (Python values, or strings as the command line
+    gives them: numbers and ``null`` converted)."""
     from db.queries import get_query
     from db.readonly import run_readonly
 

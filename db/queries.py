@@ -14,6 +14,7 @@ dialects differ (date arithmetic, string aggregation).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ class NamedQuery:
     path: Path
     params: dict[str, str | None] = field(default_factory=dict)  # name -> default text (None: required)
 
-    def bind(self, given: dict[str, str]) -> dict[str, Any]:
-        """Merge ``given`` (strings from the command line) with the defaults, converting numbers and null."""
+    def bind(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``given`` with the defaults: strings (from the command line) are converted to numbers and null;
+        numbers, booleans and None (from Python) are taken as they are."""
         unknown = set(given) - set(self.params)
         if unknown:
             raise QueryParamError(
@@ -62,8 +64,10 @@ class NamedQuery:
         return self.sql
 
 
-def _convert(raw: str) -> Any:
-    text = raw.strip()
+def _convert(raw: Any) -> Any:
+    if raw is None or isinstance(raw, bool | int | float):
+        return raw
+    text = str(raw).strip()
     if text.lower() in ("null", "none"):
         return None
     for cast in (int, float):

@@ -67,8 +67,17 @@ _SQLITE_ALLOWED = {
 _WRITE_WORDS = ("readonly", "read-only", "read only", "not authorized", "attempt to write", "query_only")
 
 
-def _sqlite_authorizer(action: int, *_args: object) -> int:
-    return sqlite3.SQLITE_OK if action in _SQLITE_ALLOWED else sqlite3.SQLITE_DENY
+#: Pragmas that only describe the schema (``PRAGMA table_info(tasks)``): allowed; every other pragma is denied.
+_SQLITE_SCHEMA_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info",
+                                    "index_xinfo", "foreign_key_list"})
+
+
+def _sqlite_authorizer(action: int, arg1: object = None, *_args: object) -> int:
+    if action in _SQLITE_ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and isinstance(arg1, str) and arg1.lower() in _SQLITE_SCHEMA_PRAGMAS:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
 
 
 #: Default time limit of one statement, seconds (``$CAMPAIGN_SQL_TIMEOUT_S`` overrides it).

@@ -22,12 +22,11 @@ app = typer.Typer(
     name="campaign",
     help="HPC campaign manager for training graph foundation models of atoms and materials.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 sites_app = typer.Typer(help="Sites the campaign can run on, and the batch scripts it would submit.",
                         no_args_is_help=True)
-db_app = typer.Typer(help="The campaign database: migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="The campaign database: migrations and the reader role.", no_args_is_help=True)
 recipe_app = typer.Typer(help="Recipe tools.", no_args_is_help=True)
 app.add_typer(sites_app, name="sites")
 app.add_typer(db_app, name="db")
@@ -38,6 +37,22 @@ err_console = Console(stderr=True)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from campaign import __version__
+
+        console.print(f"campaign {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """HPC campaign manager for training graph foundation models of atoms and materials."""
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: $CAMPAIGN_DB or sqlite:///campaign.db).")]
 F = TypeVar("F", bound=Callable[..., Any])

@@ -100,3 +100,29 @@ def test_db_current(tmp_path: Path) -> None:
     runner.invoke(app, ["db", "upgrade", "--db", url])
     res = runner.invoke(app, ["db", "current", "--db", url])
     assert res.exit_code == 0 and "current: 0003" in res.output
+
+
+def test_version_and_completion_are_offered() -> None:
+    from campaign import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"campaign {__version__}"
+    assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
+
+
+def test_schema_pragmas_read_but_other_pragmas_are_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
+    res = runner.invoke(app, ["sql", "--db", url, "--format", "csv", "PRAGMA table_info(tasks)"])
+    assert res.exit_code == 0 and ",state," in res.stdout
+    res = runner.invoke(app, ["sql", "--db", url, "PRAGMA user_version = 7"])
+    assert res.exit_code == 2 and "read-only" in res.output
+
+
+def test_named_queries_take_python_values(tmp_path: Path) -> None:
+    from campaign import api
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
+    assert api.named_query("top_trials", {"k": 3}, db=url).rows == []
+    assert api.named_query("top_trials", {"k": "3"}, db=url).rows == []
