@@ -95,6 +95,7 @@ class _StageRun:
     progress: StageProgress
     unsaved: deque[PlannedTask] = field(default_factory=deque)
     last_poll: float = float("-inf")
+    last_ready_count: float = float("-inf")
 
 
 class Steerer:
@@ -112,6 +113,10 @@ class Steerer:
         claim_batch: Tasks claimed (and submitted) per pass at most, so that the first ones start while the
             next are claimed.
     """
+
+    #: Least seconds between two counts of a stage's READY tasks for the display: done and running are counted in
+    #: memory at every report, the READY count is a query on the loop's thread.
+    READY_COUNT_INTERVAL_S = 1.0
 
     def __init__(self, tasks: TaskQueue, dispatcher: Dispatcher, *, max_in_flight: int = 4,
                  concurrency: int | None = None, on_progress: Callable[[StageProgress], None] | None = None,
@@ -215,10 +220,13 @@ class Steerer:
         """Send the stage's progress (and its sub-campaigns', e.g. one row per HPO campaign) to the display."""
         if not self.on_progress or (not force and time.monotonic() - self._last_report < self.report_interval_s):
             return
-        self._last_report = time.monotonic()
+        now = time.monotonic()
+        self._last_report = now
         p = run.progress
         p.running = len(run.flight)
-        p.ready = self.tasks.count(run.ctx.stage_id, TaskState.READY) + len(run.unsaved)
+        if force or now - run.last_ready_count >= self.READY_COUNT_INTERVAL_S:  # the one count that reads the db
+            run.last_ready_count = now
+            p.ready = self.tasks.count(run.ctx.stage_id, TaskState.READY) + len(run.unsaved)
         self.on_progress(p)
         sub = getattr(run.stage, "sub_progress", None)
         for row in sub() if sub is not None else []:
