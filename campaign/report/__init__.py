@@ -7,6 +7,16 @@ read-only (:mod:`campaign.report.data`), draws the figures (:mod:`campaign.repor
 
 from __future__ import annotations
 
-from campaign.report.build import ReportOutcome, build_report
+from typing import Any
 
 __all__ = ["ReportOutcome", "build_report"]
+
+
+def __getattr__(name: str) -> Any:
+    """``build_report`` and ``ReportOutcome`` on first use: the package's other modules (the read-only engine
+    that ``campaign status`` uses) load without matplotlib."""
+    if name in __all__:
+        from campaign.report import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module 'campaign.report' has no attribute {name!r}")
