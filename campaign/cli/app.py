@@ -315,12 +315,36 @@ def _print_rows(result: Any, fmt: str) -> None:
         from rich.table import Table
 
         table = Table(show_lines=False)
-        for col in result.columns:
-            table.add_column(col, overflow="fold")
-        for row in result.rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+        cells = [[_cell(v) for v in row] for row in result.rows]
+        for k, col in enumerate(result.columns):
+            longest = max((len(r[k]) for r in cells), default=0)
+            if longest <= 24:  # names, numbers, states: never wrapped; free text takes the rest of the width
+                table.add_column(col, no_wrap=True)
+            else:
+                table.add_column(col, overflow="fold", ratio=1)
+        for row_cells in cells:
+            table.add_row(*row_cells)
         console.print(table)
         console.print(f"{len(result.rows)} row(s)")
+        if any(_is_task_id(v) for row in result.rows for v in row):
+            console.print("(task ids shortened to 8 characters; --format csv or json shows them whole)")
+
+
+def _is_task_id(value: Any) -> bool:
+    """A task id: 32 lower-case hex digits."""
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _cell(value: Any) -> str:
+    """A value as a table shows it: floats to 5 significant digits, task ids to their first 8 characters (the
+    machine-readable formats keep everything)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    if _is_task_id(value):
+        return value[:8] + "…"
+    return str(value)
 
 
 @app.command()

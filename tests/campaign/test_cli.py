@@ -126,3 +126,15 @@ def test_named_queries_take_python_values(tmp_path: Path) -> None:
     assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
     assert api.named_query("top_trials", {"k": 3}, db=url).rows == []
     assert api.named_query("top_trials", {"k": "3"}, db=url).rows == []
+
+
+def test_tables_round_floats_and_shorten_task_ids_but_csv_keeps_them(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
+    stmt = "SELECT 0.123456789 AS x, '0123456789abcdef0123456789abcdef' AS task"
+    table = runner.invoke(app, ["sql", "--db", url, stmt]).stdout
+    assert "0.12346" in table and "0.123456789" not in table
+    assert "01234567…" in table and "0123456789abcdef0123456789abcdef" not in table
+    assert "shortened" in table
+    csv_out = runner.invoke(app, ["sql", "--db", url, "--format", "csv", stmt]).stdout
+    assert csv_out.splitlines()[1] == "0.123456789,0123456789abcdef0123456789abcdef"
