@@ -711,19 +711,49 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
         data = _deep_merge(data, {"site": {"name": site}})
     hpo_defaults = data.get("hpo_defaults") or {}
     stages = data.get("stages")
+    own_hpo: list[Any] = []  # each HPO entry as written, before the defaults are merged in
     if isinstance(hpo_defaults, dict) and isinstance(stages, dict) and isinstance(stages.get("hpo"), list):
+        own_hpo = list(stages["hpo"])
         stages["hpo"] = [_deep_merge(hpo_defaults, h) if isinstance(h, dict) else h for h in stages["hpo"]]
     try:
         return Recipe.model_validate(data, context={"check_files": check_files})
     except ValidationError as exc:
-        errors = []
+        errors: list[tuple[str, int | None, str]] = []
         for err in exc.errors():
             loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "float", "categorical"))]
+            loc = _where_written(loc, own_hpo, hpo_defaults)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            errors.append((_fmt_loc(loc), _line_of(root, loc), msg))
+                msg = "unknown key" + _did_you_mean(str(loc[-1]))
+            entry = (_fmt_loc(loc), _line_of(root, loc), msg)
+            if entry not in errors:  # a mistake in hpo_defaults is reported once, where it is written
+                errors.append(entry)
         raise RecipeError(path, errors) from None
+
+
+def _where_written(loc: list[int | str], own_hpo: list[Any], hpo_defaults: Any) -> list[int | str]:
+    """An error in an HPO entry whose key came from ``hpo_defaults`` is located in ``hpo_defaults``."""
+    if len(loc) >= 4 and loc[:2] == ["stages", "hpo"] and isinstance(loc[2], int) and loc[2] < len(own_hpo):
+        own, key = own_hpo[loc[2]], loc[3]
+        if isinstance(own, dict) and key not in own and isinstance(hpo_defaults, dict) and key in hpo_defaults:
+            return ["hpo_defaults", *loc[3:]]
+    return loc
+
+
+def _recipe_keys() -> set[str]:
+    """Every key a recipe may hold, at any level (for "did you mean")."""
+    schema = Recipe.model_json_schema()
+    keys = set(schema.get("properties", {}))
+    for d in schema.get("$defs", {}).values():
+        keys |= set(d.get("properties", {}))
+    return keys
+
+
+def _did_you_mean(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(_recipe_keys()), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_recipe(path: str | Path, *, profile: str | None = None, site: str | None = None,

@@ -176,3 +176,16 @@ def test_early_stopping_is_refused_where_workers_do_not_share_the_workdir() -> N
         parse_recipe(globus + hpo.format(extra=""), "g.yaml")
     assert parse_recipe(globus + hpo.format(extra="      early_stopping: {rule: none}\n"), "g.yaml").campaign == "g"
     assert parse_recipe("campaign: l\n" + hpo.format(extra=""), "l.yaml").site.shared_filesystem()
+
+
+def test_a_typo_in_hpo_defaults_is_reported_once_where_it_is_written_with_a_suggestion() -> None:
+    text = MINIMAL.replace("stages:", "hpo_defaults:\n  max_trail: 4\nstages:") + (
+        "    - name: s\n      family: schnet\n      search_space:\n"
+        "        lr: {type: float, low: 0.0001, high: 0.01}\n")
+    errs = _errors(text)
+    assert errs == [("hpo_defaults.max_trail", 5, "unknown key (did you mean 'max_trials'?)")]
+
+
+def test_no_suggestion_for_a_key_unlike_any() -> None:
+    errs = _errors(MINIMAL + "zzzqqq: 1\n")
+    assert errs == [("zzzqqq", 10, "unknown key")]

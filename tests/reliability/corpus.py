@@ -88,7 +88,7 @@ RECIPE_CASES: list[RecipeCase] = [
                "campaign: x\nhpo_defaults: {nodes_per_trial: -2}\ndatasets:\n  - {name: demo-emt}\nstages:\n"
                "  hpo:\n    - name: a\n      family: painn\n      search_space:\n"
                "        lr: {type: float, low: 0.001, high: 0.1}\n",
-               ("{path}:", "stages.hpo[0].nodes_per_trial")),
+               ("{path}:2:", "hpo_defaults.nodes_per_trial")),  # where the mistake is written, once
     # ---------------------------------------------------------------- unknown dataset, site, family, profile
     RecipeCase("unknown-dataset", "campaign: x\ndatasets:\n  - {name: imaginary-1x}\n",
                ("{path}:3:", "datasets[0].name", "unknown dataset 'imaginary-1x'")),
