@@ -262,6 +262,9 @@ def sql(
     timeout: Annotated[float | None, typer.Option(
         "--timeout", help="Seconds a statement may run (default $CAMPAIGN_SQL_TIMEOUT_S or 300).", min=0.001,
         max=86400)] = None,
+    schema: Annotated[bool, typer.Option("--schema", help="Describe every table and column instead.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="With --schema: write the description (Markdown) here.")]
+        = None,
     db: DbOpt = None,
 ) -> None:
     """Query the campaign database, read-only (writes and DDL are refused; on PostgreSQL only through a role
@@ -272,6 +275,21 @@ def sql(
         from campaign.errors import CampaignInputError
 
         raise CampaignInputError(f"--format must be table, csv or json (got {fmt!r})")
+    if schema:
+        from db.schema_doc import schema_markdown
+
+        if out is None:
+            sys.stdout.write(schema_markdown())
+            return
+        from models.atomic_files import write_text_atomic
+
+        if not out.parent.is_dir():
+            from campaign.errors import CampaignInputError
+
+            raise CampaignInputError(f"--out {out}: directory {out.parent} does not exist")
+        write_text_atomic(out, schema_markdown())
+        console.print(f"wrote {out}")
+        return
     if list_queries:
         from rich.table import Table
 
