@@ -1,4 +1,4 @@
-"""Fixtures of the reliability suite: a tiny preprocess campaign recipe."""
+"""Fixtures of the reliability suite: a tiny preprocess campaign recipe, and an existing campaign world."""
 
 from __future__ import annotations
 
@@ -26,3 +26,14 @@ def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_RECIPE.format(name="tiny"))
     return path
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """``(root, database URL)``: an existing campaign world in ``tmp_path``, the working directory, with no
+    ``CAMPAIGN_DB`` in the environment (see :func:`tests.reliability.world.make_world`)."""
+    from tests.reliability.world import make_world
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    return tmp_path, make_world(tmp_path)

@@ -10,29 +10,9 @@ from typer.testing import CliRunner
 
 from campaign.cli.app import app
 from tests.reliability.corpus import RECIPE_CASES, RecipeCase
-from tests.reliability.world import db_dump, make_world, tree
+from tests.reliability.world import assert_refused, db_dump
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
-    return tmp_path, make_world(tmp_path)
-
-
-def _refused(args: list[str], root: Path, url: str) -> str:
-    """Run the CLI, check exit 2 without traceback and nothing changed; return the message."""
-    before_db, before_files = db_dump(url), tree(root)
-    res = runner.invoke(app, args)
-    out = res.output.replace("\n", "")
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert db_dump(url) == before_db, "the database changed"
-    assert tree(root) == before_files, "files changed"
-    return out
 
 
 @pytest.mark.parametrize("case", RECIPE_CASES, ids=lambda c: c.id)
@@ -40,7 +20,7 @@ def test_bad_recipe_is_refused(case: RecipeCase, world: tuple[Path, str]) -> Non
     root, url = world
     recipe = root / "bad.yaml"
     recipe.write_text(case.text)
-    out = _refused(["run", str(recipe), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(recipe), "--db", url, "--quiet"], root, url)
     for frag in case.fragments:
         assert frag.format(path=recipe) in out, f"{frag!r} not in {out!r}"
     assert out.count("error:") == 1
@@ -56,35 +36,35 @@ GOOD = "campaign: fresh\ndatasets:\n  - {name: demo-emt, count: 4}\nstages:\n  p
 
 def test_missing_recipe_file(world: tuple[Path, str]) -> None:
     root, url = world
-    out = _refused(["run", str(root / "nope.yaml"), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(root / "nope.yaml"), "--db", url, "--quiet"], root, url)
     assert f"{root / 'nope.yaml'}" in out and "no such file" in out
 
 
 def test_recipe_is_a_directory(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "dir.yaml").mkdir()
-    out = _refused(["run", str(root / "dir.yaml"), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(root / "dir.yaml"), "--db", url, "--quiet"], root, url)
     assert f"{root / 'dir.yaml'}" in out and "cannot read" in out
 
 
 def test_recipe_not_text(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "bin.yaml").write_bytes(b"\xff\xfe\x00campaign\x80\x81")
-    out = _refused(["run", str(root / "bin.yaml"), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(root / "bin.yaml"), "--db", url, "--quiet"], root, url)
     assert f"{root / 'bin.yaml'}" in out
 
 
 def test_unknown_profile(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "r.yaml").write_text(GOOD + "profiles:\n  big: {seed: 2}\n")
-    out = _refused(["run", str(root / "r.yaml"), "--db", url, "--quiet", "--profile", "huge"], root, url)
+    out = assert_refused(["run", str(root / "r.yaml"), "--db", url, "--quiet", "--profile", "huge"], root, url)
     assert f"{root / 'r.yaml'}:6: profiles: no profile 'huge' (known: big)" in out
 
 
 def test_database_that_does_not_answer(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "r.yaml").write_text(GOOD)
-    out = _refused(["run", str(root / "r.yaml"), "--quiet", "--db", "postgresql+psycopg://u:pw@127.0.0.1:9/x"],
+    out = assert_refused(["run", str(root / "r.yaml"), "--quiet", "--db", "postgresql+psycopg://u:pw@127.0.0.1:9/x"],
                    root, url)
     assert "cannot reach database postgresql+psycopg://u:***@127.0.0.1:9/x" in out
     assert "pw@" not in out
@@ -98,14 +78,14 @@ def test_database_that_does_not_answer(world: tuple[Path, str]) -> None:
 def test_unusable_database_url(db: str, fragment: str, world: tuple[Path, str]) -> None:
     root, url = world
     (root / "r.yaml").write_text(GOOD)
-    out = _refused(["run", str(root / "r.yaml"), "--quiet", "--db", db], root, url)
+    out = assert_refused(["run", str(root / "r.yaml"), "--quiet", "--db", db], root, url)
     assert fragment in out
 
 
 def test_database_url_in_recipe_that_does_not_answer(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "r.yaml").write_text(GOOD + "database: postgresql+psycopg://u@127.0.0.1:9/x\n")
-    out = _refused(["run", str(root / "r.yaml"), "--quiet"], root, url)
+    out = assert_refused(["run", str(root / "r.yaml"), "--quiet"], root, url)
     assert "cannot reach database" in out
 
 
@@ -113,20 +93,20 @@ def test_unwritable_workdir(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "blocker").write_text("a file where the workdir should be\n")
     (root / "r.yaml").write_text(GOOD + "workdir: blocker/runs\n")
-    out = _refused(["run", str(root / "r.yaml"), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(root / "r.yaml"), "--db", url, "--quiet"], root, url)
     assert "workdir" in out and "blocker" in out and "not writable" in out
 
 
 def test_campaign_name_taken_by_another_recipe(world: tuple[Path, str]) -> None:
     root, url = world
     (root / "r.yaml").write_text(GOOD.replace("fresh", "earlier"))
-    out = _refused(["run", str(root / "r.yaml"), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(root / "r.yaml"), "--db", url, "--quiet"], root, url)
     assert "campaign 'earlier' already exists with a different recipe" in out
 
 
 def test_resume_unknown_campaign(world: tuple[Path, str]) -> None:
     root, url = world
-    out = _refused(["resume", "nobody", "--db", url, "--quiet"], root, url)
+    out = assert_refused(["resume", "nobody", "--db", url, "--quiet"], root, url)
     assert "no campaign named 'nobody'" in out
 
 

@@ -17,31 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from campaign.cli.app import app
-from tests.reliability.world import db_dump, make_world, tree
+from tests.reliability.world import assert_refused, db_dump
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
-    return tmp_path, make_world(tmp_path)
-
-
-def _refused(args: list[str], root: Path, url: str | None) -> str:
-    """Run the CLI; exit 2, no traceback, one message, nothing changed. Returns the output on one line."""
-    before_db, before_files = (db_dump(url) if url else None), tree(root)
-    res = runner.invoke(app, args)
-    out = res.output.replace("\n", "")
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert out.count("error:") == 1, res.output
-    if url:
-        assert db_dump(url) == before_db, "the database changed"
-    assert tree(root) == before_files, "files changed"
-    return out
 
 
 # ------------------------------------------------------------------------------------ bounded recipes
@@ -97,7 +75,7 @@ def test_recipe_beyond_bounds_is_refused(case_id: str, text: str, fragments: tup
     root, url = world
     recipe = root / "bad.yaml"
     recipe.write_text(text)
-    out = _refused(["run", str(recipe), "--db", url, "--quiet"], root, url)
+    out = assert_refused(["run", str(recipe), "--db", url, "--quiet"], root, url)
     for frag in fragments:
         assert frag.format(path=recipe) in out, f"{frag!r} not in {out[:400]!r}"
 
@@ -146,7 +124,7 @@ def test_dataset_files_are_checked_at_validate(case_id: str, name: str, make: Ca
         make(target)
     recipe = root / "r.yaml"
     recipe.write_text(f"campaign: files\ndatasets:\n  - {line.format(f=target)}\n")
-    out = _refused(["validate", str(recipe)], root, url)
+    out = assert_refused(["validate", str(recipe)], root, url)
     assert f"{recipe}:3:" in out
     for frag in fragments:
         assert frag in out, f"{frag!r} not in {out!r}"
@@ -194,7 +172,7 @@ def test_read_only_commands_never_create_a_database(args: list[str], tmp_path: P
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CAMPAIGN_DB", raising=False)
-    out = _refused(args, tmp_path, None)
+    out = assert_refused(args, tmp_path, None)
     assert "no campaign database" in out
     assert list(tmp_path.iterdir()) == []
 
@@ -206,7 +184,7 @@ def test_db_value_that_is_neither_url_nor_file_is_refused(args: list[str], value
                                                           world: tuple[Path, str]) -> None:
     root, url = world
     (root / "r.yaml").write_text("campaign: x\n")
-    out = _refused([*args, "--db", value], root, url)
+    out = assert_refused([*args, "--db", value], root, url)
     assert f"database {value!r} is neither a URL nor an existing file" in out
 
 
@@ -218,7 +196,7 @@ def test_a_file_that_is_not_sqlite_is_refused_by_name(args: list[str], world: tu
     (root / "r.yaml").write_text("campaign: x\n")
     fake = root / "notes.db"
     fake.write_text("these are my notes, not a database\n" * 10)
-    out = _refused([*args, "--db", str(fake)], root, url)
+    out = assert_refused([*args, "--db", str(fake)], root, url)
     assert f"{fake} is not a SQLite database" in out
     assert fake.read_text().startswith("these are my notes")
 
@@ -233,14 +211,14 @@ def test_a_file_that_is_not_sqlite_is_refused_by_name(args: list[str], world: tu
 ])
 def test_unknown_ids_and_campaigns_exit_2(args: list[str], words: str, world: tuple[Path, str]) -> None:
     root, url = world
-    out = _refused([*args, "--db", url], root, url)
+    out = assert_refused([*args, "--db", url], root, url)
     assert words in out
 
 
 def test_sqlite_statement_time_limit(world: tuple[Path, str]) -> None:
     root, url = world
     forever = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
-    out = _refused(["sql", "--db", url, "--timeout", "0.5", forever], root, url)
+    out = assert_refused(["sql", "--db", url, "--timeout", "0.5", forever], root, url)
     assert "ran past its time limit of 0.5 s" in out
 
 
@@ -248,9 +226,9 @@ def test_sqlite_time_limit_from_the_environment(world: tuple[Path, str], monkeyp
     root, url = world
     monkeypatch.setenv("CAMPAIGN_SQL_TIMEOUT_S", "0.3")
     forever = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT max(n) FROM r"
-    assert "time limit of 0.3 s" in _refused(["sql", "--db", url, forever], root, url)
+    assert "time limit of 0.3 s" in assert_refused(["sql", "--db", url, forever], root, url)
     monkeypatch.setenv("CAMPAIGN_SQL_TIMEOUT_S", "inf")
-    assert "CAMPAIGN_SQL_TIMEOUT_S" in _refused(["sql", "--db", url, "SELECT 1"], root, url)
+    assert "CAMPAIGN_SQL_TIMEOUT_S" in assert_refused(["sql", "--db", url, "SELECT 1"], root, url)
 
 
 # --------------------------------------------------------------------------------- secrets and files
@@ -333,7 +311,7 @@ def test_recipe_beyond_bounds_leaves_postgres_untouched(case_id: str, text: str,
         before = rows()
         recipe = tmp_path / "bad.yaml"
         recipe.write_text(text)
-        out = _refused(["run", str(recipe), "--db", url, "--quiet"], tmp_path, None)
+        out = assert_refused(["run", str(recipe), "--db", url, "--quiet"], tmp_path, None)
         for frag in fragments:
             assert frag.format(path=recipe) in out
         assert rows() == before

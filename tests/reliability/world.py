@@ -58,3 +58,23 @@ def tree(root: Path, skip: tuple[str, ...] = ("campaign.db-wal", "campaign.db-sh
             continue
         out[rel] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def assert_refused(args: list[str], root: Path, url: str | None) -> str:
+    """Run the CLI in-process and check a refusal: exit 2, one ``error:`` message, no traceback, and the database
+    (when ``url`` is given) and every file under ``root`` unchanged. Returns the output on one line."""
+    from typer.testing import CliRunner
+
+    from campaign.cli.app import app
+
+    before_db, before_files = (db_dump(url) if url else None), tree(root)
+    res = CliRunner().invoke(app, args)
+    out = res.output.replace("\n", "")
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert out.count("error:") == 1, res.output
+    if url:
+        assert db_dump(url) == before_db, "the database changed"
+    assert tree(root) == before_files, "files changed"
+    return out
