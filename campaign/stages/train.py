@@ -193,7 +193,7 @@ class TrainStage:
         prev = next((t for k, t in chunks if k == n - 1), None)
         try:
             res = _result(task)
-            self._record_chunk(ctx, src, n, task, res, _result(prev) if prev is not None else None)
+            self._record_chunk(ctx, src, n, task, res, (prev, _result(prev)) if prev is not None else None)
             if res.completed:
                 self._record_trained(ctx, src, [(t, _result(t)) for k, t in chunks if k <= n])
                 return []
@@ -232,7 +232,7 @@ class TrainStage:
                     if t.state == TaskState.DONE:
                         try:
                             self._record_chunk(ctx, src, k, t, _result(t),
-                                               _result(prev) if prev is not None else None)
+                                               (prev, _result(prev)) if prev is not None else None)
                         except BadInput as exc:
                             self._problems[src.model_id] = f"model {src.model_id}: {exc}"
                 planned += self._advance(ctx, src, n, task)
@@ -300,8 +300,8 @@ class TrainStage:
         return int(art.id)
 
     def _record_chunk(self, ctx: StageContext, src: Source, n: int, task: Any, res: TrainResult,
-                      prev: TrainResult | None) -> None:
-        """Chunk ``n``'s checkpoints, lineage and per-epoch metrics (``prev``: chunk n-1's result)."""
+                      prev: tuple[Any, TrainResult] | None) -> None:
+        """Chunk ``n``'s checkpoints, lineage and per-epoch metrics (``prev``: chunk n-1's task and result)."""
         led, cid = ctx.ledger, ctx.campaign_id
         self._artifact(ctx, res.checkpoints.get("best"), task)
         last_id = self._artifact(ctx, res.checkpoints.get("last"), task)
@@ -309,9 +309,7 @@ class TrainStage:
             led.link("input_of", ("model", src.model_id), ("task", task.id), cid)
             start_id = src.checkpoint_id if task.spec["config"].get("init_from") else None
         else:
-            prev_task = next((t for k, t in self._chunks(ctx, src.model_id) if k == n - 1), None)
-            start_id = (self._artifact(ctx, prev.checkpoints.get("last"), prev_task)
-                        if prev is not None and prev_task is not None else None)
+            start_id = self._artifact(ctx, prev[1].checkpoints.get("last"), prev[0]) if prev is not None else None
         if start_id is not None:
             led.link("input_of", ("artifact", start_id), ("task", task.id), cid)
             if last_id is not None and last_id != start_id:
