@@ -69,10 +69,14 @@ def load_bounded(text: str) -> tuple[yaml.Node | None, Any]:
         raise RecipeYAMLError(f"the recipe is {size} bytes; the limit is {MAX_BYTES}", None)
     try:
         _check_depth(text)
-        root = yaml.compose(text, Loader=_Loader)
-        if root is not None:
-            _check_nodes(root)
-        data = yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            if root is not None:
+                _check_nodes(root)
+            data = loader.construct_document(root) if root is not None else None  # from the checked nodes
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
