@@ -420,15 +420,13 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
             result = None
             cause = ExitCause.ERROR if cause is ExitCause.OK else cause
             err_text = f"unreadable result file {result_path}: {exc}"
+    failure = app_failure(result)
     if cause is ExitCause.OK:
         if returncode is not None and returncode < 0:
             cause = ExitCause.KILLED
-        elif (returncode is not None and returncode != 0) or result is None:
-            cause = ExitCause.ERROR
-        elif app_failure(result) is not None:
+        elif (returncode is not None and returncode != 0) or result is None or failure is not None:
             cause = ExitCause.ERROR
     if cause is not ExitCause.OK and err_text is None:
-        failure = app_failure(result)
         err_text = (f"{failure.reason}\n" if failure else "") + _tail(stderr_path)
         if not err_text.strip():
             err_text = f"exit status {returncode} and no result file"
