@@ -5,7 +5,7 @@ that the queries must filter out), six stages, N tasks spread over them (most DO
 in flight), one attempt per task (failed ones with an exit cause and an error, in-flight ones without an end),
 and six HPO campaigns of 200 trials.
 
-* ours — :func:`campaign.status.collect_status` through the read-only engine: stages with tasks by state, best
+* ours — :func:`campaign.status.collect_status` (plain SQL through :func:`db.readonly.readonly_snapshot`): stages with tasks by state, best
   objective per HPO campaign, attempts in flight (host, elapsed), failures by cause with the latest error.
 * peer — the naive way with the same ORM: load every task and every attempt row of the campaign as objects
   and count in Python.
@@ -109,11 +109,7 @@ def _flush(con: sqlite3.Connection, batch: list) -> None:
 
 
 def ours(url: str) -> dict:
-    eng = readonly_engine(url)
-    try:
-        snap = collect_status(eng, "big")
-    finally:
-        eng.dispose()
+    snap = collect_status(url, "big")
     return {"tasks": {k: v for k, v in snap.tasks_by_state().items() if v}, "running": snap.running_total,
             "failures": {f.cause: f.attempts for f in snap.failures}}
 
@@ -136,8 +132,8 @@ def plans(url: str) -> None:
     """EXPLAIN QUERY PLAN of the status queries (a full-table SCAN would mean a missing index)."""
     eng = readonly_engine(url)
     queries = {
-        "tasks by stage/state": "SELECT stage_id, state, count(*) FROM tasks WHERE stage_id IN (1,2,3,4,5,6) "
-                                "GROUP BY stage_id, state",
+        "tasks by stage/state": "SELECT t.stage_id, t.state, count(*) FROM stages s JOIN tasks t ON "
+                                "t.stage_id = s.id WHERE s.campaign_id = 1 GROUP BY t.stage_id, t.state",
         "in flight": "SELECT count(*) FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.campaign_id = 1 "
                      "AND t.state IN ('SUBMITTED','RUNNING') AND a.ended_at IS NULL",
         "failures": "SELECT a.exit_cause, count(*) FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE "

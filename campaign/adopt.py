@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from campaign.attempt_files import attempt_result_file, process_file
 from campaign.processes import process_alive
 from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
-from campaign.worker import attempt_result_file, process_file, settle
+from campaign.worker import settle
 
 #: A heartbeat older than this (seconds) means the attempt's worker is gone.
 STALE_AFTER_S = 30.0

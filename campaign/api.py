@@ -12,12 +12,14 @@ Nothing here imports torch or parsl until a campaign is run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from campaign.recipe import Recipe, load_recipe, parse_recipe, recipe_schema
-from campaign.runner import RunOutcome, resume_campaign, run_campaign
+if TYPE_CHECKING:
+    from campaign.recipe import Recipe
+    from campaign.runner import RunOutcome
 
 __all__ = [
     "Recipe",
@@ -39,21 +41,61 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """``api.Recipe`` and ``api.RunOutcome``, imported on first use (the read-only commands never need them)."""
+    if name == "Recipe":
+        from campaign.recipe import Recipe
+
+        return Recipe
+    if name == "RunOutcome":
+        from campaign.runner import RunOutcome
+
+        return RunOutcome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_recipe(path: str | Path, *, profile: str | None = None, site: str | None = None,
+                check_files: bool = True) -> Recipe:
+    """Read and validate a recipe file (see :func:`campaign.recipe.parse_recipe`)."""
+    from campaign.recipe import load_recipe as load
+
+    return load(path, profile=profile, site=site, check_files=check_files)
+
+
+def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = None, site: str | None = None,
+                 check_files: bool = True) -> Recipe:
+    """Validate recipe YAML text (see :func:`campaign.recipe.parse_recipe`)."""
+    from campaign.recipe import parse_recipe as parse
+
+    return parse(text, path, profile=profile, site=site, check_files=check_files)
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe."""
+    from campaign.recipe import recipe_schema as schema
+
+    return schema()
+
+
 def run(recipe: str | Path, *, db: str | None = None, profile: str | None = None,
         site: str | None = None) -> RunOutcome:
     """Run (or resume) the campaign a recipe file declares."""
+    from campaign.runner import run_campaign
+
     return run_campaign(recipe, db=db, profile=profile, site=site)
 
 
 def resume(name: str, *, db: str | None = None) -> RunOutcome:
     """Resume a campaign by name from the recipe recorded in the database."""
+    from campaign.runner import resume_campaign
+
     return resume_campaign(name, db=db)
 
 
 def _dialect(db: str | None) -> str:
-    from db.engine import parse_url, resolve_url
+    from db.url import backend_of, resolve_url
 
-    return parse_url(resolve_url(db)).get_backend_name()
+    return backend_of(resolve_url(db))
 
 
 def query(sql: str, params: Any = (), *, db: str | None = None, timeout_s: float | None = None) -> Any:
@@ -66,19 +108,19 @@ def query(sql: str, params: Any = (), *, db: str | None = None, timeout_s: float
 
 
 def row_exists(table: str, column: str, value: Any, *, db: str | None = None) -> bool:
-    """Whether the campaign table ``table`` has a row whose ``column`` equals ``value`` (read-only)."""
-    from sqlalchemy import select
+    """Whether the campaign table ``table`` has a row whose ``column`` equals ``value`` (read-only).
 
-    from campaign.report.database import readonly_engine
-    from db import models as m
+    ``table`` and ``column`` are the caller's identifiers, never a user's: anything but a plain name is refused.
+    """
+    from db.readonly import readonly_snapshot
 
-    t = m.Base.metadata.tables[table]
-    engine = readonly_engine(db)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(select(t.c[column]).where(t.c[column] == value).limit(1)).first() is not None
-    finally:
-        engine.dispose()
+    if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(column)):
+        raise ValueError(f"not a table and column name: {table!r}, {column!r}")
+    with readonly_snapshot(db) as snap:
+        return bool(snap.rows(f"SELECT 1 FROM {table} WHERE {column} = :value LIMIT 1", {"value": value}))
+
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def grant_reader(role: str, *, password: str | None = None, db: str | None = None) -> list[str]:
@@ -125,18 +167,13 @@ def named_query(name: str, params: Mapping[str, Any] | None = None, *, db: str |
 
 def status(campaign: str | None = None, *, db: str | None = None) -> dict[str, Any]:
     """A snapshot of a campaign (default: the most recent): stages with tasks by state, best objective per HPO
-    campaign, attempts in flight (host, elapsed seconds) and failures by cause, as JSON-able data.
+    campaign, attempts in flight (queued or running, host, elapsed seconds, a training attempt's epoch) and failures by cause, as JSON-able data.
 
     ``failures`` maps exit cause -> failed attempts; ``failures_detail`` adds tasks, last seen and latest error.
     """
-    from campaign.report.database import readonly_engine
     from campaign.status import collect_status
 
-    engine = readonly_engine(db)
-    try:
-        return collect_status(engine, campaign).to_dict()
-    finally:
-        engine.dispose()
+    return collect_status(db, campaign).to_dict()
 
 
 def report(campaign: str, out: str | Path, *, db: str | None = None) -> Any:

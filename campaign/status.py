@@ -4,30 +4,43 @@ failures by cause, read from the campaign database in a handful of aggregate que
 Every query is an aggregate or a bounded list served by an index (``ix_tasks_stage_id_state`` for the task
 counts, ``ix_tasks_campaign_id_state`` for the tasks in flight, ``ix_attempts_exit_cause`` for the failures),
 so a snapshot costs milliseconds on a database with a million tasks (``benchmarks/bench_status.py``).
-All queries run in one read transaction: the counts are one consistent snapshot.
+All queries run in one read transaction (:func:`db.readonly.readonly_snapshot`): the counts are one consistent
+snapshot. The queries are plain SQL through the standard library's ``sqlite3`` (or psycopg), not SQLAlchemy:
+``campaign status`` must answer in well under a second, and importing SQLAlchemy and the ORM models alone would
+take half of that.
+
+An attempt in flight is *queued* until its worker writes its start record (``attempt<N>.proc.json`` in the
+task's working directory, :mod:`campaign.attempt_files`), then *running* since the time in that record; a
+running training attempt also shows its epoch and latest validation loss from its ``metrics.jsonl``. Those
+files are read where the status runs: on a machine that does not share the workers' filesystem every attempt
+in flight reads as queued.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Connection, Engine, Row, and_, case, func, select
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from campaign.attempt_files import IN_PROCESS_PACKAGE, process_file
 from campaign.errors import CampaignInputError
-from db import models as m
-from db.engine import DatabaseError, safe_url
+from db.readonly import Snapshot, as_datetime, as_json, readonly_snapshot
+from db.states import ExitCause, TaskState
 
 #: Task states in the order the state machine walks them (the columns of the stage table).
-STATES: tuple[str, ...] = tuple(s.value for s in m.TaskState)
+STATES: tuple[str, ...] = tuple(s.value for s in TaskState)
 #: Exit causes that count as failures.
-FAILURE_CAUSES: tuple[m.ExitCause, ...] = tuple(c for c in m.ExitCause if c is not m.ExitCause.OK)
-_IN_FLIGHT = (m.TaskState.SUBMITTED, m.TaskState.RUNNING)
+FAILURE_CAUSES: tuple[ExitCause, ...] = tuple(c for c in ExitCause if c is not ExitCause.OK)
+_IN_FLIGHT = (TaskState.SUBMITTED.value, TaskState.RUNNING.value)
+#: How much of a running trial's ``metrics.jsonl`` is read for its progress (the latest epochs).
+_METRICS_TAIL_BYTES = 256 * 1024
 
 
 class UnknownCampaign(CampaignInputError):
@@ -69,8 +82,18 @@ class HPOSummary:
 
 
 @dataclass
+class Progress:
+    """How far a running training attempt has come, from its ``metrics.jsonl``."""
+
+    epoch: int  # the last epoch finished (0-based)
+    epochs: int | None  # epochs configured
+    val_loss: float | None  # that epoch's validation loss (the objective's quantity)
+
+
+@dataclass
 class RunningAttempt:
-    """An attempt in flight: where it runs and for how long (seconds since it started, else since submission)."""
+    """An attempt in flight: queued (submitted, its worker has not started it) or running (since the start its
+    worker recorded), where, and for how long."""
 
     task_id: str
     key: str
@@ -79,8 +102,10 @@ class RunningAttempt:
     attempt: int
     site: str
     host: str | None
-    since: datetime
+    since: datetime  # when it started running; while queued, when it was submitted
     elapsed_s: float
+    phase: str = "queued"  # "queued", "running", or "submitted" (an in-process app: no start record to tell)
+    progress: Progress | None = None
 
 
 @dataclass
@@ -145,114 +170,153 @@ def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
-def _value(x: Any) -> str:
-    return x.value if hasattr(x, "value") else str(x)
+@dataclass(frozen=True)
+class CampaignRow:
+    """The campaign a status or report is about."""
+
+    id: int
+    name: str
+    status: str
+    site: str
+    started_at: datetime | None
+    ended_at: datetime | None
 
 
-def find_campaign(conn: Connection, name: str | None) -> Row[Any]:
-    """The campaign row called ``name``, or the most recently created one.
+def find_campaign(db: Snapshot, name: str | None) -> CampaignRow:
+    """The campaign called ``name``, or the most recently created one.
 
     Raises:
         UnknownCampaign: no such campaign (the message lists the known names).
     """
-    cols = (m.Campaign.id, m.Campaign.name, m.Campaign.status, m.Campaign.site, m.Campaign.started_at,
-            m.Campaign.ended_at)
+    cols = "SELECT id, name, status, site, started_at, ended_at FROM campaigns"
     if name is None:
-        row = conn.execute(select(*cols).order_by(m.Campaign.id.desc()).limit(1)).first()
-        if row is None:
+        rows = db.rows(f"{cols} ORDER BY id DESC LIMIT 1")
+        if not rows:
             raise UnknownCampaign("the database holds no campaign yet (run one with `campaign run RECIPE`)")
-        return cast(Row[Any], row)
-    row = conn.execute(select(*cols).where(m.Campaign.name == name)).first()
-    if row is None:
-        known = conn.execute(select(m.Campaign.name).order_by(m.Campaign.id.desc()).limit(20)).scalars().all()
-        raise UnknownCampaign(f"no campaign named {name!r}; known: {', '.join(known) or 'none'}")
-    return cast(Row[Any], row)
+    else:
+        rows = db.rows(f"{cols} WHERE name = :name", {"name": name})
+        if not rows:
+            known = [r[0] for r in db.rows("SELECT name FROM campaigns ORDER BY id DESC LIMIT 20")]
+            raise UnknownCampaign(f"no campaign named {name!r}; known: {', '.join(known) or 'none'}")
+    cid, cname, status, site, started, ended = rows[0]
+    return CampaignRow(int(cid), cname, status, site, as_datetime(started), as_datetime(ended))
 
 
-def _stages(conn: Connection, cid: int) -> list[StageStatus]:
-    rows = conn.execute(select(m.Stage.id, m.Stage.name, m.Stage.kind, m.Stage.status, m.Stage.started_at,
-                               m.Stage.ended_at, m.Stage.config)
-                        .where(m.Stage.campaign_id == cid).order_by(m.Stage.id)).all()
-    stages = {r.id: StageStatus(r.name, r.kind, r.status, r.started_at, r.ended_at,
-                                failure=(r.config or {}).get("failure") if r.status == "failed" else None)
-              for r in rows}
-    if stages:
-        counts = conn.execute(
-            select(m.Task.stage_id, m.Task.state, func.count())
-            .where(m.Task.stage_id.in_(list(stages)))
-            .group_by(m.Task.stage_id, m.Task.state)
-        ).all()
-        for sid, state, n in counts:
-            stages[sid].tasks[_value(state)] = int(n)
+def _stages(db: Snapshot, cid: int) -> list[StageStatus]:
+    rows = db.rows("SELECT id, name, kind, status, started_at, ended_at, config FROM stages "
+                   "WHERE campaign_id = :cid ORDER BY id", {"cid": cid})
+    stages = {}
+    for sid, name, kind, status, started, ended, config in rows:
+        failure = (as_json(config) or {}).get("failure") if status == "failed" else None
+        stages[sid] = StageStatus(name, kind, status, as_datetime(started), as_datetime(ended), failure=failure)
+    counts = db.rows("SELECT t.stage_id, t.state, COUNT(*) FROM stages s JOIN tasks t ON t.stage_id = s.id "
+                     "WHERE s.campaign_id = :cid GROUP BY t.stage_id, t.state", {"cid": cid})
+    for sid, state, n in counts:
+        stages[sid].tasks[state] = int(n)
     return list(stages.values())
 
 
-def _hpo(conn: Connection, cid: int) -> list[HPOSummary]:
-    t = m.Trial
-    agg = conn.execute(
-        select(
-            t.hpo, func.min(t.family), func.count(),
-            func.sum(case((t.status == "done", 1), else_=0)),
-            func.sum(case((t.status == "pruned", 1), else_=0)),
-            func.sum(case((t.status == "failed", 1), else_=0)),
-            func.sum(case((t.status.in_(("asked", "running")), 1), else_=0)),
-            func.min(t.objective),
-        ).where(t.campaign_id == cid).group_by(t.hpo).order_by(t.hpo)
-    ).all()
-    best_sub = (select(t.hpo.label("hpo"), func.min(t.objective).label("best"))
-                .where(t.campaign_id == cid, t.objective.is_not(None)).group_by(t.hpo).subquery())
-    best = {r.hpo: r for r in conn.execute(
-        select(t.hpo, t.number, t.config)
-        .join(best_sub, and_(best_sub.c.hpo == t.hpo, best_sub.c.best == t.objective))
-        .where(t.campaign_id == cid).order_by(t.hpo, t.number.desc())
-    )}
-    return [HPOSummary(hpo, family, int(n), int(done or 0), int(pruned or 0), int(failed or 0), int(fl or 0),
-                       obj, best[hpo].number if hpo in best else None, best[hpo].config if hpo in best else None)
-            for hpo, family, n, done, pruned, failed, fl, obj in agg]
-
-
-def _running(conn: Connection, cid: int, now: datetime, limit: int) -> tuple[list[RunningAttempt], int]:
-    a, t = m.Attempt, m.Task
-    where = (t.campaign_id == cid, t.state.in_(_IN_FLIGHT), a.ended_at.is_(None))
-    total = conn.execute(select(func.count()).select_from(a).join(t, t.id == a.task_id).where(*where)).scalar_one()
-    since = func.coalesce(a.started_at, a.submitted_at)
-    rows = conn.execute(
-        select(a.task_id, t.key, t.kind, m.Stage.name.label("stage"), a.number, a.site, a.host,
-               a.started_at, a.submitted_at)
-        .join(t, t.id == a.task_id).join(m.Stage, m.Stage.id == t.stage_id)
-        .where(*where).order_by(since).limit(limit)
-    ).all()
+def _hpo(db: Snapshot, cid: int) -> list[HPOSummary]:
+    agg = db.rows(
+        "SELECT hpo, MIN(family), COUNT(*), "
+        "SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), SUM(CASE WHEN status = 'pruned' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status IN ('asked', 'running') THEN 1 ELSE 0 END), MIN(objective) "
+        "FROM trials WHERE campaign_id = :cid GROUP BY hpo ORDER BY hpo", {"cid": cid})
+    best = {hpo: (number, config) for hpo, number, config in db.rows(
+        "SELECT t.hpo, t.number, t.config FROM trials t JOIN ("
+        "  SELECT hpo, MIN(objective) AS best FROM trials WHERE campaign_id = :cid AND objective IS NOT NULL "
+        "  GROUP BY hpo) b ON b.hpo = t.hpo AND b.best = t.objective "
+        "WHERE t.campaign_id = :cid ORDER BY t.hpo, t.number DESC", {"cid": cid})}
     out = []
-    for r in rows:
-        start = _aware(r.started_at or r.submitted_at)
-        out.append(RunningAttempt(r.task_id, r.key, r.kind, r.stage, r.number, r.site, r.host, start,
-                                  max(0.0, (now - start).total_seconds())))
-    return out, int(total)
-
-
-def _failures(conn: Connection, cid: int) -> list[FailureCause]:
-    a, t = m.Attempt, m.Task
-    where = (t.campaign_id == cid, a.exit_cause.in_(FAILURE_CAUSES))
-    rows = conn.execute(
-        select(a.exit_cause, func.count(), func.count(func.distinct(a.task_id)), func.max(a.ended_at))
-        .join(t, t.id == a.task_id).where(*where).group_by(a.exit_cause).order_by(func.count().desc())
-    ).all()
-    out = []
-    for cause, n, ntasks, last in rows:
-        err = conn.execute(select(a.error).join(t, t.id == a.task_id)
-                           .where(t.campaign_id == cid, a.exit_cause == cause)
-                           .order_by(a.ended_at.desc()).limit(1)).scalar()
-        out.append(FailureCause(_value(cause), int(n), int(ntasks), last, err))
+    for hpo, family, n, done, pruned, failed, fl, obj in agg:
+        number, config = best.get(hpo, (None, None))
+        out.append(HPOSummary(hpo, family, int(n), int(done or 0), int(pruned or 0), int(failed or 0),
+                              int(fl or 0), None if obj is None else float(obj), number,
+                              None if config is None else as_json(config)))
     return out
 
 
-def collect_status(engine: Engine, campaign: str | None = None, *, now: datetime | None = None,
+def _start_record(spec: Mapping[str, Any], attempt: int) -> dict[str, Any] | None:
+    """The start record the attempt's worker wrote, or ``None`` while it has not started (or cannot be seen)."""
+    workdir = spec.get("workdir")
+    if not workdir:
+        return None
+    try:
+        record = json.loads(process_file(Path(workdir), attempt).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _progress(spec: Mapping[str, Any]) -> Progress | None:
+    """Epoch and validation loss of a running training attempt (an app that writes ``metrics.jsonl``)."""
+    config = spec.get("config") or {}
+    out = config.get("output_dir") if isinstance(config, dict) else None
+    if not out:
+        return None
+    from models.training.metrics import read_metrics  # standard library only
+
+    rows = read_metrics(Path(out) / "metrics.jsonl", tail_bytes=_METRICS_TAIL_BYTES)
+    val = [r for r in rows if r.get("split") == "val" and r.get("head") is None and r.get("name") == "loss"]
+    if not val:
+        return None
+    last = max(val, key=lambda r: int(r["epoch"]))
+    epochs = config.get("epochs")
+    return Progress(int(last["epoch"]), int(epochs) if isinstance(epochs, int) else None, float(last["value"]))
+
+
+def _running(db: Snapshot, cid: int, now: datetime, limit: int) -> tuple[list[RunningAttempt], int]:
+    where = ("t.campaign_id = :cid AND t.state IN (:s1, :s2) AND a.ended_at IS NULL")
+    params = {"cid": cid, "s1": _IN_FLIGHT[0], "s2": _IN_FLIGHT[1], "limit": limit}
+    total = db.rows(f"SELECT COUNT(*) FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE {where}", params)[0][0]
+    rows = db.rows(
+        "SELECT a.task_id, t.key, t.kind, s.name, a.number, a.site, a.host, a.started_at, a.submitted_at, t.spec "
+        "FROM attempts a JOIN tasks t ON t.id = a.task_id JOIN stages s ON s.id = t.stage_id "
+        f"WHERE {where} ORDER BY COALESCE(a.started_at, a.submitted_at) LIMIT :limit", params)
+    out = []
+    for task_id, key, kind, stage, number, site, host, started, submitted, spec_text in rows:
+        spec = as_json(spec_text) or {}
+        record = _start_record(spec, int(number))
+        phase = "submitted" if str(spec.get("app", "")).startswith(IN_PROCESS_PACKAGE) else "queued"
+        progress = None
+        start = as_datetime(started) or as_datetime(submitted) or now
+        if record is not None:
+            phase = "running"
+            host = host or record.get("host")
+            try:
+                start = as_datetime(record.get("started_at")) or start
+            except ValueError:
+                pass
+            progress = _progress(spec)
+        out.append(RunningAttempt(task_id, key, kind, stage, int(number), site, host, start,
+                                  max(0.0, (now - start).total_seconds()), phase, progress))
+    return out, int(total)
+
+
+def _failures(db: Snapshot, cid: int) -> list[FailureCause]:
+    causes = [c.value for c in FAILURE_CAUSES]
+    marks = ", ".join(f":c{i}" for i in range(len(causes)))
+    params: dict[str, Any] = {"cid": cid, **{f"c{i}": c for i, c in enumerate(causes)}}
+    rows = db.rows(
+        "SELECT a.exit_cause, COUNT(*), COUNT(DISTINCT a.task_id), MAX(a.ended_at) FROM attempts a "
+        f"JOIN tasks t ON t.id = a.task_id WHERE t.campaign_id = :cid AND a.exit_cause IN ({marks}) "
+        "GROUP BY a.exit_cause ORDER BY COUNT(*) DESC", params)
+    out = []
+    for cause, n, ntasks, last in rows:
+        err = db.rows("SELECT a.error FROM attempts a JOIN tasks t ON t.id = a.task_id "
+                      "WHERE t.campaign_id = :cid AND a.exit_cause = :cause ORDER BY a.ended_at DESC LIMIT 1",
+                      {"cid": cid, "cause": cause})
+        out.append(FailureCause(cause, int(n), int(ntasks), as_datetime(last), err[0][0] if err else None))
+    return out
+
+
+def collect_status(db: str | None = None, campaign: str | None = None, *, now: datetime | None = None,
                    max_running: int = 20) -> CampaignStatus:
     """Read a snapshot of ``campaign`` (default: the most recent one).
 
     Args:
-        engine: An engine on the campaign database (read-only is enough: see
-            :func:`campaign.report.database.readonly_engine`).
+        db: Database URL (default: ``$CAMPAIGN_DB`` or ``sqlite:///campaign.db``; a bare path is a SQLite file).
         campaign: Campaign name, or None for the most recently created campaign.
         now: The time elapsed times are measured to (default: now, UTC).
         max_running: Attempts in flight listed (the oldest first); ``running_total`` counts them all.
@@ -262,19 +326,15 @@ def collect_status(engine: Engine, campaign: str | None = None, *, now: datetime
         DatabaseError: the database cannot be read (unreachable, or not a campaign database).
     """
     now = now or datetime.now(UTC)
-    try:
-        with engine.begin() as conn:
-            row = find_campaign(conn, campaign)
-            running, total = _running(conn, row.id, now, max_running)
-            return CampaignStatus(
-                campaign=row.name, campaign_id=row.id, status=row.status, site=row.site,
-                started_at=row.started_at, ended_at=row.ended_at, as_of=now,
-                stages=_stages(conn, row.id), hpo=_hpo(conn, row.id), running=running, running_total=total,
-                failures=_failures(conn, row.id),
-            )
-    except (OperationalError, ProgrammingError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseError(f"cannot read the campaign database {safe_url(engine.url)}: {reason}") from exc
+    with readonly_snapshot(db) as snap:
+        row = find_campaign(snap, campaign)
+        running, total = _running(snap, row.id, now, max_running)
+        return CampaignStatus(
+            campaign=row.name, campaign_id=row.id, status=row.status, site=row.site,
+            started_at=row.started_at, ended_at=row.ended_at, as_of=now,
+            stages=_stages(snap, row.id), hpo=_hpo(snap, row.id), running=running, running_total=total,
+            failures=_failures(snap, row.id),
+        )
 
 
 # ------------------------------------------------------------------------------------------------ display
@@ -320,6 +380,13 @@ def hpo_table(summaries: list[HPOSummary]) -> Group:
     return Group(hpo, configs) if configs.row_count else Group(hpo)
 
 
+def _progress_text(p: Progress | None) -> str:
+    if p is None:
+        return ""
+    epoch = f"epoch {p.epoch + 1}" + (f"/{p.epochs}" if p.epochs else "")
+    return epoch + ("" if p.val_loss is None else f", val loss {p.val_loss:.4g}")
+
+
 def render_status(snap: CampaignStatus) -> Group:
     """The snapshot as Rich renderables: a header line, then stages, HPO campaigns, attempts in flight and
     failures (each table only when it has rows)."""
@@ -352,11 +419,12 @@ def render_status(snap: CampaignStatus) -> Group:
         more = snap.running_total - len(snap.running)
         run = Table(title=f"attempts in flight ({snap.running_total}"
                           f"{f', oldest {len(snap.running)} shown' if more else ''})", title_justify="left")
-        for col in ("task", "stage", "kind", "try", "site", "host", "elapsed"):
-            run.add_column(col, justify="right" if col in ("try", "elapsed") else "left")
+        for col in ("task", "stage", "kind", "try", "site", "host", "state", "for", "progress"):
+            run.add_column(col, justify="right" if col in ("try", "for") else "left")
         for r in snap.running:
-            run.add_row(r.key, r.stage, r.kind, str(r.attempt), r.site, r.host or "(not reported yet)",
-                        format_duration(r.elapsed_s))
+            run.add_row(r.key, r.stage, r.kind, str(r.attempt), r.site, r.host or "–",
+                        {"running": "[cyan]running[/]", "queued": "[yellow]queued[/]"}.get(r.phase, r.phase),
+                        format_duration(r.elapsed_s), _progress_text(r.progress))
         parts.append(run)
 
     if snap.failures:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from campaign.attempt_files import IN_PROCESS_PACKAGE, attempt_result_file, process_file
 from campaign.processes import pid_exists, process_alive, process_start_ticks
 from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, utcnow
 from models.atomic_files import write_json_atomic
@@ -35,9 +36,6 @@ BATCH_JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "
 
 #: Exit status an app uses for "bad input" (mirrors the CLI's convention).
 BAD_INPUT_EXIT = 2
-
-#: Apps under this package may run inside the worker process (no Python start-up) when they declare it.
-IN_PROCESS_PACKAGE = "campaign.apps."
 
 
 def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
@@ -391,16 +389,6 @@ def watch_driver(pid: int, start_ticks: int | None, interval_s: float = 0.5) -> 
 
 #: Seconds between heartbeats of a running attempt (the process file's mtime).
 HEARTBEAT_S = 5.0
-
-
-def process_file(workdir: Path, attempt: int) -> Path:
-    """``attempt<N>.proc.json``: host and process group of a running attempt; its mtime is the heartbeat."""
-    return workdir / f"attempt{attempt}.proc.json"
-
-
-def attempt_result_file(workdir: Path, attempt: int) -> Path:
-    """``attempt<N>.result.json``: the attempt's :class:`TaskResult`, written before the worker returns it."""
-    return workdir / f"attempt{attempt}.result.json"
 
 
 def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: Any, ended: Any,

@@ -1,15 +1,13 @@
-"""Engines and sessions from a database URL.
+"""Engines and sessions from a database URL (naming the database, without SQLAlchemy: :mod:`db.url`).
 
-The default is a SQLite file ``campaign.db`` in the working directory, overridden by ``--db URL`` or the
-``CAMPAIGN_DB`` environment variable. SQLite runs in WAL mode with a busy timeout and foreign keys on;
-PostgreSQL is reached through ``postgresql+psycopg://…``. :func:`open_readonly` gives a connection that cannot
+SQLite runs in WAL mode with a busy timeout and foreign keys on;
+PostgreSQL is reached through ``postgresql+psycopg://…``. :mod:`db.readonly` runs statements that cannot
 write by construction (SQLite ``mode=ro`` + ``query_only`` + an authorizer; PostgreSQL read-only transactions).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,96 +15,25 @@ from pathlib import Path
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-DEFAULT_DB_FILE = "campaign.db"
-ENV_VAR = "CAMPAIGN_DB"
+from db.url import (
+    DatabaseError,
+    check_sqlite_file,
+    parse_url,
+    require_existing,
+    resolve_url,
+    safe_url,
+)
+
+__all__ = ["DatabaseError", "check_connection",
+           "check_sqlite_file", "disk_full_error", "json_loads", "make_engine", "parse_url", "require_existing",
+           "resolve_url", "safe_url", "session_factory", "transaction"]
+
 #: How long a SQLite writer waits for a lock before failing (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 60_000
-
-
-class DatabaseError(RuntimeError):
-    """The database cannot be reached or used. The message names the URL (without the password)."""
-
-
-#: What a bare path may end with when it names a SQLite file that does not exist yet.
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-#: The first 16 bytes of every SQLite database file.
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def resolve_url(url: str | None = None) -> str:
-    """The database URL: ``url`` if given, else ``$CAMPAIGN_DB``, else ``sqlite:///campaign.db`` in the cwd.
-
-    A bare path is accepted as a SQLite file when it exists or ends in ``.db``, ``.sqlite`` or ``.sqlite3``;
-    anything else (``::::``, a typo of a URL) is refused rather than becoming a file of that name.
-
-    Raises:
-        DatabaseError: a bare value that is neither an existing file nor a SQLite file name.
-    """
-    chosen = url or os.environ.get(ENV_VAR) or DEFAULT_DB_FILE
-    if "://" not in chosen:
-        path = Path(chosen).expanduser()
-        if not path.is_file() and path.suffix not in SQLITE_SUFFIXES:
-            raise DatabaseError(f"database {chosen!r} is neither a URL nor an existing file: write "
-                                "sqlite:///PATH (or a path ending in .db) or postgresql+psycopg://USER@HOST/DB")
-        chosen = f"sqlite:///{path.resolve()}"
-    return chosen
-
-
-def check_sqlite_file(path: str | Path) -> None:
-    """Refuse an existing file that is not a SQLite database (an empty file is a new one).
-
-    Raises:
-        DatabaseError: naming the file.
-    """
-    p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise DatabaseError(f"cannot read database file {p}: {exc.strerror or exc}") from None
-    if head and head != SQLITE_MAGIC:
-        raise DatabaseError(f"{p} is not a SQLite database (it does not start with 'SQLite format 3')")
-
-
-def require_existing(url: str) -> None:
-    """For commands that only read or resume: the SQLite file must exist (they never create one).
-
-    Raises:
-        DatabaseError: no such file, or not a SQLite database.
-    """
-    parsed = parse_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return
-    path = _sqlite_path(parsed)
-    if path is None or not Path(path).is_file():
-        raise DatabaseError(f"no campaign database at {path or safe_url(parsed)} (run a campaign first, or pass "
-                            "--db URL)")
-    check_sqlite_file(path)
-
-
-def safe_url(url: str | URL) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<invalid database URL>"
-
-
-def parse_url(url: str) -> URL:
-    """Parse ``url`` or raise :class:`DatabaseError` with a clear message."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
-        raise DatabaseError(f"not a database URL: {safe_url(url)} (expected e.g. sqlite:///campaign.db)") from exc
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise DatabaseError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
-    return parsed
 
 
 def json_loads(text: str | bytes) -> object:

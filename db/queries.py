@@ -59,9 +59,14 @@ class NamedQuery:
 
     def for_dialect(self, dialect: str) -> str:
         """The SQL with parameters in the dialect's placeholder style."""
-        if dialect == "postgresql":
-            return _PARAM_RE.sub(r"%(\1)s", self.sql.replace("%", "%%"))
-        return self.sql
+        return placeholders(self.sql, dialect)
+
+
+def placeholders(sql: str, dialect: str) -> str:
+    """``sql`` written with ``:name`` parameters, in ``dialect``'s placeholder style (``%(name)s`` for psycopg)."""
+    if dialect == "postgresql":
+        return _PARAM_RE.sub(r"%(\1)s", sql.replace("%", "%%"))
+    return sql
 
 
 def _convert(raw: Any) -> Any:

@@ -19,17 +19,19 @@ Every statement has a time limit (``timeout_s``; SQLite through a progress handl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from db.engine import DatabaseError, check_sqlite_file, parse_url, resolve_url, safe_url
-from db.roles import privileges_beyond_reading
+from db.url import DatabaseError, backend_of, check_sqlite_file, parse_url, resolve_url, safe_url, sqlite_file
 
 
 class ReadOnlyViolation(PermissionError):
@@ -102,13 +104,8 @@ def _timeout_s(timeout_s: float | None) -> float:
 
 
 def _run_sqlite(path: str, sql: str, params: Mapping[str, Any] | Sequence[Any], timeout_s: float) -> QueryResult:
-    if not Path(path).exists():
-        raise DatabaseError(f"no campaign database at {path} (run a campaign first, or pass --db URL)")
-    check_sqlite_file(path)
-    uri = f"file:{Path(path).resolve()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    conn = _connect_sqlite(path)
     try:
-        conn.execute("PRAGMA query_only = ON")
         conn.set_authorizer(_sqlite_authorizer)
         deadline = time.monotonic() + timeout_s
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)  # non-zero: interrupt
@@ -132,10 +129,19 @@ def _run_sqlite(path: str, sql: str, params: Mapping[str, Any] | Sequence[Any], 
         conn.close()
 
 
-def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any], timeout_s: float,
-                  user_sql: bool) -> QueryResult:
+def _connect_sqlite(path: str) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` that cannot write (``mode=ro``, ``query_only``)."""
+    if not Path(path).exists():
+        raise DatabaseError(f"no campaign database at {path} (run a campaign first, or pass --db URL)")
+    check_sqlite_file(path)
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _connect_postgres(url: str, timeout_s: float) -> Any:
+    """A psycopg connection whose transactions are read-only by default, statements limited to ``timeout_s``."""
     import psycopg
-    from psycopg import errors
 
     parsed = parse_url(url)
     kwargs: dict[str, Any] = {
@@ -148,12 +154,23 @@ def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any],
         "options": f"-c default_transaction_read_only=on -c statement_timeout={max(1, int(timeout_s * 1000))}",
     }
     try:
-        conn = psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
+        return psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseError(f"cannot reach database {safe_url(parsed)}: {first}") from exc
+
+
+def _run_postgres(url: str, sql: str, params: Mapping[str, Any] | Sequence[Any], timeout_s: float,
+                  user_sql: bool) -> QueryResult:
+    import psycopg
+    from psycopg import errors
+
+    parsed = parse_url(url)
+    conn = _connect_postgres(url, timeout_s)
     try:
         if user_sql:
+            from db.roles import privileges_beyond_reading
+
             beyond = privileges_beyond_reading(conn)
             if beyond:
                 raise ReadOnlyViolation(
@@ -205,12 +222,102 @@ def run_readonly(sql: str, params: Mapping[str, Any] | Sequence[Any] = (), url: 
     """
     limit = _timeout_s(timeout_s)
     resolved = resolve_url(url)
-    parsed = parse_url(resolved)
     if not sql.strip():
         raise QueryError("empty SQL statement")
-    if parsed.get_backend_name() == "sqlite":
-        path = parsed.database
-        if not path or path == ":memory:":
+    if backend_of(resolved) == "sqlite":
+        path = sqlite_file(resolved)
+        if path is None:
             raise DatabaseError("campaign sql needs a database file, not an in-memory database")
         return _run_sqlite(path, sql, params, limit)
     return _run_postgres(resolved, sql, params, limit, user_sql)
+
+
+class Snapshot(Protocol):
+    """Reads of one consistent state of the database (what :func:`readonly_snapshot` yields)."""
+
+    dialect: str
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` (parameters written ``:name``, whatever the dialect)."""
+        ...
+
+
+@dataclass
+class _SqliteSnapshot:
+    conn: sqlite3.Connection
+    dialect: str = "sqlite"
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, dict(params or {})).fetchall()
+
+
+@dataclass
+class _PostgresSnapshot:
+    cur: Any
+    dialect: str = "postgresql"
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        from db.queries import placeholders
+
+        self.cur.execute(placeholders(sql, "postgresql"), dict(params or {}))
+        return [tuple(r) for r in self.cur.fetchall()]
+
+
+@contextmanager
+def readonly_snapshot(url: str | None = None, *, timeout_s: float | None = None) -> Iterator[Snapshot]:
+    """Several reads of one consistent state of the campaign database, with the commands' own SQL (not users').
+
+    The status and the lineage tree read through this rather than a SQLAlchemy engine: on SQLite it needs only
+    the standard library, which keeps the read-only commands' start-up short. SQLite reads in one deferred
+    transaction (no write lock: the steering process is never delayed); PostgreSQL in one ``REPEATABLE READ``
+    read-only transaction. Timestamps come back as the driver gives them (text on SQLite: see
+    :func:`db.readonly.as_datetime`) and JSON columns as text on SQLite (:func:`db.readonly.as_json`).
+
+    Raises:
+        DatabaseError: the database cannot be reached, or is not a campaign database (a table is missing).
+    """
+    limit = _timeout_s(timeout_s)
+    resolved = resolve_url(url)
+    if backend_of(resolved) == "sqlite":
+        path = sqlite_file(resolved)
+        if path is None:
+            raise DatabaseError("a read-only snapshot needs a database file, not an in-memory database")
+        conn = _connect_sqlite(path)
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteSnapshot(conn)
+            except sqlite3.DatabaseError as exc:
+                raise DatabaseError(f"cannot read the campaign database {path}: {exc}") from exc
+        finally:
+            conn.rollback()
+            conn.close()
+        return
+    import psycopg
+
+    pg = _connect_postgres(resolved, limit)
+    try:
+        with pg.transaction(force_rollback=True), pg.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            try:
+                yield _PostgresSnapshot(cur)
+            except psycopg.Error as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DatabaseError(f"cannot read the campaign database {safe_url(resolved)}: {first}") from exc
+    finally:
+        pg.close()
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A timestamp column's value as an aware UTC datetime (SQLite stores text; every timestamp written is UTC)."""
+    if value is None:
+        return None
+    ts = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def as_json(value: Any) -> Any:
+    """A JSON column's value decoded (SQLite stores text; psycopg decodes it already)."""
+    if isinstance(value, str | bytes):
+        return json.loads(value)
+    return value

@@ -155,11 +155,11 @@ def _print_results(outcome: Any) -> None:
     from db import models as m
     from db.engine import make_engine, session_factory
 
+    snap = collect_status(outcome.url, outcome.campaign)
+    if snap.hpo:
+        console.print(hpo_table(snap.hpo))
     engine = make_engine(outcome.url)
     try:
-        snap = collect_status(engine, outcome.campaign)
-        if snap.hpo:
-            console.print(hpo_table(snap.hpo))
         with session_factory(engine)() as s:
             promoted = list(s.scalars(select(m.Model).where(m.Model.campaign_id == outcome.campaign_id,
                                                             m.Model.role == "promoted").order_by(m.Model.id)))
@@ -404,26 +404,21 @@ def status(
 ) -> None:
     """Stages, tasks by state, best objective per HPO campaign, attempts in flight and failures by cause."""
     from campaign.errors import CampaignInputError
-    from campaign.report.database import readonly_engine
     from campaign.status import collect_status, render_status
 
     if fmt not in ("table", "json"):
         raise CampaignInputError(f"--format must be table or json (got {fmt!r})")
     if watch and fmt == "json":
         raise CampaignInputError("--watch shows a table; leave out --format json")
-    engine = readonly_engine(db)
-    try:
-        snap = collect_status(engine, campaign)  # bad input (unknown campaign, no database) fails here, once
-        if fmt == "json":
-            sys.stdout.write(json.dumps(snap.to_dict(), indent=2) + "\n")
-        elif watch:
-            from campaign.cli.live import watch as watch_live
+    snap = collect_status(db, campaign)  # bad input (unknown campaign, no database) fails here, once
+    if fmt == "json":
+        sys.stdout.write(json.dumps(snap.to_dict(), indent=2) + "\n")
+    elif watch:
+        from campaign.cli.live import watch as watch_live
 
-            watch_live(console, lambda: render_status(collect_status(engine, snap.campaign)), interval=interval)
-        else:
-            console.print(render_status(snap))
-    finally:
-        engine.dispose()
+        watch_live(console, lambda: render_status(collect_status(db, snap.campaign)), interval=interval)
+    else:
+        console.print(render_status(snap))
 
 
 @app.command()

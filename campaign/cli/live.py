@@ -1,5 +1,11 @@
 """Live Rich displays: the progress of a running campaign (one row per stage with task counts) and
-``campaign status --watch`` (a status snapshot re-read every few seconds)."""
+``campaign status --watch`` (a status snapshot re-read every few seconds).
+
+On a terminal both redraw in place. Anywhere else (a pipe, a batch job's log file) a redrawn display would only
+appear when the command ends, if at all: there the campaign's progress is written as plain lines (a stage's
+line when its counts change, at most every :data:`PLAIN_EVERY_S` seconds, and always when it finishes) and each
+``--watch`` snapshot is printed in full, one after the other.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,22 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
+#: Seconds between two plain progress lines of the same stage (when not on a terminal).
+PLAIN_EVERY_S = 10.0
+
 
 class LiveDisplay:
     """Context manager showing stage progress; ``update`` is the steering loop's progress callback."""
 
-    def __init__(self, console: Console, *, enabled: bool = True) -> None:
+    def __init__(self, console: Console, *, enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
         self.enabled = enabled and console.is_terminal
+        self.plain = enabled and not console.is_terminal
         self.rows: dict[str, Any] = {}
         self._live: Live | None = None
+        self._clock = clock
+        self._printed: dict[str, tuple[float, tuple[int, ...]]] = {}  # stage -> (when, counts) of its last line
 
     def _table(self) -> Table:
         table = Table(title="campaign progress")
@@ -37,6 +50,21 @@ class LiveDisplay:
         self.rows[progress.name] = progress
         if self._live is not None:
             self._live.update(self._table())
+        elif self.plain:
+            self._plain_line(progress)
+
+    def _plain_line(self, p: Any) -> None:
+        counts = (p.done, p.running, p.ready, p.failed)
+        now = self._clock()
+        last = self._printed.get(p.name)
+        finished = p.running == 0 and p.ready == 0
+        if last is not None and (last[1] == counts or (now - last[0] < PLAIN_EVERY_S and not finished)):
+            return
+        self._printed[p.name] = (now, counts)
+        best = p.extra.get("best")
+        self.console.print(
+            f"{time.strftime('%H:%M:%S')} {p.name}: {p.done} done, {p.running} running, {p.ready} ready, "
+            f"{p.failed} failed" + ("" if best is None else f", best {best:.4g}"), highlight=False, soft_wrap=True)
 
     def __enter__(self) -> LiveDisplay:
         if self.enabled:
@@ -58,6 +86,18 @@ def watch(console: Console, render: Callable[[], RenderableType], *, interval: f
         How many times the display was rendered.
     """
     shown = 0
+    if not console.is_terminal:  # print each snapshot in full: a pipe or a file cannot be redrawn
+        try:
+            while max_updates is None or shown < max_updates:
+                if shown:
+                    sleep(interval)
+                    console.rule()
+                console.print(render())
+                console.file.flush()
+                shown += 1
+        except KeyboardInterrupt:
+            pass
+        return shown
     with Live(render(), console=console, refresh_per_second=4, transient=False, auto_refresh=False) as live:
         shown = 1
         try:

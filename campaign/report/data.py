@@ -20,13 +20,14 @@ page then show a "no data yet" note for it. What each section reads:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Float, case, cast, func, select
+from sqlalchemy import Connection, Engine, Float, case, cast, func, select, text
 
 from campaign.status import FAILURE_CAUSES, find_campaign
 from db import models as m
@@ -411,6 +412,17 @@ def _timeline(conn: Connection, cid: int) -> tuple[list[AttemptSpan], int]:
     return spans[::-1], int(total)
 
 
+class _Rows:
+    """A SQLAlchemy connection as the :class:`db.readonly.Snapshot` that :func:`find_campaign` reads."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.execute(text(sql), dict(params or {}))]
+
+
 def gather(engine: Engine, campaign: str, *, now: datetime | None = None) -> ReportData:
     """Read every section of the report of ``campaign`` in one read transaction.
 
@@ -419,7 +431,7 @@ def gather(engine: Engine, campaign: str, *, now: datetime | None = None) -> Rep
     """
     now = now or datetime.now(UTC)
     with engine.begin() as conn:
-        row = find_campaign(conn, campaign)
+        row = find_campaign(_Rows(conn), campaign)
         c = conn.execute(select(m.Campaign.__table__).where(m.Campaign.id == row.id)).one()
         header = Header(c.name, c.status, c.site, aware(c.started_at), aware(c.ended_at), c.recipe_hash,
                         c.code_version, c.git_sha)

@@ -48,11 +48,25 @@ class MetricsWriter:
             os.fsync(fh.fileno())
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_metrics(path: str | os.PathLike[str], *, tail_bytes: int | None = None) -> list[dict[str, Any]]:
     """Every complete line of a metrics file as a dict: the one reader of the format. A run still writing it may
-    leave a partial last line, which is skipped; a file not written yet reads as no rows."""
+    leave a partial last line, which is skipped; a file not written yet reads as no rows.
+
+    Args:
+        path: The ``metrics.jsonl`` file.
+        tail_bytes: Read only the file's last ``tail_bytes`` bytes (the latest epochs of a long run, for a
+            progress display); the first, cut line is dropped.
+    """
     try:
-        lines = Path(path).read_text().splitlines()
+        if tail_bytes is None:
+            lines = Path(path).read_text().splitlines()
+        else:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - tail_bytes))
+                lines = fh.read().decode("utf-8", errors="replace").splitlines()
+                if size > tail_bytes:
+                    lines = lines[1:]
     except OSError:
         return []
     rows = []
