@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -362,9 +363,10 @@ def _fmt_ts(ts: datetime | None) -> str:
 def hpo_table(summaries: list[HPOSummary]) -> Group:
     """One row per HPO campaign (trials by outcome, the best objective and which trial reached it), then the
     best trials' configurations in a table of their own (they are long: one wide column wraps them readably)."""
-    hpo = Table(title="HPO campaigns (objective: best-epoch validation loss, lower is better)", title_justify="left")
+    hpo = Table(title="HPO campaigns (objective: best-epoch validation loss, lower is better)", title_justify="left",
+                box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)  # fits 80 columns
     for col in ("hpo", "family", "trials", "done", "pruned", "failed", "in flight", "best", "trial"):
-        hpo.add_column(col, justify="left" if col in ("hpo", "family") else "right")
+        hpo.add_column(col, justify="left" if col in ("hpo", "family") else "right", no_wrap=True)
     configs = Table(title="best configuration per HPO campaign", title_justify="left")
     configs.add_column("hpo", no_wrap=True)
     configs.add_column("trial", justify="right", no_wrap=True)

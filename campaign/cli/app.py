@@ -332,20 +332,47 @@ def _print_rows(result: Any, fmt: str) -> None:
     else:
         from rich.table import Table
 
-        table = Table(show_lines=False)
         cells = [[_cell(v) for v in row] for row in result.rows]
-        for k, col in enumerate(result.columns):
-            longest = max((len(r[k]) for r in cells), default=0)
-            if longest <= 24:  # names, numbers, states: never wrapped; free text takes the rest of the width
-                table.add_column(col, no_wrap=True)
-            else:
-                table.add_column(col, overflow="fold", ratio=1)
-        for row_cells in cells:
-            table.add_row(*row_cells)
-        console.print(table)
+        longest = [max([len(col), *(len(r[k]) for r in cells)]) for k, col in enumerate(result.columns)]
+        free = [n > _NO_WRAP_WIDTH for n in longest]  # free text: wrapped in what width the others leave
+        needed = 1 + sum(3 + (_MIN_FREE_WIDTH if f else n) for f, n in zip(free, longest, strict=True))
+        if needed > console.width:
+            _print_records(result.columns, cells)
+        else:
+            table = Table(show_lines=False)
+            for col, is_free in zip(result.columns, free, strict=True):
+                if is_free:
+                    table.add_column(col, overflow="fold", ratio=1)
+                else:  # names, numbers, states: never wrapped
+                    table.add_column(col, no_wrap=True)
+            for row_cells in cells:
+                table.add_row(*row_cells)
+            console.print(table)
         console.print(f"{len(result.rows)} row(s)")
         if any(_is_task_id(v) for row in result.rows for v in row):
             console.print("(task ids shortened to 8 characters; --format csv or json shows them whole)")
+
+
+#: A column whose values are all this short (names, numbers, states) is never wrapped.
+_NO_WRAP_WIDTH = 24
+#: The narrowest a free-text column may be before the table gives way to one record per row.
+_MIN_FREE_WIDTH = 20
+
+
+def _print_records(columns: list[str], cells: list[list[str]]) -> None:
+    """One block per row, one ``column │ value`` line per column: what a table too wide for the terminal
+    becomes (like psql's expanded display)."""
+    from rich.table import Table
+
+    for i, row_cells in enumerate(cells, start=1):
+        console.rule(f"row {i}", align="left", style="dim")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold", ratio=1)
+        for col, value in zip(columns, row_cells, strict=True):
+            grid.add_row(col, "│", value)
+        console.print(grid)
 
 
 def _is_task_id(value: Any) -> bool:

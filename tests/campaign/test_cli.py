@@ -138,3 +138,22 @@ def test_tables_round_floats_and_shorten_task_ids_but_csv_keeps_them(tmp_path: P
     assert "shortened" in table
     csv_out = runner.invoke(app, ["sql", "--db", url, "--format", "csv", stmt]).stdout
     assert csv_out.splitlines()[1] == "0.123456789,0123456789abcdef0123456789abcdef"
+
+
+def test_a_table_too_wide_for_the_terminal_becomes_one_record_per_row(tmp_path: Path) -> None:
+    """Seven short columns and a long free-text one: a table at 160 columns (the text wrapped in its own column),
+    one `column │ value` block per row at 80, where the table would squeeze the text to a letter per line."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
+    config = '{"cutoff": 4.0, "num_radial": 4, "num_spherical": 4, "int_emb_size": 16, "hidden": 32, "lr": 0.0025}'
+    stmt = ("SELECT 'demo-hpo' AS campaign, 'dimenetpp' AS hpo, 1 AS rank, 'dimenet++' AS family, 2 AS trial, "
+            f"23.5884 AS objective, 3 AS best_epoch, '{config}' AS config")
+    wide = runner.invoke(app, ["sql", "--db", url, stmt], env={"COLUMNS": "160"}).stdout
+    assert "┃ campaign ┃ hpo" in wide and "row 1" not in wide
+    narrow = runner.invoke(app, ["sql", "--db", url, stmt], env={"COLUMNS": "80"}).stdout
+    assert "row 1" in narrow and "┃ campaign" not in narrow
+    lines = narrow.splitlines()
+    assert any(ln.startswith("objective  │ 23.588") for ln in lines)
+    assert max(len(ln.rstrip()) for ln in lines) <= 80
+    config_lines = [ln for ln in lines if ln.startswith("config")] + [ln for ln in lines if ln.startswith("   ")]
+    assert "".join(ln.split("│", 1)[-1].strip() for ln in config_lines).replace(" ", "") == config.replace(" ", "")
