@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
     from campaign.runner import RunOutcome
 
 __all__ = [
+    "CancelOutcome",
     "Recipe",
     "RunOutcome",
+    "cancel",
     "list_named_queries",
     "list_sites",
     "load_recipe",
@@ -34,6 +37,7 @@ __all__ = [
     "render_site_script",
     "report",
     "resume",
+    "retry",
     "run",
     "schema_revisions",
     "status",
@@ -90,6 +94,95 @@ def resume(name: str, *, db: str | None = None) -> RunOutcome:
     from campaign.runner import resume_campaign
 
     return resume_campaign(name, db=db)
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What :func:`cancel` did: the campaign's status, the driver asked to stop (``None``: none was running) and
+    whether it stopped within the wait."""
+
+    status: str
+    driver: str | None
+    stopped: bool
+
+
+def cancel(name: str, *, db: str | None = None, wait: bool = True, timeout_s: float = 120.0,
+           poll_s: float = 0.5) -> CancelOutcome:
+    """Ask the driver running campaign ``name`` to stop (see ``campaign cancel``), and wait for it.
+
+    Raises:
+        CampaignInputError: no campaign of that name.
+    """
+    import time
+
+    from campaign.ledger import Ledger
+    from campaign.runner import database_url
+    from db.engine import check_connection, make_engine, require_existing
+
+    url = database_url(db, None)
+    require_existing(url)  # cancelling never creates a database
+    engine = make_engine(url)
+    try:
+        check_connection(engine)
+        ledger = Ledger(engine)
+        req = ledger.request_cancel(name)
+        if req.driver is None:
+            return CancelOutcome(req.status, None, False)
+        deadline = time.monotonic() + timeout_s
+        stopped = False
+        while wait and not (stopped := ledger.lease_token(req.campaign_id) is None):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll_s)
+        status = ledger.campaign_status(req.campaign_id)
+        return CancelOutcome(status, req.driver.describe(), stopped)
+    finally:
+        engine.dispose()
+
+
+#: Stages whose failed tasks ``retry`` refuses to run again, and why.
+NOT_RETRYABLE = {"hpo": "a failed trial was told to the optimizer as a failure, and the study has asked its next "
+                        "trials knowing it; raise the study's max_trials to run more trials instead"}
+
+
+def retry(name: str, stage: str, *, db: str | None = None) -> int:
+    """Make the failed tasks of ``stage`` ready again (their retry budget afresh); ``resume`` then runs them.
+    Returns how many tasks were made ready.
+
+    Raises:
+        CampaignInputError: no such campaign or stage, a stage whose tasks cannot be retried, or the campaign is
+            running (its driver holds it: cancel it or let it finish first).
+    """
+    from sqlalchemy import select
+
+    from campaign.errors import CampaignInputError
+    from campaign.lease import this_driver
+    from campaign.ledger import Ledger
+    from campaign.runner import database_url
+    from db import models as m
+    from db.engine import check_connection, make_engine, require_existing, session_factory
+
+    url = database_url(db, None)
+    require_existing(url)
+    engine = make_engine(url)
+    try:
+        check_connection(engine)
+        with session_factory(engine)() as s:
+            row = s.execute(select(m.Campaign.id).where(m.Campaign.name == name)).first()
+            kind = s.scalar(select(m.Stage.kind).join(m.Campaign).where(m.Campaign.name == name, m.Stage.name == stage))
+        if row is None:
+            raise CampaignInputError(f"no campaign named {name!r}")
+        if kind in NOT_RETRYABLE:
+            raise CampaignInputError(f"stage {stage!r} cannot be retried: {NOT_RETRYABLE[kind]}")
+        ledger = Ledger(engine)
+        driver = this_driver(None)
+        ledger.acquire_lease(row.id, driver)  # DriverBusy (exit 2) while the campaign runs
+        try:
+            return ledger.retry_failed(row.id, stage)
+        finally:
+            ledger.release_lease(row.id, driver.token)
+    finally:
+        engine.dispose()
 
 
 def _dialect(db: str | None) -> str:

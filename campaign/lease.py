@@ -32,12 +32,19 @@ STALE_AFTER_S = 90.0
 #: Seconds between two renewals of the lease while the loop has nothing else to write.
 RENEW_EVERY_S = 10.0
 
+#: Seconds between two looks of the driver for a user's cancel request (``campaign cancel``).
+CANCEL_CHECK_S = 2.0
+
 #: The lease file's name under the campaign's workdir.
 LEASE_FILE = "driver.lease.json"
 
 
 class DriverBusy(CampaignInputError):
     """Another driver holds the campaign (bad input: the CLI exits with status 2)."""
+
+
+class CampaignCancelled(Exception):
+    """A user asked (``campaign cancel``) to stop the campaign's run: the driver stops as if interrupted."""
 
 
 class LeaseLost(RuntimeError):

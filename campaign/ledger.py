@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 import campaign
 from campaign.dispatch.failures import FREE_CAUSES, RetryPolicy
+from campaign.errors import CampaignInputError
 from campaign.lease import DriverBusy, LeaseHolder, LeaseLost
 from campaign.provenance import Provenance
 from campaign.records import Recorded, TaskRow
@@ -60,6 +61,15 @@ _TASK_COLUMNS = tuple(TASKS.c[f.name] for f in fields(TaskRow))
 def _task_rows(s: Session, q: Any) -> list[TaskRow]:
     """``q`` (a select of :data:`_TASK_COLUMNS`) as :class:`TaskRow` s."""
     return [TaskRow(*row) for row in s.connection().execute(q)]
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """What ``campaign cancel`` found: the campaign, its status, and the live driver asked to stop (if any)."""
+
+    campaign_id: int
+    status: str
+    driver: LeaseHolder | None
 
 
 @dataclass
@@ -183,6 +193,7 @@ class Ledger(Provenance):
                                      "wait for it to end or stop it first")
             row.driver_token, row.driver_host, row.driver_pid = driver.token, driver.host, driver.pid
             row.driver_start_ticks, row.driver_since, row.driver_heartbeat_at = driver.start_ticks, now, now
+            row.cancel_requested_at = None  # a cancel request was for the run before this one
 
     def renew_lease(self, campaign_id: int, token: str, s: Session | None = None) -> None:
         """Renew the lease held under ``token`` (in ``s``'s transaction when given).
@@ -196,6 +207,64 @@ class Ledger(Provenance):
                                           .values(driver_heartbeat_at=utcnow()))
             if done.rowcount != 1:
                 raise LeaseLost(f"campaign {campaign_id}: another driver took the campaign over")
+
+    def cancel_requested(self, campaign_id: int) -> bool:
+        """Whether a user asked (``campaign cancel``) to stop this campaign's run."""
+        with self.Session() as s:
+            return s.scalar(select(m.Campaign.cancel_requested_at).where(m.Campaign.id == campaign_id)) is not None
+
+    def request_cancel(self, name: str) -> CancelRequest:
+        """Ask the driver running campaign ``name`` to stop (the one write ``campaign cancel`` makes: from any host
+        that reaches the database, never to a task). When no live driver holds the campaign nothing is written.
+
+        Raises:
+            CampaignInputError: no campaign of that name.
+        """
+        with transaction(self.Session) as s:
+            row = s.scalar(select(m.Campaign).where(m.Campaign.name == name).with_for_update())
+            if row is None:
+                known = s.scalars(select(m.Campaign.name).order_by(m.Campaign.id.desc()).limit(20)).all()
+                raise CampaignInputError(f"no campaign named {name!r}; known: {', '.join(known) or 'none'}")
+            holder = None
+            if row.driver_token is not None:
+                holder = LeaseHolder(row.driver_host, row.driver_pid, row.driver_start_ticks, row.driver_since,
+                                     row.driver_heartbeat_at)
+                beat = _aware(row.driver_heartbeat_at or row.driver_since or utcnow())
+                if holder.provably_dead((utcnow() - beat).total_seconds()):
+                    holder = None
+            if holder is not None:
+                row.cancel_requested_at = utcnow()
+            return CancelRequest(row.id, row.status, holder)
+
+    def retry_failed(self, campaign_id: int, stage: str) -> int:
+        """Make the FAILED tasks of ``stage`` READY again, their retry budget afresh (``campaign retry``): the one
+        move out of a terminal state, made by a user, only while the caller holds the campaign's lease. Their
+        attempts stay as they were (the next one is numbered after them). Returns how many tasks were moved.
+
+        Raises:
+            CampaignInputError: the campaign has no stage of that name.
+        """
+        with transaction(self.Session) as s:
+            stage_id = s.scalar(select(m.Stage.id).where(m.Stage.campaign_id == campaign_id, m.Stage.name == stage))
+            if stage_id is None:
+                known = s.scalars(select(m.Stage.name).where(m.Stage.campaign_id == campaign_id)
+                                  .order_by(m.Stage.id)).all()
+                raise CampaignInputError(f"the campaign has no stage {stage!r} (it has: {', '.join(known) or 'none'})")
+            done = s.execute(update(m.Task).where(m.Task.stage_id == stage_id, m.Task.state == TaskState.FAILED)
+                             .values(state=TaskState.READY, charged_failures=0, updated_at=utcnow()))
+            if done.rowcount:
+                s.execute(update(m.Stage).where(m.Stage.id == stage_id).values(status="pending", ended_at=None))
+            return int(done.rowcount)
+
+    def campaign_status(self, campaign_id: int) -> str:
+        """The campaign's status (``running``, ``done``, ``failed``, ``interrupted``, ``cancelled``)."""
+        with self.Session() as s:
+            return str(s.scalar(select(m.Campaign.status).where(m.Campaign.id == campaign_id)))
+
+    def lease_token(self, campaign_id: int) -> str | None:
+        """The fencing token of the driver holding the campaign (``None``: nobody holds it)."""
+        with self.Session() as s:
+            return s.scalar(select(m.Campaign.driver_token).where(m.Campaign.id == campaign_id))
 
     def release_lease(self, campaign_id: int, token: str) -> None:
         """Give the lease up (a no-op when another driver holds it now)."""

@@ -23,7 +23,7 @@ class StageOutcome:
     """How one stage ended."""
 
     kind: str
-    status: str  # done | failed | skipped
+    status: str  # done | failed | cancelled | skipped
     note: str = ""
 
 
@@ -34,7 +34,7 @@ class RunOutcome:
     campaign: str
     campaign_id: int
     database: str
-    status: str  # done | failed
+    status: str  # done | failed | cancelled
     stages: list[StageOutcome] = field(default_factory=list)
     url: str = field(default="", repr=False)  # the full database URL (may hold a password: never print it)
 
@@ -96,7 +96,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
         on_progress: Live-display callback (see :class:`campaign.steer.StageProgress`).
     """
     from campaign.dispatch import make_dispatcher, retry_policy
-    from campaign.lease import LeaseLost, this_driver, write_lease_file
+    from campaign.lease import CampaignCancelled, LeaseLost, this_driver, write_lease_file
     from campaign.ledger import Ledger
     from campaign.stages import StageContext, build_stages
     from campaign.steer import Steerer
@@ -129,10 +129,12 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
                         concurrency=recipe.site.concurrency(), on_progress=on_progress)
         shared: dict[str, Any] = {}
         current: int | None = None  # the stage running now
+        current_kind: str | None = None
+        stop_now = False  # interrupted or cancelled: attempts in flight are stopped, not waited for
         try:
             for kind, stage in build_stages(recipe):
                 stage_row = ledger.stage(row.id, kind, kind)
-                current = stage_row.id
+                current, current_kind = stage_row.id, kind
                 if stage is None:
                     ledger.finish_stage(stage_row.id, "skipped")
                     outcome.stages.append(StageOutcome(kind, "skipped", "not available in this version of campaign"))
@@ -146,7 +148,15 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
                     outcome.status = "failed"
                     break
             current = None
+        except CampaignCancelled:
+            stop_now = True
+            if current is not None:
+                ledger.finish_stage(current, "cancelled")
+            outcome.status = "cancelled"
+            outcome.stages.append(StageOutcome(current_kind or "-", "cancelled",
+                                               "cancelled by `campaign cancel`; `campaign resume` continues it"))
         except KeyboardInterrupt:
+            stop_now = True
             ledger.finish_campaign(row.id, "interrupted")
             raise
         except LeaseLost:
@@ -155,7 +165,7 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
             _record_crash(ledger, row.id, current, exc)
             raise
         finally:
-            dispatcher.shutdown()
+            dispatcher.shutdown(wait=not stop_now)
         ledger.finish_campaign(row.id, outcome.status)
         return outcome
     finally:

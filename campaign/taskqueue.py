@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from campaign.adopt import probe_attempt, watch
 from campaign.dispatch.failures import RetryPolicy
-from campaign.lease import RENEW_EVERY_S
+from campaign.lease import CANCEL_CHECK_S, RENEW_EVERY_S, CampaignCancelled
 from campaign.ledger import Ledger
 from campaign.records import Recorded, TaskRow
 from campaign.stages.base import PlannedTask
@@ -51,6 +51,7 @@ class TaskQueue:
         self.policy = policy or RetryPolicy()
         self.driver = driver
         self._renewed = time.monotonic()
+        self._cancel_checked = time.monotonic()
 
     def create(self, stage_id: int, planned: Sequence[PlannedTask]) -> int:
         """Create planned tasks READY (idempotent by key). Returns how many were new."""
@@ -71,10 +72,19 @@ class TaskQueue:
         return out
 
     def keep_alive(self) -> None:
-        """Renew the lease when nothing else did for :data:`~campaign.lease.RENEW_EVERY_S` (long tasks)."""
+        """Renew the lease when nothing else did for :data:`~campaign.lease.RENEW_EVERY_S` (long tasks), and look
+        for a user's cancel request every :data:`~campaign.lease.CANCEL_CHECK_S`.
+
+        Raises:
+            CampaignCancelled: ``campaign cancel`` asked this campaign's run to stop.
+        """
         if self.driver is not None and time.monotonic() - self._renewed >= RENEW_EVERY_S:
             self.ledger.renew_lease(self.campaign_id, self.driver.token)
             self._renewed = time.monotonic()
+        if time.monotonic() - self._cancel_checked >= CANCEL_CHECK_S:
+            self._cancel_checked = time.monotonic()
+            if self.ledger.cancel_requested(self.campaign_id):
+                raise CampaignCancelled(f"campaign {self.campaign_id}: cancelled by `campaign cancel`")
 
     def running(self, stage_id: int) -> list[TaskRow]:
         """The stage's tasks in flight."""

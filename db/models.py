@@ -111,6 +111,8 @@ class Campaign(Base):
     driver_start_ticks: Mapped[int | None] = mapped_column(BigInteger)
     driver_since: Mapped[datetime | None]
     driver_heartbeat_at: Mapped[datetime | None]
+    # set by `campaign cancel`; the driver stops when it sees it, a driver taking the campaign clears it
+    cancel_requested_at: Mapped[datetime | None]
 
     stages: Mapped[list[Stage]] = relationship(back_populates="campaign", order_by="Stage.id")
 

@@ -127,6 +127,91 @@ def resume(
     _print_outcome(outcome)
 
 
+@app.command()
+@bad_input_exit
+def cancel(
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    db: DbOpt = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until its driver has stopped.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.", min=1)] = 120.0,
+) -> None:
+    """Stop a running campaign, from any host that reaches its database: its driver stops the attempts in flight
+    and records the campaign cancelled. Nothing done is lost; `campaign resume NAME` continues it."""
+    from campaign import api
+
+    outcome = api.cancel(campaign, db=db, wait=wait, timeout_s=timeout)
+    if outcome.driver is None:
+        console.print(f"campaign {campaign!r} is not running (status: {outcome.status}): nothing to cancel",
+                      highlight=False)
+    elif not wait:
+        console.print(f"asked the driver of {campaign!r} ({outcome.driver}) to stop; it does within a few seconds",
+                      highlight=False)
+    elif outcome.stopped:
+        console.print(f"campaign {campaign!r} cancelled: its driver ({outcome.driver}) stopped; "
+                      f"`campaign resume {campaign}` continues it", highlight=False)
+    else:
+        err_console.print(f"[bold red]error:[/] the driver of {campaign!r} ({outcome.driver}) has not stopped "
+                          f"after {timeout:g} s; it will at its next check (see `campaign status {campaign}`)",
+                          highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+@bad_input_exit
+def retry(
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    stage: Annotated[str, typer.Option("--stage", "-s", help="The stage whose failed tasks to run again.")],
+    db: DbOpt = None,
+) -> None:
+    """Make the failed tasks of a stage ready again, with their retry budget afresh (their earlier attempts stay
+    recorded); `campaign resume NAME` then runs them. Refused while the campaign runs."""
+    from campaign import api
+
+    n = api.retry(campaign, stage, db=db)
+    if n == 0:
+        console.print(f"stage {stage!r} of {campaign!r} has no failed task", highlight=False)
+    else:
+        console.print(f"{n} failed task(s) of stage {stage!r} are ready again: `campaign resume {campaign}` runs them",
+                      highlight=False)
+
+
+@app.command()
+@bad_input_exit
+def logs(
+    task: Annotated[str, typer.Argument(help="Task id (or its first 8+ characters, as tables show it) or task key.")],
+    campaign: Annotated[str | None, typer.Option("--campaign", "-c", help="The campaign of a task key.")] = None,
+    attempt: Annotated[int | None, typer.Option("--attempt", "-a", help="Attempt number (default: latest).")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of each stream.", min=1, max=100_000)] = 40,
+    stream: Annotated[str, typer.Option(help="stdout, stderr or both.")] = "both",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the attempt ends.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """The tail of a task attempt's output (stdout and stderr, as its worker wrote them), also while it runs."""
+    from campaign.attempt_logs import find_attempt, follow_attempt, tail_lines
+    from campaign.errors import CampaignInputError
+
+    if stream not in ("stdout", "stderr", "both"):
+        raise CampaignInputError(f"--stream must be stdout, stderr or both (got {stream!r})")
+    att = find_attempt(task, campaign=campaign, attempt=attempt, db=db)
+    console.print(f"[bold]{att.key}[/] ({att.task_id[:8]}…, campaign {att.campaign}) attempt {att.number} of "
+                  f"{att.attempts}: {att.describe()}", highlight=False, soft_wrap=True)
+    streams = ("stdout", "stderr") if stream == "both" else (stream,)
+    for name in streams:
+        path = att.stdout if name == "stdout" else att.stderr
+        if path is None:
+            console.print(f"[dim]── {name}: not recorded (the attempt ran inside its worker)[/]")
+            continue
+        console.print(f"[dim]── {name}: {path}[/]", highlight=False, soft_wrap=True)
+        shown = tail_lines(path, lines)
+        for line in shown:
+            console.out(line, highlight=False)
+        if not shown:
+            console.print("[dim](empty)[/]")
+    if follow:
+        for name, line in follow_attempt(att, streams, db=db):
+            console.out(line if len(streams) == 1 else f"{name}: {line}", highlight=False)
+
+
 def _print_outcome(outcome: Any) -> None:
     from rich.table import Table
 
@@ -134,7 +219,7 @@ def _print_outcome(outcome: Any) -> None:
     table.add_column("stage")
     table.add_column("status")
     table.add_column("note")
-    colors = {"done": "green", "failed": "red", "skipped": "yellow"}
+    colors = {"done": "green", "failed": "red", "skipped": "yellow", "cancelled": "yellow"}
     for st in outcome.stages:
         table.add_row(st.kind, f"[{colors.get(st.status, 'white')}]{st.status}[/]", st.note)
     console.print(table)
