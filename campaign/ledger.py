@@ -11,7 +11,7 @@ import getpass
 import os
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -81,6 +81,17 @@ class _History:
     free_used: dict[str, int] = field(default_factory=dict)
 
 
+def _live_holder(row: m.Campaign) -> LeaseHolder | None:
+    """The driver holding the campaign's lease, unless there is none or it is provably dead."""
+    if row.driver_token is None:
+        return None
+    holder = LeaseHolder(row.driver_host, row.driver_pid, row.driver_start_ticks, row.driver_since,
+                         row.driver_heartbeat_at)
+    now = utcnow()
+    beat = _aware(row.driver_heartbeat_at or row.driver_since or now)
+    return None if holder.provably_dead((now - beat).total_seconds()) else holder
+
+
 def git_sha(start: Path | None = None) -> str | None:
     """The git commit of the code, when it runs from a checkout."""
     here = start or Path(__file__).resolve().parent
@@ -104,11 +115,19 @@ class Ledger(Provenance):
     # ------------------------------------------------------------------------------------------ campaigns
     def open_campaign(self, *, name: str, recipe_text: str, recipe_hash: str, site: str,
                       recipe_path: str | None = None, profile: str | None = None,
-                      resume_only: bool = False) -> m.Campaign:
+                      resume_only: bool = False,
+                      extension: Callable[[str], list[str] | None] | None = None) -> m.Campaign:
         """Create the campaign row, or return the existing one, unchanged, when the recipe is the same (a resume).
 
+        Args:
+            extension: Given the stored recipe's text, the changes that make this recipe an extension of it
+                (see :func:`campaign.recipe.extension_of`), or ``None``. A campaign whose recipe changed only so
+                is extended in place: its recipe becomes this one, and the change is recorded in the ``hpo``
+                stage's ``config.extensions`` (when, from which hash, what changed).
+
         Raises:
-            CampaignConflict: a campaign of this name exists with a different recipe hash.
+            CampaignConflict: a campaign of this name exists with a different recipe hash (that is no extension).
+            DriverBusy: the campaign would be extended while a live driver runs it.
             KeyError: ``resume_only`` and no such campaign.
         """
         with transaction(self.Session) as s:
@@ -123,12 +142,27 @@ class Ledger(Provenance):
                 )
                 s.add(row)
                 s.flush()
-            else:
-                if row.recipe_hash != recipe_hash:
+            elif row.recipe_hash != recipe_hash:
+                changes = extension(row.recipe_text) if extension is not None else None
+                if changes is None:
                     raise CampaignConflict(
                         f"campaign {name!r} already exists with a different recipe (hash {row.recipe_hash[:12]} "
-                        f"vs {recipe_hash[:12]}); rename the campaign or use `campaign resume {name}`"
+                        f"vs {recipe_hash[:12]}); rename the campaign or use `campaign resume {name}` (a recipe "
+                        "that only raises HPO studies' max_trials extends the campaign in place)"
                     )
+                holder = _live_holder(row)
+                if holder is not None:
+                    raise DriverBusy(f"campaign {name!r} is being run by another driver ({holder.describe()}); "
+                                     "wait for it to end or cancel it before extending it")
+                hpo = s.scalar(select(m.Stage).where(m.Stage.campaign_id == row.id, m.Stage.name == "hpo")
+                               .with_for_update())
+                if hpo is not None:
+                    done = list((hpo.config or {}).get("extensions", []))
+                    done.append({"at": utcnow().isoformat(), "from_hash": row.recipe_hash, "changes": changes})
+                    hpo.config = {**(hpo.config or {}), "extensions": done}
+                row.recipe_text, row.recipe_hash = recipe_text, recipe_hash
+                if recipe_path is not None:
+                    row.recipe_path = recipe_path
             return row
 
     def start_campaign(self, campaign_id: int) -> None:
@@ -184,13 +218,10 @@ class Ledger(Provenance):
             if row is None:
                 raise KeyError(campaign_id)
             now = utcnow()
-            if row.driver_token is not None:
-                holder = LeaseHolder(row.driver_host, row.driver_pid, row.driver_start_ticks, row.driver_since,
-                                     row.driver_heartbeat_at)
-                beat = _aware(row.driver_heartbeat_at or row.driver_since or now)
-                if not holder.provably_dead((now - beat).total_seconds()):
-                    raise DriverBusy(f"campaign {row.name!r} is being run by another driver ({holder.describe()}); "
-                                     "wait for it to end or stop it first")
+            holder = _live_holder(row)
+            if holder is not None:
+                raise DriverBusy(f"campaign {row.name!r} is being run by another driver ({holder.describe()}); "
+                                 "wait for it to end or stop it first")
             row.driver_token, row.driver_host, row.driver_pid = driver.token, driver.host, driver.pid
             row.driver_start_ticks, row.driver_since, row.driver_heartbeat_at = driver.start_ticks, now, now
             row.cancel_requested_at = None  # a cancel request was for the run before this one
@@ -225,13 +256,7 @@ class Ledger(Provenance):
             if row is None:
                 known = s.scalars(select(m.Campaign.name).order_by(m.Campaign.id.desc()).limit(20)).all()
                 raise CampaignInputError(f"no campaign named {name!r}; known: {', '.join(known) or 'none'}")
-            holder = None
-            if row.driver_token is not None:
-                holder = LeaseHolder(row.driver_host, row.driver_pid, row.driver_start_ticks, row.driver_since,
-                                     row.driver_heartbeat_at)
-                beat = _aware(row.driver_heartbeat_at or row.driver_since or utcnow())
-                if holder.provably_dead((utcnow() - beat).total_seconds()):
-                    holder = None
+            holder = _live_holder(row)
             if holder is not None:
                 row.cancel_requested_at = utcnow()
             return CancelRequest(row.id, row.status, holder)

@@ -637,6 +637,32 @@ class Recipe(_Strict):
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
+def extension_of(old: Recipe, new: Recipe) -> list[str] | None:
+    """What makes ``new`` an extension of ``old`` that the same campaign may run: HPO studies given more trials
+    (``max_trials`` raised, in an entry or in ``hpo_defaults``) and nothing else changed. Returns the changes as
+    readable lines, or ``None`` when ``new`` is not such an extension (another field differs, or a study would
+    get fewer trials). The studies keep what they learned: resumed, each replays its own trials into the
+    optimizer before asking the next ones.
+    """
+    def canonical(r: Recipe) -> dict[str, Any]:
+        d = r.model_dump(mode="json", exclude={"profiles", "database"})
+        (d.get("hpo_defaults") or {}).pop("max_trials", None)
+        for h in (d.get("stages") or {}).get("hpo") or []:
+            h["max_trials"] = None
+        return d
+
+    if canonical(old) != canonical(new):
+        return None
+    before = {h.name: h.max_trials for h in old.stages.hpo or []}
+    changes = []
+    for h in new.stages.hpo or []:
+        if h.max_trials < before[h.name]:
+            return None
+        if h.max_trials > before[h.name]:
+            changes.append(f"hpo {h.name}: max_trials {before[h.name]} -> {h.max_trials}")
+    return changes or None
+
+
 # ------------------------------------------------------------------------------------------- loading
 def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """1-based line of the YAML node at pydantic location ``loc`` (the deepest existing node)."""

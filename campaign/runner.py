@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.errors import CampaignInputError
-from campaign.recipe import Recipe, load_recipe, parse_recipe
+from campaign.recipe import Recipe, RecipeError, extension_of, load_recipe, parse_recipe
 from campaign.redact import redact_recipe_text
 from campaign.sharing import apply_sharing
 
@@ -108,10 +108,18 @@ def execute(recipe: Recipe, recipe_text: str, recipe_path: str | None, *, db: st
     engine = open_database(url)
     workdir = _prepare_workdir(recipe, base_dir or Path.cwd())
     ledger = Ledger(engine)
+    def extension(stored_text: str) -> list[str] | None:
+        try:
+            stored = parse_recipe(stored_text, "<stored recipe>", profile=profile, site=recipe.site.name,
+                                  check_files=False)
+        except RecipeError:
+            return None
+        return extension_of(stored, recipe)
+
     row = ledger.open_campaign(name=recipe.campaign, recipe_text=redact_recipe_text(recipe_text),
                                recipe_hash=recipe.hash(),
                                site=recipe.site.name, recipe_path=recipe_path, profile=profile,
-                               resume_only=resume_only)
+                               resume_only=resume_only, extension=extension)
     driver = this_driver(workdir)
     ledger.acquire_lease(row.id, driver)
     try:

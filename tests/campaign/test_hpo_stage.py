@@ -8,7 +8,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from campaign.runner import open_database, run_campaign
 from db import models as m
@@ -140,4 +140,49 @@ def test_crashing_trials_are_told_as_failures_with_their_cause(tmp_path: Path,
             assert t.failure.startswith("error: ") and "index" in t.failure.lower()
             causes = {a.exit_cause for a in s.scalars(select(m.Attempt).where(m.Attempt.task_id == t.task_id))}
             assert causes == {m.ExitCause.ERROR}
+    engine.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_an_hpo_study_extended_in_place_keeps_its_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same recipe with max_trials raised runs more trials in the same campaign: the done trials are neither
+    run again nor changed, the optimizer asks the new one knowing them, and the change is recorded. Lowering
+    max_trials (or changing anything else) is still refused."""
+    from campaign.ledger import CampaignConflict
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    recipe = write_recipe(tmp_path / "hpo.yaml", families=("schnet",), max_trials=2, epochs=1)
+    assert run_campaign(recipe, db=url).ok
+    engine = open_database(url)
+
+    def trials() -> list[tuple[int, dict, float | None, int | None, int | None]]:
+        with session_factory(engine)() as s:
+            return [(t.number, t.config, t.objective, t.ask_event, t.tell_event)
+                    for t in s.scalars(select(m.Trial).order_by(m.Trial.number))]
+
+    first = trials()
+    with session_factory(engine)() as s:
+        attempts_before = s.scalar(select(func.count()).select_from(m.Attempt))
+    assert len(first) == 2
+
+    more = write_recipe(tmp_path / "hpo.yaml", families=("schnet",), max_trials=3, epochs=1)
+    assert run_campaign(more, db=url).ok
+    after = trials()
+    assert after[:2] == first and len(after) == 3
+    assert after[2][3] > max(t[4] for t in first)  # asked after both earlier trials were told
+    with session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(m.Attempt)) == attempts_before + 1
+        camp = s.scalar(select(m.Campaign))
+        assert "max_trials: 3" in camp.recipe_text
+        hpo = s.scalar(select(m.Stage).where(m.Stage.name == "hpo"))
+        [ext] = hpo.config["extensions"]
+        assert ext["changes"] == ["hpo schnet: max_trials 2 -> 3"] and ext["from_hash"] != camp.recipe_hash
+    with open(tmp_path / "runs" / "hpo-test" / "hpo" / "schnet" / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+
+    fewer = write_recipe(tmp_path / "hpo.yaml", families=("schnet",), max_trials=1, epochs=1)
+    with pytest.raises(CampaignConflict, match="different recipe"):
+        run_campaign(fewer, db=url)
     engine.dispose()
