@@ -11,7 +11,7 @@ import getpass
 import os
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -54,6 +54,7 @@ def _chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]
 TASKS: Table = cast(Table, m.Task.__table__)
 ATTEMPTS: Table = cast(Table, m.Attempt.__table__)
 CAMPAIGNS: Table = cast(Table, m.Campaign.__table__)
+LINEAGE: Table = cast(Table, m.Lineage.__table__)
 
 _TASK_COLUMNS = tuple(TASKS.c[f.name] for f in fields(TaskRow))
 
@@ -275,8 +276,9 @@ class Ledger(Provenance):
                 known = s.scalars(select(m.Stage.name).where(m.Stage.campaign_id == campaign_id)
                                   .order_by(m.Stage.id)).all()
                 raise CampaignInputError(f"the campaign has no stage {stage!r} (it has: {', '.join(known) or 'none'})")
-            done = s.execute(update(m.Task).where(m.Task.stage_id == stage_id, m.Task.state == TaskState.FAILED)
-                             .values(state=TaskState.READY, charged_failures=0, updated_at=utcnow()))
+            done = s.connection().execute(update(TASKS).where(TASKS.c.stage_id == stage_id,
+                                                              TASKS.c.state == TaskState.FAILED)
+                                          .values(state=TaskState.READY, charged_failures=0, updated_at=utcnow()))
             if done.rowcount:
                 s.execute(update(m.Stage).where(m.Stage.id == stage_id).values(status="pending", ended_at=None))
             return int(done.rowcount)
@@ -298,9 +300,13 @@ class Ledger(Provenance):
                       .values(driver_token=None, driver_heartbeat_at=utcnow()))
 
     # ---------------------------------------------------------------------------------------------- tasks
-    def create_tasks(self, campaign_id: int, stage_id: int, planned: Sequence[tuple[str, TaskSpec]]) -> int:
+    def create_tasks(self, campaign_id: int, stage_id: int, planned: Sequence[tuple[str, TaskSpec]], *,
+                     inputs: Mapping[str, Sequence[tuple[str, Any]]] | None = None) -> int:
         """Create READY tasks in one transaction, idempotent by key: a key already in the campaign (or repeated)
-        keeps its first task. Tasks of equal priority are claimed in the order given. Returns how many were new."""
+        keeps its first task. Tasks of equal priority are claimed in the order given. Returns how many were new.
+
+        ``inputs`` maps a key to the lineage endpoints its task reads: each new task gets its ``input_of`` edges in
+        the same transaction."""
         keys = list(dict.fromkeys(k for k, _ in planned))
         if not keys:
             return 0
@@ -316,6 +322,11 @@ class Ledger(Provenance):
                        for i, key in enumerate(k for k in keys if k not in known)]
                 if new:
                     s.connection().execute(insert(TASKS), new)  # Core: no ORM bulk machinery
+                    edges = [dict(campaign_id=campaign_id, kind=m.LineageKind.INPUT_OF, src_kind=m.EntityKind(k),
+                                  src_id=str(i), dst_kind=m.EntityKind.TASK, dst_id=row["id"], created_at=now)
+                             for row in new for k, i in dict.fromkeys((inputs or {}).get(row["key"], ()))]
+                    if edges:
+                        s.connection().execute(insert(LINEAGE), edges)
                 return len(new)
         except IntegrityError:  # pragma: no cover - a concurrent writer made one of the keys: one at a time
             return sum(self._create_one(campaign_id, stage_id, k, first[k]) for k in keys)

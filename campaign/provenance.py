@@ -207,15 +207,22 @@ class Provenance:
             return [_row(TrialRow, t) for t in s.scalars(q.order_by(m.Trial.hpo, m.Trial.tell_event))]
 
     def ask_trial(self, campaign_id: int, *, hpo: str, family: str, number: int, config: dict[str, Any],
-                  task_id: str | None, ask_event: int) -> None:
+                  task_id: str | None, ask_event: int, inputs: Sequence[tuple[str, Any]] = ()) -> None:
         """Record an asked trial (idempotent on campaign, HPO campaign and number); ``task_id`` is None for a
-        configuration refused before it became a task."""
+        configuration refused before it became a task. With a task, the lineage goes with it: the trial is the
+        ``output_of`` its task, and ``inputs`` (the datasets it trains on) are ``input_of`` it."""
         with transaction(self.Session) as s:
             exists = s.scalar(select(m.Trial.id).where(m.Trial.campaign_id == campaign_id, m.Trial.hpo == hpo,
                                                        m.Trial.number == number))
             if exists is None:
-                s.add(m.Trial(campaign_id=campaign_id, hpo=hpo, family=family, number=number, config=config,
-                              status="asked", task_id=task_id, ask_event=ask_event))
+                trial = m.Trial(campaign_id=campaign_id, hpo=hpo, family=family, number=number, config=config,
+                                status="asked", task_id=task_id, ask_event=ask_event)
+                s.add(trial)
+                s.flush()
+                if task_id is not None:
+                    self.link("output_of", ("trial", trial.id), ("task", task_id), campaign_id, session=s)
+                    for src in inputs:
+                        self.link("input_of", src, ("task", task_id), campaign_id, session=s)
 
     def set_trial_task(self, trial_id: int, task_id: str) -> None:
         """Point a trial at its task."""

@@ -55,7 +55,8 @@ class TaskQueue:
 
     def create(self, stage_id: int, planned: Sequence[PlannedTask]) -> int:
         """Create planned tasks READY (idempotent by key). Returns how many were new."""
-        return self.ledger.create_tasks(self.campaign_id, stage_id, [(p.key, p.spec) for p in planned])
+        return self.ledger.create_tasks(self.campaign_id, stage_id, [(p.key, p.spec) for p in planned],
+                                        inputs={p.key: p.inputs for p in planned if p.inputs})
 
     def claim(self, stage_id: int, n: int) -> list[TaskSpec]:
         """Begin up to ``n`` READY tasks of the stage: the specs to submit, at their new attempt."""

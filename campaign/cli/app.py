@@ -479,15 +479,26 @@ def _cell(value: Any) -> str:
 
 @app.command()
 @bad_input_exit
-def lineage(model: Annotated[int, typer.Argument(help="Model id.")], db: DbOpt = None,
-            fmt: Annotated[str, typer.Option("--format", "-f")] = "table") -> None:
-    """Everything upstream of a model: trials, tasks, datasets, artifacts, parent models."""
-    from campaign import api
+def lineage(node: Annotated[str, typer.Argument(
+                help="A model id, or KIND:ID with KIND model, hit, dataset, trial, task or artifact.")],
+            db: DbOpt = None,
+            fmt: Annotated[str, typer.Option("--format", "-f", help="tree, table, csv or json.")] = "tree") -> None:
+    """Everything upstream of a model or a hit, as a tree with names: the tasks that made it, the trials and
+    models it came from, the datasets they trained on (level of theory, size, content hash), the raw files."""
     from campaign.errors import CampaignInputError
+    from campaign.lineage import parse_node, render_tree, walk
 
-    if not api.row_exists("models", "id", model, db=db):
-        raise CampaignInputError(f"no model with id {model} in the campaign database")
-    _print_rows(api.named_query("model_lineage", {"model": str(model)}, db=db), fmt)
+    if fmt not in ("tree", "table", "csv", "json"):
+        raise CampaignInputError(f"--format must be tree, table, csv or json (got {fmt!r})")
+    lin = walk(parse_node(node), db=db)
+    if fmt == "tree":
+        console.print(render_tree(lin), highlight=False)
+        return
+    from db.readonly import QueryResult
+
+    rows = lin.rows()
+    columns = ["depth", "node_kind", "node_id", "node", "via", "from_kind", "from_id"]
+    _print_rows(QueryResult(columns, [tuple(r[c] for c in columns) for r in rows]), fmt)
 
 
 @app.command()
@@ -503,6 +514,20 @@ def trials(campaign: Annotated[str | None, typer.Argument(help="Campaign name (d
         raise CampaignInputError(f"no campaign named {campaign!r} in the campaign database")
     params = {"k": str(top)} | ({"campaign": campaign} if campaign else {})
     _print_rows(api.named_query("top_trials", params, db=db), fmt)
+
+
+@app.command()
+@bad_input_exit
+def models(campaign: Annotated[str | None, typer.Argument(help="Campaign name (default: all).")] = None,
+           db: DbOpt = None, fmt: Annotated[str, typer.Option("--format", "-f")] = "table") -> None:
+    """Every model (promoted, trained, fine-tuned, from scratch) with its family, objective, checkpoint file and
+    origin; `campaign lineage MODEL` shows all of where it came from."""
+    from campaign import api
+    from campaign.errors import CampaignInputError
+
+    if campaign and not api.row_exists("campaigns", "name", campaign, db=db):
+        raise CampaignInputError(f"no campaign named {campaign!r} in the campaign database")
+    _print_rows(api.named_query("models", {"campaign": campaign} if campaign else {}, db=db), fmt)
 
 
 @app.command()

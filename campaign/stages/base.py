@@ -60,10 +60,16 @@ def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class PlannedTask:
-    """A task a stage wants run. ``key`` makes it idempotent: the same key is never run twice."""
+    """A task a stage wants run. ``key`` makes it idempotent: the same key is never run twice.
+
+    ``inputs`` are the lineage endpoints the task reads (``("dataset", 3)``, ``("model", 7)``): recorded as
+    ``input_of`` edges with the task, in the transaction that creates it, so that lineage walks from anything
+    the task made back to what it was made from.
+    """
 
     key: str
     spec: TaskSpec
+    inputs: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass

@@ -87,7 +87,8 @@ class FinetuneStage:
                 "force_weight": 10.0 if t.target == "energy" else 0.0}, f"stages.finetune.tasks[{pos}]")
             out.append(PlannedTask(f"finetune/{t.name}/{variant}",
                                    TaskSpec(kind="finetune", app="models.finetune", config=app_task_config(cfg),
-                                            workdir=str(workdir))))
+                                            workdir=str(workdir)),
+                                   inputs=(("model", self.parent.model_id),)))
         return out
 
     def _ready(self, ctx: StageContext) -> list[PlannedTask]:

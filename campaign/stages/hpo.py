@@ -201,7 +201,7 @@ class HPOStage:
         # the task first (idempotent by key), then the trial row that points at it and logs the ask
         task = ctx.ledger.create_task(ctx.campaign_id, ctx.stage_id, planned.key, planned.spec)
         ctx.ledger.ask_trial(ctx.campaign_id, hpo=spec.name, family=spec.family, number=number, config=hp,
-                             task_id=task.id, ask_event=event)
+                             task_id=task.id, ask_event=event, inputs=[("dataset", d["dataset_id"]) for d in run.datasets.values()])
         return planned
 
     def _replan_open(self, ctx: StageContext, run: HPORun) -> list[PlannedTask]:

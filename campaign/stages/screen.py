@@ -192,7 +192,8 @@ class ScreenStage:
             out.append(PlannedTask(key, TaskSpec(kind="screen", app="models.screen",
                                                  config=app_task_config(cfg),
                                                  workdir=str(workdir),
-                                                 resources=ResourceRequest(gpus_per_rank=spec.gpus_per_shard))))
+                                                 resources=ResourceRequest(gpus_per_rank=spec.gpus_per_shard)),
+                                   inputs=tuple(("model", mc.model_id) for mc in self.models)))
         return out
 
     def start(self, ctx: StageContext) -> list[PlannedTask]:

@@ -176,7 +176,8 @@ class TrainStage:
         return PlannedTask(chunk_key(src.model_id, n),
                            TaskSpec(kind="train", app="models.train",
                                     config=app_task_config(config), workdir=str(workdir),
-                                    resources=res, priority=1))
+                                    resources=res, priority=1),
+                           inputs=(("model", src.model_id),))
 
     def _chunks(self, ctx: StageContext, model_id: int) -> list[tuple[int, Any]]:
         """``(n, task)`` of every chunk task of ``model_id`` in this stage, by n."""

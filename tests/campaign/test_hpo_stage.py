@@ -5,6 +5,7 @@ runs nothing again."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,41 @@ def test_an_hpo_study_extended_in_place_keeps_its_trials(tmp_path: Path, monkeyp
     with pytest.raises(CampaignConflict, match="different recipe"):
         run_campaign(fewer, db=url)
     engine.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_lineage_of_a_promoted_model_reaches_the_raw_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`campaign lineage MODEL` walks model -> trial -> its task -> the datasets it trained on -> their
+    preprocessing task -> the raw structure files and the tasks that generated them, each named."""
+    from typer.testing import CliRunner
+
+    from campaign.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    recipe = write_recipe(tmp_path / "hpo.yaml", families=("schnet",), max_trials=1, epochs=1)
+    recipe.write_text(recipe.read_text() + "  promote: {top_overall: 1, best_per_family: false, ensemble_k: 1}\n")
+    assert run_campaign(recipe, db=url).ok
+    engine = open_database(url)
+    with session_factory(engine)() as s:
+        model = s.scalar(select(m.Model).where(m.Model.role == "promoted"))
+        trial = s.get(m.Trial, model.trial_id)
+    engine.dispose()
+    res = CliRunner().invoke(app, ["lineage", str(model.id), "--db", url], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    tree = res.output
+    for text in (f"model {model.id} schnet-trial0 (schnet, promoted", "promoted_from trial schnet #0 (done",
+                 f"output_of task hpo/schnet/trial-0000 (DONE, {trial.task_id[:8]}",
+                 "input_of dataset demo-emt (", "input_of dataset demo-gfn2 (", "output_of task preprocess/demo-emt",
+                 "raw-structures", "output_of task generate/demo-emt/000"):
+        assert text in tree, text
+    as_json = CliRunner().invoke(app, ["lineage", f"model:{model.id}", "--db", url, "--format", "json"])
+    kinds = {r["node_kind"] for r in json.loads(as_json.stdout)}
+    assert {"model", "trial", "task", "dataset", "artifact"} <= kinds
+    listed = CliRunner().invoke(app, ["models", "hpo-test", "--db", url, "--format", "json"])
+    [row] = json.loads(listed.stdout)
+    assert (row["model"], row["role"], row["family"], row["trial"]) == (model.id, "promoted", "schnet", "schnet #0")
+    assert row["objective"] == pytest.approx(trial.objective) and row["checkpoint"].endswith("best.pt")
+    bad = CliRunner().invoke(app, ["lineage", "planet:3", "--db", url])
+    assert bad.exit_code == 2 and "not a lineage node" in bad.output
