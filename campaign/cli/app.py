@@ -298,11 +298,15 @@ def validate(
     """Check a recipe: every error with its YAML path and line number (exit 2 if any), including that each
     dataset file exists and looks like its reader's format."""
     from campaign.recipe import load_recipe
+    from campaign.recipe_advice import advise
 
     r = load_recipe(recipe, profile=profile, site=site, check_files=not elsewhere)
     stages = [k for k in ("preprocess", "hpo", "promote", "train", "screen", "finetune") if getattr(r.stages, k)]
     console.print(f"[green]ok[/] {recipe}: campaign {r.campaign!r}, site {r.site.name}, "
                   f"{len(r.datasets)} datasets, stages: {', '.join(stages) or 'none'}, hash {r.hash()[:12]}")
+    chosen = profile or (site if site in r.profiles else None)
+    for advice in advise(r, recipe.read_text(), profile=chosen):
+        err_console.print(f"[yellow]warning:[/] {recipe}: {advice}", highlight=False, soft_wrap=True)
 
 
 @recipe_app.command("schema")
