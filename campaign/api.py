@@ -35,6 +35,7 @@ __all__ = [
     "query",
     "recipe_schema",
     "render_site_script",
+    "render_site_scripts",
     "report",
     "resume",
     "retry",
@@ -282,6 +283,56 @@ def list_sites() -> list[Any]:
     import sites
 
     return sites.list_sites()
+
+
+def render_site_scripts(name: str | None = None, *, recipe: str | Path | None = None, profile: str | None = None,
+                        overrides: Mapping[str, Any] | None = None,
+                        executors: list[str] | None = None) -> dict[str, str]:
+    """The batch script Parsl would submit for each executor of a site (nothing is submitted), ``{executor:
+    script}``: the site as ``recipe`` (with ``profile``) configures it, or site ``name`` with only ``overrides``
+    (which also override the recipe's values). ``executors`` default to every executor the site has.
+
+    Raises:
+        CampaignInputError: an unknown site, a site without batch jobs, a recipe of another site, or a missing
+            required parameter (named).
+    """
+    import sites
+    from campaign.errors import CampaignInputError
+
+    params: dict[str, Any] = {}
+    if recipe is not None:
+        from campaign.dispatch import site_config_params
+        from campaign.recipe import load_recipe as load
+
+        r = load(recipe, profile=profile, check_files=False)
+        if name is not None and name != r.site.name:
+            raise CampaignInputError(f"{recipe} runs on site {r.site.name!r}"
+                                     f"{f' with profile {profile!r}' if profile else ''}, not {name!r}")
+        name = r.site.name
+        params = site_config_params(name, r.site.dispatch_params())
+    assert name is not None
+    if name not in sites.site_names():
+        raise CampaignInputError(f"unknown site {name!r}; known sites: {', '.join(sites.site_names())}")
+    params.update(overrides or {})
+    params.setdefault("nodes_per_block", 1)
+    from sites.render import render_batch_script
+
+    chosen = executors or _executors_of(name)
+    try:
+        return {ex: render_batch_script(name, executor=ex, **params) for ex in chosen}
+    except (TypeError, ValueError) as exc:
+        raise CampaignInputError(f"site {name}: {exc}") from exc
+
+
+def _executors_of(name: str) -> list[str]:
+    from sites.facts import get_site
+
+    facts = get_site(name)
+    if facts.kind != "parsl":
+        from campaign.errors import CampaignInputError
+
+        raise CampaignInputError(f"site {name!r} ({facts.kind}) submits no batch script")
+    return ["htex", "mpi"] if facts.scheduler in ("slurm", "pbspro") else ["htex"]
 
 
 def render_site_script(name: str, params: dict[str, Any]) -> str:

@@ -598,22 +598,38 @@ def sites_list() -> None:
 @sites_app.command("show")
 @bad_input_exit
 def sites_show(
-    name: Annotated[str, typer.Argument(help="Site name.")],
-    nodes: Annotated[int, typer.Option(help="Nodes per batch job.")] = 1,
+    name: Annotated[str | None, typer.Argument(help="Site name (default: the recipe's).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Render the site as this recipe configures it.")] = None,
+    profile: Annotated[str | None, typer.Option(help="With --recipe: apply this profile.")] = None,
+    executor: Annotated[str, typer.Option(help="htex (single-node workers), mpi (multi-node apps) or all.")] = "all",
+    nodes: Annotated[int | None, typer.Option(help="Nodes per batch job.")] = None,
     account: Annotated[str | None, typer.Option(help="Allocation to charge.")] = None,
     partition: Annotated[str | None, typer.Option(help="Partition or queue.")] = None,
     qos: Annotated[str | None, typer.Option(help="Quality of service.")] = None,
-    walltime: Annotated[str, typer.Option(help="HH:MM:SS.")] = "01:00:00",
-    worker_init: Annotated[str, typer.Option(help="Shell run before workers start.")] = "",
+    walltime: Annotated[str | None, typer.Option(help="HH:MM:SS.")] = None,
+    worker_init: Annotated[str | None, typer.Option(help="Shell run before workers start.")] = None,
 ) -> None:
-    """Render the exact batch script Parsl would submit for NAME, without submitting it."""
+    """Render the exact batch scripts Parsl would submit for a site, without submitting them: from a recipe and
+    its profile (walltime, account, worker_init, nodes), or from the options given (which also override the
+    recipe's)."""
     from campaign import api
+    from campaign.errors import CampaignInputError
 
-    params: dict[str, Any] = {"nodes_per_block": nodes, "walltime": walltime, "worker_init": worker_init}
-    for key, value in (("account", account), ("partition", partition), ("qos", qos)):
-        if value is not None:
-            params[key] = value
-    sys.stdout.write(api.render_site_script(name, params))
+    if executor not in ("htex", "mpi", "all"):
+        raise CampaignInputError(f"--executor must be htex, mpi or all (got {executor!r})")
+    if recipe is None and name is None:
+        raise CampaignInputError("give a site name or --recipe")
+    if recipe is None and profile is not None:
+        raise CampaignInputError("--profile needs --recipe")
+    overrides: dict[str, Any] = {"nodes_per_block": nodes, "walltime": walltime, "worker_init": worker_init,
+                                 "account": account, "partition": partition, "qos": qos}
+    scripts = api.render_site_scripts(name, recipe=recipe, profile=profile,
+                                      overrides={k: v for k, v in overrides.items() if v is not None},
+                                      executors=None if executor == "all" else [executor])
+    for label, script in scripts.items():
+        if len(scripts) > 1:
+            sys.stdout.write(f"# ---- executor {label} " + "-" * 60 + "\n")
+        sys.stdout.write(script)
 
 
 # ------------------------------------------------------------------------------------------------- db

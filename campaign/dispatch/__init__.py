@@ -26,6 +26,7 @@ __all__ = [
     "RetryPolicy",
     "make_dispatcher",
     "retry_policy",
+    "site_config_params",
 ]
 
 #: ``params`` keys read by the dispatcher itself; everything else goes to the site's Parsl factory.
@@ -41,6 +42,16 @@ def retry_policy(params: dict[str, Any] | None) -> RetryPolicy:
     ``free_retries``: retries of lost nodes and walltime that cost nothing, default 3)."""
     p = params or {}
     return RetryPolicy(max_retries=int(p.get("retries", 2)), max_free_retries=int(p.get("free_retries", 3)))
+
+
+def site_config_params(site_name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters of ``sites.configs.make_config`` in a recipe's site section (what a batch job of the site is
+    made of): without the retry policy's keys and the dispatcher's own, but ``max_workers`` for the sites whose
+    Parsl configuration takes it."""
+    p = {k: v for k, v in (params or {}).items() if k not in POLICY_KEYS and k not in DISPATCH_KEYS}
+    if site_name in ("local", "threads") and (params or {}).get("max_workers") is not None:
+        p["max_workers"] = (params or {})["max_workers"]
+    return p
 
 
 def make_dispatcher(
@@ -97,11 +108,9 @@ def make_dispatcher(
     from campaign.dispatch.parsl_dispatch import ParslDispatcher
     from sites.configs import make_config
 
-    if max_workers is not None and site_name in ("local", "threads"):
-        p["max_workers"] = max_workers
     parsl_dir = Path(run_dir) / "parsl"
     parsl_dir.mkdir(parents=True, exist_ok=True)
-    config = make_config(site_name, run_dir=str(parsl_dir), **p)
+    config = make_config(site_name, run_dir=str(parsl_dir), **site_config_params(site_name, params))
     if log_level is not None:
         from sites.assemble import parsl_logging
 

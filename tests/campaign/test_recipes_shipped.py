@@ -89,13 +89,8 @@ def test_exascale_describes_the_seed_campaign() -> None:
 
 @pytest.mark.parametrize("executor", ["htex", "mpi"])
 def test_exascale_renders_its_frontier_batch_script(executor: str) -> None:
-    from campaign.dispatch import DISPATCH_KEYS
-    from sites.render import render_batch_script
-
     r = load_recipe(RECIPES / "exascale.yaml", check_files=False)
-    params = {k: v for k, v in r.site.dispatch_params().items() if k not in DISPATCH_KEYS}
-    script = (api.render_site_script(r.site.name, params) if executor == "htex"
-              else render_batch_script(r.site.name, executor=executor, **params))
+    script = api.render_site_scripts(recipe=RECIPES / "exascale.yaml", executors=[executor])[executor]
     assert script.startswith("#!/bin/bash")
     assert "#SBATCH --nodes=2048" in script and "#SBATCH --account=ABC123" in script
     assert "#SBATCH --partition=batch" in script and "#SBATCH --gpus-per-node=8" in script
@@ -104,3 +99,27 @@ def test_exascale_renders_its_frontier_batch_script(executor: str) -> None:
     assert r.site.worker_init in script
     if executor == "mpi":  # multi-node apps (trials, training) are launched by srun inside the block
         assert "--enable_mpi_mode" in script and "--mpi-launcher=srun" in script
+
+
+def test_sites_show_renders_a_recipe_with_its_profile_both_executors() -> None:
+    """`campaign sites show --recipe R --profile P`: the site, walltime, account and worker_init of the profile,
+    the single-node (htex) and the multi-node (mpi) executors' scripts."""
+    from typer.testing import CliRunner
+
+    from campaign.cli.app import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["sites", "show", "--recipe", str(RECIPES / "hpo.yaml"), "--profile", "frontier"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "# ---- executor htex" in out and "# ---- executor mpi" in out
+    assert out.count("#SBATCH --account=ABC123") == 2 and out.count("#SBATCH --time=120") == 2
+    assert out.count("module load PrgEnv-gnu rocm") == 2 and "--enable_mpi_mode" in out
+    one = runner.invoke(app, ["sites", "show", "--recipe", str(RECIPES / "hpo.yaml"), "--profile", "frontier",
+                              "--executor", "htex", "--walltime", "00:30:00"])
+    assert "#SBATCH --time=30" in one.stdout and "executor mpi" not in one.stdout
+    local = runner.invoke(app, ["sites", "show", "--recipe", str(RECIPES / "hpo.yaml")])
+    assert local.exit_code == 2 and "submits no batch script" in local.output
+    other = runner.invoke(app, ["sites", "show", "aurora", "--recipe", str(RECIPES / "hpo.yaml"), "--profile",
+                                "frontier"])
+    assert other.exit_code == 2 and "runs on site 'frontier'" in other.output
