@@ -10,6 +10,7 @@ does, else where the base recipe does.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,13 +59,14 @@ def advise(recipe: Recipe, text: str, *, profile: str | None = None) -> list[Adv
     out: list[Advice] = []
     site = recipe.site
     if site.account and _PLACEHOLDER.match(site.account.strip()):
-        out.append(Advice(*at(("site", "account")), f"{site.account!r} looks like a placeholder, not an allocation: "
-                                                  "batch jobs would be refused or charged to the wrong project"))
-    db = getattr(recipe, "database", None)
-    host = _db_host(db) if isinstance(db, str) else None
+        where, line = at(("site", "account"))
+        out.append(Advice(where, line, f"{site.account!r} looks like a placeholder, not an allocation: batch jobs "
+                                       "would be refused or charged to the wrong project"))
+    host = _db_host(recipe.database) if recipe.database else None
     if host is not None and _EXAMPLE_HOST.search(host):
-        out.append(Advice(*at(("database",)), f"the database host {host!r} is an example name: point it at your "
-                                           "PostgreSQL server (or leave database out for a SQLite file)"))
+        where, line = at(("database",))
+        out.append(Advice(where, line, f"the database host {host!r} is an example name: point it at your "
+                                       "PostgreSQL server (or leave database out for a SQLite file)"))
     out += _scale(recipe, at)
     return out
 
@@ -109,7 +111,7 @@ def _structures(recipe: Recipe, names: list[str] | None) -> tuple[int, list[str]
     return sum(int(d.count or 0) for d in chosen), [d.name for d in chosen if d.name.startswith("demo-")]
 
 
-def _scale(recipe: Recipe, at: Any) -> list[Advice]:
+def _scale(recipe: Recipe, at: Callable[..., tuple[str, int | None]]) -> list[Advice]:
     """Studies and training that would give each rank less than a batch. Studies with the same problem at the
     same place (inherited from ``hpo_defaults``) make one warning naming them all."""
     out: list[Advice] = []
@@ -136,7 +138,7 @@ def _scale(recipe: Recipe, at: Any) -> list[Advice]:
         sized = _structures(recipe, None)
         ranks = tr.nodes * tr.ranks_per_node
         if sized is not None and ranks > 1 and _TRAIN_SHARE * sized[0] / ranks < 1:
-            out.append(Advice(*at(("stages", "train", "nodes")),
-                              f"training on {ranks} ranks with {sized[0]} structures in all: most ranks would "
-                              "have no data"))
+            where, line = at(("stages", "train", "nodes"))
+            out.append(Advice(where, line, f"training on {ranks} ranks with {sized[0]} structures in all: most "
+                                           "ranks would have no data"))
     return out

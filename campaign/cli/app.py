@@ -95,12 +95,17 @@ def run(
     profile: Annotated[str | None, typer.Option(help="Recipe profile to apply (e.g. frontier).")] = None,
     site: Annotated[str | None, typer.Option(help="Override the recipe's site (its profile is applied too).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (stages, tasks, node-hours, batch scripts) and run nothing.")] = False,
 ) -> None:
     """Validate RECIPE and run its campaign. Running the same recipe again resumes it."""
     from campaign.recipe import load_recipe
     from campaign.runner import run_campaign
 
-    load_recipe(recipe, profile=profile, site=site)  # validate before touching anything
+    r = load_recipe(recipe, profile=profile, site=site, check_files=not dry_run)  # validate before anything
+    if dry_run:
+        _print_plan(r, recipe, profile)
+        return
     from campaign.cli.live import LiveDisplay
 
     with LiveDisplay(console, enabled=not quiet) as live:
@@ -210,6 +215,39 @@ def logs(
     if follow:
         for name, line in follow_attempt(att, streams, db=db):
             console.out(line if len(streams) == 1 else f"{name}: {line}", highlight=False)
+
+
+def _print_plan(r: Any, path: Path, profile: str | None) -> None:
+    """``run --dry-run``: the stages' tasks and node-hours, then the site's batch scripts."""
+    from rich.table import Table
+
+    from campaign.plan import plan
+    from campaign.status import format_duration
+
+    table = Table(title=f"plan of campaign {r.campaign!r} on {r.site.name} (nothing is run)", title_justify="left")
+    for col in ("stage", "tasks", "each task", "node-hours ≤"):
+        table.add_column(col, justify="right" if col in ("tasks", "node-hours ≤") else "left", no_wrap=True)
+    total = 0.0
+    stages = plan(r)
+    for p in stages:
+        nh = p.node_hours
+        total += nh or 0.0
+        each = "–" if not p.nodes else (f"{p.nodes} node{'s' if p.nodes > 1 else ''}, {p.ranks:,} rank"
+                                         f"{'s' if p.ranks > 1 else ''}")
+        if p.nodes and p.walltime_s is not None:
+            each += f", ≤ {format_duration(p.walltime_s)}"
+        table.add_row(p.stage, p.tasks_text(), each, "–" if nh is None else f"{nh:,.0f}")
+    console.print(table)
+    for p in stages:
+        if p.note:
+            console.print(f"  {p.stage}: {p.note}", highlight=False, soft_wrap=True)
+    if r.site.name != "local":
+        console.print(f"at most {total:,.0f} node-hours where a walltime bounds the tasks", highlight=False)
+        from campaign import api
+
+        for label, script in api.render_site_scripts(recipe=path, profile=profile).items():
+            console.rule(f"batch script of executor {label} (one block)")
+            console.out(script, highlight=False)
 
 
 def _print_outcome(outcome: Any) -> None:

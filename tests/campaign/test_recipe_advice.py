@@ -44,3 +44,28 @@ def test_no_warning_for_the_laptop_recipe_or_a_real_allocation(tmp_path: Path) -
     mine = tmp_path / "mine.yaml"
     mine.write_text(text)
     assert advise(load_recipe(mine, profile="frontier", check_files=False), text, profile="frontier") == []
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`campaign run --dry-run`: the stages' task counts (the tiny recipe's 7 are what its real runs create: see
+    the reliability suite), node-hours bounded by the batch walltime on a batch site, the batch scripts; no
+    database, no work directory."""
+    from campaign.plan import plan
+    from tests.reliability.conftest import TINY_RECIPE, TINY_TASKS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAMPAIGN_DB", raising=False)
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE.format(name="tiny"))
+    assert sum(p.count for p in plan(load_recipe(tmp_path / "tiny.yaml"))) == TINY_TASKS
+    res = runner.invoke(app, ["run", "tiny.yaml", "--dry-run"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert "plan of campaign 'tiny' on local (nothing is run)" in res.output and "preprocess" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+    res = runner.invoke(app, ["run", str(ROOT / "recipes" / "hpo.yaml"), "--dry-run", "--profile", "frontier"],
+                        env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert "256 nodes, 2,048 ranks, ≤ 2h00m00s" in res.output and "32,768" in res.output  # 64 x 256 x 2 h
+    assert "at most 196,626 node-hours" in res.output  # 6 x 32,768 + 9 preprocessing tasks x 2 h
+    assert "batch script of executor htex" in res.output and "#SBATCH --account=ABC123" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
