@@ -1,11 +1,13 @@
 """The Python API: the same operations as the CLI, for notebooks and scripts.
 
-Example::
+Example (``docs/python-api.md`` has a worked one, which the tests run)::
 
     from campaign import api
-    recipe = api.load_recipe("recipes/hpo.yaml")
     outcome = api.run("recipes/hpo.yaml")
-    df = api.query("SELECT hpo, MIN(objective) FROM trials GROUP BY hpo").to_dataframe()
+    best = api.trials(k=1)                      # a pandas DataFrame: the best trial of each study
+    for model in api.models(role="promoted"):   # typed records
+        print(model.id, model.family, model.objective, model.checkpoint)
+    df = api.table("SELECT hpo, MIN(objective) AS best FROM trials GROUP BY hpo")
 
 Nothing here imports torch or parsl until a campaign is run.
 """
@@ -27,9 +29,13 @@ __all__ = [
     "Recipe",
     "RunOutcome",
     "cancel",
+    "grant_reader",
+    "hits",
+    "lineage",
     "list_named_queries",
     "list_sites",
     "load_recipe",
+    "models",
     "named_query",
     "parse_recipe",
     "query",
@@ -42,6 +48,8 @@ __all__ = [
     "run",
     "schema_revisions",
     "status",
+    "table",
+    "trials",
     "upgrade_database",
 ]
 
@@ -257,6 +265,41 @@ def named_query(name: str, params: Mapping[str, Any] | None = None, *, db: str |
     dialect = _dialect(db)
     q = get_query(name, dialect)
     return run_readonly(q.for_dialect(dialect), q.bind(params or {}), url=db, timeout_s=timeout_s)
+
+
+def table(sql: str, params: Any = (), *, db: str | None = None, timeout_s: float | None = None) -> Any:
+    """:func:`query` as a pandas DataFrame (one column per selected column)."""
+    return query(sql, params, db=db, timeout_s=timeout_s).to_dataframe()
+
+
+def trials(campaign: str | None = None, *, k: int = 5, db: str | None = None) -> Any:
+    """The best ``k`` trials of each HPO study as a pandas DataFrame (columns: campaign, hpo, rank, family,
+    trial, objective, best_epoch, config), best first."""
+    return named_query("top_trials", {"k": k} | ({"campaign": campaign} if campaign else {}), db=db).to_dataframe()
+
+
+def models(campaign: str | None = None, *, role: str | None = None, db: str | None = None) -> list[Any]:
+    """Every model (of ``role``: promoted, trained, finetuned, scratch) as a :class:`campaign.browse.ModelInfo`
+    (id, family, role, objective, checkpoint, ...)."""
+    from campaign.browse import models as read
+
+    return read(campaign, role=role, db=db)
+
+
+def hits(campaign: str, *, top: int | None = None, db: str | None = None) -> list[Any]:
+    """The screening hits of ``campaign``, best first, as :class:`campaign.browse.Hit` (``.atoms()`` gives the
+    structure as ``ase.Atoms``)."""
+    from campaign.browse import hits as read
+
+    return read(campaign, top=top, db=db)
+
+
+def lineage(node: str | int, *, db: str | None = None) -> Any:
+    """Everything upstream of a model (``3``) or any node (``"hit:17"``): a :class:`campaign.lineage.Lineage`
+    (``.rows()`` for a DataFrame, ``.labels`` names every node)."""
+    from campaign.lineage import parse_node, walk
+
+    return walk(parse_node(str(node)), db=db)
 
 
 def status(campaign: str | None = None, *, db: str | None = None) -> dict[str, Any]:

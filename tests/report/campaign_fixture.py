@@ -206,17 +206,26 @@ def build_campaign(engine: Engine, tmp: Path, *, name: str = "demo-hpo",
         b.stage("screen")
         edges = np.linspace(-5, -1, 41)
         hits = 0
+        best: list[tuple[float, int, str]] = []  # (energy per atom, its rank in its shard, the shard's task)
         for shard in range(2):
             energies = rng.normal(-3.0, 0.5, 5000)
             counts = np.histogram(energies, bins=edges)[0]
             t = b.task("screen", f"screen/{shard}", "screen", minutes=20,
                        result={"screened": 5000, "energy_histogram": {"edges": edges.tolist(),
                                                                       "counts": counts.tolist()}})
-            for rank, e in enumerate(np.sort(energies)[:10], start=1):
-                s.add(m.ScreeningHit(task_id=t.id, model_id=trained[0].id, rank=rank, structure_id=f"s{shard}-{rank}",
-                                     formula="Cu3Au", natoms=4, score=float(e), energy_per_atom=float(e),
-                                     uncertainty=float(abs(rng.normal(0, 0.05))), head="demo-emt"))
-                hits += 1
+            best += [(float(e), k, t.id) for k, e in enumerate(np.sort(energies)[:10], start=1)]
+        # the screen stage merges the shards' top lists and ranks them over the whole campaign
+        for rank, (e, k, task_id) in enumerate(sorted(best)[:10], start=1):
+            # as the screen stage records a hit: the structure, and every head's energy (eV)
+            a = 3.75 * (1 + 0.01 * rank)
+            data = {"numbers": [29, 29, 29, 79], "positions": [[0, 0, 0], [0, a / 2, a / 2], [a / 2, 0, a / 2],
+                                                                [a / 2, a / 2, 0]],
+                    "cell": [[a, 0, 0], [0, a, 0], [0, 0, a]], "pbc": [True, True, True], "head_id": 100,
+                    "energies": {"100": 4 * e, "101": 4 * e + 0.3}}
+            s.add(m.ScreeningHit(task_id=task_id, model_id=trained[0].id, rank=rank, structure_id=f"s-{task_id[:4]}-{k}",
+                                 formula="AuCu3", natoms=4, score=e, energy_per_atom=e,
+                                 uncertainty=float(abs(rng.normal(0, 0.05))), head="demo-emt", data=data))
+            hits += 1
         facts["hits"] = hits
         facts["screened"] = 10000
         if "finetune" not in stages:

@@ -80,7 +80,7 @@ def test_report_writes_page_and_figures(full: tuple[str, dict], tmp_path: Path) 
     html = (out / "index.html").read_text()
     assert set(re.findall(r'<img src="([^"]+)"', html)) == ALL_FIGURES
     assert "No data yet" not in html and "<script" not in html
-    for text in ("Promotion", "best_of_family", "Cu3Au", "water", "qm9-gap", "frontier"):
+    for text in ("Promotion", "best_of_family", "AuCu3", "water", "qm9-gap", "frontier"):
         assert text in html
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
