@@ -37,7 +37,7 @@ def test_the_worked_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         for k, code in enumerate(blocks()):
-            exec(compile(code, f"{DOC.name} block {k + 1}", "exec"), namespace)  # noqa: S102
+            exec(compile(code, f"{DOC.name} block {k + 1}", "exec"), namespace)
     text = out.getvalue()
     assert f"{facts['name']} done" in text and "best family:" in text and "eV/atom" in text
     promoted = namespace["promoted"]
