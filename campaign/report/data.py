@@ -38,8 +38,6 @@ from db import models as m
 PARITY_FORMAT = "npz: <dataset>/energy_true, <dataset>/energy_pred [G] eV/atom; <dataset>/force_true, force_pred [N,3] eV/Å"
 #: Attempts drawn on the timeline (the most recent ones; the resource totals count all of them).
 TIMELINE_LIMIT = 3000
-#: Models whose loss curves are drawn.
-CURVE_MODELS = 4
 
 
 def aware(ts: datetime | None) -> datetime | None:
@@ -271,10 +269,8 @@ def _curves(conn: Connection, cid: int, heads: dict[str, str]) -> list[Curve]:
     out = []
     for task_id, label in candidates:
         c = _curve(conn, task_id, label, heads)
-        if c is not None:
+        if c is not None:  # every promoted (or trained) model: one figure each
             out.append(c)
-        if len(out) >= CURVE_MODELS:
-            break
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from campaign.report.data import (
     AttemptSpan,
@@ -25,6 +26,21 @@ from campaign.report.data import (
     Screening,
     TrialPoint,
 )
+
+#: What the training loss (and the HPO objective) is, with units: the mean squared error of the energy per atom
+#: plus the force weight times that of the force components (models.nn.loss.multitask_loss, energy_loss mse).
+LOSS_LABEL = "loss: MSE(E/atom) [eV²] + w·MSE(F) [eV²/Å²]"
+
+def metric_unit(name: str) -> str:
+    """The unit of a recorded error metric, from its name (``energy_mae_per_atom`` -> eV/atom)."""
+    if "force" in name:
+        return "eV/Å"
+    if "per_atom" in name:
+        return "eV/atom"
+    if any(k in name for k in ("energy", "gap", "homo", "lumo")):
+        return "eV"
+    return ""
+
 
 STATUS_COLORS = {"done": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "running": "tab:gray",
                  "asked": "tab:gray"}
@@ -84,7 +100,8 @@ def hpo_objectives(trials: Sequence[TrialPoint]) -> Figure | None:
             ax.set_yscale("log")
         ax.set_title(f"{hpo} ({ts[0].family}): best {best.min():.4g}", fontsize=10)
         ax.set_xlabel("trial")
-        ax.set_ylabel("validation loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"validation {LOSS_LABEL}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[len(groups):]:
@@ -172,7 +189,8 @@ def loss_curves(curve: Curve) -> Figure | None:
             ax.set_yscale("log")
         ax.set_title("total (weighted)" if head == "all" else f"head {head}", fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(LOSS_LABEL)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[len(heads):]:
@@ -269,7 +287,7 @@ def finetune(pairs: Sequence[FinetunePair]) -> Figure | None:
             ax.annotate(f"{b / a:.2g}×", (xi, max(a, b)), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [p.task for p in pairs])
     metrics = sorted({p.metric for p in pairs})
-    ax.set_ylabel(" / ".join(metrics))
+    ax.set_ylabel(" / ".join(f"{m} ({metric_unit(m)})" if metric_unit(m) else m for m in metrics))
     ax.set_title("fine-tuning vs from scratch (lower is better; label: scratch / fine-tuned)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

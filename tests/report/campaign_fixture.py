@@ -156,8 +156,13 @@ def build_campaign(engine: Engine, tmp: Path, *, name: str = "demo-hpo",
         b.stage("promote")
         ranked = sorted((t for ts in trials.values() for t in ts if t.objective is not None),
                         key=lambda t: t.objective)
+        # the main recipe's rule: the two best overall, and the best of every family
+        best_of = {}
+        for tr in ranked:
+            best_of.setdefault(tr.family, tr)
+        chosen = sorted({tr.id: tr for tr in [*ranked[:2], *best_of.values()]}.values(), key=lambda t: t.objective)
         promoted = []
-        for rank, tr in enumerate(ranked[:3], start=1):
+        for rank, tr in enumerate(chosen, start=1):
             art = m.Artifact(path=str(tmp / f"ckpt-{tr.id}.pt"), kind="checkpoint", sha256=f"{tr.id:064d}",
                              bytes=1000, task_id=tr.task_id)
             s.add(art)
@@ -165,12 +170,13 @@ def build_campaign(engine: Engine, tmp: Path, *, name: str = "demo-hpo",
             mod = m.Model(campaign_id=c.id, name=f"{tr.hpo}-{tr.number}", role="promoted", family=tr.family,
                           hyperparameters=tr.config, checkpoint_id=art.id, trial_id=tr.id, task_id=tr.task_id,
                           metrics={"objective": tr.objective, "rank": rank,
-                                   "reasons": ["top_overall"] + (["best_of_family"] if rank == 1 else [])})
+                                   "reasons": (["top_overall"] if tr in ranked[:2] else [])
+                                   + (["best_of_family"] if best_of[tr.family] is tr else [])})
             s.add(mod)
             promoted.append(mod)
         s.flush()
-        s.add(m.Ensemble(campaign_id=c.id, name=f"{name}-top3", model_ids=[p.id for p in promoted],
-                         rule={"top_overall": 3}))
+        s.add(m.Ensemble(campaign_id=c.id, name=f"{name}-top3", model_ids=[p.id for p in promoted[:3]],
+                         rule={"top_overall": 2, "best_per_family": True, "ensemble_k": 3}))
         facts["promoted"] = [p.id for p in promoted]
         if "train" not in stages:
             return facts

@@ -49,7 +49,8 @@ def test_gather_reads_every_section(full: tuple[str, dict]) -> None:
     eng.dispose()
     assert data.heads == {"None": "all", "0": "demo-emt", "1": "demo-gfn2", "2": "demo-gfn1"}
     assert len(data.trials) == 36 and {t.hpo for t in data.trials} == set(facts["best_objective"])
-    assert [p.rank for p in data.promoted] == [1, 2, 3] and data.promoted[0].reasons == ["top_overall", "best_of_family"]
+    assert [p.rank for p in data.promoted] == [1, 2, 3, 4, 5, 6]  # the two best, and the best of each family
+    assert data.promoted[0].reasons == ["top_overall", "best_of_family"]
     assert data.promoted[0].objective == pytest.approx(min(facts["best_objective"].values()))
     assert [c.label.split()[0] for c in data.curves] == ["trained", "trained"]  # trained models win over trials
     assert set(data.curves[0].heads()) == {"all", "demo-emt", "demo-gfn2", "demo-gfn1"}
@@ -190,3 +191,32 @@ def test_report_renders_in_headless_chromium(full: tuple[str, dict], tmp_path: P
     shot = tmp_path / "report.png"
     out = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", f"{base}/report/index.html"], tmp_path)
     assert out.returncode == 0 and _png_ok(shot)
+
+
+def test_every_promoted_model_gets_its_loss_curves_with_integer_epochs_and_units(
+        engine: object, db_url: str, tmp_path: Path) -> None:
+    """A campaign that got to promotion: one loss-curve figure per promoted model (none left out), epochs and
+    trials on integer ticks, the loss axis with its definition and units."""
+    from matplotlib.ticker import MaxNLocator
+
+    from campaign.report import figures
+
+    facts = build_campaign(engine, tmp_path, stages=("preprocess", "hpo", "promote"))  # type: ignore[arg-type]
+    eng = readonly_engine(db_url)
+    data = gather(eng, "demo-hpo", now=NOW)
+    eng.dispose()
+    assert len(data.curves) == len(facts["promoted"]) == 6
+    assert [c.label.split()[0] for c in data.curves] == ["promoted"] * len(facts["promoted"])
+    fig = figures.loss_curves(data.curves[0])
+    assert fig is not None
+    for ax in [a for a in fig.axes if a.get_visible()]:
+        assert ax.get_xlabel() == "epoch" and "eV²" in ax.get_ylabel()
+        locator = ax.xaxis.get_major_locator()
+        assert isinstance(locator, MaxNLocator) and locator._integer
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    obj = figures.hpo_objectives(data.trials)
+    assert obj is not None
+    for ax in [a for a in obj.axes if a.get_visible()]:
+        assert ax.get_xlabel() == "trial" and all(float(t).is_integer() for t in ax.get_xticks())
+        assert "eV²" in ax.get_ylabel()
+    assert figures.metric_unit("energy_mae_per_atom") == "eV/atom" and figures.metric_unit("force_mae") == "eV/Å"
