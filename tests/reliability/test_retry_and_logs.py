@@ -75,3 +75,52 @@ def test_a_failed_task_logged_fixed_retried_and_resumed(tmp_path: Path) -> None:
     earlier = runner.invoke(app, ["logs", key, "--db", url, "--attempt", "1", "--stream", "stderr"],
                             env={"COLUMNS": "200"})
     assert "no energy" in earlier.output
+
+
+def test_follow_prints_what_a_running_attempt_writes_until_it_ends(tmp_path: Path) -> None:
+    """`campaign logs TASK --follow`: lines appear as the attempt's worker writes them (its output file in the
+    task's workdir), a partial line once finished, and following stops when the attempt's end is recorded."""
+    import threading
+    import time
+
+    from campaign.attempt_logs import find_attempt, follow_attempt
+    from campaign.dispatch.failures import RetryPolicy
+    from campaign.ledger import Ledger
+    from campaign.tasks import ExitCause, TaskResult, TaskSpec, utcnow
+    from db.engine import make_engine
+    from db.migrate import ensure_schema
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = make_engine(url)
+    ensure_schema(engine)
+    ledger = Ledger(engine)
+    cid = ledger.open_campaign(name="f", recipe_text="campaign: f\n", recipe_hash="f" * 64, site="local").id
+    sid = ledger.stage(cid, "train", "train").id
+    work = tmp_path / "runs" / "train"
+    work.mkdir(parents=True)
+    task = ledger.create_task(cid, sid, "train/model-1/chunk-0", TaskSpec(kind="train", app="models.train",
+                                                                          workdir=str(work)))
+    n = ledger.begin_attempt(task.id, site="local")
+    out = work / f"attempt{n}.out"
+    out.write_text("epoch 0 loss 3.0\n")
+
+    att = find_attempt("train/model-1/chunk-0", db=url)
+    assert not att.ended and att.stdout == out
+
+    def worker() -> None:
+        for epoch in (1, 2):
+            time.sleep(0.2)
+            with out.open("a") as fh:
+                fh.write(f"epoch {epoch} loss {3.0 / (epoch + 1):.2f}\n")
+        with out.open("a") as fh:
+            fh.write("done, no newline")
+        time.sleep(0.2)
+        ledger.record_attempt(TaskResult(task_id=task.id, attempt=n, exit_cause=ExitCause.OK, result={},
+                                         started_at=utcnow(), ended_at=utcnow()), policy=RetryPolicy(0, 0))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    got = [line for _, line in follow_attempt(att, ["stdout"], db=url, poll_s=0.05)]
+    t.join()
+    engine.dispose()
+    assert got == ["epoch 1 loss 1.50", "epoch 2 loss 1.00", "done, no newline"]
