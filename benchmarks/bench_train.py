@@ -112,8 +112,8 @@ def load_batches(root: Path, n_batches: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------------ ours
-def ours_trainer(family: str) -> Any:
-    """Our model + training loop (single process: the gradient sync is a no-op)."""
+def ours_trainer(family: str, device: str = "cpu", precision: str = "fp32") -> Any:
+    """Our model + training loop (single process: the gradient sync is a no-op) on ``device`` in ``precision``."""
     from models.distributed import GradSync
     from models.nn.loss import multitask_loss
     from models.nn.model import build_model
@@ -124,6 +124,9 @@ def ours_trainer(family: str) -> Any:
     model = build_model(
         {"family": family, "hidden": HIDDEN, "layers": LAYERS, "cutoff": CUTOFF, "num_rbf": RBF, "heads": [0]}
     )
+    from models.nn.precision import param_dtype
+
+    model = model.to(device=torch.device(device), dtype=param_dtype(precision))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     return Trainer(
         model,
@@ -131,15 +134,15 @@ def ours_trainer(family: str) -> Any:
         schedule=Schedule(opt, {"kind": "constant"}, 1),
         sync=GradSync(model),
         loss_fn=multitask_loss,
-        device=torch.device("cpu"),
-        precision="fp32",
+        device=torch.device(device),
+        precision=precision,
         force_weight=10.0,
         grad_clip=10.0,
     )
 
 
-def ours_train_fn(family: str) -> Callable[[list[Any]], None]:
-    trainer = ours_trainer(family)
+def ours_train_fn(family: str, device: str = "cpu", precision: str = "fp32") -> Callable[[list[Any]], None]:
+    trainer = ours_trainer(family, device, precision)
     return lambda batches: trainer.train_epoch(batches, len(batches))
 
 
@@ -275,16 +278,30 @@ def _peer_loss(e: torch.Tensor, f: torch.Tensor, batch: Any) -> torch.Tensor:
 
 
 def peer_fns(
-    family: str, batches: list[Any]
+    family: str, batches: list[Any], device: str = "cpu", precision: str = "fp32"
 ) -> tuple[Callable[[list[Any]], None], Callable[[list[Any]], None]]:
-    """(train, infer) callables of the peer of ``family``; inputs are converted once, outside the timing."""
+    """(train, infer) callables of the peer of ``family``; inputs are converted once, outside the timing.
+
+    On ``device`` in ``precision`` (schnetpack's PaiNN only): fp64 casts the model and the floating inputs,
+    bf16 runs the forward under ``torch.autocast`` (the same as our ``bf16``: fp32 weights, bf16 matmuls).
+    """
+    dev = torch.device(device)
     if family == "painn":
-        model = schnetpack_painn()
-        inputs = {id(b): to_schnetpack(b) for b in batches}
+        dtype = torch.float64 if precision == "fp64" else torch.float32
+        model = schnetpack_painn().to(device=dev, dtype=dtype)
+        inputs = {id(b): {k: (v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev))
+                          for k, v in to_schnetpack(b).items()} for b in batches}
 
         def forward(b: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            out = model(dict(inputs[id(b)]))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = model(dict(inputs[id(b)]))
             return out["energy"], out["forces"]
+
+        def loss(e: torch.Tensor, f: torch.Tensor, b: Any) -> torch.Tensor:
+            ref = inputs[id(b)]
+            n = ref[_import_schnetpack().properties.n_atoms].to(e.dtype)
+            return ((((e - ref["energy_ref"].to(e.dtype)) / n) ** 2).mean()
+                    + 10.0 * ((f - ref["forces_ref"].to(f.dtype)) ** 2).mean())
     else:
         model, graph = pyg_schnet()
         prepared = {}
@@ -300,6 +317,8 @@ def peer_fns(
             (g,) = torch.autograd.grad(e.sum(), pos, create_graph=model.training)
             return e, -g
 
+        loss = _peer_loss
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train(bs: list[Any]) -> None:
@@ -307,7 +326,7 @@ def peer_fns(
         for b in bs:
             opt.zero_grad(set_to_none=True)
             e, f = forward(b)
-            _peer_loss(e, f, b).backward()
+            loss(e, f, b).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
 
