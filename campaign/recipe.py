@@ -210,7 +210,9 @@ class PreprocessSpec(_Strict):
     """Graph construction and filtering, shared by all datasets."""
 
     cutoff: float = Field(5.0, gt=0, le=20, description="Neighbour cutoff radius, Å.")
-    max_neighbours: int = Field(32, ge=1, le=1024, description="Cap on neighbours per atom (nearest kept).")
+    max_neighbours: int | None = Field(
+        None, ge=1, le=1024, description="Cap on neighbours per atom: at least this many nearest are kept, and a shell "
+        "of equidistant neighbours is never split (a perfect crystal keeps its symmetry). Default: no cap.")
     split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train/val/test fractions.")
     max_force: float = Field(50.0, gt=0, description="Drop structures with any |F| above this, eV/Å.")
     min_distance: float = Field(0.5, ge=0, description="Drop structures with two atoms closer than this, Å.")

@@ -16,7 +16,8 @@ Config (JSON)::
       "heads": null,                # heads to evaluate (default: every head all members share)
       "precision": "fp32", "device": "auto", "forces": true, "write_forces": false,
       "max_atoms_per_batch": null,  # null: sized to the device's free memory
-      "max_neighbours": 32, "top_k": 20, "max_uncertainty": null,
+      "max_neighbours": null,       # null: no cap (a cap keeps whole shells of equidistant neighbours)
+      "top_k": 20, "max_uncertainty": null,
       "output": "screen-000.bp", "shard": 0, "threads": null
     }
 

@@ -62,7 +62,7 @@ class FinetuneStage:
                 "files": [str(Path(f).expanduser().resolve()) for f in t.files],
                 "cutoff": float(self.parent.config.get("cutoff", 5.0)),
                 "max_neighbours": (self.recipe.stages.preprocess.max_neighbours
-                                   if self.recipe.stages.preprocess is not None else 32)}
+                                   if self.recipe.stages.preprocess is not None else None)}
         cfg = app_config(FinetuneConfig, {"prepare": prep, "prepare_only": True, "data_root": str(root),
                                           "dataset": t.name, "head": self.spec.head_of(pos), "output_dir": str(root)},
                          f"stages.finetune.tasks[{pos}]")

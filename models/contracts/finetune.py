@@ -32,7 +32,7 @@ class DownstreamData(Strict):
     elements: list[str] = Field(default_factory=lambda: ["Ni", "Al", "Cu"])
     files: list[str] = Field(default_factory=list)
     cutoff: float = Field(5.0, gt=0)
-    max_neighbours: int | None = Field(32, ge=1)
+    max_neighbours: int | None = Field(None, ge=1)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
 
 

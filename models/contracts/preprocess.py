@@ -63,7 +63,7 @@ class PreprocessConfig(Strict):
     output_dir: str
     datasets: list[DatasetInput] = Field(min_length=1)
     cutoff: float = Field(5.0, gt=0, strict=True)
-    max_neighbours: int | None = Field(32, ge=1, strict=True)
+    max_neighbours: int | None = Field(None, ge=1, strict=True)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     seed: int = Field(0, strict=True)
     filters: Filters = Field(default_factory=Filters)

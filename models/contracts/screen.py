@@ -78,7 +78,7 @@ class ScreenConfig(Strict):
     write_forces: bool = False
     force_method: Literal["loop", "vmap"] = "loop"
     max_atoms_per_batch: int | None = Field(None, ge=1)
-    max_neighbours: int | None = Field(32, ge=1)
+    max_neighbours: int | None = Field(None, ge=1)
     top_k: int = Field(20, ge=0)
     max_uncertainty: float | None = Field(None, gt=0)
     output: str

@@ -11,10 +11,21 @@ import numpy as np
 import vesin
 
 
+#: Neighbours of a centre whose distances differ by less than this (Å) are one shell: a cap never splits one.
+SHELL_TOLERANCE = 1e-6
+
+
 def cap_neighbours(
     i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray, max_neighbours: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sort edges by (centre, distance, neighbour) and keep the ``max_neighbours`` nearest per centre.
+    """Sort edges by (centre, distance, neighbour) and keep at least the ``max_neighbours`` nearest per centre,
+    never splitting a shell of equidistant neighbours.
+
+    A cap that kept, say, 24 of a shell of 24 + 6 + 24 neighbours would keep an arbitrary part of the last shell
+    (whichever the sort puts first): the graph, and every force and stress computed on it, would lose the
+    crystal's symmetry (a perfect crystal would get forces). So a centre keeps every neighbour as close as its
+    ``max_neighbours``-th one (within :data:`SHELL_TOLERANCE`): the cap is a lower bound on what is kept, met
+    exactly when it falls between two shells.
 
     Args:
         i: [E] centre indices.
@@ -32,7 +43,10 @@ def cap_neighbours(
         start = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
         counts = np.diff(np.r_[start, i.size])
         rank = np.arange(i.size) - np.repeat(start, counts)
-        keep = rank < max_neighbours
+        # the distance of each centre's max_neighbours-th neighbour (or its farthest, when it has fewer)
+        last = start + np.minimum(counts, max_neighbours) - 1
+        bound = np.repeat(dist[last], counts)
+        keep = (rank < max_neighbours) | (dist <= bound + SHELL_TOLERANCE)
         i, j, shift, dist = i[keep], j[keep], shift[keep], dist[keep]
     return i, j, shift, dist
 
@@ -51,7 +65,8 @@ def radius_graph_pbc(
         cell: [3, 3] lattice vectors as rows, Å (ignored along non-periodic directions).
         pbc: [3] bool periodic directions.
         cutoff: Radius, Å.
-        max_neighbours: Cap per centre atom, keeping the nearest; ``None`` for no cap.
+        max_neighbours: Cap per centre atom, keeping the nearest and never splitting a shell (see
+            :func:`cap_neighbours`); ``None`` for no cap.
 
     Returns:
         ``edge_index`` [2, E] int64 (row 0 = neighbour j, row 1 = centre i), ``shift`` [E, 3] int32 cell
