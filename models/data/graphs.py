@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import vesin
 
-
 #: Neighbours of a centre whose distances differ by less than this (Å) are one shell: a cap never splits one.
 SHELL_TOLERANCE = 1e-6
 

@@ -68,7 +68,7 @@ def test_the_check_fails_on_a_cap_that_splits_a_shell() -> None:
     the checks above would fail, so they test what they claim."""
     atoms = cu(1)
     ei, shift, dist = radius_graph_pbc(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF, None)
-    i, j, s, d = cap_neighbours(ei[1], ei[0], shift, dist, None)
+    i, j, s, _ = cap_neighbours(ei[1], ei[0], shift, dist, None)
     start = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
     rank = np.arange(i.size) - np.repeat(start, np.diff(np.r_[start, i.size]))
     keep = rank < CAP
