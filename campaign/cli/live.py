@@ -37,7 +37,7 @@ class LiveDisplay:
 
     def _table(self) -> Table:
         table = Table(title="campaign progress")
-        for col in ("stage", "done", "running", "ready", "failed", "best"):
+        for col in ("stage", "done", "in flight", "ready", "failed", "best"):  # in flight: submitted, queued or running
             table.add_column(col)
         for p in self.rows.values():
             best = p.extra.get("best")
@@ -63,7 +63,7 @@ class LiveDisplay:
         self._printed[p.name] = (now, counts)
         best = p.extra.get("best")
         self.console.print(
-            f"{time.strftime('%H:%M:%S')} {p.name}: {p.done} done, {p.running} running, {p.ready} ready, "
+            f"{time.strftime('%H:%M:%S')} {p.name}: {p.done} done, {p.running} in flight, {p.ready} ready, "
             f"{p.failed} failed" + ("" if best is None else f", best {best:.4g}"), highlight=False, soft_wrap=True)
 
     def __enter__(self) -> LiveDisplay:

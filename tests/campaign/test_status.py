@@ -200,5 +200,5 @@ def test_run_progress_as_plain_lines_when_not_on_a_terminal() -> None:
         live.update(StageProgress("hpo", done=6, failed=0, extra={"best": 23.5912}))  # finished: printed at once
     lines = buf.getvalue().splitlines()
     assert [ln.split(" ", 1)[1] for ln in lines] == [
-        "hpo: 0 done, 2 running, 4 ready, 0 failed", "hpo: 1 done, 2 running, 3 ready, 0 failed",
-        "hpo: 6 done, 0 running, 0 ready, 0 failed, best 23.59"]
+        "hpo: 0 done, 2 in flight, 4 ready, 0 failed", "hpo: 1 done, 2 in flight, 3 ready, 0 failed",
+        "hpo: 6 done, 0 in flight, 0 ready, 0 failed, best 23.59"]
