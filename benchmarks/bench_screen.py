@@ -35,7 +35,7 @@ from models.candidates import CandidateSpec, candidates
 from models.inference import Predictor, atom_budget_chunks
 from models.nn.model import build_model
 from models.nn.precision import cast_batch, param_dtype, precision_context
-from models.screen import _block_from_atoms
+from models.screen import block_from_atoms
 
 HEADS = list(range(16))
 #: The seed work's screening rate per Frontier GCD (structures/s, FP64, 16 heads, 2-500 atoms).
@@ -46,7 +46,7 @@ def _blocks(n: int, max_atoms: int, budget: int, seed: int) -> list[Any]:
     spec = CandidateSpec(min_atoms=2, max_atoms=max_atoms)
     atoms = list(candidates(seed, 0, n, spec))
     items = [(a, k, str(k)) for k, a in enumerate(atoms)]
-    return [_block_from_atoms(items[a:b], 5.0, 32) for a, b in atom_budget_chunks([len(a) for a in atoms], budget)]
+    return [block_from_atoms(items[a:b], 5.0, 32) for a, b in atom_budget_chunks([len(a) for a in atoms], budget)]
 
 
 def _sync(device: torch.device) -> None:

@@ -104,7 +104,7 @@ class Block:
         return make_batch(t)
 
 
-def _block_from_atoms(items: list[tuple[Any, int, str]], cutoff: float, max_neighbours: int | None) -> Block:
+def block_from_atoms(items: list[tuple[Any, int, str]], cutoff: float, max_neighbours: int | None) -> Block:
     """Graphs of ``(atoms, index, structure_id)`` items."""
     zs, poss, cells, pbcs, eis, shifts = [], [], [], [], [], []
     offset = 0
@@ -171,12 +171,12 @@ def _atom_blocks(cfg: ScreenConfig, cutoff: float, budget: int) -> Iterator[Bloc
     for item in _atoms_items(cfg):
         n = len(item[0])
         if pending and atoms_in + n > budget:
-            yield _block_from_atoms(pending, cutoff, cfg.max_neighbours)
+            yield block_from_atoms(pending, cutoff, cfg.max_neighbours)
             pending, atoms_in = [], 0
         pending.append(item)
         atoms_in += n
     if pending:
-        yield _block_from_atoms(pending, cutoff, cfg.max_neighbours)
+        yield block_from_atoms(pending, cutoff, cfg.max_neighbours)
 
 
 def _store_blocks(cfg: ScreenConfig, budget: int) -> Iterator[Block]:

@@ -21,6 +21,7 @@ A single-rank run may also be called inside a worker process (:data:`run_in_proc
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import resource
@@ -182,6 +183,9 @@ def _run(
         for n, s in train_stores.items()
         if s.reference_energies
     }
+    # what a user of a checkpoint needs to evaluate it as it was trained (models.ase_calculator): the dataset
+    # behind each head, and how the graphs were built
+    ckpt_meta = {"head_names": {str(ds_head[n]): n for n in train_stores}, "graph": graph_settings(train_stores)}
     groups = None
     loader_rank, loader_world, my_datasets = rank, world, list(cfg.datasets)
     if cfg.head_groups and world > 1:
@@ -316,7 +320,8 @@ def _run(
         last_epoch = epoch
         epoch += 1
         if improved:
-            ckpts["best"] = _save_best(model, model_cfg, head_refs, epoch - 1, va, ckpt_dir / "best.pt", rank)
+            ckpts["best"] = _save_best(model, model_cfg, head_refs, epoch - 1, va, ckpt_dir / "best.pt", rank,
+                                       ckpt_meta)
         ckpts["last"] = _save_last(
             ckpt_dir / "last.pt",
             rank,
@@ -333,6 +338,7 @@ def _run(
             ckpts,
             cfg,
             grouped=groups is not None,
+            meta=ckpt_meta,
         )
         epoch_seconds = max(epoch_seconds, time.perf_counter() - t_epoch)
     else:
@@ -368,6 +374,16 @@ def _run(
     }
 
 
+def graph_settings(stores: dict[str, Any]) -> dict[str, Any]:
+    """How the training graphs were built (``cutoff`` Å, ``max_neighbours``), from the stores' attributes: the same
+    for every dataset, else ``None`` for that key (a model trained on graphs built two ways)."""
+    out: dict[str, Any] = {}
+    for key in ("cutoff", "max_neighbours"):
+        values = {json.dumps(s.attrs.get(key)) for s in stores.values()}
+        out[key] = json.loads(values.pop()) if len(values) == 1 else None
+    return out
+
+
 def _save_best(
     model: torch.nn.Module,
     model_cfg: dict[str, Any],
@@ -376,8 +392,10 @@ def _save_best(
     va: Any,
     path: Path,
     rank: int,
+    meta: dict[str, Any],
 ) -> dict[str, str]:
-    """Weights-only checkpoint of the best epoch (enough for :class:`models.inference.Predictor`)."""
+    """Weights-only checkpoint of the best epoch (enough for :class:`models.inference.Predictor` and
+    :class:`models.ase_calculator.ModelCalculator`); ``meta``: ``head_names`` and ``graph``."""
     digest = ""
     if rank == 0:
         digest = checkpoint.save(
@@ -385,6 +403,7 @@ def _save_best(
                 "model_config": dict(model_cfg),
                 "model_state": model.state_dict(),
                 "head_references": head_refs,
+                **meta,
                 "epoch": epoch,
                 "val_loss": va.loss,
                 "val_metrics": {str(h): m for h, m in va.per_head.items()},
@@ -415,6 +434,7 @@ def _save_last(
     cfg: TrainConfig,
     *,
     grouped: bool,
+    meta: dict[str, Any],
 ) -> dict[str, str]:
     """Full resumable state; per-rank parts (RNG, sampler, and the optimizer in grouped mode) are gathered."""
     mine: dict[str, Any] = {"rng": checkpoint.rng_state(), "loader": loader.state_dict()}
@@ -428,6 +448,7 @@ def _save_last(
                 "model_config": dict(model_cfg),
                 "model_state": model.state_dict(),
                 "head_references": head_refs,
+                **meta,
                 "optimizer": None if grouped else opt.state_dict(),
                 "scheduler": schedule.state_dict(),
                 "early_stopping": stopper.state_dict(),

@@ -18,7 +18,7 @@ from ase.build import bulk
 from models import keys
 from models.data.graphs import cap_neighbours, radius_graph_pbc
 from models.nn import build_model
-from models.screen import _block_from_atoms
+from models.screen import block_from_atoms
 from tests.models.nn.emt_graphs import tiny_config
 
 CUTOFF, CAP = 5.0, 24
@@ -33,7 +33,7 @@ def evaluate(atoms_list: list, max_neighbours: int | None) -> list[dict[str, np.
     model = build_model({**tiny_config("painn", cutoff=CUTOFF), "heads": [0]}).double().eval()
     out = []
     for atoms in atoms_list:
-        batch = _block_from_atoms([(atoms, 0, "cu")], CUTOFF, max_neighbours).to_batch()
+        batch = block_from_atoms([(atoms, 0, "cu")], CUTOFF, max_neighbours).to_batch()
         batch[keys.POS] = batch[keys.POS].double()
         batch[keys.CELL] = batch[keys.CELL].double()
         pred = model(batch, forces=True, stress=True)
@@ -74,7 +74,7 @@ def test_the_check_fails_on_a_cap_that_splits_a_shell() -> None:
     keep = rank < CAP
     torch.manual_seed(0)
     model = build_model({**tiny_config("painn", cutoff=CUTOFF), "heads": [0]}).double().eval()
-    batch = _block_from_atoms([(atoms, 0, "cu")], CUTOFF, None).to_batch()
+    batch = block_from_atoms([(atoms, 0, "cu")], CUTOFF, None).to_batch()
     batch[keys.POS] = batch[keys.POS].double()
     batch[keys.CELL] = batch[keys.CELL].double()
     batch[keys.EDGE_INDEX] = torch.as_tensor(np.stack([j[keep], i[keep]]))

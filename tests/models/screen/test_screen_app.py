@@ -67,9 +67,9 @@ def test_energies_and_forces_match_each_member(tiny_checkpoints, tmp_path: Path)
     pred = Predictor.from_checkpoint(tiny_checkpoints[0][0], precision="fp64")
     spec = CandidateSpec(elements=("Cu", "Au", "Al"), min_atoms=2, max_atoms=16)
     atoms = next(iter(candidates(3, 10, 1, spec)))
-    from models.screen import _block_from_atoms
+    from models.screen import block_from_atoms
 
-    block = _block_from_atoms([(atoms, 10, "x")], 4.0, 32)
+    block = block_from_atoms([(atoms, 10, "x")], 4.0, 32)
     ref = pred.predict(block.to_batch(), forces=True)
     np.testing.assert_allclose(arr["energy"][0], ref["energy"][0].numpy(), rtol=1e-5, atol=1e-5)
     n = len(atoms)
