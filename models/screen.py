@@ -16,7 +16,7 @@ Config (JSON)::
       "heads": null,                # heads to evaluate (default: every head all members share)
       "precision": "fp32", "device": "auto", "forces": true, "write_forces": false,
       "max_atoms_per_batch": null,  # null: sized to the device's free memory
-      "max_neighbours": null,       # null: no cap (a cap keeps whole shells of equidistant neighbours)
+      "max_neighbours": null,       # null: the cap the models were trained with (none recorded: no cap)
       "top_k": 20, "max_uncertainty": null,
       "output": "screen-000.bp", "shard": 0, "threads": null
     }
@@ -165,18 +165,25 @@ def _atoms_items(cfg: ScreenConfig) -> Iterator[tuple[Any, int, str]]:
             raise BadInput(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from exc
 
 
-def _atom_blocks(cfg: ScreenConfig, cutoff: float, budget: int) -> Iterator[Block]:
+def _atom_blocks(cfg: ScreenConfig, cutoff: float, budget: int, max_neighbours: int | None) -> Iterator[Block]:
     pending: list[tuple[Any, int, str]] = []
     atoms_in = 0
     for item in _atoms_items(cfg):
         n = len(item[0])
         if pending and atoms_in + n > budget:
-            yield block_from_atoms(pending, cutoff, cfg.max_neighbours)
+            yield block_from_atoms(pending, cutoff, max_neighbours)
             pending, atoms_in = [], 0
         pending.append(item)
         atoms_in += n
     if pending:
-        yield block_from_atoms(pending, cutoff, cfg.max_neighbours)
+        yield block_from_atoms(pending, cutoff, max_neighbours)
+
+
+def training_cap(graphs: list[dict[str, Any]]) -> int | None:
+    """The neighbour cap the models were trained with (their checkpoints' ``graph``), when they agree; else (or
+    when none recorded one) no cap."""
+    caps = {g.get("max_neighbours") for g in graphs}
+    return caps.pop() if len(caps) == 1 else None
 
 
 def _store_blocks(cfg: ScreenConfig, budget: int) -> Iterator[Block]:
@@ -208,8 +215,9 @@ def _store_blocks(cfg: ScreenConfig, budget: int) -> Iterator[Block]:
 
 
 # -------------------------------------------------------------------------------------------------- run
-def _load_members(cfg: ScreenConfig, device: torch.device) -> list[Predictor]:
-    members = []
+def _load_members(cfg: ScreenConfig, device: torch.device) -> tuple[list[Predictor], list[dict[str, Any]]]:
+    """The members' predictors, and the graph settings each was trained with (``{}`` when not recorded)."""
+    members, graphs = [], []
     for k, ref in enumerate(cfg.models):
         try:
             ckpt = checkpoint.load(ref.checkpoint, expected_sha256=ref.sha256)
@@ -219,7 +227,8 @@ def _load_members(cfg: ScreenConfig, device: torch.device) -> list[Predictor]:
         refs = {int(h): {int(z): float(e) for z, e in r.items()} for h, r in refs.items()} if refs else None
         members.append(Predictor(load_model(ckpt), device=device, precision=cfg.precision,
                                  head_references=refs, force_method=cfg.force_method))
-    return members
+        graphs.append(dict(ckpt.get("graph") or {}))
+    return members, graphs
 
 
 def _files_of(path: Path) -> list[dict[str, Any]]:
@@ -258,8 +267,10 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    members = _load_members(cfg, device)
+    members, graphs = _load_members(cfg, device)
     ens = EnsemblePredictor(members)
+    # graphs built as the models' training graphs were, unless the config says otherwise
+    cap = cfg.max_neighbours if cfg.max_neighbours is not None else training_cap(graphs)
     heads = ens.head_ids if cfg.heads is None else [int(h) for h in cfg.heads]
     missing = sorted(set(heads) - set(ens.head_ids))
     if missing or not heads:
@@ -269,9 +280,9 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
         raise BadInput(f"field 'head': head {head} is not among the evaluated heads {heads}")
     col = heads.index(head)
     budget = cfg.max_atoms_per_batch or memory_atom_budget(
-        members[0].model.config, cfg.precision, device, max_neighbours=cfg.max_neighbours or 32)
+        members[0].model.config, cfg.precision, device, max_neighbours=cap or 32)
     blocks = (_store_blocks(cfg, budget) if isinstance(cfg.source, StoresSource)
-              else _atom_blocks(cfg, ens.cutoff, budget))
+              else _atom_blocks(cfg, ens.cutoff, budget, cap))
     meta = {"heads": heads, "head": head, "criterion": "energy_per_atom", "shard": cfg.shard,
             "models": [m.id for m in cfg.models], "source": cfg.source.model_dump(mode="json"),
             "precision": cfg.precision}

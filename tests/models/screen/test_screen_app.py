@@ -106,3 +106,13 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_checkpoints, tmp_path: Path) 
     assert "cfg.json" in proc.stderr and "'head'" in proc.stderr
     assert not (tmp_path / "x.bp").exists() and not (tmp_path / "r.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.bp")]
+
+
+def test_screening_builds_graphs_as_the_models_were_trained() -> None:
+    """The neighbour cap comes from the members' checkpoints (``graph``) when the config sets none: the one they
+    share, else none (a shared graph cannot match members trained two ways)."""
+    from models.screen import training_cap
+
+    assert training_cap([{"cutoff": 5.0, "max_neighbours": 24}, {"cutoff": 5.0, "max_neighbours": 24}]) == 24
+    assert training_cap([{"max_neighbours": 24}, {"max_neighbours": 32}]) is None
+    assert training_cap([{}, {}]) is None and training_cap([{"max_neighbours": None}]) is None
