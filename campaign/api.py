@@ -29,6 +29,7 @@ __all__ = [
     "Recipe",
     "RunOutcome",
     "cancel",
+    "export_model",
     "grant_reader",
     "hits",
     "lineage",
@@ -300,6 +301,13 @@ def lineage(node: str | int, *, db: str | None = None) -> Any:
     from campaign.lineage import parse_node, walk
 
     return walk(parse_node(str(node)), db=db)
+
+
+def export_model(model: int, out: str | Path, *, db: str | None = None) -> Path:
+    """Export model ``model`` as a self-contained package in ``out`` (see :mod:`campaign.export`)."""
+    from campaign.export import export_model as export
+
+    return export(model, out, db=db)
 
 
 def status(campaign: str | None = None, *, db: str | None = None) -> dict[str, Any]:

@@ -574,6 +574,21 @@ def models(campaign: Annotated[str | None, typer.Argument(help="Campaign name (d
 
 @app.command()
 @bad_input_exit
+def export(model: Annotated[int, typer.Argument(help="Model id (see `campaign models`).")],
+           out: Annotated[Path, typer.Option("--out", "-o", help="Directory to create (must not exist).")],
+           db: DbOpt = None) -> None:
+    """Export a model as a self-contained package: weights with head names, references and graph settings
+    (model.pt), a manifest with every file's sha256 (model.json) and a model card (MODEL_CARD.md) written from
+    the database. Loading it needs neither the database nor the recipe."""
+    from campaign import api
+
+    dest = api.export_model(model, out, db=db)
+    console.print(f"exported model {model} to {dest} (model.pt, model.json, MODEL_CARD.md)", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command()
+@bad_input_exit
 def status(
     campaign: Annotated[str | None, typer.Argument(help="Campaign name (default: the latest).")] = None,
     db: DbOpt = None,

@@ -5,9 +5,11 @@ runs nothing again."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -225,3 +227,29 @@ def test_lineage_of_a_promoted_model_reaches_the_raw_data(tmp_path: Path, monkey
     assert row["objective"] == pytest.approx(trial.objective) and row["checkpoint"].endswith("best.pt")
     bad = CliRunner().invoke(app, ["lineage", "planet:3", "--db", url])
     assert bad.exit_code == 2 and "not a lineage node" in bad.output
+
+    # the model exported, then used with neither the database nor the recipe
+    out = tmp_path / "export"
+    res = CliRunner().invoke(app, ["export", str(model.id), "--out", str(out), "--db", url])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "model.json").read_text())
+    assert set(manifest["files"]) == {"model.pt", "model.pt.sha256", "MODEL_CARD.md"}
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    heads = {h["dataset"]: h for h in manifest["heads"]}
+    assert set(heads) == {"demo-emt", "demo-gfn2"} and heads["demo-emt"]["level_of_theory"].startswith("EMT")
+    assert manifest["graph"] == {"cutoff": 4.5, "max_neighbours": 12} and manifest["model"]["family"] == "schnet"
+    card = (out / "MODEL_CARD.md").read_text()
+    for text in ("# schnet-trial0 (schnet)", "| demo-emt | EMT", "HPO trial schnet #0", "## Cost",
+                 f"objective {trial.objective:.4g}"):
+        assert text in card, text
+    again = CliRunner().invoke(app, ["export", str(model.id), "--out", str(out), "--db", url])
+    assert again.exit_code == 2 and "already exists" in again.output
+    (tmp_path / "c.db").rename(tmp_path / "elsewhere.db")
+    from ase.build import bulk
+
+    from models.ase_calculator import ModelCalculator
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.calc = ModelCalculator(out / "model.pt", head="demo-emt")
+    assert np.isfinite(atoms.get_potential_energy()) and atoms.get_forces().shape == (4, 3)
