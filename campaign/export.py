@@ -118,8 +118,8 @@ def export_model(model_id: int, out: str | os.PathLike[str], *, db: str | None =
     dtype = str(next((v.dtype for v in ckpt["model_state"].values() if v.is_floating_point()), torch.float32))
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        payload = {k: ckpt[k] for k in ("model_config", "model_state", "head_references", "head_names", "graph")
-                   if k in ckpt}
+        payload: dict[str, Any] = {k: ckpt[k] for k in ("model_config", "model_state", "head_references",
+                                                        "head_names", "graph") if k in ckpt}
         checkpoint.save(payload, tmp / "model.pt")
         manifest = {
             "format": FORMAT, "model": {k: facts[k] for k in ("id", "name", "role", "family", "campaign")},

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -49,7 +49,12 @@ def save(payload: dict[str, Any], path: str | os.PathLike[str]) -> str:
     payload = {"format": FORMAT, **payload}
     atomic_write(path, lambda fh: torch.save(payload, fh))
     digest = sha256_file(path)
-    atomic_write(sidecar(path), lambda fh: fh.write(f"{digest}  {path.name}\n".encode()))
+    line = f"{digest}  {path.name}\n".encode()
+
+    def write_line(fh: IO[bytes]) -> None:
+        fh.write(line)
+
+    atomic_write(sidecar(path), write_line)
     return digest
 
 
