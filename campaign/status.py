@@ -59,6 +59,7 @@ class StageStatus:
     ended_at: datetime | None
     tasks: dict[str, int] = field(default_factory=dict)
     failure: str | None = None  # why the stage failed, when it did
+    warnings: dict[str, str] = field(default_factory=dict)  # what a done stage found wrong (config.warnings)
 
     @property
     def total(self) -> int:
@@ -208,8 +209,10 @@ def _stages(db: Snapshot, cid: int) -> list[StageStatus]:
                    "WHERE campaign_id = :cid ORDER BY id", {"cid": cid})
     stages = {}
     for sid, name, kind, status, started, ended, config in rows:
-        failure = (as_json(config) or {}).get("failure") if status == "failed" else None
-        stages[sid] = StageStatus(name, kind, status, as_datetime(started), as_datetime(ended), failure=failure)
+        cfg = as_json(config) or {}
+        failure = cfg.get("failure") if status == "failed" else None
+        stages[sid] = StageStatus(name, kind, status, as_datetime(started), as_datetime(ended), failure=failure,
+                                  warnings={str(k): str(v) for k, v in (cfg.get("warnings") or {}).items()})
     counts = db.rows("SELECT t.stage_id, t.state, COUNT(*) FROM stages s JOIN tasks t ON t.stage_id = s.id "
                      "WHERE s.campaign_id = :cid GROUP BY t.stage_id, t.state", {"cid": cid})
     for sid, state, n in counts:
@@ -413,6 +416,8 @@ def render_status(snap: CampaignStatus) -> Group:
     for st in snap.stages:
         if st.failure:
             parts.append(Text.from_markup(f"[red]stage {st.name} failed:[/] ", end="") + Text(st.failure))
+        for what, warning in st.warnings.items():
+            parts.append(Text.from_markup(f"[yellow]stage {st.name} warns ({what}):[/] ", end="") + Text(warning))
 
     if snap.hpo:
         parts.append(hpo_table(snap.hpo))

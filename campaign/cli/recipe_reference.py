@@ -17,6 +17,13 @@ HEADER = """# Recipe reference
 A recipe is one YAML file. Unknown keys are errors; every error names the file, the YAML path and the line
 (`campaign validate RECIPE`). `profiles` are partial recipes deep-merged over the base by `--profile NAME`.
 The JSON Schema itself: `campaign recipe schema`.
+
+**The HPO objective** (what the studies minimise, what promotion ranks and what `campaign status`, `trials`
+and the report show as "objective") is the best epoch's validation loss of a trial: over the validation
+split, the sum over heads of `head weight x [MSE(energy per atom) + force_weight x MSE(force components)]`,
+with energies per atom in eV and forces in eV/Å, so its terms are in eV² and eV²/Å² (`force_weight` below, 10 by
+default). Lower is better; it is comparable between trials of the same datasets and weights only. The
+per-head energy MAE (eV/atom) and force MAE (eV/Å) of that epoch are recorded with it (`trials.metrics`).
 """
 
 _CONSTRAINTS = (("minimum", "≥ {}"), ("exclusiveMinimum", "> {}"), ("maximum", "≤ {}"),

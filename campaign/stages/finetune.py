@@ -204,7 +204,17 @@ class FinetuneStage:
             entry["mae_ratio"] = (b / a if isinstance(a, float) and isinstance(b, float) and a > 0
                                   and math.isfinite(b) else None)
             summary[spec_task.name] = entry
+            if entry["mae_ratio"] is not None and entry["mae_ratio"] < 1.0:  # pre-training made it worse: say so
+                entry["worse_than_scratch"] = True
+                ctx.ledger.update_stage_config(ctx.stage_id, warnings={
+                    **(ctx.ledger.stage_config(ctx.stage_id).get("warnings") or {}),
+                    spec_task.name: (f"fine-tuned model {entry['finetuned']} is {1 / entry['mae_ratio']:.2g}x worse "
+                                     f"than its from-scratch baseline {entry['scratch']} (test MAE "
+                                     f"{entry['finetuned_mae']:.4g} vs {entry['scratch_mae']:.4g} {entry['unit']})")})
         ctx.shared["finetune"] = summary
+        worse = [n for n, e in summary.items() if e.get("worse_than_scratch")]
+        self.note = (f"fine-tuning did worse than from scratch on {', '.join(worse)} (see the stage's "
+                     "config.warnings)") if worse else ""
         return "done"
 
 

@@ -80,6 +80,12 @@ def test_finetune_stage_end_to_end(engine, tmp_path: Path) -> None:  # type: ign
         "config"]["data_root"]
     summary = ctx.shared["finetune"]["gap"]
     assert summary["finetuned"] == ft.id and summary["scratch"] == sc.id and summary["mae_ratio"] > 0
+    # a fine-tune worse than its baseline is flagged: in the summary, the stage's warnings and its note
+    worse = summary["mae_ratio"] < 1.0
+    warnings = ledger.stage_config(ctx.stage_id).get("warnings") or {}
+    assert summary.get("worse_than_scratch", False) == worse and ("gap" in warnings) == worse
+    if worse:
+        assert f"fine-tuned model {ft.id} is" in warnings["gap"] and "worse than its from-scratch" in warnings["gap"]
 
 
 def test_finetune_recipe_validation() -> None:

@@ -202,3 +202,19 @@ def test_run_progress_as_plain_lines_when_not_on_a_terminal() -> None:
     assert [ln.split(" ", 1)[1] for ln in lines] == [
         "hpo: 0 done, 2 in flight, 4 ready, 0 failed", "hpo: 1 done, 2 in flight, 3 ready, 0 failed",
         "hpo: 6 done, 0 in flight, 0 ready, 0 failed, best 23.59"]
+
+
+def test_a_stage_s_warnings_are_shown(two: tuple[str, dict, dict], engine: object) -> None:
+    """What a done stage found wrong (a fine-tune worse than its baseline) reaches `campaign status`."""
+    from sqlalchemy import update
+
+    from db import models as m
+
+    url, _, _ = two
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(update(m.Stage).where(m.Stage.name == "finetune").values(config={"warnings": {
+            "water": "fine-tuned model 9 is 3.5x worse than its from-scratch baseline 10"}}))
+    snap = collect_status(url, "demo-hpo", now=NOW)
+    assert next(s for s in snap.stages if s.name == "finetune").warnings == {
+        "water": "fine-tuned model 9 is 3.5x worse than its from-scratch baseline 10"}
+    assert "stage finetune warns (water): fine-tuned model 9 is 3.5x worse" in render_to_text(render_status(snap))
