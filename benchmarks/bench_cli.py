@@ -37,7 +37,8 @@ STATUS_SQL = ("SELECT s.name, t.state, COUNT(*) FROM stages s JOIN tasks t ON t.
               "GROUP BY s.name, t.state")
 TRIALS_SQL = ("SELECT hpo, number, objective FROM (SELECT hpo, number, objective, ROW_NUMBER() OVER "
               "(PARTITION BY hpo ORDER BY objective) AS r FROM trials WHERE objective IS NOT NULL) WHERE r <= 5")
-LINEAGE_SQL = (ROOT / "db" / "queries" / "model_lineage.sql").read_text().split("\n", 3)[3].replace(":model", "'1'")
+LINEAGE_SQL = ((ROOT / "db" / "queries" / "model_lineage.sql").read_text().split("\n", 4)[4]
+               .replace(":model", "'1'").replace(":kind", "'model'"))
 MODELS_SQL = "SELECT id, name, role, family, metrics FROM models"
 SQL = "SELECT kind, state, COUNT(*) FROM tasks GROUP BY 1, 2"
 

@@ -17,7 +17,6 @@ head="demo-emt")``) or :meth:`models.inference.Predictor.from_checkpoint`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,16 +27,9 @@ from typing import Any
 from campaign.errors import CampaignInputError
 from campaign.lineage import walk
 from db.readonly import as_datetime, as_json, readonly_snapshot
+from models.atomic_files import sha256_file
 
 FORMAT = "campaign-model/1"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _facts(model_id: int, db: str | None) -> dict[str, Any]:
@@ -131,7 +123,7 @@ def export_model(model_id: int, out: str | os.PathLike[str], *, db: str | None =
             "source_checkpoint": {"path": str(src), "sha256": facts["checkpoint_sha256"]},
         }
         (tmp / "MODEL_CARD.md").write_text(model_card(facts, manifest))
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest["files"] = files
         (tmp / "model.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         os.replace(tmp, dest)

@@ -2,9 +2,9 @@
 from the models it used, from the trials they were promoted from, from the datasets those trained on (with their
 levels of theory and content hashes), from the raw files those were preprocessed from.
 
-The walk follows the typed ``lineage`` edges upstream (the same recursive query as the ``model_lineage`` named
-query, from any kind of node): ``input_of`` edges from a task to what it read, every other kind from a thing to
-what it came from. Each node is then named from its own table. Reads go through
+The walk is the ``model_lineage`` named query (``db/queries/model_lineage.sql``, from any kind of node): the
+typed ``lineage`` edges followed upstream, ``input_of`` edges from a task to what it read, every other kind from
+a thing to what it came from. Each node is then named from its own table. Reads go through
 :func:`db.readonly.readonly_snapshot` (one consistent snapshot, no SQLAlchemy).
 """
 
@@ -15,32 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaign.errors import CampaignInputError
+from db.queries import get_query
 from db.readonly import Snapshot, as_json, readonly_snapshot
 
 #: Node kinds a walk may start from, and the table holding them.
 STARTS = {"model": "models", "hit": "screening_hits", "dataset": "datasets", "trial": "trials", "task": "tasks",
           "artifact": "artifacts"}
-#: How deep a walk goes (a guard against a cycle in hand-edited data).
-MAX_DEPTH = 30
-
-_WALK = f"""
-WITH RECURSIVE up(node_kind, node_id, via, from_kind, from_id, depth) AS (
-  SELECT CAST(:kind AS VARCHAR(16)), CAST(:id AS VARCHAR(64)), CAST('self' AS VARCHAR(16)),
-         CAST(:kind AS VARCHAR(16)), CAST(:id AS VARCHAR(64)), 0
-  UNION
-  SELECT CAST(CASE WHEN l.kind = 'input_of' THEN l.src_kind ELSE l.dst_kind END AS VARCHAR(16)),
-         CAST(CASE WHEN l.kind = 'input_of' THEN l.src_id ELSE l.dst_id END AS VARCHAR(64)),
-         CAST(l.kind AS VARCHAR(16)), up.node_kind, up.node_id, up.depth + 1
-  FROM lineage l JOIN up
-    ON (l.kind <> 'input_of' AND l.src_kind = up.node_kind AND l.src_id = up.node_id)
-    OR (l.kind = 'input_of' AND l.dst_kind = up.node_kind AND l.dst_id = up.node_id)
-  WHERE up.depth < {MAX_DEPTH}
-)
-SELECT MIN(depth), node_kind, node_id, via, from_kind, from_id
-FROM up GROUP BY node_kind, node_id, via, from_kind, from_id ORDER BY 1, 2, 3
-"""
-
-
 @dataclass(frozen=True)
 class Edge:
     """``node`` reached from ``parent`` over an edge of kind ``via`` (``self`` for the start)."""
@@ -99,8 +79,9 @@ def walk(node: tuple[str, str], *, db: str | None = None) -> Lineage:
     with readonly_snapshot(db) as snap:
         if not snap.rows(f"SELECT 1 FROM {STARTS[kind]} WHERE id = :id", {"id": _typed(kind, ident)}):
             raise CampaignInputError(f"no {kind} with id {ident} in the campaign database")
+        walk_sql = get_query("model_lineage", snap.dialect).sql  # parameters as strings: ids are not numbers
         edges = [Edge(int(d), (nk, str(ni)), via, (fk, str(fi)))
-                 for d, nk, ni, via, fk, fi in snap.rows(_WALK, {"kind": kind, "id": ident})]
+                 for d, nk, ni, via, fk, fi in snap.rows(walk_sql, {"kind": kind, "model": ident})]
         labels = _labels(snap, {e.node for e in edges})
     return Lineage(node, edges, labels)
 

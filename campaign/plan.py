@@ -42,15 +42,10 @@ class StagePlan:
         return f"{self.qualifier} {self.count}".strip()
 
 
-def _seconds(hhmmss: str) -> float:
-    h, m, s = (int(x) for x in hhmmss.split(":"))
-    return float(h * 3600 + m * 60 + s)
-
-
 def plan(recipe: Recipe) -> list[StagePlan]:
     """The plan of every stage the recipe has, in run order."""
     batch = recipe.site.name != "local"
-    block_s = _seconds(recipe.site.walltime) if batch else None
+    block_s = float(recipe.site.walltime_s) if batch else None
     out: list[StagePlan] = []
     st = recipe.stages
     if st.preprocess is not None:

@@ -129,6 +129,12 @@ class SiteSpec(_Strict):
 
         return get_site(self.name).shared_filesystem and not self.endpoint_id
 
+    @property
+    def walltime_s(self) -> int:
+        """``walltime`` (HH:MM:SS) in seconds."""
+        h, m, sec = (int(x) for x in self.walltime.split(":"))
+        return 3600 * h + 60 * m + sec
+
     def max_in_flight(self) -> int:
         """Tasks the steering loop keeps submitted at once: :meth:`concurrency` plus ``queued_tasks``."""
         return self.concurrency() + self.queued_tasks
@@ -666,7 +672,7 @@ def extension_of(old: Recipe, new: Recipe) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------------------- loading
-def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+def line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """1-based line of the YAML node at pydantic location ``loc`` (the deepest existing node)."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
@@ -687,7 +693,8 @@ def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     return line
 
 
-def _fmt_loc(loc: Sequence[int | str]) -> str:
+def yaml_path(loc: Sequence[int | str]) -> str:
+    """``["stages", "hpo", 0, "lr"]`` -> ``stages.hpo[0].lr``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -732,7 +739,7 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
     if chosen is not None:
         if not isinstance(profiles, dict) or chosen not in profiles:
             known = ", ".join(profiles) if isinstance(profiles, dict) else ""
-            raise RecipeError(path, [("profiles", _line_of(root, ["profiles"]),
+            raise RecipeError(path, [("profiles", line_of(root, ["profiles"]),
                                       f"no profile {chosen!r} (known: {known or 'none'})")])
         data = _deep_merge(data, profiles[chosen])
     if site is not None:
@@ -753,7 +760,7 @@ def parse_recipe(text: str, path: str = "<recipe>", *, profile: str | None = Non
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key" + _did_you_mean(str(loc[-1]))
-            entry = (_fmt_loc(loc), _line_of(root, loc), msg)
+            entry = (yaml_path(loc), line_of(root, loc), msg)
             if entry not in errors:  # a mistake in hpo_defaults is reported once, where it is written
                 errors.append(entry)
         raise RecipeError(path, errors) from None

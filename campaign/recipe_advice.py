@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from campaign.recipe import Recipe, _line_of
+from campaign.recipe import Recipe, line_of, yaml_path
 from campaign.recipe_yaml import RecipeYAMLError, load_bounded
 
 #: Allocation names that are examples, not allocations.
@@ -53,8 +53,8 @@ def advise(recipe: Recipe, text: str, *, profile: str | None = None) -> list[Adv
             for path in paths:
                 full = [*prefix, *path]
                 if _has(root, full):
-                    return _dotted(full), _line_of(root, full)
-        return _dotted(list(paths[0])), None
+                    return yaml_path(full), line_of(root, full)
+        return yaml_path(list(paths[0])), None
 
     out: list[Advice] = []
     site = recipe.site
@@ -89,13 +89,6 @@ def _has(root: Any, path: list[Any]) -> bool:
         else:
             return False
     return True
-
-
-def _dotted(path: list[Any]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _db_host(url: str) -> str | None:

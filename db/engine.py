@@ -26,6 +26,7 @@ from db.url import (
     require_existing,
     resolve_url,
     safe_url,
+    sqlite_file,
 )
 
 __all__ = ["DatabaseError", "check_connection",
@@ -44,11 +45,6 @@ def json_loads(text: str | bytes) -> object:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-
-
-def _sqlite_path(parsed: URL) -> str | None:
-    db = parsed.database
-    return None if db in (None, "", ":memory:") else db
 
 
 def _on_sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
@@ -79,7 +75,7 @@ def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
     resolved = resolve_url(url)
     parsed = parse_url(resolved)
     if parsed.get_backend_name() == "sqlite":
-        path = _sqlite_path(parsed)
+        path = sqlite_file(resolved)
         if path is not None:
             parent = Path(path).parent
             if not parent.is_dir():

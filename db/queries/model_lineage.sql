@@ -1,9 +1,10 @@
 -- name: model_lineage
--- description: Everything upstream of a model: parent models, the trials it was promoted from, the tasks that made it and their input datasets and artifacts.
+-- description: Everything upstream of a model (or, with kind, of a hit, dataset, trial, task or artifact): parent models, the trials it was promoted from, the tasks that made it and their input datasets and artifacts.
 -- param: model
+-- param: kind = model
 WITH RECURSIVE up(node_kind, node_id, via, from_kind, from_id, depth) AS (
-  SELECT CAST('model' AS VARCHAR(16)), CAST(:model AS VARCHAR(64)), CAST('self' AS VARCHAR(16)),
-         CAST('model' AS VARCHAR(16)), CAST(:model AS VARCHAR(64)), 0
+  SELECT CAST(:kind AS VARCHAR(16)), CAST(:model AS VARCHAR(64)), CAST('self' AS VARCHAR(16)),
+         CAST(:kind AS VARCHAR(16)), CAST(:model AS VARCHAR(64)), 0
   UNION
   SELECT CAST(CASE WHEN l.kind = 'input_of' THEN l.src_kind ELSE l.dst_kind END AS VARCHAR(16)),
          CAST(CASE WHEN l.kind = 'input_of' THEN l.src_id ELSE l.dst_id END AS VARCHAR(64)),

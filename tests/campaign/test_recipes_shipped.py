@@ -16,11 +16,6 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))
 
 
-def _seconds(hhmmss: str) -> int:
-    h, m, s = (int(x) for x in hhmmss.split(":"))
-    return 3600 * h + 60 * m + s
-
-
 def _cases() -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
     for path in SHIPPED:
@@ -40,7 +35,7 @@ def test_every_shipped_recipe_and_profile_validates(name: str, profile: str | No
     train = recipe.stages.train
     if train is not None and train.chunk_walltime_s is not None and recipe.site.name != "local":
         # a chunk (plus the worker's grace) must fit in one batch job of the site
-        assert train.chunk_walltime_s < _seconds(recipe.site.walltime)
+        assert train.chunk_walltime_s < recipe.site.walltime_s
 
 
 def test_full_runs_the_whole_workflow_locally() -> None:
@@ -80,7 +75,7 @@ def test_exascale_describes_the_seed_campaign() -> None:
     assert r.stages.promote is not None
     train = r.stages.train
     assert train is not None and train.nodes == 2048 and train.chunk_walltime_s is not None
-    assert train.chunk_walltime_s < _seconds(r.site.walltime)
+    assert train.chunk_walltime_s < r.site.walltime_s
     assert r.stages.screen is not None and r.stages.screen.structures == 1_100_000_000
     assert r.stages.screen.max_atoms == 500 and r.stages.screen.min_atoms == 2
     assert r.stages.finetune is not None and len(r.stages.finetune.tasks) == 12
@@ -95,7 +90,7 @@ def test_exascale_renders_its_frontier_batch_script(executor: str) -> None:
     assert "#SBATCH --nodes=2048" in script and "#SBATCH --account=ABC123" in script
     assert "#SBATCH --partition=batch" in script and "#SBATCH --gpus-per-node=8" in script
     minutes = re.search(r"#SBATCH --time=(\d+)", script)
-    assert minutes is not None and int(minutes.group(1)) * 60 == _seconds(r.site.walltime)
+    assert minutes is not None and int(minutes.group(1)) * 60 == r.site.walltime_s
     assert r.site.worker_init in script
     if executor == "mpi":  # multi-node apps (trials, training) are launched by srun inside the block
         assert "--enable_mpi_mode" in script and "--mpi-launcher=srun" in script
