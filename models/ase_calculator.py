@@ -97,8 +97,12 @@ class ModelCalculator(Calculator):
         assert self.atoms is not None
         periodic = bool(np.all(self.atoms.pbc))
         energies, forces, stresses = [], [], []
+        graphs: dict[tuple[float, int | None], Any] = {}  # members trained on the same graphs share one
         for member, hid in zip(self.members, self.head_ids, strict=True):
-            batch = block_from_atoms([(self.atoms, 0, "")], member.cutoff, member.max_neighbours).to_batch()
+            setting = (member.cutoff, member.max_neighbours)
+            if setting not in graphs:
+                graphs[setting] = block_from_atoms([(self.atoms, 0, "")], *setting).to_batch()
+            batch = graphs[setting].clone()
             batch[keys.HEAD] = torch.full_like(batch[keys.HEAD], hid)
             refs = member.references.get(hid, {})
             batch[keys.EREF] = torch.tensor([sum(refs.get(int(z), 0.0) for z in self.atoms.numbers)],

@@ -204,18 +204,26 @@ class FinetuneStage:
             entry["mae_ratio"] = (b / a if isinstance(a, float) and isinstance(b, float) and a > 0
                                   and math.isfinite(b) else None)
             summary[spec_task.name] = entry
-            if entry["mae_ratio"] is not None and entry["mae_ratio"] < 1.0:  # pre-training made it worse: say so
+            warning = baseline_warning(entry)
+            if warning is not None:  # pre-training made it worse: say so
                 entry["worse_than_scratch"] = True
                 ctx.ledger.update_stage_config(ctx.stage_id, warnings={
-                    **(ctx.ledger.stage_config(ctx.stage_id).get("warnings") or {}),
-                    spec_task.name: (f"fine-tuned model {entry['finetuned']} is {1 / entry['mae_ratio']:.2g}x worse "
-                                     f"than its from-scratch baseline {entry['scratch']} (test MAE "
-                                     f"{entry['finetuned_mae']:.4g} vs {entry['scratch_mae']:.4g} {entry['unit']})")})
+                    **(ctx.ledger.stage_config(ctx.stage_id).get("warnings") or {}), spec_task.name: warning})
         ctx.shared["finetune"] = summary
         worse = [n for n, e in summary.items() if e.get("worse_than_scratch")]
         self.note = (f"fine-tuning did worse than from scratch on {', '.join(worse)} (see the stage's "
                      "config.warnings)") if worse else ""
         return "done"
+
+
+def baseline_warning(entry: dict[str, Any]) -> str | None:
+    """The warning for a downstream task whose fine-tuned model did worse on its test split than the same
+    architecture trained from scratch (``entry``: the stage's summary of the task), else ``None``."""
+    ratio = entry.get("mae_ratio")
+    if ratio is None or ratio >= 1.0:
+        return None
+    return (f"fine-tuned model {entry['finetuned']} is {1 / ratio:.2g}x worse than its from-scratch baseline "
+            f"{entry['scratch']} (test MAE {entry['finetuned_mae']:.4g} vs {entry['scratch_mae']:.4g} {entry['unit']})")
 
 
 def _where(task: Any) -> str:

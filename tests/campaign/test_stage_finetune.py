@@ -95,3 +95,15 @@ def test_finetune_recipe_validation() -> None:
         parse_recipe(RECIPE.format(model="best").replace("dataset: xtb-molecules", "dataset: qm9"))
     ok = parse_recipe(RECIPE.format(model="best").replace("dataset: xtb-molecules", "dataset: qm9\n        files: [a.xyz]"))
     assert ok.stages.finetune is not None and ok.stages.finetune.head_of(0) == 1000
+
+
+def test_a_fine_tune_worse_than_its_baseline_is_worded() -> None:
+    """The 3.5x case of the issue, and a fine-tune that helped (no warning), through the stage's own rule."""
+    from campaign.stages.finetune import baseline_warning
+
+    worse = {"finetuned": 9, "scratch": 10, "finetuned_mae": 0.35, "scratch_mae": 0.1, "unit": "eV",
+             "mae_ratio": 0.1 / 0.35}
+    assert baseline_warning(worse) == ("fine-tuned model 9 is 3.5x worse than its from-scratch baseline 10 "
+                                       "(test MAE 0.35 vs 0.1 eV)")
+    assert baseline_warning({**worse, "finetuned_mae": 0.05, "mae_ratio": 2.0}) is None
+    assert baseline_warning({**worse, "mae_ratio": None}) is None
