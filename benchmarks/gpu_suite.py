@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny sizes: check the path (CPU)")
     ap.add_argument("--budget-s", type=float, default=450.0)
     ap.add_argument("--precisions", default="fp32,bf16,fp64")
+    ap.add_argument("--steps", default="tests,screen,train", help="which of tests,screen,train to run")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.jsonl").unlink(missing_ok=True)
@@ -103,30 +104,32 @@ def main() -> None:
     # 1. the GPU-marked tests (they skip, with the reason, where the device has no CUDA). Only the files that
     # hold such tests are collected: a GPU machine's image lacks the steering stack (Parsl, SQLAlchemy…) that
     # other test modules import.
-    code, stdout, secs = _run([py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_test_files()],
-                              left(0.25), args.out / "gpu_tests.log")
-    summary = next((ln for ln in reversed(stdout.splitlines()) if re.search(r"\d+ (passed|skipped|failed|"
-                                                                         r"deselected)", ln)), "")
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|error|deselected)", summary)}
-    steps["gpu_tests"] = {"step": "gpu_tests", "exit": code, "seconds": round(secs, 1), **counts}
-    _append(args.out, steps["gpu_tests"])
+    wanted = set(args.steps.split(","))
+    if "tests" in wanted:
+        code, stdout, secs = _run([py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                                   *gpu_test_files()], left(0.25), args.out / "gpu_tests.log")
+        summary = next((ln for ln in reversed(stdout.splitlines()) if re.search(r"\d+ (passed|skipped|failed|"
+                                                                             r"deselected)", ln)), "")
+        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|error|deselected)", summary)}
+        steps["gpu_tests"] = {"step": "gpu_tests", "exit": code, "seconds": round(secs, 1), **counts}
+        _append(args.out, steps["gpu_tests"])
 
-    # 2. screening throughput, 3. training throughput
-    size = ["--small"] if args.small else (["--structures", "2048", "--batch-atoms", "32768", "--repeats", "3"]
+    # 2. training throughput (the shorter), 3. screening throughput
+    size = ["--small"] if args.small else (["--structures", "512", "--batch-atoms", "32768", "--repeats", "2"]
                                           if args.device.startswith("cuda") else ["--quick"])
     benches = {
-        "screen": [py, str(BENCH / "bench_screen.py"), "--device", args.device, "--precisions", args.precisions,
-                   "--no-all-forces", *size],
         "train": [py, str(BENCH / "bench_train_device.py"), "--device", args.device, "--precisions",
                   args.precisions, *(["--small"] if args.small else [])],
+        "screen": [py, str(BENCH / "bench_screen.py"), "--device", args.device, "--precisions", args.precisions,
+                   "--no-all-forces", *size],
     }
-    for k, (name, cmd) in enumerate(benches.items()):
-        code, stdout, secs = _run(cmd, left(0.45 if k == 0 else 1.0), args.out / f"{name}.log")
+    for k, (name, cmd) in enumerate((n, c) for n, c in benches.items() if n in wanted):
+        code, stdout, secs = _run(cmd, left(0.35 if k == 0 and "screen" in wanted else 1.0), args.out / f"{name}.log")
         record = {"step": name, "exit": code, "seconds": round(secs, 1), "result": _last_json(stdout)}
         steps[name] = record
         _append(args.out, record)
 
-    screen = (steps["screen"].get("result") or {})
+    screen = (steps.get("screen", {}).get("result") or {})
     print(json.dumps({
         "benchmark": "gpu_suite", "ours": screen.get("ours"), "peer": screen.get("peer"),
         "unit": "structures/s (screening, fp32, fused vs per-head loop)", "ratio": screen.get("ratio"),
