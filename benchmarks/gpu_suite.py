@@ -1,7 +1,8 @@
 """The GPU measurements in one run, for the few minutes a GPU machine is lent: the GPU-marked tests, then
 screening throughput (fused multi-head predictor vs the per-head loop, fp32/bf16/fp64, against the seed work's
 ≈300 structures/s per GCD) and training throughput (PaiNN 128 x 4, ours vs schnetpack, each precision, with
-peak device memory). Every step's result is appended to ``OUT/results.jsonl`` as it finishes, so a run cut
+peak device memory), then where a training step's time goes (``profile_device_step.py``: kernels, host
+syncs and operators per step, ours and schnetpack's). Every step's result is appended to ``OUT/results.jsonl`` as it finishes, so a run cut
 short still leaves what it measured.
 
 Usage::
@@ -87,7 +88,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny sizes: check the path (CPU)")
     ap.add_argument("--budget-s", type=float, default=450.0)
     ap.add_argument("--precisions", default="fp32,bf16,fp64")
-    ap.add_argument("--steps", default="tests,screen,train", help="which of tests,screen,train to run")
+    ap.add_argument("--steps", default="tests,train,screen,profile",
+                    help="which of tests,train,screen,profile to run")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.jsonl").unlink(missing_ok=True)
@@ -122,9 +124,12 @@ def main() -> None:
                   args.precisions, *(["--small"] if args.small else [])],
         "screen": [py, str(BENCH / "bench_screen.py"), "--device", args.device, "--precisions", args.precisions,
                    "--no-all-forces", *size],
+        "profile": [py, str(BENCH / "profile_device_step.py"), "--device", args.device,
+                    *(["--small"] if args.small else [])],
     }
-    for k, (name, cmd) in enumerate((n, c) for n, c in benches.items() if n in wanted):
-        code, stdout, secs = _run(cmd, left(0.35 if k == 0 and "screen" in wanted else 1.0), args.out / f"{name}.log")
+    for name, cmd in ((n, c) for n, c in benches.items() if n in wanted):
+        share = {"train": 0.3, "screen": 0.5, "profile": 1.0}[name]
+        code, stdout, secs = _run(cmd, left(share), args.out / f"{name}.log")
         record = {"step": name, "exit": code, "seconds": round(secs, 1), "result": _last_json(stdout)}
         steps[name] = record
         _append(args.out, record)

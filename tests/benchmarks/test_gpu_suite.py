@@ -24,7 +24,7 @@ def test_the_suite_runs_on_the_cpu(tmp_path: Path) -> None:
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"benchmark", "ours", "peer", "unit", "ratio"} <= set(last) and last["benchmark"] == "gpu_suite"
     records = {r["step"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
-    assert set(records) == {"environment", "gpu_tests", "screen", "train"}
+    assert set(records) == {"environment", "gpu_tests", "screen", "train", "profile"}
     assert records["environment"]["device"] == "cpu" and records["environment"]["torch"]
     tests = records["gpu_tests"]
     assert tests["exit"] == 0 and tests.get("skipped", 0) >= 1 and tests.get("failed", 0) == 0
@@ -38,4 +38,8 @@ def test_the_suite_runs_on_the_cpu(tmp_path: Path) -> None:
         assert fig["ours"] > 0 and fig["ours_peak_mb"] is None  # no device memory on a CPU
         assert (fig["peer"] > 0) if train["peer_error"] is None else (fig["peer"] is None and "bench" in
                                                                        train["peer_error"])
+    profile = records["profile"]["result"]
+    assert records["profile"]["exit"] == 0 and profile["ours"] > 0
+    assert profile["variants"]["ours_fp32"]["aten_ops"] > 0 and profile["variants"]["screen_fp32"]["structures"] > 0
+    assert (profile["ratio"] > 0) if profile["peer_error"] is None else "bench" in profile["peer_error"]
     assert last["ours"] == screen["ours"] and last["ratio"] == screen["ratio"]
