@@ -71,6 +71,12 @@ def plan(recipe: Recipe) -> list[StagePlan]:
         out.append(StagePlan("train", models, qualifier, st.train.nodes, st.train.nodes * st.train.ranks_per_node,
                              wall, f"{st.train.epochs} epochs per model, {st.train.precision}"
                                    + (", chunked to the walltime" if st.train.chunk_walltime_s else "")))
+    if st.evaluate is not None:
+        ev = st.evaluate
+        n = len(ev.models) if isinstance(ev.models, list) else (
+            (st.train.top or promoted or 1) if st.train is not None and ev.models != "promoted" else promoted or 1)
+        out.append(StagePlan("evaluate", n, "" if isinstance(ev.models, list) else "up to", 1, 1, block_s,
+                             f"each model on each dataset's {ev.split} split, {ev.precision}"))
     if st.screen is not None:
         out.append(StagePlan("screen", st.screen.shards, "", 1, 1, block_s,
                              f"{st.screen.structures:,} structures"))

@@ -581,6 +581,34 @@ class FinetuneSpec(_Strict):
         return task.head if task.head is not None else 1000 + position
 
 
+class EvaluateSpec(_Strict):
+    """Evaluation of the campaign's models on each dataset's test split, per head (errors in meV/atom and meV/Å,
+    parity data for the report)."""
+
+    models: Literal["latest", "promoted", "trained"] | list[int] = Field(
+        "latest", description="'latest': the trained models when a train stage made some, else the promoted ones; "
+        "'promoted', 'trained', or model ids from the database.")
+    split: Literal["test", "val"] = Field("test", description="The split to evaluate.")
+    precision: str = Field("fp64", description="Precision of the evaluation (fp64, fp32, bf16).")
+    batch_size: int = Field(32, ge=1, description="Graphs per batch.")
+    max_parity_atoms: int = Field(20000, ge=0, description="Force components of at most this many atoms per "
+                                  "dataset in the parity file (the metrics use every atom).")
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _ids(cls, v: Literal["latest", "promoted", "trained"] | list[int]) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one model id, or 'latest'")
+        return v
+
+
 class StagesSpec(_Strict):
     """The stages of a campaign, run in this order when present."""
 
@@ -588,6 +616,7 @@ class StagesSpec(_Strict):
     hpo: list[HPOSpec] | None = None
     promote: PromoteSpec | None = None
     train: TrainSpec | None = None
+    evaluate: EvaluateSpec | None = None
     screen: ScreenSpec | None = None
     finetune: FinetuneSpec | None = None
 

@@ -137,4 +137,5 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-AppName = Literal["models.preprocess", "models.train", "models.screen", "models.finetune", "models.demo"]
+AppName = Literal["models.preprocess", "models.train", "models.evaluate", "models.screen", "models.finetune",
+                  "models.demo"]

@@ -15,6 +15,8 @@ labels (periodic cells). The figures, per dataset (:class:`~models.contracts.eva
 * forces: every Cartesian component of every atom with force labels, MAE and RMSE in meV/Å;
 * stress: every component of every labelled cell, MAE and RMSE in meV/Å^3.
 
+A figure without labels in the split (forces of an energy-only dataset, stress of molecules) is None.
+
 ``parity.npz`` (written atomically in ``output_dir``) holds, per dataset ``D``, ``D/energy_true`` and
 ``D/energy_pred`` [G] (eV/atom) and ``D/force_true``, ``D/force_pred`` [n, 3] (eV/Å, the first
 ``max_parity_atoms`` labelled atoms): the report draws its parity plots from it.
@@ -57,6 +59,11 @@ def _errors(pred: list[np.ndarray], true: list[np.ndarray]) -> tuple[float, floa
         return math.nan, math.nan, p, t
     err = p - t
     return float(np.abs(err).mean()), float(np.sqrt((err * err).mean())), p, t
+
+
+def _mev(value: float) -> float | None:
+    """eV -> meV; None for NaN (no labels)."""
+    return None if math.isnan(value) else value * MEV
 
 
 def _flag(batch: Any, name: str, graphs: int) -> torch.Tensor:
@@ -131,8 +138,8 @@ def evaluate(cfg: EvaluateConfig, config_path: Path | str = "<config>") -> dict[
             head=head, head_name=names.get(head), graphs=int(et.size), atoms=got["atoms"],
             force_atoms=int(fp.shape[0]) if fp.ndim == 2 else 0, stress_graphs=int(sp.shape[0]) if sp.ndim == 3 else 0,
             energy_mae_mev_per_atom=e_mae * MEV, energy_rmse_mev_per_atom=e_rmse * MEV,
-            force_mae_mev_per_a=f_mae * MEV, force_rmse_mev_per_a=f_rmse * MEV,
-            stress_mae_mev_per_a3=s_mae * MEV, stress_rmse_mev_per_a3=s_rmse * MEV)
+            force_mae_mev_per_a=_mev(f_mae), force_rmse_mev_per_a=_mev(f_rmse),
+            stress_mae_mev_per_a3=_mev(s_mae), stress_rmse_mev_per_a3=_mev(s_rmse))
         arrays[f"{name}/energy_true"], arrays[f"{name}/energy_pred"] = et, ep
         if fp.ndim == 2 and fp.shape[0]:
             arrays[f"{name}/force_true"] = ft[: cfg.max_parity_atoms]
@@ -156,6 +163,10 @@ def evaluate(cfg: EvaluateConfig, config_path: Path | str = "<config>") -> dict[
 def app(raw: dict[str, Any], config_path: Path) -> dict[str, Any]:
     """``main_for`` entry."""
     return evaluate(parse_config(raw, config_path), config_path)
+
+
+#: A worker may call the app inside its own process (one rank, no process state left behind).
+run_in_process = app
 
 
 if __name__ == "__main__":

@@ -339,7 +339,9 @@ def validate(
     from campaign.recipe_advice import advise
 
     r = load_recipe(recipe, profile=profile, site=site, check_files=not elsewhere)
-    stages = [k for k in ("preprocess", "hpo", "promote", "train", "screen", "finetune") if getattr(r.stages, k)]
+    from campaign.stages import STAGE_ORDER
+
+    stages = [k for k in STAGE_ORDER if getattr(r.stages, k)]
     console.print(f"[green]ok[/] {recipe}: campaign {r.campaign!r}, site {r.site.name}, "
                   f"{len(r.datasets)} datasets, stages: {', '.join(stages) or 'none'}, hash {r.hash()[:12]}")
     chosen = profile or (site if site in r.profiles else None)

@@ -111,14 +111,21 @@ def _curves(data: ReportData, w: _Writer) -> Section:
 
 def _parity(data: ReportData, w: _Writer) -> Section:
     s = Section("parity", "Parity on the test split", "Predicted against reference energies per atom and force "
-                "components, per dataset, on each dataset's test split.")
+                "components, per dataset, on each dataset's test split (the evaluate stage), and each model's "
+                "errors there.")
     by_label: dict[str, list] = defaultdict(list)
     for p in data.parity:
         by_label[p.label].append(p)
     for i, (label, sets) in enumerate(by_label.items()):
         w.add(s, figures.parity(sets), f"parity_{i + 1}.png", label)
+    if data.test_metrics:
+        s.tables.append(table(["model", "dataset (head)", "structures", "energy MAE (meV/atom)",
+                               "energy RMSE (meV/atom)", "force MAE (meV/Å)", "force RMSE (meV/Å)"],
+                              [[t.model, f"{t.dataset} ({t.head})", t.graphs, t.energy_mae_mev_per_atom,
+                                t.energy_rmse_mev_per_atom, t.force_mae_mev_per_a, t.force_rmse_mev_per_a]
+                               for t in data.test_metrics]))
     if not s.figures:
-        s.empty = "no model has test-split predictions (artifacts of kind 'parity') yet."
+        s.empty = "no model has test-split predictions yet (add an evaluate stage to the recipe)."
     s.notes.extend(f"unreadable parity file: {m}" for m in data.parity_missing)
     return s
 

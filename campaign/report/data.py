@@ -19,6 +19,7 @@ page then show a "no data yet" note for it. What each section reads:
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,6 +116,20 @@ class ParitySet:
 
 
 @dataclass
+class TestMetrics:
+    """One model's errors on one dataset's test split (the evaluate stage's ``models.metrics["test"]``)."""
+
+    model: str
+    dataset: str
+    head: int
+    graphs: int
+    energy_mae_mev_per_atom: float
+    energy_rmse_mev_per_atom: float
+    force_mae_mev_per_a: float
+    force_rmse_mev_per_a: float
+
+
+@dataclass
 class Hit:
     """A screening hit."""
 
@@ -184,6 +199,7 @@ class ReportData:
     curves: list[Curve]
     parity: list[ParitySet]
     parity_missing: list[str]
+    test_metrics: list[TestMetrics]
     screening: Screening
     finetune: list[FinetunePair]
     resources: list[ResourceRow]
@@ -291,23 +307,46 @@ def _load_parity(path: Path, label: str) -> list[ParitySet]:
         return out
 
 
+def _model_tasks(conn: Connection, mod: Any) -> list[str]:
+    """The task that made ``mod`` and the tasks that read it (its evaluations), by lineage."""
+    lt = m.Lineage.__table__
+    readers = conn.execute(select(lt.c.dst_id).where(
+        lt.c.kind == m.LineageKind.INPUT_OF.value, lt.c.src_kind == m.EntityKind.MODEL.value,
+        lt.c.src_id == str(mod.id), lt.c.dst_kind == m.EntityKind.TASK.value)).scalars().all()
+    return ([mod.task_id] if mod.task_id else []) + [str(t) for t in readers]
+
+
 def _parity(conn: Connection, cid: int) -> tuple[list[ParitySet], list[str]]:
     out: list[ParitySet] = []
     missing: list[str] = []
     for role in ("trained", "promoted", "finetuned"):
         for mod in _models(conn, cid, (role,)):
-            if not mod.task_id:
+            task_ids = _model_tasks(conn, mod)
+            if not task_ids:
                 continue
-            arts = conn.execute(select(m.Artifact.path).where(m.Artifact.task_id == mod.task_id,
+            arts = conn.execute(select(m.Artifact.path).where(m.Artifact.task_id.in_(task_ids),
                                                               m.Artifact.kind == "parity")).scalars().all()
             for path in arts:
                 try:
-                    out.extend(_load_parity(Path(path), f"{role} model {mod.id} ({mod.family})"))
+                    out.extend(_load_parity(Path(path), f"{role} model {mod.id} ({mod.name})"))
                 except (OSError, ValueError, KeyError) as exc:
                     missing.append(f"{path}: {exc}")
         if out:
             break
     return out, missing
+
+
+def _test_metrics(conn: Connection, cid: int) -> list[TestMetrics]:
+    out = []
+    for mod in _models(conn, cid, ("trained", "promoted", "finetuned")):
+        for dataset, d in sorted(((mod.metrics or {}).get("test") or {}).items()):
+            if not isinstance(d, dict):
+                continue
+            out.append(TestMetrics(f"{mod.id} {mod.name}", dataset, int(d.get("head", -1)), int(d.get("graphs", 0)),
+                                   *(math.nan if d.get(k) is None else float(d[k]) for k in (
+                                       "energy_mae_mev_per_atom", "energy_rmse_mev_per_atom",
+                                       "force_mae_mev_per_a", "force_rmse_mev_per_a"))))
+    return out
 
 
 def _screening(conn: Connection, cid: int) -> Screening:
@@ -437,6 +476,7 @@ def gather(engine: Engine, campaign: str, *, now: datetime | None = None) -> Rep
         return ReportData(
             header=header, heads=heads, trials=_trials(conn, c.id), promoted=_promoted(conn, c.id),
             curves=_curves(conn, c.id, heads), parity=parity, parity_missing=missing,
+            test_metrics=_test_metrics(conn, c.id),
             screening=_screening(conn, c.id), finetune=_finetune(conn, c.id),
             resources=_resources(conn, c.id, now), timeline=timeline, timeline_total=total, as_of=now,
         )

@@ -45,7 +45,8 @@ class EvaluateConfig(Strict):
 
 
 class DatasetMetrics(Result):
-    """Errors of one model on one dataset's split (its own head). NaN where the split has no such labels.
+    """Errors of one model on one dataset's split (its own head). None where the split has no such labels (JSON
+    has no NaN, and PostgreSQL refuses one).
 
     Attributes:
         head: The head id evaluated; ``head_name`` its dataset name as the checkpoint records it.
@@ -63,10 +64,10 @@ class DatasetMetrics(Result):
     stress_graphs: int
     energy_mae_mev_per_atom: float
     energy_rmse_mev_per_atom: float
-    force_mae_mev_per_a: float
-    force_rmse_mev_per_a: float
-    stress_mae_mev_per_a3: float
-    stress_rmse_mev_per_a3: float
+    force_mae_mev_per_a: float | None
+    force_rmse_mev_per_a: float | None
+    stress_mae_mev_per_a3: float | None
+    stress_rmse_mev_per_a3: float | None
 
 
 class EvaluateResult(Result):
