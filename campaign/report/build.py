@@ -138,9 +138,14 @@ def _screening(data: ReportData, w: _Writer) -> Section:
         s.empty = "the screen stage has not recorded hits."
     if scr.hits:
         s.tables.append(table(["rank", "structure", "formula", "atoms", "score", "energy/atom (eV)",
-                               "uncertainty (eV/atom)", "model"],
+                               "uncertainty (eV/atom)", "model", "model's test MAE (meV/atom)"],
                               [[h.rank, h.structure_id, h.formula, h.natoms, h.score, h.energy_per_atom,
-                                h.uncertainty, h.model] for h in scr.hits[:25]]))
+                                h.uncertainty, h.model,
+                                "not evaluated" if h.model_error_mev_per_atom is None else h.model_error_mev_per_atom]
+                               for h in scr.hits[:25]]))
+        if all(h.model_error_mev_per_atom is None for h in scr.hits):
+            s.notes.append("the screening model was not evaluated: add an evaluate stage before screen to see "
+                           "its test error next to each hit")
         if len(scr.hits) > 25:
             s.notes.append(f"{len(scr.hits)} hits in all: campaign sql --query screening_hits")
     return s

@@ -141,6 +141,8 @@ class Hit:
     energy_per_atom: float | None
     uncertainty: float | None
     model: str
+    #: The screening model's energy MAE on the test split of the hit's head's dataset (meV/atom), when evaluated.
+    model_error_mev_per_atom: float | None = None
 
 
 @dataclass
@@ -356,7 +358,8 @@ def _screening(conn: Connection, cid: int) -> Screening:
     rows = conn.execute(select(h.__table__).join(t, t.id == h.task_id).where(t.campaign_id == cid)
                         .order_by(h.score, h.rank)).all()
     hits = [Hit(r.rank, r.structure_id, r.formula, r.natoms, r.score, r.energy_per_atom, r.uncertainty,
-                names.get(r.model_id, "ensemble" if r.model_id is None else str(r.model_id))) for r in rows]
+                names.get(r.model_id, "ensemble" if r.model_id is None else str(r.model_id)),
+                ((r.data or {}).get("model_test_error") or {}).get("energy_mae_mev_per_atom")) for r in rows]
     out = Screening(hits=hits)
     results = conn.execute(select(t.result).where(t.campaign_id == cid, t.kind == "screen",
                                                   t.state == m.TaskState.DONE)).scalars().all()

@@ -265,17 +265,39 @@ class ScreenStage:
         pool.sort(key=lambda p: (p[0].score, p[0].structure_id))
         chosen = pool[: self.spec.top_k]
         head_names = _head_names()
+        errors = model_test_errors(ctx.ledger, model_ids)
         hits = []
         for rank, (h, t, res) in enumerate(chosen, start=1):
             data = h.model_dump(mode="json", include={"numbers", "positions", "cell", "pbc", "energies", "index",
                                                       "sid", "forces"}, exclude_none=True)
             data.update({"shard": res.shard, "models": model_ids, "head_id": h.head,
-                         "criterion": self.spec.criterion, "source": t.spec["config"]["source"]["kind"]})
+                         "criterion": self.spec.criterion, "source": t.spec["config"]["source"]["kind"],
+                         "model_test_error": errors.get(h.head)})
             hits.append(dict(task_id=t.id, model_id=model_ids[0] if len(model_ids) == 1 else None, rank=rank,
                              structure_id=h.structure_id, formula=h.formula, natoms=h.natoms, score=h.score,
                              energy_per_atom=h.energy_per_atom, uncertainty=h.uncertainty,
                              head=head_names.get(h.head, str(h.head)), data=data))
         return ctx.ledger.add_hits(ctx.campaign_id, hits)
+
+
+def model_test_errors(ledger: Any, model_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Per head id, the screening models' errors on the test split of that head's dataset (the evaluate stage's
+    ``models.metrics["test"]``): ``{"dataset", "energy_mae_mev_per_atom" (mean over the models), "models":
+    {model id: {energy_mae_mev_per_atom, energy_rmse_mev_per_atom, force_mae_mev_per_a}}}``. A head without an
+    evaluation for every model is left out (a hit then says its model's error is unknown)."""
+    per_head: dict[int, dict[str, Any]] = {}
+    for mid in model_ids:
+        row = ledger.model(mid)
+        for dataset, d in ((row.metrics or {}).get("test") or {} if row is not None else {}).items():
+            entry = per_head.setdefault(int(d["head"]), {"dataset": dataset, "models": {}})
+            entry["models"][str(mid)] = {k: d.get(k) for k in ("energy_mae_mev_per_atom", "energy_rmse_mev_per_atom",
+                                                               "force_mae_mev_per_a")}
+    out = {}
+    for head, entry in per_head.items():
+        if len(entry["models"]) == len(model_ids):
+            maes = [v["energy_mae_mev_per_atom"] for v in entry["models"].values()]
+            out[head] = {**entry, "energy_mae_mev_per_atom": sum(maes) / len(maes)}
+    return out
 
 
 def _result(task: Any) -> ScreenResult:

@@ -61,6 +61,15 @@ def test_each_promoted_model_is_evaluated_on_its_test_split(engine: Any, trial_r
     data = gather(engine, "judged")
     assert {p.dataset for p in data.parity} == datasets
     assert {t.model.split()[0] for t in data.test_metrics} == {str(i) for i in promoted}
+    # screening hits carry these errors for their head (the mean over an ensemble's members)
+    from campaign.stages.screen import model_test_errors
+
+    errors = model_test_errors(ledger, promoted)
+    for name, head in (("metals", 0), ("molecules", 1)):
+        maes = [ledger.model(mid).metrics["test"][name]["energy_mae_mev_per_atom"] for mid in promoted]
+        assert errors[head]["dataset"] == name
+        assert errors[head]["energy_mae_mev_per_atom"] == pytest.approx(sum(maes) / len(maes))
+    assert model_test_errors(ledger, [*promoted, 10**6]) == {}  # a member without an evaluation: unknown
     # re-entry records nothing twice
     before = _snapshot(ledger)
     status, _ = run_stage(ledger, cid, _recipe("judged"), "evaluate", tmp_path, dispatch=IN_PROCESS)
