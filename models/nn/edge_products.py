@@ -382,6 +382,29 @@ class _EdgeSumGrad(torch.autograd.Function):
         return (None, None, None, None, None, d_grad, *rest)
 
 
+#: Below this many per-edge products (edges x features), :func:`edge_sum` is written with plain autograd instead
+#: of the fused node: on small graphs (a molecule, a batch of a few) the fused node's Python-level bookkeeping
+#: costs more than the [E, F] temporaries it saves, and plain autograd is faster; above it the fused node is.
+PLAIN_BELOW_PRODUCTS = 40_000
+
+
+def _edge_sum_plain(graph: EdgeIndex, terms: Sequence[Term], k: int, dtype: torch.dtype) -> Tensor:
+    """The same sums with plain autograd: per term the filter ``B @ A``, the gathered ``y[:, j]``, the [K or 1,
+    E, F] product and one ``index_add`` onto the atoms (autograd's own derivatives, of any order)."""
+    out: Tensor | None = None
+    for u, y, b, a in terms:
+        w = b @ a  # [P, F]
+        if graph.pairs != graph.num:
+            w = torch.cat([w, w])
+        m = y.index_select(1, graph.j) * w  # [K or 1, E, F]
+        if u is not None:
+            m = u.unsqueeze(-1) * m
+        m = m.to(dtype).expand(k, -1, -1)
+        out = (m.new_zeros(k, graph.nodes, m.size(-1)) if out is None else out).index_add(1, graph.i, m)
+    assert out is not None
+    return out
+
+
 def edge_sum(graph: EdgeIndex, like: Tensor, terms: Sequence[Term]) -> Tensor:
     """``out[k, i] = sum over edges e = (j -> i) and terms of u[k, e] * y[k or 0, j] * (B @ A)[e]``.
 
@@ -394,10 +417,19 @@ def edge_sum(graph: EdgeIndex, like: Tensor, terms: Sequence[Term]) -> Tensor:
             see :class:`EdgeIndex`) and ``A`` [R, F] the filter weight: the filter is ``B @ A`` [P, F].
 
     Returns:
-        [K, N, F]; differentiable to any order.
+        [K, N, F]; differentiable to any order. Graphs with fewer than :data:`PLAIN_BELOW_PRODUCTS` edge
+        products are summed with plain autograd (same values and derivatives), larger ones by the fused node.
     """
     if not terms:
         raise ValueError("edge_sum needs at least one term")
+    for u, y, _, _ in terms:
+        if u is not None and y.size(0) != 1:
+            raise ValueError(f"a term with u takes one-row y, got y of {y.size(0)} rows")
     k = max(t[0].size(0) if t[0] is not None else t[1].size(0) for t in terms)
+    if graph.num * terms[0][3].size(-1) < PLAIN_BELOW_PRODUCTS:
+        dtype = like.dtype
+        for x in (x for t in terms for x in t if x is not None):
+            dtype = torch.promote_types(dtype, x.dtype)
+        return _edge_sum_plain(graph, terms, k, dtype)
     flat: list[Tensor | None] = [x for t in terms for x in t]
     return _EdgeSum.apply(graph, k, tuple(t[0] is not None for t in terms), (None,) * len(terms), like, *flat)

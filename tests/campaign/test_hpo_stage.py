@@ -7,9 +7,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -17,6 +19,8 @@ from campaign.runner import open_database, run_campaign
 from db import models as m
 from db.engine import session_factory
 from models.atomic_files import sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
 
 RECIPE = """\
 campaign: {name}
@@ -203,7 +207,8 @@ def test_lineage_of_a_promoted_model_reaches_the_raw_data(tmp_path: Path, monkey
     monkeypatch.delenv("CAMPAIGN_DB", raising=False)
     url = f"sqlite:///{tmp_path / 'c.db'}"
     recipe = write_recipe(tmp_path / "hpo.yaml", families=("schnet",), max_trials=1, epochs=1)
-    recipe.write_text(recipe.read_text() + "  promote: {top_overall: 1, best_per_family: false, ensemble_k: 1}\n")
+    recipe.write_text(recipe.read_text() + "  promote: {top_overall: 1, best_per_family: false, ensemble_k: 1}\n"
+                      "  evaluate: {}\n")
     assert run_campaign(recipe, db=url).ok
     engine = open_database(url)
     with session_factory(engine)() as s:
@@ -245,11 +250,31 @@ def test_lineage_of_a_promoted_model_reaches_the_raw_data(tmp_path: Path, monkey
         assert text in card, text
     again = CliRunner().invoke(app, ["export", str(model.id), "--out", str(out), "--db", url])
     assert again.exit_code == 2 and "already exists" in again.output
+    assert "energy MAE (meV/atom)" in card and "| 0 | demo-emt |" in card  # the evaluate stage's test table
+    # a fresh process, without the database or the recipe, relaxes a crystal and a molecule with the package
     (tmp_path / "c.db").rename(tmp_path / "elsewhere.db")
-    from ase.build import bulk
-
-    from models.ase_calculator import ModelCalculator
-
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-    atoms.calc = ModelCalculator(out / "model.pt", head="demo-emt")
-    assert np.isfinite(atoms.get_potential_energy()) and atoms.get_forces().shape == (4, 3)
+    script = f"""
+import json
+from ase.build import bulk, molecule
+from ase.optimize import BFGS
+from models.ase_calculator import ModelCalculator
+out = {{}}
+crystal = bulk("Cu", "fcc", a=3.6, cubic=True)
+crystal.rattle(0.05, seed=1)
+crystal.calc = ModelCalculator({str(out / "model.pt")!r}, head="demo-emt")
+out["crystal"] = BFGS(crystal, logfile=None).run(fmax=0.05, steps=300)
+mol = molecule("CH4")
+mol.rattle(0.05, seed=2)
+mol.calc = ModelCalculator({str(out / "model.pt")!r}, head="demo-gfn2")
+out["molecule"] = BFGS(mol, logfile=None).run(fmax=0.05, steps=300)
+out["fmax"] = [float((a.get_forces() ** 2).sum(1).max() ** 0.5) for a in (crystal, mol)]
+import sys
+out["steering_imported"] = sorted(m for m in ("campaign", "db", "sqlalchemy") if m in sys.modules)
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    relaxed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert relaxed["crystal"] and relaxed["molecule"] and max(relaxed["fmax"]) < 0.05, relaxed
+    assert relaxed["steering_imported"] == []  # the package needs the model code only
