@@ -165,7 +165,19 @@ def model_card(facts: dict[str, Any], manifest: dict[str, Any]) -> str:
         for hid, met in sorted(per_head.items()):
             lines.append(f"| {hid} | {names.get(str(hid), '–')} | {_fmt(met.get('energy_mae_per_atom'))} | "
                          f"{_fmt(met.get('force_mae'))} |")
-        lines += ["", "(validation split of the training campaign; a test-split evaluation is not recorded yet)"]
+        lines += ["", "(validation split, best epoch of the training run)"]
+    test = m.get("test") or {}
+    if test:
+        lines += ["", f"On the {m.get('test_split', 'test')} split of each dataset (the evaluate stage):", "",
+                  "| head | dataset | structures | energy MAE (meV/atom) | energy RMSE (meV/atom) | force MAE (meV/Å) "
+                  "| force RMSE (meV/Å) | stress MAE (meV/Å³) |", "|---|---|---|---|---|---|---|---|"]
+        for dataset, d in sorted(test.items()):
+            lines.append(f"| {d.get('head')} | {dataset} | {d.get('graphs')} | "
+                         + " | ".join(_fmt(d.get(k)) for k in ("energy_mae_mev_per_atom", "energy_rmse_mev_per_atom",
+                                                                "force_mae_mev_per_a", "force_rmse_mev_per_a",
+                                                                "stress_mae_mev_per_a3")) + " |")
+    else:
+        lines += ["", "No test-split evaluation is recorded: add `evaluate: {}` to the recipe's stages."]
     tr = facts["trial"]
     lines += ["", "## Lineage", ""]
     if tr is not None:

@@ -96,6 +96,9 @@ class PaiNNHyperparameters(CommonHyperparameters):
     """PaiNN (Schütt et al. 2021): equivariant scalar + vector features."""
 
     family: Literal["painn"] = "painn"
+    radial_basis: Literal["bessel", "gaussian"] = Field(
+        "bessel", description="Radial functions of the filters: sin(n pi r / rc) / r (the paper's) or Gaussians "
+        "spread over [0, cutoff] (schnetpack's choice).")
 
 
 class SchNetHyperparameters(CommonHyperparameters):

@@ -385,7 +385,7 @@ class _EdgeSumGrad(torch.autograd.Function):
 #: Below this many per-edge products (edges x features), :func:`edge_sum` is written with plain autograd instead
 #: of the fused node: on small graphs (a molecule, a batch of a few) the fused node's Python-level bookkeeping
 #: costs more than the [E, F] temporaries it saves, and plain autograd is faster; above it the fused node is.
-PLAIN_BELOW_PRODUCTS = 40_000
+PLAIN_BELOW_PRODUCTS = 60_000
 
 
 def _edge_sum_plain(graph: EdgeIndex, terms: Sequence[Term], k: int, dtype: torch.dtype) -> Tensor:

@@ -143,6 +143,26 @@ def polynomial_cutoff(dist: Tensor, cutoff: float, p: int = 6) -> Tensor:
     return out * (x < 1.0).to(dist.dtype)
 
 
+class GaussianBasis(torch.nn.Module):
+    """Radial Gaussians ``exp(-(r - mu_n)^2 / (2 w^2))`` with ``num_rbf`` centres ``mu_n`` evenly spread over
+    [0, rc] and the width ``w`` their spacing (SchNet's and schnetpack's PaiNN's basis).
+
+    Args:
+        num_rbf: Number of basis functions (>= 2).
+        cutoff: rc, Å.
+    """
+
+    def __init__(self, num_rbf: int, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.register_buffer("centres", torch.linspace(0.0, cutoff, num_rbf, dtype=torch.get_default_dtype()))
+        self.coeff = -0.5 / (cutoff / (num_rbf - 1)) ** 2
+
+    def forward(self, dist: Tensor) -> Tensor:
+        """Args: dist: [E] distances, Å. Returns: [E, num_rbf]."""
+        return torch.exp(self.coeff * (dist.unsqueeze(-1) - self.centres.to(dist.dtype)) ** 2)
+
+
 class BesselBasis(torch.nn.Module):
     """Radial Bessel basis ``sqrt(2/rc) sin(n pi r / rc) / r`` with learnable frequencies (PaiNN, MACE).
 

@@ -3,7 +3,8 @@
 Per layer: a radial-weighted tensor-product convolution of the node features with the spherical harmonics of
 the edges (the "A" basis), then a symmetric channel-wise contraction of correlation order up to 2 (the "B"
 basis: ``A`` and ``A x A`` with element-dependent weights), a linear update and a residual self-connection.
-Correlation order 2 (not MACE's usual 3) is what this implementation supports. The invariant (0e) channels of
+Correlation order 2 (not MACE's usual 3) is what this implementation supports; it is not mace-torch and
+cannot load MACE's published checkpoints (docs/model-families.md says how it differs and why). The invariant (0e) channels of
 every layer are read out and summed into the per-atom features.
 """
 

@@ -47,7 +47,7 @@ def _make_encoder(cfg: dict[str, Any]) -> torch.nn.Module:
     if family == "painn":
         from models.nn.painn import PaiNN
 
-        return PaiNN(num_rbf=cfg["num_rbf"], **common)
+        return PaiNN(num_rbf=cfg["num_rbf"], radial_basis=cfg["radial_basis"], **common)
     if family == "schnet":
         from models.nn.schnet import SchNet
 

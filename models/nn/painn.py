@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn import Embedding, Linear, Sequential, SiLU
 
 from models.nn.edge_products import EdgeIndex, edge_sum
-from models.nn.geometry import BesselBasis, cosine_cutoff, reverse_edge_pairs
+from models.nn.geometry import BesselBasis, GaussianBasis, cosine_cutoff, reverse_edge_pairs
 
 
 class PaiNNMessage(torch.nn.Module):
@@ -115,16 +115,19 @@ class PaiNN(torch.nn.Module):
         hidden: Number of features F (default 128).
         layers: Number of message + update blocks (default 4).
         cutoff: Cutoff radius rc, Å (cosine envelope).
-        num_rbf: Number of Bessel radial basis functions.
+        num_rbf: Number of radial basis functions.
         max_z: Largest atomic number embedded.
+        radial_basis: ``bessel`` (:class:`~models.nn.geometry.BesselBasis`, the paper's) or ``gaussian``
+            (:class:`~models.nn.geometry.GaussianBasis`, schnetpack's choice).
     """
 
     def __init__(self, hidden: int = 128, layers: int = 4, cutoff: float = 5.0, num_rbf: int = 20,
-                 max_z: int = 100) -> None:
+                 max_z: int = 100, radial_basis: str = "bessel") -> None:
         super().__init__()
         self.hidden, self.layers, self.cutoff = hidden, layers, cutoff
         self.embedding = Embedding(max_z + 1, hidden)
-        self.rbf = BesselBasis(num_rbf, cutoff)
+        self.rbf: torch.nn.Module = (GaussianBasis(num_rbf, cutoff) if radial_basis == "gaussian"
+                                     else BesselBasis(num_rbf, cutoff))
         self.filter_net = Linear(num_rbf, layers * 3 * hidden)
         self.messages = torch.nn.ModuleList([PaiNNMessage(hidden) for _ in range(layers)])
         self.updates = torch.nn.ModuleList([PaiNNUpdate(hidden) for _ in range(layers)])

@@ -13,12 +13,17 @@ from models import keys
 from models.nn import FAMILIES, build_model
 from tests.models.nn.emt_graphs import atoms_to_data, cu_cell, mixed_batch, tiny_config
 
+#: Every family, and the architectural options that change the physics path (``family:option``).
+VARIANTS = [*FAMILIES, "painn:gaussian"]
+
 
 @functools.cache
-def _model(family: str) -> torch.nn.Module:
-    """One tiny fp64 model per family, shared by the tests of this module (they do not modify it)."""
+def _model(variant: str) -> torch.nn.Module:
+    """One tiny fp64 model per variant, shared by the tests of this module (they do not modify it)."""
+    family, _, option = variant.partition(":")
     torch.manual_seed(0)
-    return build_model(tiny_config(family)).double().eval()
+    cfg = tiny_config(family) | ({"radial_basis": option} if option else {})
+    return build_model(cfg).double().eval()
 
 
 def _rotation(seed: int) -> torch.Tensor:
@@ -31,7 +36,7 @@ def batch() -> Batch:
     return mixed_batch()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", VARIANTS)
 def test_rotation_translation(family: str, batch: Batch) -> None:
     model = _model(family)
     ref = model(batch, stress=True)
@@ -47,7 +52,7 @@ def test_rotation_translation(family: str, batch: Batch) -> None:
     torch.testing.assert_close(out["stress"][per], rot @ ref["stress"][per] @ rot.T, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", VARIANTS)
 def test_permutation(family: str, batch: Batch) -> None:
     model = _model(family)
     ref = model(batch)
@@ -68,7 +73,7 @@ def test_permutation(family: str, batch: Batch) -> None:
     torch.testing.assert_close(out["forces"], ref["forces"][perm], rtol=1e-8, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", VARIANTS)
 def test_forces_match_finite_differences(family: str, batch: Batch) -> None:
     model = _model(family)
     forces = model(batch)["forces"]
@@ -86,7 +91,7 @@ def test_forces_match_finite_differences(family: str, batch: Batch) -> None:
         assert math.isclose(float(fd), float(forces[a, c]), rel_tol=1e-5, abs_tol=1e-7), (a, c, fd, forces[a, c])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", VARIANTS)
 def test_stress_matches_strain_finite_differences(family: str) -> None:
     model = _model(family)
     batch = Batch.from_data_list([atoms_to_data(cu_cell(seed=11), 4.0, head=0)])
@@ -110,7 +115,7 @@ def test_stress_matches_strain_finite_differences(family: str) -> None:
         assert math.isclose(fd, float(stress[a, b]), rel_tol=1e-5, abs_tol=1e-8), (a, b, fd, stress[a, b])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", VARIANTS)
 def test_energy_blind_to_edges_beyond_cutoff(family: str) -> None:
     """Edges longer than the model cutoff (the data may have a larger one) change nothing."""
     model = _model(family)
@@ -122,7 +127,7 @@ def test_energy_blind_to_edges_beyond_cutoff(family: str) -> None:
     torch.testing.assert_close(a["forces"], b["forces"], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "pna"])
+@pytest.mark.parametrize("family", [f for f in VARIANTS if f != "pna"])
 def test_energy_smooth_at_cutoff(family: str) -> None:
     """A dimer just inside the cutoff has the energy and force of two isolated atoms (smooth envelope)."""
     from ase import Atoms
