@@ -178,7 +178,7 @@ def loss_curves(curve: Curve) -> Figure | None:
     rows, cols = _grid(len(heads), 4)
     fig = new_figure(3.6 * cols, 2.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, head in zip(axes, heads, strict=False):
+    for k, (ax, head) in enumerate(zip(axes, heads, strict=False)):
         ys = []
         for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
             if (head, split, "loss") in curve.values:
@@ -190,12 +190,13 @@ def loss_curves(curve: Curve) -> Figure | None:
         ax.set_title("total (weighted)" if head == "all" else f"head {head}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(LOSS_LABEL)
+        if k % cols == 0:  # the loss is defined, with its units, in the title
+            ax.set_ylabel("loss", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[len(heads):]:
         ax.set_visible(False)
-    fig.suptitle(curve.label, fontsize=11)
+    fig.suptitle(f"{curve.label} — {LOSS_LABEL}", fontsize=10)
     return fig
 
 
