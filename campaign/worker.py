@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from campaign.attempt_files import IN_PROCESS_PACKAGE, attempt_result_file, process_file
+from campaign.oom import memory_cgroup_dir, oom_kills
 from campaign.processes import pid_exists, process_alive, process_start_ticks
 from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, utcnow
+from models.appio import OOM_EXCEPTIONS, OOM_REASON
 from models.atomic_files import write_json_atomic
 from models.contracts import AppFailure, app_failure
 
@@ -132,10 +134,12 @@ def _run_in_process(app: str, config: dict[str, Any],
         reason = getattr(exc, "reason", None)
         if type(exc).__name__ == "BadInput":
             rc, reason = BAD_INPUT_EXIT, "bad_input"
+        elif type(exc).__name__ in OOM_EXCEPTIONS:
+            rc, reason = 1, OOM_REASON
         else:
             rc, reason = 1, reason or type(exc).__name__
         payload = AppFailure(reason=reason, message=str(exc)).model_dump()
-        cause = ExitCause.ERROR
+        cause = ExitCause.OOM if reason == OOM_REASON else ExitCause.ERROR
         err = f"{reason}\n" + "".join(traceback.format_exception(exc))[-4000:]
     return cause, rc, payload, err
 
@@ -248,6 +252,8 @@ def run_task(
     cause = ExitCause.OK
     returncode: int | None
     fenced = None
+    cgroup = memory_cgroup_dir()
+    kills_before = oom_kills(cgroup)
     with stdout_path.open("w") as out, stderr_path.open("w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True)
         _RUNNING_GROUPS.add(proc.pid)
@@ -274,7 +280,10 @@ def run_task(
                             os.utime(proc_file)
         finally:
             _RUNNING_GROUPS.discard(proc.pid)
-    out_result = settle(spec, returncode, cause, started, utcnow(), stdout_path, stderr_path)
+    kills_after = oom_kills(cgroup)
+    oom_killed = (returncode == -signal.SIGKILL and kills_before is not None and kills_after is not None
+                  and kills_after > kills_before)
+    out_result = settle(spec, returncode, cause, started, utcnow(), stdout_path, stderr_path, oom_killed=oom_killed)
     if fenced is not None:
         out_result["error"] = f"stopped: {fenced}"
     write_json_atomic(attempt_result_file(workdir, spec.attempt), out_result)
@@ -392,11 +401,13 @@ HEARTBEAT_S = 5.0
 
 
 def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: Any, ended: Any,
-           stdout_path: Path, stderr_path: Path) -> dict[str, Any]:
+           stdout_path: Path, stderr_path: Path, *, oom_killed: bool = False) -> dict[str, Any]:
     """The attempt's :class:`TaskResult` from how the app ended and the result file it left.
 
     ``returncode`` is None when the app's exit status is unknown (an attempt adopted by a new driver after its
-    worker died): then the app's own result file decides.
+    worker died): then the app's own result file decides. ``oom_killed``: the app died by SIGKILL while the
+    memory cgroup counted an OOM kill (:mod:`campaign.oom`); that, or an app failure with the reason ``oom``,
+    makes the cause ``oom``.
     """
     result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
@@ -410,10 +421,14 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
             err_text = f"unreadable result file {result_path}: {exc}"
     failure = app_failure(result)
     if cause is ExitCause.OK:
-        if returncode is not None and returncode < 0:
+        if oom_killed or (failure is not None and failure.reason == OOM_REASON):
+            cause = ExitCause.OOM
+        elif returncode is not None and returncode < 0:
             cause = ExitCause.KILLED
         elif (returncode is not None and returncode != 0) or result is None or failure is not None:
             cause = ExitCause.ERROR
+    if cause is ExitCause.OOM and err_text is None and oom_killed:
+        err_text = "killed by the kernel's OOM killer (the memory cgroup counted an OOM kill)\n" + _tail(stderr_path)
     if cause is not ExitCause.OK and err_text is None:
         err_text = (f"{failure.reason}\n" if failure else "") + _tail(stderr_path)
         if not err_text.strip():

@@ -28,4 +28,5 @@ class ExitCause(enum.StrEnum):
     ERROR = "error"  # the app failed (bad input, NaN loss, exception): charged against the retry budget
     WALLTIME = "walltime"  # the batch job ran out of time: retried without charge
     NODE_LOST = "node_lost"  # the worker/node disappeared: retried without charge
-    KILLED = "killed"  # killed by a signal (user, OOM killer)
+    KILLED = "killed"  # killed by a signal (a user, the scheduler)
+    OOM = "oom"  # out of memory: the kernel's OOM killer (cgroup counter) or the app's host/device allocation

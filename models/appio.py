@@ -16,7 +16,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from models.atomic_files import write_json_atomic
 from models.launch import detect
@@ -24,6 +24,11 @@ from models.launch import detect
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+#: The :class:`models.contracts.AppFailure` reason of an app that ran out of host or device memory.
+OOM_REASON = "oom"
+#: Exception class names that mean "out of memory": ``MemoryError`` (host) and the ``OutOfMemoryError`` of
+#: torch's device allocators (CUDA, XPU, MPS), matched by name so that this module needs no torch.
+OOM_EXCEPTIONS = frozenset({"MemoryError", "OutOfMemoryError"})
 
 #: errno values of a write the machine refused (full disk or quota, file too large, read-only or forbidden): the
 #: app reports them as bad input (its output location is unusable), never as a crash.
@@ -119,6 +124,17 @@ def is_rank_zero() -> bool:
     return detect().rank == 0
 
 
+def _exit_out_of_memory(exc: BaseException, result_path: Path | None) -> NoReturn:
+    """Report an allocation failure as the reason :data:`OOM_REASON` and exit with :data:`EXIT_FAILED`."""
+    from models.contracts import AppFailure
+
+    text = f"{type(exc).__name__}: {exc}"[:2000]
+    print(f"failed: out of memory: {text}", file=sys.stderr)
+    if result_path is not None and is_rank_zero():
+        write_json_atomic(result_path, AppFailure(reason=OOM_REASON, message=text).model_dump())
+    sys.exit(EXIT_FAILED)
+
+
 def main_for(app: Callable[[dict[str, Any], Path], dict[str, Any]], description: str) -> None:
     """Run ``app(config, config_path)`` with the shared CLI contract and exit with the right status.
 
@@ -144,7 +160,11 @@ def main_for(app: Callable[[dict[str, Any], Path], dict[str, Any]], description:
         if result_path is not None and is_rank_zero():
             write_json_atomic(result_path, AppFailure(reason=exc.reason, message=str(exc)).model_dump())
         sys.exit(EXIT_FAILED)
+    except MemoryError as exc:
+        _exit_out_of_memory(exc, result_path)
     except (OSError, RuntimeError) as exc:
+        if type(exc).__name__ in OOM_EXCEPTIONS:  # a device allocator's OutOfMemoryError (a RuntimeError)
+            _exit_out_of_memory(exc, result_path)
         refused = write_refused(exc)
         if refused is None:
             raise

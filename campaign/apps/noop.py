@@ -5,6 +5,7 @@ Config keys (all optional):
     fail (str): ``error`` (RunFailed, exit 1), ``bad_input`` (exit 2), ``crash`` (``os._exit(3)``: in-process
         this loses the worker, as a dead node would), ``signal`` (SIGKILL itself).
     fail_attempts (int): fail only the first N runs in this workdir (counted in ``noop_runs.txt``).
+    allocate_mb (int): allocate and touch this many MiB of host memory before returning (memory caps).
     payload (any JSON): echoed back in the result.
 """
 
@@ -53,6 +54,10 @@ def run(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
     if fail is not None and fail not in _FAIL_MODES:
         raise BadInput(f"{config_path}: field 'fail' must be one of {', '.join(_FAIL_MODES)}, got {fail!r}")
     run_no = _count_run(config_path.parent) if "fail_attempts" in config else 1
+    allocate_mb = config.get("allocate_mb", 0)
+    if not isinstance(allocate_mb, int) or allocate_mb < 0:
+        raise BadInput(f"{config_path}: field 'allocate_mb' must be an integer >= 0, got {allocate_mb!r}")
+    held = bytearray(allocate_mb << 20)  # zero-filled: every page is touched
     if sleep_s:
         time.sleep(float(sleep_s))
     if fail and run_no <= int(config.get("fail_attempts", 1 << 30)):
@@ -70,6 +75,7 @@ def run(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
         "pid": os.getpid(),
         "run": run_no,
         "payload": config.get("payload"),
+        "allocated_mb": len(held) >> 20,
     }
 
 
