@@ -28,6 +28,7 @@ from campaign.errors import CampaignInputError
 from campaign.lineage import walk
 from db.readonly import as_datetime, as_json, readonly_snapshot
 from models.atomic_files import sha256_file
+from sites.facts import node_share
 
 FORMAT = "campaign-model/1"
 
@@ -59,14 +60,15 @@ def _facts(model_id: int, db: str | None) -> dict[str, Any]:
                                  "reference_energies": (as_json(summary) or {}).get("reference_energies")})
         cost = {"attempts": 0, "node_hours": 0.0, "gpu_hours": 0.0}
         for tid in dict.fromkeys(task_ids):
-            for nodes, gpus, started, ended in snap.rows(
-                    "SELECT nodes, gpus, started_at, ended_at FROM attempts WHERE task_id = :t", {"t": tid}):
+            for site, nodes, cpus, gpus, started, ended in snap.rows(
+                    "SELECT site, nodes, cpus, gpus, started_at, ended_at FROM attempts WHERE task_id = :t",
+                    {"t": tid}):
                 a, b = as_datetime(started), as_datetime(ended)
                 if a is None or b is None:
                     continue
                 hours = max(0.0, (b - a).total_seconds()) / 3600
                 cost["attempts"] += 1
-                cost["node_hours"] += hours * int(nodes or 1)
+                cost["node_hours"] += hours * node_share(str(site), int(nodes or 1), int(cpus or 0), int(gpus or 0))
                 cost["gpu_hours"] += hours * int(gpus or 0)
     if not ckpt:
         raise CampaignInputError(f"model {model_id} has no checkpoint recorded: nothing to export")

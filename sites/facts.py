@@ -70,6 +70,18 @@ class SiteFacts:
     scheduler_options: tuple[str, ...] = field(default_factory=tuple)
     shared_filesystem: bool = True
 
+    def node_share(self, nodes: int, cpus: int, gpus: int) -> float:
+        """Nodes an attempt held, for node-hour accounting: a multi-node attempt holds its nodes; one on a single
+        node holds the larger of its share of the node's accelerators and of its cores (eight one-GPU trials
+        packed on a Frontier node hold 1/8 of it each), at most the whole node. A site whose node size is not
+        known (the local machine: ``cores_per_node`` 0) counts whole nodes."""
+        if nodes != 1:
+            return float(max(nodes, 0))
+        shares = [gpus / self.gpus_per_node] if self.gpus_per_node else []
+        if self.cores_per_node:
+            shares.append(cpus / self.cores_per_node)
+        return min(1.0, max(shares)) if shares and max(shares) > 0 else 1.0
+
     @property
     def workers_per_node(self) -> int:
         """Single-node workers per node: one per accelerator, else one per ``cores_per_worker`` cores."""
@@ -176,6 +188,12 @@ def list_sites() -> list[SiteFacts]:
 def site_names() -> list[str]:
     """Names a recipe may use in ``site.name``."""
     return list(_SITES)
+
+
+def node_share(site: str, nodes: int, cpus: int, gpus: int) -> float:
+    """:meth:`SiteFacts.node_share` of ``site``; whole nodes for a site this version does not know."""
+    facts = _SITES.get(site)
+    return facts.node_share(nodes, cpus, gpus) if facts is not None else float(max(nodes, 1))
 
 
 def get_site(name: str) -> SiteFacts:

@@ -14,7 +14,8 @@ page then show a "no data yet" note for it. What each section reads:
   (else ``hyperparameters["task"]``, else the model name) and the figure of merit the test metrics of the
   ``models.finetune`` result (``test_target_mae``, else ``test_metrics[head]["energy_mae_per_atom"]``, else
   ``test_loss``).
-* resources: ``attempts`` joined to their tasks and stages (CPU/GPU/node-hours = count × wall time).
+* resources: ``attempts`` joined to their tasks and stages (CPU/GPU-hours = count × wall time; node-hours = the
+  share of a node each attempt held × wall time, :func:`sites.facts.node_share`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sqlalchemy import Connection, Engine, Float, case, cast, func, select, text
 
 from campaign.status import FAILURE_CAUSES, find_campaign
 from db import models as m
+from sites.facts import node_share
 
 #: The file an artifact of kind ``parity`` points to: a NumPy ``.npz`` with, for each dataset ``D`` of the test
 #: split, ``D/energy_true`` and ``D/energy_pred`` [G] (eV/atom) and optionally ``D/force_true`` and
@@ -423,15 +425,25 @@ def _resources(conn: Connection, cid: int, now: datetime) -> list[ResourceRow]:
     a, t, s = m.Attempt, m.Task, m.Stage
     end = func.coalesce(a.ended_at, now)
     secs = _seconds(conn, a.started_at, end)
+    # grouped by the resources attempts held, so that each group's node share is looked up once
     rows = conn.execute(
-        select(s.name, a.site, func.count(), func.sum(case((a.exit_cause.in_(FAILURE_CAUSES), 1), else_=0)),
-            func.sum(a.nodes * secs), func.sum(a.cpus * secs), func.sum(a.gpus * secs))
+        select(s.name, a.site, a.nodes, a.cpus, a.gpus, func.count(),
+               func.sum(case((a.exit_cause.in_(FAILURE_CAUSES), 1), else_=0)), func.sum(secs))
         .join(t, t.id == a.task_id).join(s, s.id == t.stage_id)
         .where(t.campaign_id == cid, a.started_at.is_not(None))
-        .group_by(s.name, a.site).order_by(s.name, a.site)
+        .group_by(s.name, a.site, a.nodes, a.cpus, a.gpus)
     ).all()
-    return [ResourceRow(st, site, int(n), int(f or 0), (nh or 0) / 3600, (ch or 0) / 3600, (gh or 0) / 3600)
-            for st, site, n, f, nh, ch, gh in rows]
+    totals: dict[tuple[str, str], list[float]] = {}
+    for stage, site, nodes, cpus, gpus, n, failed, seconds in rows:
+        hours = float(seconds or 0) / 3600
+        acc = totals.setdefault((stage, site), [0, 0, 0.0, 0.0, 0.0])
+        acc[0] += int(n)
+        acc[1] += int(failed or 0)
+        acc[2] += hours * node_share(site, int(nodes or 1), int(cpus or 0), int(gpus or 0))
+        acc[3] += hours * int(cpus or 0)
+        acc[4] += hours * int(gpus or 0)
+    return [ResourceRow(stage, site, int(v[0]), int(v[1]), v[2], v[3], v[4])
+            for (stage, site), v in sorted(totals.items())]
 
 
 def _timeline(conn: Connection, cid: int) -> tuple[list[AttemptSpan], int]:

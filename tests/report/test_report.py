@@ -209,8 +209,9 @@ def test_every_promoted_model_gets_its_loss_curves_with_integer_epochs_and_units
     assert [c.label.split()[0] for c in data.curves] == ["promoted"] * len(facts["promoted"])
     fig = figures.loss_curves(data.curves[0])
     assert fig is not None
+    assert "eV²" in fig.get_suptitle() and "eV²/Å²" in fig.get_suptitle()  # the loss, with its units, once
     for ax in [a for a in fig.axes if a.get_visible()]:
-        assert ax.get_xlabel() == "epoch" and "eV²" in ax.get_ylabel()
+        assert ax.get_xlabel() == "epoch"
         locator = ax.xaxis.get_major_locator()
         assert isinstance(locator, MaxNLocator) and locator._integer
         assert all(float(t).is_integer() for t in ax.get_xticks())

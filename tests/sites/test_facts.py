@@ -49,3 +49,16 @@ def test_aurora_affinity_is_twelve_disjoint_groups() -> None:
 def test_unknown_site_names_known_ones() -> None:
     with pytest.raises(KeyError, match="frontier"):
         get_site("summit2")
+
+
+def test_node_hours_count_the_share_of_a_node_an_attempt_held() -> None:
+    from sites.facts import get_site, node_share
+
+    frontier = get_site("frontier")
+    assert frontier.gpus_per_node == 8
+    assert node_share("frontier", 1, 7, 1) == 1 / 8  # one GCD of eight, 7 of 56 cores
+    assert node_share("frontier", 1, frontier.cores_per_node, 1) == 1.0  # all the cores: the whole node
+    assert node_share("frontier", 256, 256 * 56, 2048) == 256.0  # multi-node: whole nodes
+    assert node_share("perlmutter", 1, get_site("perlmutter").cores_per_node // 2, 0) == 0.5
+    assert node_share("local", 1, 1, 0) == 1.0  # node size unknown: whole nodes
+    assert node_share("no-such-site", 3, 1, 0) == 3.0
