@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from models import devices
 from models.launch import (
     DistEnv,
     resolve_master_addr,
@@ -24,35 +25,34 @@ from models.launch import (
 # process group lifecycle
 
 
-def init(denv: DistEnv, *, backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
-    """Initialise the default process group (when ``denv.distributed``) and pick this rank's device.
+def init(denv: DistEnv, *, device: str = "auto", gpus_per_rank: int = 1, backend: str | None = None,
+         timeout_s: float = 600.0) -> torch.device:
+    """Pick this rank's device (:func:`models.devices.rank_device`: CUDA, ROCm, Intel XPU or the CPU) and
+    initialise the default process group when ``denv.distributed``.
 
     Args:
         denv: The parsed launch environment.
-        backend: ``"gloo"`` or ``"nccl"``; default nccl when CUDA is available, else gloo.
+        device: ``auto``, ``cpu``, ``cuda`` or ``xpu``.
+        gpus_per_rank: Devices each rank is given (the rank computes on the first of its own).
+        backend: The collective backend; default the device's (nccl, xccl, gloo). ``gloo`` also forces the CPU.
         timeout_s: Collective timeout, seconds.
 
     Returns:
-        The device this rank computes on (``cuda:<local_rank>`` or ``cpu``).
+        The device this rank computes on.
     """
-    use_cuda = torch.cuda.is_available() and backend != "gloo"
-    device = (
-        torch.device("cuda", denv.local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
-    )
-    if use_cuda:
-        torch.cuda.set_device(device)
+    dev = devices.rank_device("cpu" if backend == "gloo" else device, denv.local_rank, gpus_per_rank)
+    devices.set_current(dev)
     if denv.distributed and not dist.is_initialized():
-        backend = backend or ("nccl" if use_cuda else "gloo")
         addr = resolve_master_addr(denv)
         dist.init_process_group(
-            backend=backend,
+            backend=backend or devices.backend_for(dev),
             init_method=f"tcp://{addr}:{denv.master_port}",
             rank=denv.rank,
             world_size=denv.world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
-            device_id=device if use_cuda else None,
+            device_id=dev if dev.type != "cpu" else None,
         )
-    return device
+    return dev
 
 
 def shutdown(timeout_s: float = 60.0) -> None:
@@ -74,9 +74,11 @@ def is_initialized() -> bool:
 
 
 def comm_device() -> torch.device:
-    """Where small tensors of collectives must live: the current CUDA device under nccl, else the CPU."""
+    """Where small tensors of collectives must live: the current accelerator under nccl/xccl, else the CPU."""
     if is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
+    if is_initialized() and dist.get_backend() == "xccl":
+        return torch.device("xpu", torch.xpu.current_device())
     return torch.device("cpu")
 
 

@@ -37,17 +37,12 @@ from models import checkpoint, keys
 from models.appio import BadInput, main_for
 from models.atomic_files import sha256_file, write_bytes_atomic
 from models.contracts.evaluate import DatasetMetrics, EvaluateConfig, EvaluateResult, parse_config
+from models.devices import rank_device
 from models.inference import load_model
 from models.nn.precision import cast_batch, param_dtype, precision_context
 from models.training.data import dataset_head, eval_batches, open_stores
 
 MEV = 1000.0  # meV per eV
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _errors(pred: list[np.ndarray], true: list[np.ndarray]) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -106,7 +101,10 @@ def evaluate(cfg: EvaluateConfig, config_path: Path | str = "<config>") -> dict[
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    try:
+        device = rank_device(cfg.device)
+    except ValueError as exc:
+        raise BadInput(f"{config_path}: field 'device': {exc}") from exc
     try:
         ckpt = checkpoint.load(cfg.checkpoint, map_location="cpu")
     except (OSError, KeyError, ValueError) as exc:

@@ -58,6 +58,7 @@ from models.contracts.screen import (
     parse_config,
 )
 from models.data.graphs import radius_graph_pbc
+from models.devices import rank_device
 from models.inference import EnsemblePredictor, Predictor, load_model, memory_atom_budget
 from models.screen_output import ScreenWriter
 
@@ -265,8 +266,10 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    try:
+        device = rank_device(cfg.device.split(":")[0]) if ":" not in cfg.device else torch.device(cfg.device)
+    except ValueError as exc:
+        raise BadInput(f"screen config: field 'device': {exc}") from exc
     members, graphs = _load_members(cfg, device)
     ens = EnsemblePredictor(members)
     # graphs built as the models' training graphs were, unless the config says otherwise

@@ -107,8 +107,10 @@ def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any
     denv = detect()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    backend = "gloo" if cfg.device == "cpu" else None
-    device = init(denv, backend=backend)
+    try:
+        device = init(denv, device=cfg.device, gpus_per_rank=cfg.gpus_per_rank)
+    except ValueError as exc:
+        raise BadInput(f"{config_path}: field 'device': {exc}") from exc
     try:
         result = _run(
             cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss

@@ -121,7 +121,8 @@ class GlobusDispatcher(Dispatcher):
                 self._mpi_executors[key] = Executor(
                     endpoint_id=self.endpoint_id,
                     client=self._executor.client,
-                    resource_specification=mpi_resource_specification(spec.resources),
+                    # the endpoint's launcher is its own configuration's: no per-rank options are guessed
+                    resource_specification=mpi_resource_specification(spec.resources, "endpoint"),
                 )
             return self._mpi_executors[key]
 

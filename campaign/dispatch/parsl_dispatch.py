@@ -48,6 +48,8 @@ class ParslDispatcher(Dispatcher):
             raise ValueError(f"Parsl config has no single-node executor (labels: {labels})")
         self._single_label = single[0]
         self._mpi_label = MPI_LABEL if MPI_LABEL in labels else None
+        mpi = next((ex for ex in config.executors if ex.label == MPI_LABEL), None)
+        self._mpi_launcher = str(getattr(mpi, "mpi_launcher", "srun"))
         self.dfk = DataFlowKernel(config)
         self._app = python_app(run_attempt, executors=[self._single_label], data_flow_kernel=self.dfk)
         self._mpi_app = (
@@ -65,7 +67,8 @@ class ParslDispatcher(Dispatcher):
         spec_json = spec.model_dump_json()
         if spec.resources.is_mpi and self._mpi_app is not None:
             return self._mpi_app(spec_json, "PARSL_MPI_PREFIX", False,
-                                 parsl_resource_specification=mpi_resource_specification(spec.resources))
+                                 parsl_resource_specification=mpi_resource_specification(spec.resources,
+                                                                                         self._mpi_launcher))
         return self._app(spec_json, None, self.in_process)
 
     def shutdown(self, wait: bool = True) -> None:

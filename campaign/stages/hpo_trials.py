@@ -73,6 +73,7 @@ def train_config(spec: HPOSpec, hyperparameters: dict[str, Any], datasets: dict[
         "head_groups": False,
         "threads": threads,
         "device": "cpu" if spec.gpus_per_rank == 0 else "auto",
+        "gpus_per_rank": max(1, spec.gpus_per_rank),
         **loop,
     }
     return validate(TrainConfig, raw, f"HPO {spec.name!r} trial config")

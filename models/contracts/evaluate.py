@@ -25,7 +25,7 @@ class EvaluateConfig(Strict):
         split: The split to evaluate (``test``).
         batch_size: Graphs per batch.
         precision: ``fp64`` | ``fp32`` | ``bf16``.
-        device: ``auto`` | ``cpu`` | ``cuda``.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``xpu``.
         output_dir: Where ``parity.npz`` goes.
         max_parity_atoms: At most this many atoms' force components per dataset in ``parity.npz`` (the first
             ones in split order); the metrics always use every atom.
@@ -38,7 +38,7 @@ class EvaluateConfig(Strict):
     split: Literal["train", "val", "test"] = "test"
     batch_size: int = Field(32, ge=1)
     precision: Literal["fp64", "fp32", "bf16"] = "fp64"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu"] = "auto"
     output_dir: str
     max_parity_atoms: int = Field(20000, ge=0)
     threads: int | None = Field(None, ge=1)

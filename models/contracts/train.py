@@ -75,7 +75,8 @@ class TrainConfig(Strict):
             continues from its own newer checkpoint; without one, ``resume_from`` is used.
         stop_file: Stop at the next epoch boundary once this file exists (how a campaign stops a poor HPO trial
             early: the run ends normally, ``stop_reason`` ``"stopped"``, best checkpoint and result written).
-        device: ``auto`` | ``cpu`` | ``cuda``.
+        device: ``auto`` | ``cpu`` | ``cuda`` (NVIDIA, or AMD under ROCm) | ``xpu`` (Intel).
+        gpus_per_rank: Devices each rank is given (the rank computes on the first of its own).
         threads: torch intra-op threads per rank (default: leave torch's choice).
     """
 
@@ -108,7 +109,8 @@ class TrainConfig(Strict):
     init_from: str | None = None
     auto_resume: bool = False
     stop_file: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu"] = "auto"
+    gpus_per_rank: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
 
 
