@@ -317,6 +317,9 @@ class HPOSpec(_Strict):
     nodes_per_trial: int = Field(1, ge=1)
     ranks_per_node: int = Field(1, ge=1)
     gpus_per_rank: int = Field(0, ge=0)
+    head_groups: bool = Field(False, description="Multi-task parallelism: each trial's ranks grouped per head (the "
+                              "encoder synchronised over all ranks, each head within its group); needs at least "
+                              "one rank per dataset head.")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(16, ge=1)
     force_weight: float = Field(10.0, ge=0, description="Weight of the force loss in the objective.")
@@ -399,6 +402,9 @@ class TrainSpec(_Strict):
     nodes: int = Field(1, ge=1)
     ranks_per_node: int = Field(2, ge=1)
     gpus_per_rank: int = Field(0, ge=0)
+    head_groups: bool = Field(False, description="Multi-task parallelism: ranks grouped per head (the encoder "
+                              "synchronised over all ranks, each head within its group; a rank keeps optimizer "
+                              "state for its own head only); needs at least one rank per dataset head.")
     precision: str = "fp32"
     from_checkpoint: bool = Field(True, description="Start from the promoted model's checkpoint (else scratch).")
     chunk_walltime_s: float | None = Field(
@@ -659,11 +665,19 @@ class Recipe(_Strict):
                     raise ValueError(f"HPO campaign {h.name!r} uses dataset {d!r}, which the recipe does not list")
             if not (h.datasets or names):
                 raise ValueError(f"HPO campaign {h.name!r} has no datasets")
+            heads = len(h.datasets or names)
+            if h.head_groups and h.nodes_per_trial * h.ranks_per_node < heads:
+                raise ValueError(f"HPO campaign {h.name!r}: head_groups needs a rank per head: "
+                                 f"{h.nodes_per_trial * h.ranks_per_node} ranks per trial for {heads} datasets")
             if h.early_stopping.rule != "none" and not self.site.shared_filesystem():
                 raise ValueError(
                     f"HPO campaign {h.name!r}: early_stopping.rule {h.early_stopping.rule!r} watches each running "
                     f"trial's metrics and stop file in the campaign's workdir, which the workers of site "
                     f"{self.site.name!r} do not share (a Globus Compute endpoint); set early_stopping: {{rule: none}}")
+        tr = self.stages.train
+        if tr is not None and tr.head_groups and names and tr.nodes * tr.ranks_per_node < len(names):
+            raise ValueError(f"stages.train: head_groups needs a rank per head: {tr.nodes * tr.ranks_per_node} "
+                             f"ranks for {len(names)} datasets")
         return self
 
     def hash(self) -> str:

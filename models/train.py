@@ -68,6 +68,15 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of this rank's parameters and of its optimizer state (AdamW's moments exist only for parameters that
+    received a gradient: with head groups, the rank's own heads and the encoder)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values()
+                if isinstance(v, torch.Tensor))
+    return {"parameters": int(params), "optimizer": int(state), "total": int(params + state)}
+
+
 def _gather(obj: Any) -> list[Any]:
     if not is_initialized():
         return [obj]
@@ -351,6 +360,7 @@ def _run(
         ckpts["last"] = {"path": cfg.resume_from, "sha256": checkpoint.sha256_file(cfg.resume_from)}
     wall = time.perf_counter() - t_start
     mem = max(_gather(peak_memory_bytes(device)))
+    state = max(_gather(training_state_bytes(model, opt)), key=lambda d: d["total"])
     return {
         "completed": completed,
         "stop_reason": stop_reason,
@@ -364,6 +374,7 @@ def _run(
         "wall_time_s": wall,
         "train_graphs_per_s": train_graphs / train_seconds if train_seconds > 0 else None,
         "peak_memory_bytes": mem,
+        "state_bytes": state,
         "checkpoints": ckpts,
         "metrics_path": str(out / "metrics.jsonl"),
         "history": read_metrics(out / "metrics.jsonl") if rank == 0 else [],

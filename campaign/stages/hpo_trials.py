@@ -70,7 +70,7 @@ def train_config(spec: HPOSpec, hyperparameters: dict[str, Any], datasets: dict[
         "seed": seed,
         "auto_resume": True,
         "stop_file": str(out_dir / "STOP"),
-        "head_groups": False,
+        "head_groups": spec.head_groups,
         "threads": threads,
         "device": "cpu" if spec.gpus_per_rank == 0 else "auto",
         "gpus_per_rank": max(1, spec.gpus_per_rank),

@@ -160,7 +160,8 @@ class TrainStage:
         cpu = spec.gpus_per_rank == 0
         cfg = src.base_config.model_dump(mode="json", exclude=set(_DROPPED_KEYS), exclude_none=True)
         cfg.update(epochs=spec.epochs, precision=spec.precision, output_dir=str(workdir), auto_resume=True,
-                   device="cpu" if cpu else "auto", gpus_per_rank=max(1, spec.gpus_per_rank))
+                   device="cpu" if cpu else "auto", gpus_per_rank=max(1, spec.gpus_per_rank),
+                   head_groups=spec.head_groups)
         if cpu and not cfg.get("threads"):
             cfg["threads"] = 1  # one core per rank (ResourceRequest.cpus_per_rank)
         if spec.chunk_walltime_s is not None:

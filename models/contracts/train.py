@@ -157,6 +157,8 @@ class TrainResult(Result):
         wall_time_s: Wall time of this chunk, s.
         train_graphs_per_s: Training throughput over all ranks (None when no step ran).
         peak_memory_bytes: Peak device (or host) memory of the largest rank.
+        state_bytes: ``{"parameters", "optimizer", "total"}`` bytes held by the rank holding the most (with
+            head groups a rank keeps optimizer state for its own heads only).
         checkpoints: ``{"best": ..., "last": ...}`` as far as written.
         metrics_path: The run's ``metrics.jsonl`` on the worker's filesystem.
         history: Every per-epoch figure of the run so far (earlier chunks included), by value.
@@ -179,6 +181,7 @@ class TrainResult(Result):
     wall_time_s: float
     train_graphs_per_s: float | None
     peak_memory_bytes: int | None
+    state_bytes: dict[str, int] | None = None
     checkpoints: dict[Literal["best", "last"], CheckpointRef]
     metrics_path: str
     history: list[MetricRow] = Field(default_factory=list)

@@ -189,3 +189,21 @@ def test_a_typo_in_hpo_defaults_is_reported_once_where_it_is_written_with_a_sugg
 def test_no_suggestion_for_a_key_unlike_any() -> None:
     errs = _errors(MINIMAL + "zzzqqq: 1\n")
     assert errs == [("zzzqqq", 10, "unknown key")]
+
+
+def test_multi_task_parallelism_is_a_recipe_setting() -> None:
+    """head_groups reaches the trial's training config; too few ranks for the heads is refused at validation."""
+    from campaign.stages.hpo_trials import train_config
+
+    two = MINIMAL.replace("  - name: demo-emt\n", "  - name: demo-emt\n  - name: demo-gfn2\n")
+    grouped = two.replace("      family: painn\n", "      family: painn\n      head_groups: true\n"
+                          "      ranks_per_node: 2\n")
+    spec = parse_recipe(grouped).stages.hpo[0]
+    datasets = {"demo-emt": {"root": "/d/emt", "head_id": 100}, "demo-gfn2": {"root": "/d/gfn2", "head_id": 200}}
+    cfg = train_config(spec, {"lr": 1e-3}, datasets, out_dir=Path("/tmp/t"), seed=0, threads=1)
+    assert cfg.head_groups and cfg.model is not None and cfg.model.heads == [100, 200]
+    with pytest.raises(RecipeError, match="head_groups needs a rank per head: 1 ranks per trial for 2 datasets"):
+        parse_recipe(grouped.replace("      ranks_per_node: 2\n", ""))
+    train = two + "  promote: {}\n  train: {head_groups: true, nodes: 1, ranks_per_node: 1}\n"
+    with pytest.raises(RecipeError, match=r"stages\.train: head_groups needs a rank per head"):
+        parse_recipe(train)

@@ -57,6 +57,14 @@ def test_two_ranks(train_config: dict[str, Any], tmp_path: Path, head_groups: bo
     assert {r["head"] for r in select(rows, split="val", name="force_mae")} == {0, 1}
     ckpt = checkpoint.load(res["checkpoints"]["last"]["path"])
     assert len(ckpt["ranks"]) == 2
+    # every rank holds all parameters; AdamW's two moments exist for what the rank trains: with head groups,
+    # the encoder and its own head only
+    state = res["state_bytes"]
+    assert state["total"] == state["parameters"] + state["optimizer"]
+    if head_groups:
+        assert state["optimizer"] < 2 * state["parameters"]
+    else:
+        assert state["optimizer"] >= 2 * state["parameters"]
 
 
 @pytest.mark.slow
