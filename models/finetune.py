@@ -57,7 +57,7 @@ from models.distributed import GradSync, init, shutdown
 from models.inference import load_model
 from models.launch import detect
 from models.nn.precision import param_dtype
-from models.training.data import eval_batches, open_stores
+from models.training.data import dataset_head, eval_batches, open_stores
 from models.training.early_stopping import EarlyStopping
 from models.training.loop import Trainer
 from models.training.metrics import MetricsWriter
@@ -253,6 +253,19 @@ def _target_mae(model: Any, store: Any, batch_size: int, device: torch.device, p
     return err / n if n else None
 
 
+def _base_stores(cfg: FinetuneConfig, config_path: Path | str, dtype: torch.dtype, head: int) -> dict[str, Any]:
+    """The validation splits of the base model's pre-training datasets (their own heads), or ``{}``."""
+    if not cfg.base_datasets or cfg.base_data_root is None or cfg.from_scratch:
+        return {}
+    try:
+        stores = open_stores(cfg.base_data_root, cfg.base_datasets, "val", dtype)
+    except BadInput as exc:
+        raise BadInput(f"{config_path}: field 'base_datasets': {exc}") from exc
+    for name, store in stores.items():
+        store.head_id = dataset_head(store, name, cfg.base_dataset_heads)
+    return {n: s for n, s in stores.items() if s.head_id != head and len(s)}
+
+
 def _prepare_model(cfg: FinetuneConfig, head: int, config_path: Path | str) -> tuple[Any, dict[str, Any]]:
     """The model to fine-tune and the head references inherited from the checkpoint."""
     ckpt: dict[str, Any] | None = None
@@ -336,6 +349,7 @@ def _finetune(
         if int(key) != head:
             module.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    base_val = _base_stores(cfg, config_path, dtype, head)
 
     loader = MultiDatasetLoader([splits["train"]], cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed)
     sync = GradSync(model)
@@ -360,6 +374,8 @@ def _finetune(
         energy_loss=cfg.energy_loss,
         grad_clip=cfg.grad_clip,
     )
+    base_before = (trainer.evaluate(eval_batches(base_val, cfg.batch_size, rank=rank, world_size=world)).per_head
+                   if base_val else {})
     stopper = EarlyStopping(cfg.patience)
     out = Path(cfg.output_dir)
     writer = MetricsWriter(out / "metrics.jsonl") if rank == 0 else None
@@ -390,6 +406,10 @@ def _finetune(
     history += [{"epoch": stopper.best_epoch, "split": "test", "head": h, "name": k, "value": float(v)}
                 for h, named in te.as_rows().items() for k, v in named.items()]
     target_mae = _target_mae(model, splits["test"], cfg.batch_size, device, cfg.precision)
+    base_after = (trainer.evaluate(eval_batches(base_val, cfg.batch_size, rank=rank, world_size=world)).per_head
+                  if base_val else {})
+    base_heads = ({str(h): {"before": base_before[h], "after": base_after[h]} for h in base_before if h in base_after}
+                  if base_val else None)
     digest = ""
     path = out / "checkpoints" / "best.pt"
     if rank == 0:
@@ -417,6 +437,7 @@ def _finetune(
         "train_graphs": len(splits["train"]),
         "history": history,
         "head": head,
+        "base_heads": base_heads,
         "from_scratch": cfg.from_scratch,
         "freeze_encoder": cfg.freeze_encoder,
         "trainable_parameters": sum(p.numel() for p in trainable),

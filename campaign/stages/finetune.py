@@ -29,6 +29,8 @@ from typing import Any
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
 from campaign.stages.screen import ModelCheckpoint, resolve_models
 from campaign.tasks import TaskResult, TaskSpec, TaskState
+from models.appio import BadInput
+from models.contracts import validate
 from models.contracts.finetune import (
     TARGET_UNITS,
     FinetuneConfig,
@@ -37,6 +39,7 @@ from models.contracts.finetune import (
     read_prepare_result,
     read_result,
 )
+from models.contracts.train import TrainConfig
 
 _FIDELITY = {"xtb-molecules": "xtb", "emt-alloys": "emt", "files": "downstream"}
 
@@ -76,9 +79,10 @@ class FinetuneStage:
         data_root = str(ctx.task_dir("finetune", t.name, "data"))
         out = []
         variants = [("pretrained", False)] + ([("scratch", True)] if t.scratch else [])
+        base = self._base_data(ctx)
         for variant, scratch in variants:
             workdir = ctx.task_dir("finetune", t.name, variant)
-            cfg = app_config(FinetuneConfig, {
+            cfg = app_config(FinetuneConfig, {**(base if not scratch else {}),
                 "checkpoint": self.parent.path, "data_root": data_root, "dataset": t.name,
                 "head": self.spec.head_of(pos), "from_scratch": scratch,
                 "freeze_encoder": t.freeze_encoder and not scratch, "epochs": t.epochs,
@@ -90,6 +94,19 @@ class FinetuneStage:
                                             workdir=str(workdir)),
                                    inputs=(("model", self.parent.model_id),)))
         return out
+
+    def _base_data(self, ctx: StageContext) -> dict[str, Any]:
+        """The pre-trained model's training data (its task's ``models.train`` config), so that the fine-tuning
+        app can check the base heads before and after; ``{}`` when the model was not made by a training run."""
+        assert self.parent is not None
+        row = ctx.ledger.model(self.parent.model_id)
+        task = ctx.ledger.task(row.task_id) if row is not None and row.task_id else None
+        try:
+            made_by = validate(TrainConfig, (task.spec or {}).get("config") if task is not None else None, "")
+        except BadInput:
+            return {}
+        return {"base_data_root": made_by.data_root, "base_datasets": made_by.datasets,
+                "base_dataset_heads": made_by.dataset_heads}
 
     def _ready(self, ctx: StageContext) -> list[PlannedTask]:
         done = {t.key for t in ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id, states=[TaskState.DONE])}
@@ -204,15 +221,18 @@ class FinetuneStage:
             entry["mae_ratio"] = (b / a if isinstance(a, float) and isinstance(b, float) and a > 0
                                   and math.isfinite(b) else None)
             summary[spec_task.name] = entry
-            warning = baseline_warning(entry)
-            if warning is not None:  # pre-training made it worse: say so
+            warnings = [w for w in (baseline_warning(entry), base_heads_warning(
+                spec_task.name, read_result(tasks[keys[0]].result, _where(tasks[keys[0]])).base_heads)) if w]
+            if baseline_warning(entry) is not None:  # pre-training made it worse: say so
                 entry["worse_than_scratch"] = True
+            if warnings:
+                entry["warnings"] = warnings
                 ctx.ledger.update_stage_config(ctx.stage_id, warnings={
-                    **(ctx.ledger.stage_config(ctx.stage_id).get("warnings") or {}), spec_task.name: warning})
+                    **(ctx.ledger.stage_config(ctx.stage_id).get("warnings") or {}), spec_task.name: "; ".join(warnings)})
         ctx.shared["finetune"] = summary
-        worse = [n for n, e in summary.items() if e.get("worse_than_scratch")]
-        self.note = (f"fine-tuning did worse than from scratch on {', '.join(worse)} (see the stage's "
-                     "config.warnings)") if worse else ""
+        flagged = [n for n, e in summary.items() if e.get("warnings")]
+        self.note = (f"fine-tuning flagged on {', '.join(flagged)}: worse than from scratch, or the base heads got "
+                     "worse (see the stage's config.warnings)") if flagged else ""
         return "done"
 
 
@@ -224,6 +244,24 @@ def baseline_warning(entry: dict[str, Any]) -> str | None:
         return None
     return (f"fine-tuned model {entry['finetuned']} is {1 / ratio:.2g}x worse than its from-scratch baseline "
             f"{entry['scratch']} (test MAE {entry['finetuned_mae']:.4g} vs {entry['scratch_mae']:.4g} {entry['unit']})")
+
+
+#: A base head whose validation error grew by more than this factor during fine-tuning is flagged.
+BASE_DEGRADATION = 1.10
+
+
+def base_heads_warning(task: str, base_heads: dict[str, dict[str, dict[str, float]]] | None) -> str | None:
+    """The warning for a fine-tuning that made a base head (pre-training dataset) worse on its validation split
+    by more than :data:`BASE_DEGRADATION` in energy or force MAE, else ``None``."""
+    worse = []
+    for head, fig in sorted((base_heads or {}).items()):
+        for name, unit in (("energy_mae_per_atom", "eV/atom"), ("force_mae", "eV/Å")):
+            before, after = fig.get("before", {}).get(name), fig.get("after", {}).get(name)
+            if before and after and math.isfinite(after) and after > BASE_DEGRADATION * before:
+                worse.append(f"head {head} {name.replace('_', ' ')} {before:.4g} -> {after:.4g} {unit}")
+    if not worse:
+        return None
+    return f"fine-tuning on {task} made the base heads worse ({'; '.join(worse)})"
 
 
 def _where(task: Any) -> str:

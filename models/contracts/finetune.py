@@ -37,7 +37,12 @@ class DownstreamData(Strict):
 
 
 class FinetuneConfig(Strict):
-    """``python -m models.finetune`` config (see :mod:`models.finetune`)."""
+    """``python -m models.finetune`` config (see :mod:`models.finetune`).
+
+    ``base_data_root`` / ``base_datasets`` / ``base_dataset_heads``: the pre-training data of the base model (as
+    its training config names it); when given, the base heads are evaluated on those datasets' validation
+    splits before and after fine-tuning (``base_heads`` in the result).
+    """
 
     prepare: DownstreamData | None = None
     prepare_only: bool = False
@@ -60,6 +65,9 @@ class FinetuneConfig(Strict):
     grad_clip: float = Field(10.0, ge=0)
     output_dir: str
     seed: int = 0
+    base_data_root: str | dict[str, str] | None = None
+    base_datasets: list[str] = Field(default_factory=list)
+    base_dataset_heads: dict[str, int] | None = None
 
 
 def parse_config(raw: dict[str, Any], path: Path | str) -> FinetuneConfig:
@@ -126,6 +134,9 @@ class FinetuneResult(Result):
         trainable_parameters: Parameters the optimizer updated (fewer with ``freeze_encoder``).
         checkpoint: The fine-tuned model (``best.pt``).
         prepared: The downstream store, when this run built it.
+        base_heads: ``{head_id: {"before": {...}, "after": {...}}}``: the base heads' validation figures
+            (energy MAE per atom eV/atom, force MAE eV/Å, loss) on the pre-training data before and after
+            fine-tuning, when the config names that data.
     """
 
     status: Literal["ok"] = "ok"
@@ -145,6 +156,7 @@ class FinetuneResult(Result):
     trainable_parameters: int
     checkpoint: CheckpointRef
     wall_time_s: float
+    base_heads: dict[str, dict[str, dict[str, float]]] | None = None
     prepared: DownstreamSummary | None = None
 
 

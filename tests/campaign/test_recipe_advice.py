@@ -66,6 +66,6 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path, monkeypatch
                         env={"COLUMNS": "120"})
     assert res.exit_code == 0, res.output
     assert "256 nodes, 2,048 ranks, ≤ 2h00m00s" in res.output and "32,768" in res.output  # 64 x 256 x 2 h
-    assert "at most 196,626 node-hours" in res.output  # 6 x 32,768 + 9 preprocessing tasks x 2 h
+    assert "at most 196,642 node-hours" in res.output  # 6 x 32,768 + (9 preprocessing + 8 evaluations) x 2 h
     assert "batch script of executor htex" in res.output and "#SBATCH --account=ABC123" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]

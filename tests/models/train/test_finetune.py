@@ -51,7 +51,7 @@ def pretrained(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "output_dir": str(out / "run"),
     }
     res = run(parse_train(cfg, "pre.json"), "pre.json")
-    return {"ckpt": res["checkpoints"]["best"]["path"], "root": str(out / "stores")}
+    return {"ckpt": res["checkpoints"]["best"]["path"], "root": str(out / "stores"), "base_root": str(data_root)}
 
 
 def _ft(pretrained: dict[str, Any], tmp_path: Path, **kw: Any) -> dict[str, Any]:
@@ -117,3 +117,24 @@ def test_bad_finetune_config(pretrained: dict[str, Any]) -> None:
 
 def math_finite(x: float | None) -> bool:
     return x is not None and np.isfinite(x)
+
+
+def test_the_base_heads_are_checked_before_and_after(pretrained: dict[str, Any], tmp_path: Path) -> None:
+    """With the pre-training data named, the base heads are evaluated on its validation splits before and after:
+    unchanged to the last digit when the encoder is frozen (the base heads are never trained here), changed
+    when it is not; a growth beyond 10% is worded as a warning."""
+    from campaign.stages.finetune import base_heads_warning
+
+    base = {"base_data_root": pretrained["base_root"], "base_datasets": ["metals", "molecules"]}
+    frozen = _ft(pretrained, tmp_path / "f", freeze_encoder=True, **base)
+    assert set(frozen["base_heads"]) == {"0", "1"}
+    for fig in frozen["base_heads"].values():
+        assert fig["before"] == fig["after"] and fig["before"]["force_mae"] > 0
+    assert base_heads_warning("nobles", frozen["base_heads"]) is None
+    tuned = _ft(pretrained, tmp_path / "t", **base)
+    assert any(f["before"] != f["after"] for f in tuned["base_heads"].values())
+    grown = {"0": {"before": {"energy_mae_per_atom": 0.1, "force_mae": 0.2},
+                   "after": {"energy_mae_per_atom": 0.105, "force_mae": 0.3}}}
+    assert base_heads_warning("nobles", grown) == ("fine-tuning on nobles made the base heads worse "
+                                                   "(head 0 force mae 0.2 -> 0.3 eV/Å)")
+    assert _ft(pretrained, tmp_path / "s", from_scratch=True, **base)["base_heads"] is None
