@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 #: The readers of :mod:`models.data.readers`.
-READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb")
+READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048)  # a user block may precede the superblock
@@ -40,6 +40,11 @@ def sniff(path: Path, reader: str) -> str | None:
         return None
     if reader == "ase":
         return _sniff_ase(path, head)
+    if reader == "mptrj-json":
+        if head.startswith(b"\x1f\x8b"):
+            return None  # gzip: the reader decides
+        if not head.lstrip().startswith(b"{"):
+            return "not a JSON object (MPtrj JSON starts with '{')"
     return None
 
 

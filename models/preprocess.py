@@ -105,7 +105,9 @@ def normalise_config(raw: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
             if not p.exists():
                 raise BadInput(f"{where}: field {field}.inputs: {p} does not exist")
         datasets.append({"name": info.name, "inputs": [str(p) for p in paths], "reader": reader,
-                         "reader_options": {**info.reader_options, **d.reader_options}})
+                         # the registry's options are its own reader's: an override reader gets only its own
+                         "reader_options": {**(info.reader_options if reader == info.reader else {}),
+                                            **d.reader_options}})
     out = cfg.model_dump(mode="json")
     out.update(output_dir=str(_resolve(cfg.output_dir, base)), split=split, datasets=datasets)
     return out

@@ -153,7 +153,7 @@ def test_good_dataset_then_bad_one_writes_nothing(earlier: tuple[Path, Path], tm
     bad = df.extxyz_without_energies(data)
     cfg = _config(out, "demo-emt", [data / "good.extxyz"])
     cfg["cutoff"] = 4.5  # the first dataset's store would differ from the earlier one
-    cfg["datasets"].append({"name": "mptrj", "inputs": [str(bad)]})
+    cfg["datasets"].append({"name": "mptrj", "inputs": [str(bad)], "reader": "ase"})  # an extxyz export
     path = _write(tmp_path / "bad.json", cfg)
     _refused(path, tmp_path, [f"{bad}:record 0", "no energy"])
 

@@ -21,7 +21,7 @@ campaign: fixme
 site: {name: local, workers: 1}
 workdir: runs
 datasets:
-  - {name: mptrj, files: [data/mine.extxyz]}
+  - {name: mptrj, files: [data/mine.extxyz], reader: ase}
 stages:
   preprocess: {cutoff: 4.5}
 """

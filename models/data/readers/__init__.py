@@ -11,6 +11,8 @@ name            formats
 ``ani-hdf5``    ANI-1x / Transition1x HDF5 (groups with ``atomic_numbers``, ``coordinates``/``positions``,
                 ``<method>.energy``, ``<method>.forces``)
 ``ase-lmdb``    the ASE-LMDB layout of OMat24 / OMol25 / OC20 (``*.aselmdb``, package ``ase-db-backends``)
+``mptrj-json``  MPtrj as published (``MPtrj_2022.9_full.json[.gz]``: material -> frame -> structure, energies,
+                ``force``, ``stress`` in kBar), streamed; option ``energy: uncorrected | corrected``
 ==============  ====================================================================================
 """
 
@@ -46,6 +48,10 @@ def get_reader(name: str) -> Reader:
         from models.data.readers.ase_lmdb import read_ase_lmdb
 
         return read_ase_lmdb
+    if name == "mptrj-json":
+        from models.data.readers.mptrj_json import read_mptrj_json
+
+        return read_mptrj_json
     raise KeyError(f"unknown reader {name!r}; known readers: {', '.join(READER_NAMES)}")
 
 
