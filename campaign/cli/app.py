@@ -28,7 +28,9 @@ sites_app = typer.Typer(help="Sites the campaign can run on, and the batch scrip
                         no_args_is_help=True)
 db_app = typer.Typer(help="The campaign database: migrations and the reader role.", no_args_is_help=True)
 recipe_app = typer.Typer(help="Recipe tools.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: check downloaded files against the registry.", no_args_is_help=True)
 app.add_typer(sites_app, name="sites")
+app.add_typer(data_app, name="data")
 app.add_typer(db_app, name="db")
 app.add_typer(recipe_app, name="recipe")
 
@@ -688,6 +690,47 @@ def sites_show(
 
 
 # ------------------------------------------------------------------------------------------------- db
+@data_app.command("check")
+def data_check(
+    name: Annotated[str, typer.Argument(help="Dataset name from the registry (models/datasets.yaml).")],
+    paths: Annotated[list[Path], typer.Argument(help="The downloaded files.")],
+    sample: Annotated[int, typer.Option(help="Structures read per file (0: all of them).", min=0)] = 1000,
+    reader: Annotated[str | None, typer.Option(help="Reader override (as a recipe's reader:).")] = None,
+) -> None:
+    """Check downloaded files before a long preprocess: readable by the registry's reader, labels plausible in
+    its units, and (when every structure was read) about as many as published; exit 2 naming the file and the
+    problem otherwise."""
+    from rich.table import Table
+
+    from campaign.data_check import check_dataset
+
+    try:
+        res = check_dataset(name, paths, sample=sample or None, reader=reader)
+    except KeyError as exc:
+        err_console.print(f"error: {exc.args[0]}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    table = Table(title=f"dataset {name} ({res.reader or 'no reader'})", show_header=False)
+    epa = res.energy_per_atom
+    rows = [("files", ", ".join(res.files)),
+            ("structures read", f"{res.structures:,}" + ("" if res.complete else f" (first {sample:,} per file)")),
+            ("atoms", f"{res.atoms:,}"), ("elements", f"{len(res.elements)} ({', '.join(map(str, sorted(res.elements)[:20]))}"
+                                             + ("…" if len(res.elements) > 20 else "") + ")"),
+            ("energy per atom (eV)", f"{epa[0]:.4g} … {epa[1]:.4g}" if epa else "–"),
+            ("largest force component (eV/Å)", f"{res.max_force:.4g}" if res.max_force is not None else "–"),
+            ("with forces / stress", f"{res.with_forces:,} / {res.with_stress:,}"),
+            ("published", f"{res.published.get('n_structures') or '?'} structures, "
+                          f"{res.published.get('elements') or '?'} elements, {res.published.get('source_format')} "
+                          f"at {res.published.get('url') or '–'}")]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    for problem in res.problems:
+        err_console.print(f"error: {problem}", highlight=False, soft_wrap=True)
+    if not res.ok:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    console.print(f"[green]ok[/] {name}: {res.structures:,} structures look like {res.published.get('level_of_theory')}")
+
+
 @db_app.command("upgrade")
 @bad_input_exit
 def db_upgrade(db: DbOpt = None) -> None:

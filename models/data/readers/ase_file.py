@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from models.appio import BadInput
 from models.data.readers.atoms import atoms_to_structure
@@ -36,7 +37,7 @@ def read_ase(
     if not path.exists():
         raise BadInput(f"{path}: no such file")
     fmt = format or ("db" if path.suffix == ".db" else None)
-    opts = {"units": units, "energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
+    opts: dict[str, Any] = {"units": units, "energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
     if fmt == "db":
         import ase.db
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from models.appio import BadInput
 from models.data.readers.atoms import atoms_to_structure
@@ -39,7 +40,7 @@ def read_ase_lmdb(
         raise BadInput(f"{path}: reading ASE-LMDB needs the 'ase-db-backends' package ({exc})") from exc
     except Exception as exc:
         raise BadInput(f"{path}: cannot open as ASE-LMDB ({type(exc).__name__}: {exc})") from exc
-    opts = {"units": units, "energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
+    opts: dict[str, Any] = {"units": units, "energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
     try:
         for rid in ids:
             row = db._get_row(rid) if hasattr(db, "_get_row") else db.get(id=rid)

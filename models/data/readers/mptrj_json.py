@@ -43,7 +43,9 @@ ENERGY_KEYS = {"uncorrected": "uncorrected_total_energy", "corrected": "correcte
 def _open(path: Path) -> IO[bytes]:
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
 
 
 def _array(value: Any, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
