@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 #: The readers of :mod:`models.data.readers`.
-READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json")
+READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json", "spice-hdf5")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048)  # a user block may precede the superblock
@@ -30,7 +30,7 @@ def sniff(path: Path, reader: str) -> str | None:
         head = fh.read(4096)
     if not head:
         return "the file is empty"
-    if reader == "ani-hdf5":
+    if reader in ("ani-hdf5", "spice-hdf5"):
         if not any(head[o:o + len(_HDF5_MAGIC)] == _HDF5_MAGIC for o in _HDF5_OFFSETS):
             return "not an HDF5 file (no HDF5 signature)"
         return None

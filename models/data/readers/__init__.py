@@ -13,6 +13,8 @@ name            formats
 ``ase-lmdb``    the ASE-LMDB layout of OMat24 / OMol25 / OC20 (``*.aselmdb``, package ``ase-db-backends``)
 ``mptrj-json``  MPtrj as published (``MPtrj_2022.9_full.json[.gz]``: material -> frame -> structure, energies,
                 ``force``, ``stress`` in kBar), streamed; option ``energy: uncorrected | corrected``
+``spice-hdf5``  SPICE as published (one group per molecule: ``conformations`` bohr, ``dft_total_energy``
+                hartree, ``dft_total_gradient`` hartree/bohr, mapped ``smiles`` for the charge)
 ==============  ====================================================================================
 """
 
@@ -48,6 +50,10 @@ def get_reader(name: str) -> Reader:
         from models.data.readers.ase_lmdb import read_ase_lmdb
 
         return read_ase_lmdb
+    if name == "spice-hdf5":
+        from models.data.readers.spice_hdf5 import read_spice_hdf5
+
+        return read_spice_hdf5
     if name == "mptrj-json":
         from models.data.readers.mptrj_json import read_mptrj_json
 
