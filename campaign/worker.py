@@ -154,14 +154,16 @@ def _in_process_attempt(task_id: str, attempt: int, app: str, config: dict[str, 
                         workdir: str) -> dict[str, Any]:
     """Run an attempt in this process: its :class:`TaskResult` as ``model_dump(mode="json")`` would give it, but
     for the start and end times, which are Unix times (seconds, UTC; ``TaskResult`` reads them as datetimes)."""
-    started = time.time()
+    started, cpu = time.time(), time.thread_time()
     cause, rc, payload, err = _run_in_process(app, config, Path(workdir, "config.json"))
+    cpu = time.thread_time() - cpu  # this thread's CPU: the app ran in it (its own threads not counted)
     host, job = _where()
     # written out rather than built and dumped through the model: the steering process validates what comes
     # back (the trust boundary)
     return {"task_id": task_id, "attempt": attempt, "exit_cause": cause.value, "returncode": rc,
             "result": payload, "error": err, "host": host, "batch_job_id": job, "executor": "in-process",
-            "started_at": started, "ended_at": time.time(), "stdout_path": None, "stderr_path": None}
+            "started_at": started, "ended_at": time.time(), "stdout_path": None, "stderr_path": None,
+            "cpu_seconds": cpu, "max_rss_bytes": None}
 
 
 def run_attempt(
@@ -254,6 +256,7 @@ def run_task(
     fenced = None
     cgroup = memory_cgroup_dir()
     kills_before = oom_kills(cgroup)
+    usage: Usage | None = None
     with stdout_path.open("w") as out, stderr_path.open("w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True)
         _RUNNING_GROUPS.add(proc.pid)
@@ -266,7 +269,7 @@ def run_task(
             while True:  # wait, checking the fence, and touching the process file as a heartbeat
                 step = FENCE_CHECK_S if deadline is None else max(0.0, min(FENCE_CHECK_S, deadline - time.monotonic()))
                 try:
-                    returncode = proc.wait(timeout=step)
+                    returncode, usage = _wait_with_usage(proc, step)
                     break
                 except subprocess.TimeoutExpired:
                     fenced = fence_violation(spec.driver)
@@ -283,11 +286,38 @@ def run_task(
     kills_after = oom_kills(cgroup)
     oom_killed = (returncode == -signal.SIGKILL and kills_before is not None and kills_after is not None
                   and kills_after > kills_before)
-    out_result = settle(spec, returncode, cause, started, utcnow(), stdout_path, stderr_path, oom_killed=oom_killed)
+    out_result = settle(spec, returncode, cause, started, utcnow(), stdout_path, stderr_path, oom_killed=oom_killed,
+                        usage=usage)
     if fenced is not None:
         out_result["error"] = f"stopped: {fenced}"
     write_json_atomic(attempt_result_file(workdir, spec.attempt), out_result)
     return out_result
+
+
+#: ``(cpu_seconds, max_rss_bytes)`` of a finished app: user + system CPU of the process and every descendant it
+#: waited for, and the largest resident set among them.
+Usage = tuple[float, int]
+
+
+def _wait_with_usage(proc: subprocess.Popen[Any], timeout_s: float) -> tuple[int, Usage]:
+    """Wait up to ``timeout_s`` for ``proc`` to end, reaping it with ``wait4`` so that its resource usage comes
+    with its exit status (``Popen.wait`` drops it); then ``(returncode, usage)``.
+
+    Raises:
+        subprocess.TimeoutExpired: still running after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.0005
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, (rusage.ru_utime + rusage.ru_stime, int(rusage.ru_maxrss) * 1024)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout_s)
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.05)
 
 
 def _stop_group(proc: subprocess.Popen[Any]) -> int:
@@ -401,13 +431,14 @@ HEARTBEAT_S = 5.0
 
 
 def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: Any, ended: Any,
-           stdout_path: Path, stderr_path: Path, *, oom_killed: bool = False) -> dict[str, Any]:
+           stdout_path: Path, stderr_path: Path, *, oom_killed: bool = False,
+           usage: Usage | None = None) -> dict[str, Any]:
     """The attempt's :class:`TaskResult` from how the app ended and the result file it left.
 
     ``returncode`` is None when the app's exit status is unknown (an attempt adopted by a new driver after its
     worker died): then the app's own result file decides. ``oom_killed``: the app died by SIGKILL while the
     memory cgroup counted an OOM kill (:mod:`campaign.oom`); that, or an app failure with the reason ``oom``,
-    makes the cause ``oom``.
+    makes the cause ``oom``. ``usage``: what the app's processes used (:func:`_wait_with_usage`), when known.
     """
     result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
@@ -446,4 +477,6 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
         ended_at=ended,
         stdout_path=str(stdout_path),
         stderr_path=str(stderr_path),
+        cpu_seconds=None if usage is None else usage[0],
+        max_rss_bytes=None if usage is None else usage[1],
     ).model_dump(mode="json")

@@ -6,6 +6,7 @@ Config keys (all optional):
         this loses the worker, as a dead node would), ``signal`` (SIGKILL itself).
     fail_attempts (int): fail only the first N runs in this workdir (counted in ``noop_runs.txt``).
     allocate_mb (int): allocate and touch this many MiB of host memory before returning (memory caps).
+    burn_s (float): keep one core busy for this many seconds (CPU accounting).
     payload (any JSON): echoed back in the result.
 """
 
@@ -58,6 +59,12 @@ def run(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
     if not isinstance(allocate_mb, int) or allocate_mb < 0:
         raise BadInput(f"{config_path}: field 'allocate_mb' must be an integer >= 0, got {allocate_mb!r}")
     held = bytearray(allocate_mb << 20)  # zero-filled: every page is touched
+    burn_s = config.get("burn_s", 0)
+    if not isinstance(burn_s, int | float) or burn_s < 0:
+        raise BadInput(f"{config_path}: field 'burn_s' must be a number >= 0, got {burn_s!r}")
+    end = time.process_time() + float(burn_s)
+    while time.process_time() < end:
+        pass
     if sleep_s:
         time.sleep(float(sleep_s))
     if fail and run_no <= int(config.get("fail_attempts", 1 << 30)):

@@ -172,8 +172,10 @@ def _resources(data: ReportData, w: _Writer) -> Section:
         if data.timeline_total > len(data.timeline):
             s.notes.append(f"the timeline shows the latest {len(data.timeline)} of {data.timeline_total} attempts")
     if data.resources:
-        s.tables.append(table(["stage", "site", "attempts", "failed", "node-hours", "CPU-hours", "GPU-hours"],
-                              [[r.stage, r.site, r.attempts, r.failed, r.node_hours, r.cpu_hours, r.gpu_hours]
+        s.tables.append(table(["stage", "site", "attempts", "failed", "node-hours", "CPU-hours", "GPU-hours",
+                               "CPU use"],
+                              [[r.stage, r.site, r.attempts, r.failed, r.node_hours, r.cpu_hours, r.gpu_hours,
+                                "–" if r.cpu_utilisation is None else f"{100 * r.cpu_utilisation:.0f}%"]
                                for r in data.resources]))
     else:
         s.empty = "no attempt has started yet."

@@ -178,6 +178,7 @@ class ResourceRow:
     node_hours: float
     cpu_hours: float
     gpu_hours: float
+    cpu_utilisation: float | None = None  # CPU time used / CPU time held, over the attempts that measured it
 
 
 @dataclass
@@ -428,21 +429,24 @@ def _resources(conn: Connection, cid: int, now: datetime) -> list[ResourceRow]:
     # grouped by the resources attempts held, so that each group's node share is looked up once
     rows = conn.execute(
         select(s.name, a.site, a.nodes, a.cpus, a.gpus, func.count(),
-               func.sum(case((a.exit_cause.in_(FAILURE_CAUSES), 1), else_=0)), func.sum(secs))
+               func.sum(case((a.exit_cause.in_(FAILURE_CAUSES), 1), else_=0)), func.sum(secs),
+               func.sum(a.cpu_seconds), func.sum(case((a.cpu_seconds.is_not(None), secs), else_=0)))
         .join(t, t.id == a.task_id).join(s, s.id == t.stage_id)
         .where(t.campaign_id == cid, a.started_at.is_not(None))
         .group_by(s.name, a.site, a.nodes, a.cpus, a.gpus)
     ).all()
     totals: dict[tuple[str, str], list[float]] = {}
-    for stage, site, nodes, cpus, gpus, n, failed, seconds in rows:
+    for stage, site, nodes, cpus, gpus, n, failed, seconds, cpu_used, measured_s in rows:
         hours = float(seconds or 0) / 3600
-        acc = totals.setdefault((stage, site), [0, 0, 0.0, 0.0, 0.0])
+        acc = totals.setdefault((stage, site), [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0])
         acc[0] += int(n)
         acc[1] += int(failed or 0)
         acc[2] += hours * node_share(site, int(nodes or 1), int(cpus or 0), int(gpus or 0))
         acc[3] += hours * int(cpus or 0)
         acc[4] += hours * int(gpus or 0)
-    return [ResourceRow(stage, site, int(v[0]), int(v[1]), v[2], v[3], v[4])
+        acc[5] += float(cpu_used or 0)  # CPU seconds the measured attempts used
+        acc[6] += float(measured_s or 0) * int(cpus or 0)  # … and the CPU seconds they held
+    return [ResourceRow(stage, site, int(v[0]), int(v[1]), v[2], v[3], v[4], v[5] / v[6] if v[6] > 0 else None)
             for (stage, site), v in sorted(totals.items())]
 
 
