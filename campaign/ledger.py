@@ -516,7 +516,7 @@ class Ledger(Provenance):
                    returncode=result.returncode, error=result.error, host=result.host,
                    batch_job_id=result.batch_job_id, ended_at=result.ended_at or now,
                    stdout_path=result.stdout_path, stderr_path=result.stderr_path,
-                   cpu_seconds=result.cpu_seconds, max_rss_bytes=result.max_rss_bytes)
+                   cpu_seconds=result.cpu_seconds)
         row["b_executor"], row["b_started"] = result.executor or None, result.started_at
         return row
 

@@ -126,7 +126,6 @@ class TaskResult(BaseModel):
     stdout_path: str | None = None
     stderr_path: str | None = None
     cpu_seconds: float | None = Field(None, description="User + system CPU seconds of the app's processes.")
-    max_rss_bytes: int | None = Field(None, description="Largest resident set of the app's processes, bytes.")
 
     @property
     def ok(self) -> bool:

@@ -163,7 +163,7 @@ def _in_process_attempt(task_id: str, attempt: int, app: str, config: dict[str, 
     return {"task_id": task_id, "attempt": attempt, "exit_cause": cause.value, "returncode": rc,
             "result": payload, "error": err, "host": host, "batch_job_id": job, "executor": "in-process",
             "started_at": started, "ended_at": time.time(), "stdout_path": None, "stderr_path": None,
-            "cpu_seconds": cpu, "max_rss_bytes": None}
+            "cpu_seconds": cpu}
 
 
 def run_attempt(
@@ -294,9 +294,9 @@ def run_task(
     return out_result
 
 
-#: ``(cpu_seconds, max_rss_bytes)`` of a finished app: user + system CPU of the process and every descendant it
-#: waited for, and the largest resident set among them.
-Usage = tuple[float, int]
+#: User + system CPU seconds of a finished app: the process and every descendant it waited for. (Its ``ru_maxrss``
+#: is not used: on Linux a child's starts from the parent's resident set at fork, the worker's size.)
+Usage = float
 
 
 def _wait_with_usage(proc: subprocess.Popen[Any], timeout_s: float) -> tuple[int, Usage]:
@@ -312,7 +312,7 @@ def _wait_with_usage(proc: subprocess.Popen[Any], timeout_s: float) -> tuple[int
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, (rusage.ru_utime + rusage.ru_stime, int(rusage.ru_maxrss) * 1024)
+            return proc.returncode, rusage.ru_utime + rusage.ru_stime
         left = deadline - time.monotonic()
         if left <= 0:
             raise subprocess.TimeoutExpired(proc.args, timeout_s)
@@ -438,7 +438,7 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
     ``returncode`` is None when the app's exit status is unknown (an attempt adopted by a new driver after its
     worker died): then the app's own result file decides. ``oom_killed``: the app died by SIGKILL while the
     memory cgroup counted an OOM kill (:mod:`campaign.oom`); that, or an app failure with the reason ``oom``,
-    makes the cause ``oom``. ``usage``: what the app's processes used (:func:`_wait_with_usage`), when known.
+    makes the cause ``oom``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
     """
     result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
@@ -477,6 +477,5 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
         ended_at=ended,
         stdout_path=str(stdout_path),
         stderr_path=str(stderr_path),
-        cpu_seconds=None if usage is None else usage[0],
-        max_rss_bytes=None if usage is None else usage[1],
+        cpu_seconds=usage,
     ).model_dump(mode="json")

@@ -198,7 +198,6 @@ class Attempt(Base):
     stdout_path: Mapped[str | None] = mapped_column(Text)
     stderr_path: Mapped[str | None] = mapped_column(Text)
     cpu_seconds: Mapped[float | None] = mapped_column(Float)  # user + system CPU of the app's processes
-    max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)  # largest resident set among them
 
     task: Mapped[Task] = relationship(back_populates="attempts")
 

@@ -99,7 +99,7 @@ def test_db_current(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     runner.invoke(app, ["db", "upgrade", "--db", url])
     res = runner.invoke(app, ["db", "current", "--db", url])
-    assert res.exit_code == 0 and "current: 0004" in res.output
+    assert res.exit_code == 0 and "current: 0005" in res.output
 
 
 def test_version_and_completion_are_offered() -> None:

@@ -1,6 +1,6 @@
-"""Each attempt's CPU time and peak memory, from the app process's exit status (``wait4``), reach the
-``attempts`` row: an app that keeps a core busy uses about the seconds it burnt, one that sleeps next to none,
-and one that holds 200 MiB shows a resident set above it; an in-process app reports its thread's CPU."""
+"""Each attempt's CPU time, from the app process's exit status (``wait4``), reaches the ``attempts`` row: an
+app that keeps a core busy uses about the seconds it burnt, one that sleeps next to none; an in-process app
+reports its thread's CPU."""
 
 from __future__ import annotations
 
@@ -22,15 +22,14 @@ def _spec(tmp_path: Path, name: str, **config: object) -> TaskSpec:
                     workdir=str(tmp_path / name))
 
 
-def test_cpu_seconds_and_peak_memory_per_attempt(engine: Any, tmp_path: Path) -> None:
-    busy = run_task(_spec(tmp_path, "busy", burn_s=1.5, allocate_mb=200).model_dump_json(), in_process=False)
+def test_cpu_seconds_per_attempt(engine: Any, tmp_path: Path) -> None:
+    busy = run_task(_spec(tmp_path, "busy", burn_s=1.5).model_dump_json(), in_process=False)
     idle = run_task(_spec(tmp_path, "idle", sleep_s=1.5).model_dump_json(), in_process=False)
     assert busy["exit_cause"] == idle["exit_cause"] == "ok"
     # the same interpreter start-up in both: the difference is the 1.5 s burnt
     assert 1.3 <= busy["cpu_seconds"] - idle["cpu_seconds"] <= 2.5, (busy["cpu_seconds"], idle["cpu_seconds"])
-    assert busy["max_rss_bytes"] > 200 << 20 > idle["max_rss_bytes"] > 0
     inproc = run_task(_spec(tmp_path, "inproc", burn_s=0.5).model_dump_json(), in_process=True)
-    assert 0.4 <= inproc["cpu_seconds"] <= 1.5 and inproc["max_rss_bytes"] is None
+    assert 0.4 <= inproc["cpu_seconds"] <= 1.5
 
     ledger = Ledger(engine)
     cid = ledger.open_campaign(name="usage", recipe_text="x", recipe_hash="h", site="local").id
@@ -40,4 +39,4 @@ def test_cpu_seconds_and_peak_memory_per_attempt(engine: Any, tmp_path: Path) ->
     ledger.record_attempt(TaskResult(**{**busy, "task_id": task.id, "attempt": n}), policy=RetryPolicy(0, 0))
     with ledger.Session() as s:
         row = s.scalar(select(m.Attempt).where(m.Attempt.task_id == task.id))
-    assert row.cpu_seconds == busy["cpu_seconds"] and row.max_rss_bytes == busy["max_rss_bytes"]
+    assert row.cpu_seconds == busy["cpu_seconds"]
