@@ -3,7 +3,7 @@
 Checked, in order (the first failing check of a file is its problem; every file is checked):
 
 * the registry has a reader for the dataset (else the registry's notes say why, and nothing is read);
-* each file exists, is not empty and starts like its reader's format (:func:`models.formats.sniff`);
+* each file exists, is not empty and starts like its reader's format (:func:`models.formats.file_problem`);
 * the reader reads it: up to ``sample`` structures per file (all of them with ``sample=None``), streamed;
 * the labels are plausible in the units the registry declares: finite, energies per atom between
   -100,000 and +1,000 eV (a Hartree file read as eV, or a per-atom field read as a total, lands outside), force
@@ -68,7 +68,9 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
     Raises:
         KeyError: ``name`` is not in the registry (the message lists the known names).
     """
-    from models.formats import READER_NAMES, sniff
+    from models.appio import BadInput
+    from models.data.readers import read_structures
+    from models.formats import READER_NAMES, file_problem
     from models.registry import load_registry
 
     info = load_registry().get(name)
@@ -86,21 +88,13 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
     options = dict(info.reader_options) if chosen == info.reader else {}
     e_lo, e_hi, f_max = math.inf, -math.inf, 0.0
     for path in paths:
-        if not path.is_file():
-            out.problems.append(f"{path}: no such file")
-            continue
-        if path.stat().st_size == 0:
-            out.problems.append(f"{path}: the file is empty")
-            continue
-        why = sniff(path, chosen)
+        why = file_problem(path, chosen)
         if why is not None:
             out.problems.append(f"{path}: {why} (reader {chosen})")
             continue
         problem = None
         n = 0
         try:
-            from models.data.readers import read_structures
-
             records = read_structures(chosen, path, units=info.units, **options)
             limited = records if sample is None else itertools.islice(records, sample + 1)
             for s in limited:
@@ -126,8 +120,10 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
                     f_max = max(f_max, fm)
                     out.with_forces += 1
                 out.with_stress += int(s.stress is not None)
-        except Exception as exc:  # a reader's BadInput names the record; anything else is reported, not raised
-            problem = str(exc) if type(exc).__name__ == "BadInput" else f"{path}: unreadable ({exc})"
+        except BadInput as exc:  # names the file and the record
+            problem = str(exc)
+        except Exception as exc:  # any other failure of a reader on this file is reported, not raised
+            problem = f"{path}: unreadable ({type(exc).__name__}: {exc})"
         out.structures += n
         if problem is not None:
             out.problems.append(problem)

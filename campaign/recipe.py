@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,6 +38,16 @@ from models.contracts.hyperparams import FAMILIES, parse_hyperparameters, search
 TRAINING_KEYS: frozenset[str] = frozenset({"lr", "weight_decay", "warmup_steps", "batch_size", "force_weight",
                                            "grad_clip"})
 PRECISIONS: tuple[str, ...] = ("fp64", "fp32", "bf16")
+
+
+def _known_precision(v: str) -> str:
+    if v not in PRECISIONS:
+        raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+    return v
+
+
+#: A run's numeric precision (every stage that trains or evaluates takes one).
+Precision = Annotated[str, AfterValidator(_known_precision)]
 
 
 class RecipeError(ValueError):
@@ -183,7 +194,7 @@ class DatasetSpec(_Strict):
         """The files exist and look like what their reader reads (relative paths: to the working directory,
         where ``campaign run`` resolves them too). Skipped when the recipe is checked for another machine
         (``check_files=False``)."""
-        from models.formats import READER_NAMES, sniff
+        from models.formats import READER_NAMES, file_problem
         from models.registry import load_registry
 
         check_files = (info.context or {}).get("check_files", True)
@@ -200,15 +211,9 @@ class DatasetSpec(_Strict):
             raise ValueError(f"files: no reader reads dataset {self.name!r} yet ({entry.notes or 'see the registry'});"
                              " name one with reader:")
         for k, name in enumerate(self.files if check_files else []):
-            path = Path(name).expanduser()
-            if not path.is_file():
-                raise ValueError(f"files[{k}]: {name} does not exist (or is not a file)")
-            try:
-                problem = sniff(path, reader)
-            except OSError as exc:
-                raise ValueError(f"files[{k}]: {name}: cannot read ({exc.strerror or exc})") from None
+            problem = file_problem(Path(name).expanduser(), reader)
             if problem is not None:
-                raise ValueError(f"files[{k}]: {name}: {problem}, which the {reader!r} reader needs")
+                raise ValueError(f"files[{k}]: {name}: {problem} (reader {reader!r})")
         return self
 
 
@@ -311,7 +316,7 @@ class HPOSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     family: str
     datasets: list[str] | None = Field(None, description="Dataset names (default: every dataset of the recipe).")
-    precision: str = "fp64"
+    precision: Precision = "fp64"
     max_trials: int = Field(8, ge=1)
     trials_in_flight: int = Field(2, ge=1)
     nodes_per_trial: int = Field(1, ge=1)
@@ -337,13 +342,6 @@ class HPOSpec(_Strict):
         if key not in FAMILIES:
             raise ValueError(f"unknown family {v!r}; known families: {', '.join(FAMILIES)}")
         return key
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
-        return v
 
     @model_validator(mode="after")
     def _overlap(self) -> HPOSpec:
@@ -405,18 +403,11 @@ class TrainSpec(_Strict):
     head_groups: bool = Field(False, description="Multi-task parallelism: ranks grouped per head (the encoder "
                               "synchronised over all ranks, each head within its group; a rank keeps optimizer "
                               "state for its own head only); needs at least one rank per dataset head.")
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     from_checkpoint: bool = Field(True, description="Start from the promoted model's checkpoint (else scratch).")
     chunk_walltime_s: float | None = Field(
         None, gt=0, description="Seconds per chunk: each chunk stops at an epoch boundary before this, and the "
         "next chunk continues from its checkpoint (at least one epoch per chunk). Keep it under the site walltime.")
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
-        return v
 
     @field_validator("models")
     @classmethod
@@ -457,7 +448,7 @@ class ScreenSpec(_Strict):
     elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], min_length=1)
     head: str | int | None = Field(None, description="Criterion head: a dataset name or head id (default: the "
                                    "model's first head).")
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     forces: bool = Field(True, description="Compute the criterion head's forces (one backward pass).")
     write_forces: bool = Field(False, description="Also stream the forces to the ADIOS2 output shards.")
     max_atoms_per_batch: int | None = Field(None, ge=1, description="Atom budget per batch (default: memory).")
@@ -467,13 +458,6 @@ class ScreenSpec(_Strict):
     max_uncertainty: float | None = Field(None, gt=0, description="Drop candidates whose ensemble spread of "
                                           "the energy per atom exceeds this, eV/atom (needs model: ensemble).")
     seed: int = 0
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
-        return v
 
     @field_validator("head")
     @classmethod
@@ -558,15 +542,8 @@ class FinetuneSpec(_Strict):
     model: Literal["best"] | int = Field("best", description="'best': the best trained (else promoted) model; "
                                           "an integer: that models.id from the database.")
     from_campaign: str | None = Field(None, description="Take 'best' from this earlier campaign.")
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     tasks: list[FinetuneTask] = Field(min_length=1)
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
-        return v
 
     @model_validator(mode="after")
     def _unique(self) -> FinetuneSpec:
@@ -595,17 +572,10 @@ class EvaluateSpec(_Strict):
         "latest", description="'latest': the trained models when a train stage made some, else the promoted ones; "
         "'promoted', 'trained', or model ids from the database.")
     split: Literal["test", "val"] = Field("test", description="The split to evaluate.")
-    precision: str = Field("fp64", description="Precision of the evaluation (fp64, fp32, bf16).")
+    precision: Precision = Field("fp64", description="Precision of the evaluation (fp64, fp32, bf16).")
     batch_size: int = Field(32, ge=1, description="Graphs per batch.")
     max_parity_atoms: int = Field(20000, ge=0, description="Force components of at most this many atoms per "
                                   "dataset in the parity file (the metrics use every atom).")
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
-        return v
 
     @field_validator("models")
     @classmethod

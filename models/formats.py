@@ -20,6 +20,17 @@ _LMDB_MAGIC = 0xBEEFC0DE  # MDB_meta.mm_magic, after the 16-byte page header of 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def file_problem(path: Path, reader: str) -> str | None:
+    """Why ``path`` cannot be input of ``reader`` — it is missing, unreadable, empty or (by its first bytes)
+    another format — or None when it may be."""
+    if not path.is_file():
+        return "does not exist (or is not a file)"
+    try:
+        return sniff(path, reader)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+
+
 def sniff(path: Path, reader: str) -> str | None:
     """Why ``path`` cannot be input of ``reader`` (its first bytes say another format), or None when it may be.
 

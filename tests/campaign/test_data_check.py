@@ -55,7 +55,7 @@ def test_wrong_files_and_wrong_units_are_named(tmp_path: Path) -> None:
     first = next(iter(next(iter(frames.values()))))
     assert code == 2 and f"{first}: a force component of 10000 eV/Å is implausible" in out.replace("\n", "")
     code, out = _check("mptrj", str(tmp_path / "missing.json"))
-    assert code == 2 and "missing.json: no such file" in out.replace("\n", "")
+    assert code == 2 and "missing.json: does not exist" in out.replace("\n", "")
 
 
 def test_a_dataset_without_a_reader_says_why(tmp_path: Path) -> None:
