@@ -25,11 +25,10 @@ from typing import Any
 
 from campaign.errors import CampaignInputError
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
+from campaign.stages.screen import is_selected, training_config
 from campaign.tasks import TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
-from models.contracts import validate
 from models.contracts.evaluate import EvaluateConfig, EvaluateResult, read_result
-from models.contracts.train import TrainConfig
 
 #: The figures recorded per dataset (all in the units their names say).
 FIGURES = ("energy_mae_mev_per_atom", "energy_rmse_mev_per_atom", "force_mae_mev_per_a", "force_rmse_mev_per_a",
@@ -64,8 +63,7 @@ class EvaluateStage:
             return [rows[i] for i in spec.models]
         roles = {"latest": ("trained", "promoted"), "trained": ("trained",), "promoted": ("promoted",)}[spec.models]
         for role in roles:
-            found = [r for r in led.models(campaign_id=ctx.campaign_id, role=role)
-                     if (r.metrics or {}).get("selected", True) is not False]
+            found = [r for r in led.models(campaign_id=ctx.campaign_id, role=role) if is_selected(r)]
             if found:
                 return found
         raise CampaignInputError(f"stages.evaluate: this campaign has no {' or '.join(roles)} models to evaluate "
@@ -77,10 +75,8 @@ class EvaluateStage:
         art = led.artifact(row.checkpoint_id) if row.checkpoint_id is not None else None
         if art is None:
             raise CampaignInputError(f"{where} has no checkpoint")
-        task = led.task(row.task_id) if row.task_id else None
         try:
-            made_by = validate(TrainConfig, (task.spec or {}).get("config") if task is not None else None,
-                               f"the models.train config of task {row.task_id}")
+            made_by = training_config(led, row)
         except BadInput as exc:
             raise CampaignInputError(f"{where}: cannot tell which data it was trained on: {exc}") from None
         workdir = ctx.task_dir("evaluate", f"model-{row.id}")

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
-from campaign.stages.screen import ModelCheckpoint, resolve_models
+from campaign.stages.screen import ModelCheckpoint, resolve_models, training_config
 from campaign.tasks import TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
-from models.contracts import validate
 from models.contracts.finetune import (
     TARGET_UNITS,
     FinetuneConfig,
@@ -39,7 +38,6 @@ from models.contracts.finetune import (
     read_prepare_result,
     read_result,
 )
-from models.contracts.train import TrainConfig
 
 _FIDELITY = {"xtb-molecules": "xtb", "emt-alloys": "emt", "files": "downstream"}
 
@@ -54,6 +52,7 @@ class FinetuneStage:
         self.recipe = recipe
         self.spec = recipe.stages.finetune
         self.parent: ModelCheckpoint | None = None
+        self.base: dict[str, Any] = {}  # the parent's pre-training data, for the base-head check (set by start)
 
     # ---------------------------------------------------------------------------------------- planning
     def _data_task(self, ctx: StageContext, pos: int) -> PlannedTask:
@@ -79,10 +78,9 @@ class FinetuneStage:
         data_root = str(ctx.task_dir("finetune", t.name, "data"))
         out = []
         variants = [("pretrained", False)] + ([("scratch", True)] if t.scratch else [])
-        base = self._base_data(ctx)
         for variant, scratch in variants:
             workdir = ctx.task_dir("finetune", t.name, variant)
-            cfg = app_config(FinetuneConfig, {**(base if not scratch else {}),
+            cfg = app_config(FinetuneConfig, {**(self.base if not scratch else {}),
                 "checkpoint": self.parent.path, "data_root": data_root, "dataset": t.name,
                 "head": self.spec.head_of(pos), "from_scratch": scratch,
                 "freeze_encoder": t.freeze_encoder and not scratch, "epochs": t.epochs,
@@ -100,9 +98,8 @@ class FinetuneStage:
         app can check the base heads before and after; ``{}`` when the model was not made by a training run."""
         assert self.parent is not None
         row = ctx.ledger.model(self.parent.model_id)
-        task = ctx.ledger.task(row.task_id) if row is not None and row.task_id else None
         try:
-            made_by = validate(TrainConfig, (task.spec or {}).get("config") if task is not None else None, "")
+            made_by = training_config(ctx.ledger, row)
         except BadInput:
             return {}
         return {"base_data_root": made_by.data_root, "base_datasets": made_by.datasets,
@@ -119,6 +116,7 @@ class FinetuneStage:
     def start(self, ctx: StageContext) -> list[PlannedTask]:
         """Resolve the pre-trained model; plan every data task, and the training of tasks whose data exists."""
         self.parent = resolve_models(ctx, self.spec.model, from_campaign=self.spec.from_campaign)[0]
+        self.base = self._base_data(ctx)
         return [self._data_task(ctx, pos) for pos in range(len(self.spec.tasks))] + self._ready(ctx)
 
     # ---------------------------------------------------------------------------------------- results
@@ -208,6 +206,7 @@ class FinetuneStage:
             data_task = tasks[f"finetune/{spec_task.name}/data"]
             if self._dataset_id(ctx, spec_task.name) is None:  # a result recorded before a crash
                 self._record_dataset(ctx, data_task, read_prepare_result(data_task.result, _where(data_task)))
+            base_heads = None
             for k in keys:
                 task = tasks[k]
                 res = read_result(task.result, _where(task))
@@ -216,15 +215,17 @@ class FinetuneStage:
                 variant = "scratch" if k.endswith("/scratch") else "finetuned"
                 entry[variant] = int(mid)
                 entry[f"{variant}_mae"] = res.test_target_mae
+                if variant == "finetuned":
+                    base_heads = res.base_heads
             entry["unit"] = TARGET_UNITS[spec_task.target]
             a, b = entry.get("finetuned_mae"), entry.get("scratch_mae")
             entry["mae_ratio"] = (b / a if isinstance(a, float) and isinstance(b, float) and a > 0
                                   and math.isfinite(b) else None)
             summary[spec_task.name] = entry
-            warnings = [w for w in (baseline_warning(entry), base_heads_warning(
-                spec_task.name, read_result(tasks[keys[0]].result, _where(tasks[keys[0]])).base_heads)) if w]
-            if baseline_warning(entry) is not None:  # pre-training made it worse: say so
+            worse = baseline_warning(entry)  # pre-training made it worse: say so
+            if worse is not None:
                 entry["worse_than_scratch"] = True
+            warnings = [w for w in (worse, base_heads_warning(spec_task.name, base_heads)) if w]
             if warnings:
                 entry["warnings"] = warnings
                 ctx.ledger.update_stage_config(ctx.stage_id, warnings={

@@ -33,7 +33,9 @@ from typing import Any
 from campaign.errors import CampaignInputError
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config, shard_ranges
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
+from models.contracts import validate
 from models.contracts.screen import ScreenConfig, ScreenResult, read_result
+from models.contracts.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,30 @@ def _campaign_id(ctx: StageContext, name: str | None) -> int:
     return cid
 
 
+def is_selected(row: Any) -> bool:
+    """Whether a model row is one the promote rule still selects (a model an earlier promotion selected and a
+    later one dropped carries ``metrics.selected = false``; other roles are always selected)."""
+    return (row.metrics or {}).get("selected", True) is not False
+
+
+def training_config(ledger: Any, row: Any) -> TrainConfig:
+    """The ``models.train`` config of the run that made model ``row`` (its task's): the data it was trained on
+    (roots, datasets, heads), its hyperparameters and training settings.
+
+    Raises:
+        BadInput: the model was not made by a training run (no task, or another app's config), naming the task.
+    """
+    task = ledger.task(row.task_id) if row.task_id else None
+    raw = (task.spec or {}).get("config") if task is not None else None
+    return validate(TrainConfig, raw, f"the models.train config of task {row.task_id}")
+
+
 def best_model_id(ledger: Any, campaign_id: int) -> int | None:
     """The best trained model of a campaign (lowest objective, then lowest id), else its best promoted one."""
     for role in ("trained", "promoted"):
         rows = ledger.models(campaign_id=campaign_id, role=role)
         if role == "promoted":
-            rows = [r for r in rows if (r.metrics or {}).get("selected", True) is not False]
+            rows = [r for r in rows if is_selected(r)]
         rows = [r for r in rows if r.checkpoint_id is not None]
         if rows:
             return int(min(rows, key=lambda r: (_objective(r), r.id)).id)

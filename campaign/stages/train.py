@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
+from campaign.stages.screen import is_selected, training_config
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
-from models.contracts import app_failure, validate
+from models.contracts import app_failure
 from models.contracts.train import CheckpointRef, TrainConfig, TrainResult, read_result
 
 #: Train-config keys of the trial that a long run must not inherit.
@@ -119,7 +120,7 @@ class TrainStage:
             shared = ctx.shared.get("promoted") if spec.from_campaign is None else None
             found = (led.models(ids=list(shared)) if shared is not None
                      else led.models(campaign_id=campaign_id, role="promoted"))
-            models = [r for r in found if (r.metrics or {}).get("selected", True)]
+            models = [r for r in found if is_selected(r)]
             if shared is not None:
                 order = {mid: k for k, mid in enumerate(shared)}
                 models.sort(key=lambda r: order[r.id])
@@ -134,15 +135,13 @@ class TrainStage:
             models = sorted(models, key=lambda r: (_objective(r), r.id))[: spec.top]
         out = []
         for r in models:
-            task = led.task(r.task_id) if r.task_id else None
             ckpt = led.artifact(r.checkpoint_id) if r.checkpoint_id else None
             src = Source(model_id=r.id, name=r.name, family=r.family, trial_id=r.trial_id,
                          objective=_objective(r), hyperparameters=dict(r.hyperparameters or {}),
                          base_config=None, checkpoint_id=r.checkpoint_id,
                          checkpoint_path=ckpt.path if ckpt is not None else None)
-            raw = (task.spec or {}).get("config") if task is not None else None
             try:
-                src.base_config = validate(TrainConfig, raw, f"the models.train config of task {r.task_id}")
+                src.base_config = training_config(led, r)
             except BadInput as exc:
                 src.problems.append(f"model {r.id} ({r.name}): no config to train from: {exc}")
             if spec.from_checkpoint and (src.checkpoint_path is None or not Path(src.checkpoint_path).is_file()):
