@@ -39,6 +39,7 @@ from models.atomic_files import sha256_file, write_bytes_atomic
 from models.contracts.evaluate import DatasetMetrics, EvaluateConfig, EvaluateResult, parse_config
 from models.devices import rank_device
 from models.inference import load_model
+from models.nn.loss import label_flags
 from models.nn.precision import cast_batch, param_dtype, precision_context
 from models.training.data import dataset_head, eval_batches, open_stores
 
@@ -61,13 +62,6 @@ def _mev(value: float) -> float | None:
     return None if math.isnan(value) else value * MEV
 
 
-def _flag(batch: Any, name: str, graphs: int) -> torch.Tensor:
-    value = getattr(batch, name, None)
-    if value is None:
-        return torch.ones(graphs, dtype=torch.bool)
-    return value.reshape(-1).bool().cpu()
-
-
 def evaluate_store(model: Any, store: Any, head: int, cfg: EvaluateConfig,
                    device: torch.device) -> dict[str, Any]:
     """Predict every graph of ``store`` on ``head``: per-graph energies per atom [G] eV/atom, force components of
@@ -75,18 +69,17 @@ def evaluate_store(model: Any, store: Any, head: int, cfg: EvaluateConfig,
     e_pred, e_true, f_pred, f_true, s_pred, s_true = [], [], [], [], [], []
     atoms = 0
     for batch in eval_batches({"d": store}, cfg.batch_size):
-        graphs = int(batch.num_graphs)
         batch[keys.HEAD] = torch.full_like(batch[keys.HEAD], head)
-        has_s = _flag(batch, keys.HAS_STRESS, graphs) if keys.STRESS in batch else None
+        natoms = batch[keys.NATOMS].reshape(-1).double()
+        has_s = label_flags(batch, keys.HAS_STRESS, natoms) if keys.STRESS in batch else None
         want_stress = has_s is not None and bool(has_s.any())
-        dev = cast_batch(batch.to(device), cfg.precision)
+        dev = cast_batch(batch.clone().to(device), cfg.precision)  # PyG's to() moves in place: keep the CPU copy
         with precision_context(cfg.precision, device):
             out = model(dev, forces=True, stress=want_stress)
-        natoms = batch[keys.NATOMS].reshape(-1).double()
         atoms += int(natoms.sum())
         e_pred.append((out["energy"].detach().double().cpu() / natoms).numpy())
         e_true.append((batch[keys.ENERGY].reshape(-1).double() / natoms).numpy())
-        has_f = _flag(batch, keys.HAS_FORCES, graphs)[batch[keys.BATCH].cpu()]
+        has_f = label_flags(batch, keys.HAS_FORCES, natoms)[batch[keys.BATCH]]
         if keys.FORCES in batch and bool(has_f.any()):
             f_pred.append(out["forces"].detach().double().cpu()[has_f].numpy())
             f_true.append(batch[keys.FORCES].double()[has_f].numpy())
@@ -130,11 +123,12 @@ def evaluate(cfg: EvaluateConfig, config_path: Path | str = "<config>") -> dict[
             continue
         got = evaluate_store(model, store, head, cfg, device)
         e_mae, e_rmse, ep, et = _errors(*got["e"])
-        f_mae, f_rmse, fp, ft = _errors([a.reshape(-1, 3) for a in got["f"][0]], [a.reshape(-1, 3) for a in got["f"][1]])
+        f_mae, f_rmse, fp, ft = _errors(*got["f"])
         s_mae, s_rmse, sp, _ = _errors(*got["s"])
         metrics[name] = DatasetMetrics(
             head=head, head_name=names.get(head), graphs=int(et.size), atoms=got["atoms"],
-            force_atoms=int(fp.shape[0]) if fp.ndim == 2 else 0, stress_graphs=int(sp.shape[0]) if sp.ndim == 3 else 0,
+            force_atoms=int(fp.shape[0]) if fp.ndim == 2 else 0,
+            stress_graphs=int(sp.shape[0]) if sp.ndim == 3 else 0,
             energy_mae_mev_per_atom=e_mae * MEV, energy_rmse_mev_per_atom=e_rmse * MEV,
             force_mae_mev_per_a=_mev(f_mae), force_rmse_mev_per_a=_mev(f_rmse),
             stress_mae_mev_per_a3=_mev(s_mae), stress_rmse_mev_per_a3=_mev(s_rmse))

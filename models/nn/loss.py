@@ -31,7 +31,9 @@ def _elementwise(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     raise ValueError(f"energy_loss {kind!r} unknown; choose one of {ENERGY_LOSSES}")
 
 
-def _flag(batch: Batch | Data, key: str, like: Tensor) -> Tensor:
+def label_flags(batch: Batch | Data, key: str, like: Tensor) -> Tensor:
+    """[G] bool: which graphs of ``batch`` carry the label flagged by ``key`` (``has_forces``, ``has_stress``…);
+    all of them when the batch has no such flag. ``like``: a [G] tensor on the batch's device."""
     value = getattr(batch, key, None)
     if value is None:
         return torch.ones_like(like, dtype=torch.bool)
@@ -81,7 +83,7 @@ def multitask_loss(pred: dict[str, Tensor], batch: Batch | Data, *, head_weights
     n_force = torch.zeros_like(e_loss)
     if "forces" in pred and force_weight != 0.0:
         bvec = batch[keys.BATCH]
-        has_f = _flag(batch, keys.HAS_FORCES, energy_true)
+        has_f = label_flags(batch, keys.HAS_FORCES, energy_true)
         idx = torch.nonzero(has_f[bvec]).squeeze(1)
         if idx.numel():
             f_pred = pred["forces"].index_select(0, idx).to(dtype)
@@ -97,7 +99,7 @@ def multitask_loss(pred: dict[str, Tensor], batch: Batch | Data, *, head_weights
 
     s_loss = torch.zeros_like(e_loss)
     if stress_weight != 0.0 and "stress" in pred:
-        has_s = _flag(batch, keys.HAS_STRESS, energy_true)
+        has_s = label_flags(batch, keys.HAS_STRESS, energy_true)
         gidx = torch.nonzero(has_s).squeeze(1)
         if gidx.numel():
             s_pred = pred["stress"].index_select(0, gidx).to(dtype).reshape(-1, 9)
@@ -113,7 +115,7 @@ def multitask_loss(pred: dict[str, Tensor], batch: Batch | Data, *, head_weights
         if weight == 0.0 or name not in pred or target is None:
             continue
         bvec = batch[keys.BATCH]
-        idx = torch.nonzero(_flag(batch, f"has_{name}", energy_true)[bvec]).squeeze(1)
+        idx = torch.nonzero(label_flags(batch, f"has_{name}", energy_true)[bvec]).squeeze(1)
         if idx.numel():
             y_pred = pred[name].index_select(0, idx).to(dtype)
             y_true = target.index_select(0, idx).to(dtype).reshape(y_pred.shape)

@@ -115,3 +115,23 @@ def test_bad_input_exits_2_naming_the_field(trained: dict[str, Any], tmp_path: P
     proc = subprocess.run([sys.executable, "-m", "models.evaluate", "--config", str(config)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "split" in proc.stderr
+
+
+@pytest.mark.gpu
+def test_evaluation_on_cuda_matches_the_cpu(trained: dict[str, Any]) -> None:
+    """The same figures on a CUDA device as on the CPU (fp64): device placement of the batches and results."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    figures = {}
+    for device in ("cpu", "cuda"):
+        cfg = parse_config({"checkpoint": trained["checkpoint"], "data_root": str(trained["root"]),
+                            "datasets": ["metals", "molecules"], "device": device,
+                            "output_dir": str(trained["tmp"] / f"eval-{device}")}, "eval.json")
+        figures[device] = EvaluateResult.model_validate({"status": "ok", **evaluate(cfg)}).datasets
+    for name, cpu in figures["cpu"].items():
+        gpu = figures["cuda"][name]
+        assert gpu.graphs == cpu.graphs and gpu.force_atoms == cpu.force_atoms
+        assert gpu.energy_mae_mev_per_atom == pytest.approx(cpu.energy_mae_mev_per_atom, rel=1e-6)
+        assert gpu.force_mae_mev_per_a == pytest.approx(cpu.force_mae_mev_per_a, rel=1e-6)
