@@ -1,7 +1,8 @@
 """Parameter and optimizer-state memory per rank against the number of heads, with and without multi-task
 parallelism (head groups), measured on real multi-rank training runs.
 
-For H = 2, 4 (``--heads``): H datasets of EMT-labelled cells and molecules (one head each), ``models.train`` on H
+For H = 2, 4 (``--heads``): H datasets of EMT-labelled cells and molecules (one head each, 2x2x2 fcc cells
+and small molecules from ``bench_train``), ``models.train`` on H
 ranks (torchrun, gloo, CPU, one epoch, PaiNN hidden 64 x 2 layers, heads of width ``--head-hidden``), once with
 ``head_groups: false`` (every rank trains every head: AdamW moments for all of them) and once with ``true``
 (one rank per head: moments for the encoder and its own head). The figure is the training result's
@@ -20,46 +21,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench_train  # its EMT-labelled demo stores
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def write_stores(root: Path, heads: int, graphs: int = 16) -> list[str]:
-    """``heads`` datasets ``d0 … d{H-1}``, each with train/val splits, head id = its index."""
-    from ase.build import bulk, molecule
-    from ase.calculators.emt import EMT
-
-    from models.data.graphs import radius_graph_pbc
-    from models.data.store import pack_graphs, write_split
-
-    names = []
+    """``heads`` datasets ``d0 … d{H-1}`` of EMT-labelled cells and molecules (``bench_train``'s), with train and
+    val splits; the head id of ``d<h>`` is ``h``."""
     for h in range(heads):
-        rng = np.random.default_rng(h)
-        for split, n in (("train", graphs), ("val", 4)):
-            recs = []
-            for k in range(n):
-                if k % 2 == 0:
-                    atoms = bulk("Cu", "fcc", a=3.61 * rng.uniform(0.98, 1.02), cubic=True)
-                else:
-                    atoms = molecule(["H2O", "CH4", "NH3"][k % 3])
-                atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
-                atoms.calc = EMT()
-                cell = np.asarray(atoms.cell[:]) if atoms.pbc.any() else np.zeros((3, 3))
-                ei, shift, _ = radius_graph_pbc(atoms.positions, cell, atoms.pbc, 4.0)
-                recs.append({"z": atoms.numbers, "pos": atoms.positions, "forces": atoms.get_forces(), "cell": cell,
-                             "pbc": atoms.pbc, "energy": float(atoms.get_potential_energy()), "eref": 0.0,
-                             "stress": None, "sid": k, "edge_index": ei, "shift": shift})
-            write_split(root / f"d{h}" / split, pack_graphs(recs), {"dataset": f"d{h}", "head_id": h})
-        names.append(f"d{h}")
-    return names
+        bench_train.write_demo_store(root, graphs, seed=h, name=f"d{h}", head_id=h, split="train")
+        bench_train.write_demo_store(root, 4, seed=100 + h, name=f"d{h}", head_id=h, split="val")
+    return [f"d{h}" for h in range(heads)]
 
 
 def run(root: Path, names: list[str], grouped: bool, head_hidden: int, out: Path) -> dict[str, Any]:
     cfg = {"data_root": str(root), "datasets": names, "dataset_heads": {n: k for k, n in enumerate(names)},
            "batch_size": 4, "epochs": 1, "precision": "fp32", "device": "cpu", "threads": 1, "head_groups": grouped,
-           "model": {"family": "painn", "hidden": 64, "layers": 2, "cutoff": 4.0, "heads": list(range(len(names))),
+           "model": {"family": "painn", "hidden": 64, "layers": 2, "cutoff": bench_train.CUTOFF,
+                     "heads": list(range(len(names))),
                      "head_hidden": head_hidden},
            "output_dir": str(out / "run"), "seed": 0}
     out.mkdir(parents=True, exist_ok=True)

@@ -62,8 +62,9 @@ BATCH_GRAPHS = 8
 
 
 # ------------------------------------------------------------------------------------------------ data
-def write_demo_store(root: Path, n_graphs: int, seed: int = 0) -> Path:
-    """EMT-labelled cells and molecules as a ``bench/train`` store under ``root``."""
+def write_demo_store(root: Path, n_graphs: int, seed: int = 0, name: str = "bench", head_id: int = 0,
+                     split: str = "train") -> Path:
+    """EMT-labelled cells and molecules as a ``<name>/<split>`` store under ``root`` (feeding head ``head_id``)."""
     from ase.build import bulk, molecule
     from ase.calculators.emt import EMT
 
@@ -99,7 +100,7 @@ def write_demo_store(root: Path, n_graphs: int, seed: int = 0) -> Path:
                 "shift": shift,
             }
         )
-    write_split(root / "bench" / "train", pack_graphs(recs), {"dataset": "bench", "head_id": 0})
+    write_split(root / name / split, pack_graphs(recs), {"dataset": name, "head_id": head_id})
     return root
 
 

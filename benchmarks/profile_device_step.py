@@ -27,21 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_screen
 import bench_train
 
+from models.devices import synchronize
+
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaMemcpyAsync",
               "cudaEventSynchronize")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _profile(fn: Any, device: torch.device) -> dict[str, Any]:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
+    synchronize(device)
     with profile(activities=acts) as prof:
         fn()
-        _sync(device)
+        synchronize(device)
     events = prof.events()
     kernels = sum(1 for e in events if e.device_type.name == "CUDA")
     syncs = {name: sum(1 for e in events if e.name == name) for name in SYNC_CALLS}
@@ -58,10 +55,10 @@ def _rate(fn: Any, batches: list[Any], graphs: int, device: torch.device, reps: 
     fn(batches[:2])
     best = float("inf")
     for _ in range(reps):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         fn(batches)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return graphs / best
 
@@ -113,7 +110,7 @@ def main() -> None:
     bench_screen._ours(pred, [batch], False)
     t0 = time.perf_counter()
     bench_screen._ours(pred, [batch], False)
-    _sync(device)
+    synchronize(device)
     secs = time.perf_counter() - t0
     prof = _profile(lambda: bench_screen._ours(pred, [batch], False), device)
     figures["screen_fp32"] = {"seconds_per_batch": secs, "structures": int(batch.num_graphs),

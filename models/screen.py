@@ -267,7 +267,7 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        device = rank_device(cfg.device.split(":")[0]) if ":" not in cfg.device else torch.device(cfg.device)
+        device = torch.device(cfg.device) if ":" in cfg.device else rank_device(cfg.device)  # "cuda:1" as given
     except ValueError as exc:
         raise BadInput(f"screen config: field 'device': {exc}") from exc
     members, graphs = _load_members(cfg, device)

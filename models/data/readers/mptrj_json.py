@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from ase.data import atomic_numbers
 
 from models.appio import BadInput
 from models.data.structure import Structure
@@ -66,8 +67,6 @@ def frame_structure(frame: Mapping[str, Any], where: str, energy_key: str, with_
     Raises:
         BadInput: naming ``where`` (file and frame id) and the field.
     """
-    from ase.data import atomic_numbers
-
     struct = frame.get("structure")
     if not isinstance(struct, Mapping) or "sites" not in struct or "lattice" not in struct:
         raise BadInput(f"{where}: field 'structure' is missing or has no lattice/sites")
