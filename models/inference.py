@@ -375,8 +375,10 @@ class EnsemblePredictor:
         outs = [p.predict(batch.clone(), heads=heads, forces=forces, force_heads=force_heads)
                 for p in self.members]
         stack = torch.stack([o["energy"].to(torch.float64) for o in outs])  # [M, G, H]
-        f = None
+        f = f_std = None
         if forces:
-            f = torch.stack([o["forces"].to(torch.float64) for o in outs]).mean(dim=0)
+            fm = torch.stack([o["forces"].to(torch.float64) for o in outs])  # [M, N, Hf, 3]
+            f = fm.mean(dim=0)
+            f_std = fm.std(dim=0, correction=0).norm(dim=-1)
         return {"heads": list(heads), "energy": stack.mean(dim=0), "energy_std": stack.std(dim=0, correction=0),
-                "members": stack, "force_heads": outs[0]["force_heads"], "forces": f}
+                "members": stack, "force_heads": outs[0]["force_heads"], "forces": f, "force_std": f_std}

@@ -1,7 +1,9 @@
 """Screening app: ``python -m models.screen --config screen.json --result result.json`` (one shard).
 
 Evaluates one shard of a structure source with a trained model or an ensemble and streams the results to an
-ADIOS2 output shard (:mod:`models.screen_output`); returns the shard's local top-k by value.
+ADIOS2 output shard (:mod:`models.screen_output`); returns the shard's local top-k by value, ranked by the
+configured criterion (:mod:`models.acquisition`: energy per atom for discovery, ensemble disagreement, a lower
+confidence bound or a seeded random draw for choosing what to label).
 
 Config (JSON)::
 
@@ -18,6 +20,9 @@ Config (JSON)::
       "max_atoms_per_batch": null,  # null: sized to the device's free memory
       "max_neighbours": null,       # null: the cap the models were trained with (none recorded: no cap)
       "top_k": 20, "max_uncertainty": null,
+      "criterion": "energy",        # or uncertainty | lcb | random (models.acquisition): what top_k ranks by
+      "kappa": 1.0, "criterion_seed": 0,
+      "exclude": [],                # source indices never returned in top (already labelled ones)
       "output": "screen-000.bp", "shard": 0, "threads": null
     }
 
@@ -46,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import checkpoint, keys
+from models import acquisition, checkpoint, keys
 from models.appio import BadInput, main_for
 from models.candidates import CandidateSpec, candidates
 from models.contracts.screen import (
@@ -286,11 +291,12 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
         members[0].model.config, cfg.precision, device, max_neighbours=cap or 32)
     blocks = (_store_blocks(cfg, budget) if isinstance(cfg.source, StoresSource)
               else _atom_blocks(cfg, ens.cutoff, budget, cap))
-    meta = {"heads": heads, "head": head, "criterion": "energy_per_atom", "shard": cfg.shard,
+    meta = {"heads": heads, "head": head, "criterion": cfg.criterion, "shard": cfg.shard,
             "models": [m.id for m in cfg.models], "source": cfg.source.model_dump(mode="json"),
             "precision": cfg.precision}
     top: list[dict[str, Any]] = []
-    n_struct = n_atoms = n_batches = passed = 0
+    n_struct = n_atoms = n_batches = passed = excluded = 0
+    exclude = np.asarray(sorted(set(cfg.exclude)), dtype=np.int64)
     model_s = 0.0
     pending: list[dict[str, np.ndarray]] = []
     pending_g = 0
@@ -312,9 +318,19 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
             energy = pred["energy"].cpu().numpy()  # [G, H]
             std = pred["energy_std"].cpu().numpy()
             natoms = block.natoms.astype(np.float64)
-            score = energy[:, col] / natoms
-            unc = std[:, col] / natoms if len(members) > 1 else np.full(score.shape, np.nan)
+            e_atom = energy[:, col] / natoms
+            unc = std[:, col] / natoms if len(members) > 1 else np.full(e_atom.shape, np.nan)
             forces = pred["forces"][:, 0].cpu().numpy() if cfg.forces else None
+            f_unc = None
+            if cfg.forces and len(members) > 1:
+                starts = np.concatenate([[0], np.cumsum(block.natoms)[:-1]])
+                f_unc = np.maximum.reduceat(pred["force_std"][:, 0].cpu().numpy(), starts)  # [G] eV/Å
+            try:
+                score = acquisition.scores(cfg.criterion, index=block.index, energy_per_atom=e_atom,
+                                           energy_std_per_atom=unc, force_std_max=f_unc, kappa=cfg.kappa,
+                                           seed=cfg.criterion_seed)
+            except ValueError as exc:
+                raise BadInput(f"field 'criterion': {exc}") from exc
             out = {"index": block.index, "sid": block.sid, "natoms": block.natoms, "energy": energy,
                    "energy_std": std, "score": score, "uncertainty": unc}
             if cfg.write_forces:
@@ -324,17 +340,22 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
             pending_g += block.natoms.size
             if pending_g >= cfg.flush_every:
                 flush()
-            ok = np.isfinite(score)
+            ok = np.isfinite(score) & np.isfinite(e_atom)
             if cfg.max_uncertainty is not None:
                 ok &= unc <= cfg.max_uncertainty
+            if exclude.size:
+                dropped = np.isin(block.index, exclude)
+                excluded += int(dropped.sum())
+                ok &= ~dropped
             passed += int(ok.sum())
             if cfg.top_k:
                 cand = np.flatnonzero(ok)
                 best = cand[np.lexsort((block.index[cand], score[cand]))][: cfg.top_k]
                 for g in best.tolist():
                     row = {"structure_id": block.ids[g], "index": int(block.index[g]), "sid": int(block.sid[g]),
-                           "score": float(score[g]), "energy_per_atom": float(score[g]),
-                           "uncertainty": None if np.isnan(unc[g]) else float(unc[g]), "head": head,
+                           "score": float(score[g]), "energy_per_atom": float(e_atom[g]),
+                           "uncertainty": None if np.isnan(unc[g]) else float(unc[g]),
+                           "force_uncertainty": None if f_unc is None else float(f_unc[g]), "head": head,
                            "energies": {str(h): float(energy[g, c]) for c, h in enumerate(heads)}}
                     top.append(_hit(block, g, row, heads, forces))
                 top.sort(key=lambda h: (h["score"], h["index"]))
@@ -360,6 +381,8 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
         "precision": cfg.precision,
         "heads": heads,
         "head": head,
+        "criterion": cfg.criterion,
+        "excluded": excluded,
         "models": [m.id for m in cfg.models],
         "top": top,
         "output": {"path": str(Path(cfg.output)), "files": _files_of(Path(cfg.output))},

@@ -14,7 +14,7 @@ variable            shape            meaning
 ``natoms``          [G] int64        atoms per structure
 ``energy``          [G, H] float64   energy of each head, eV (ensemble mean for an ensemble)
 ``energy_std``      [G, H] float64   standard deviation over ensemble members, eV (0 for one model)
-``score``           [G] float64      criterion value (energy per atom of the criterion head, eV/atom)
+``score``           [G] float64      criterion score, lower first (meta "criterion"; energy: energy per atom, eV/atom)
 ``uncertainty``     [G] float64      ensemble std of the criterion head's energy per atom, eV/atom
 ``z``               [N] int64        atomic numbers (only with forces)
 ``forces``          [N, 3] float64   forces of the criterion head, eV/Å (only when written)

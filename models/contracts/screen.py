@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from models.acquisition import Criterion
 from models.contracts import OutputFile, Result, Strict, validate
 
 
@@ -80,6 +81,10 @@ class ScreenConfig(Strict):
     max_atoms_per_batch: int | None = Field(None, ge=1)
     max_neighbours: int | None = Field(None, ge=1)
     top_k: int = Field(20, ge=0)
+    criterion: Criterion = "energy"
+    kappa: float = Field(1.0, ge=0)
+    criterion_seed: int = 0
+    exclude: list[int] = Field(default_factory=list)
     max_uncertainty: float | None = Field(None, gt=0)
     output: str
     shard: int = Field(0, ge=0)
@@ -92,6 +97,8 @@ class ScreenConfig(Strict):
             raise ValueError("max_uncertainty needs an ensemble (two or more models)")
         if self.write_forces and not self.forces:
             raise ValueError("write_forces needs forces: true")
+        if self.criterion in ("uncertainty", "lcb") and len(self.models) < 2:
+            raise ValueError(f"criterion {self.criterion!r} needs an ensemble (two or more models)")
         return self
 
 
@@ -112,8 +119,11 @@ class ScreenHit(Result):
 
     Attributes:
         structure_id: The source's stable name of the structure.  index: Its position in the source.
-        sid: Stable structure hash.  score / energy_per_atom: The criterion, eV/atom (lower is better).
+        sid: Stable structure hash.  score: The criterion's score (lower first, :mod:`models.acquisition`).
+        energy_per_atom: eV/atom.
         uncertainty: The ensemble's standard deviation of the energy per atom, eV/atom (None for one model).
+        force_uncertainty: The largest per-atom force disagreement of the ensemble, eV/Å (None: one model or no
+            forces).
         head: The criterion head.  energies: ``{head_id: total energy, eV}``.
         formula: Hill formula.  natoms: Atom count.  numbers: [N] atomic numbers.  positions: [N, 3] Å.
         cell: [3, 3] Å.  pbc: [3].  forces: [N, 3] eV/Å when computed.
@@ -125,6 +135,7 @@ class ScreenHit(Result):
     score: float
     energy_per_atom: float
     uncertainty: float | None
+    force_uncertainty: float | None = None
     head: int
     energies: dict[str, float]
     formula: str
@@ -155,6 +166,8 @@ class ScreenResult(Result):
     precision: Literal["fp64", "fp32", "bf16"]
     heads: list[int]
     head: int
+    criterion: Criterion = "energy"
+    excluded: int = 0
     models: list[int | None]
     top: list[ScreenHit]
     output: ScreenOutput

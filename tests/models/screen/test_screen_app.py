@@ -116,3 +116,39 @@ def test_screening_builds_graphs_as_the_models_were_trained() -> None:
     assert training_cap([{"cutoff": 5.0, "max_neighbours": 24}, {"cutoff": 5.0, "max_neighbours": 24}]) == 24
     assert training_cap([{"max_neighbours": 24}, {"max_neighbours": 32}]) is None
     assert training_cap([{}, {}]) is None and training_cap([{"max_neighbours": None}]) is None
+
+
+def test_acquisition_criteria_rank_what_the_members_say(tiny_checkpoints, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``uncertainty`` ranks by the members' own force disagreement, recomputed here member by member;
+    ``exclude`` never returns a labelled index; ``random`` is the same draw whatever the shard layout."""
+    from models.screen import block_from_atoms
+
+    res = screen(_config(tiny_checkpoints, tmp_path / "u.bp", top_k=5, criterion="uncertainty"))
+    assert res["criterion"] == "uncertainty"
+    members = [Predictor.from_checkpoint(p, precision="fp64") for p, _ in tiny_checkpoints]
+    spec = CandidateSpec(elements=("Cu", "Au", "Al"), min_atoms=2, max_atoms=16)
+    spread = {}
+    for k, atoms in enumerate(candidates(3, 10, 12, spec)):
+        block = block_from_atoms([(atoms, 10 + k, "x")], 4.0, 32)
+        f = np.stack([m.predict(block.to_batch(), forces=True)["forces"][:, 0].numpy() for m in members])
+        spread[10 + k] = float(np.linalg.norm(f.std(axis=0), axis=-1).max())
+    want = sorted(spread, key=lambda i: -spread[i])[:5]
+    assert [h["index"] for h in res["top"]] == want
+    np.testing.assert_allclose([h["force_uncertainty"] for h in res["top"]], [spread[i] for i in want], rtol=1e-4)
+
+    excl = screen(_config(tiny_checkpoints, tmp_path / "x.bp", top_k=5, criterion="uncertainty", exclude=want[:2]))
+    assert excl["excluded"] == 2 and [h["index"] for h in excl["top"]] == sorted(
+        set(spread) - set(want[:2]), key=lambda i: -spread[i])[:5]
+
+    one = screen(_config(tiny_checkpoints, tmp_path / "r1.bp", top_k=3, criterion="random", criterion_seed=5))
+    halves = [screen(_config(tiny_checkpoints, tmp_path / f"r2{k}.bp", top_k=3, criterion="random", criterion_seed=5,
+                             source={**_config(tiny_checkpoints, tmp_path / "t").source.model_dump(),
+                                     "start": start, "count": 6}))["top"] for k, start in enumerate((10, 16))]
+    merged = sorted(halves[0] + halves[1], key=lambda h: h["score"])[:3]
+    assert [h["index"] for h in one["top"]] == [h["index"] for h in merged]
+
+    lcb = screen(_config(tiny_checkpoints, tmp_path / "l.bp", top_k=12, criterion="lcb", kappa=2.0))
+    for h in lcb["top"]:
+        assert h["score"] == pytest.approx(h["energy_per_atom"] - 2.0 * h["uncertainty"])
+    with pytest.raises(ValueError, match="ensemble"):
+        _config(tiny_checkpoints[:1], tmp_path / "y.bp", criterion="uncertainty")
