@@ -15,12 +15,13 @@ lowest scores of its shard, so one code path serves screening for discovery and 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 
-Criterion = Literal["energy", "uncertainty", "lcb", "random"]
-CRITERIA: tuple[str, ...] = ("energy", "uncertainty", "lcb", "random")
+from models.contracts.screen import Criterion
+
+CRITERIA: tuple[str, ...] = get_args(Criterion)
 #: Salt of the random criterion's stream (kept apart from the generators' streams).
 RANDOM_SALT = 104729
 

@@ -133,24 +133,31 @@ def _labelled(data: DownstreamData) -> list[tuple[Any, float, np.ndarray | None]
             atoms.calc = calc
             out.append((atoms, float(atoms.get_potential_energy()), atoms.get_forces().copy()))
     else:
-        import ase.io
+        out = _read_labelled(data, data.files, data.count)
+    return out
 
-        for f in data.files:
-            try:
-                frames = list(ase.io.iread(f, index=":"))
-            except Exception as exc:
-                raise BadInput(f"{f}: cannot read structures ({type(exc).__name__}: {exc})") from exc
-            for k, atoms in enumerate(frames):
-                if len(out) >= data.count:
-                    break
-                if data.target in atoms.info:
-                    value, forces = float(atoms.info[data.target]), None
-                elif data.target == "energy" and atoms.calc is not None:
-                    value = float(atoms.get_potential_energy())
-                    forces = atoms.get_forces().copy() if "forces" in atoms.calc.results else None
-                else:
-                    raise BadInput(f"{f}: record {k}: no {data.target!r} in atoms.info")
-                out.append((atoms, value, forces))
+
+def _read_labelled(data: DownstreamData, files: list[str], count: int) -> list[tuple[Any, float, np.ndarray | None]]:
+    """``(atoms, target, forces)`` of the first ``count`` structures of labelled ASE-readable ``files``."""
+    import ase.io
+
+    out: list[tuple[Any, float, np.ndarray | None]] = []
+    for f in files:
+        try:
+            frames = list(ase.io.iread(f, index=":"))
+        except Exception as exc:
+            raise BadInput(f"{f}: cannot read structures ({type(exc).__name__}: {exc})") from exc
+        for k, atoms in enumerate(frames):
+            if len(out) >= count:
+                break
+            if data.target in atoms.info:
+                value, forces = float(atoms.info[data.target]), None
+            elif data.target == "energy" and atoms.calc is not None:
+                value = float(atoms.get_potential_energy())
+                forces = atoms.get_forces().copy() if "forces" in atoms.calc.results else None
+            else:
+                raise BadInput(f"{f}: record {k}: no {data.target!r} in atoms.info")
+            out.append((atoms, value, forces))
     return out
 
 
@@ -158,10 +165,26 @@ def downstream_hash(data: DownstreamData, name: str, head: int) -> str:
     """Content hash of a downstream store: its spec, the input files' bytes and the store schema."""
     from models.data.store import SCHEMA_VERSION
 
-    files = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in data.files if Path(f).is_file()}
+    files = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in [*data.files, *data.test_files]
+             if Path(f).is_file()}
     payload = json.dumps({"data": data.model_dump(mode="json"), "name": name, "head": head, "files": files,
-                          "schema": SCHEMA_VERSION}, sort_keys=True)
+                          "references": _given_references(data), "schema": SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _given_references(data: DownstreamData) -> dict[int, float] | None:
+    """The element references of ``data.reference_from`` (``{Z: eV}``), or None to fit them."""
+    if data.reference_from is None:
+        return None
+    from models.data.store import open_split
+
+    ref = data.reference_from
+    try:
+        store = open_split(ref.root, ref.dataset, "train")
+    except (FileNotFoundError, KeyError, OSError) as exc:
+        raise BadInput(f"field 'prepare.reference_from': {ref.root}: dataset {ref.dataset!r} cannot be opened "
+                       f"({exc})") from exc
+    return {int(z): float(e) for z, e in (store.reference_energies or {}).items()}
 
 
 def build_downstream(data: DownstreamData, root: str | Path, name: str, head: int) -> dict[str, Any]:
@@ -191,8 +214,13 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
         fractions = check_fractions(data.split)
     except (ValueError, AttributeError) as exc:
         raise BadInput(f"field 'prepare.split': {exc}") from exc
+    if data.test_files and fractions["test"] > 0:
+        raise BadInput("field 'prepare.split': with test_files the test split is theirs; give train and val only")
+    held_out = _read_labelled(data, data.test_files, 10**12) if data.test_files else []
+    labelled = _labelled(data)
+    n_own = len(labelled)
     records = []
-    for atoms, value, forces in _labelled(data):
+    for k, (atoms, value, forces) in enumerate([*labelled, *held_out]):
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.asarray(atoms.cell[:], dtype=np.float64) if pbc.any() else np.zeros((3, 3))
         pos = np.asarray(atoms.positions, dtype=np.float64)
@@ -201,10 +229,18 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
         sid = structure_id(z, pos, cell, pbc)
         records.append({"z": z, "pos": pos, "forces": forces, "cell": cell, "pbc": pbc, "energy": value,
                         "stress": None, "sid": sid, "edge_index": ei, "shift": shift,
-                        "split": assign_split(sid, data.seed, fractions)})
+                        "split": "test" if k >= n_own else assign_split(sid, data.seed, fractions)})
     if not records:
         raise BadInput("field 'prepare': the downstream dataset is empty")
-    refs = fit_reference_energies([r["z"] for r in records], np.array([r["energy"] for r in records]))
+    own = [r for r in records if r["split"] != "test"] if held_out else records
+    if held_out and own and not any(r["split"] == "val" for r in own) and len(own) > 1:
+        min(own, key=lambda r: r["sid"])["split"] = "val"  # a few labels: the hash split may leave val empty
+    refs = _given_references(data)
+    if refs is None:  # fitted on the data trained on (the held-out labels stay unseen)
+        refs = fit_reference_energies([r["z"] for r in own], np.array([r["energy"] for r in own]))
+    missing = sorted({int(x) for r in records for x in r["z"]} - set(refs))
+    if missing:
+        raise BadInput(f"field 'prepare.reference_from': no reference energy for elements {missing}")
     for r in records:
         r["eref"] = reference_sum(r["z"], refs)
     unit = TARGET_UNITS[data.target]
@@ -253,17 +289,18 @@ def _target_mae(model: Any, store: Any, batch_size: int, device: torch.device, p
     return err / n if n else None
 
 
-def _base_stores(cfg: FinetuneConfig, config_path: Path | str, dtype: torch.dtype, head: int) -> dict[str, Any]:
-    """The validation splits of the base model's pre-training datasets (their own heads), or ``{}``."""
+def _base_stores(cfg: FinetuneConfig, config_path: Path | str, dtype: torch.dtype, split: str) -> dict[str, Any]:
+    """``split`` of the base model's pre-training datasets, each with its own head (the fine-tuned head's own
+    pre-training data too, when it fine-tunes an existing head), or ``{}``."""
     if not cfg.base_datasets or cfg.base_data_root is None or cfg.from_scratch:
         return {}
     try:
-        stores = open_stores(cfg.base_data_root, cfg.base_datasets, "val", dtype)
+        stores = open_stores(cfg.base_data_root, cfg.base_datasets, split, dtype)
     except BadInput as exc:
         raise BadInput(f"{config_path}: field 'base_datasets': {exc}") from exc
     for name, store in stores.items():
         store.head_id = dataset_head(store, name, cfg.base_dataset_heads)
-    return {n: s for n, s in stores.items() if s.head_id != head and len(s)}
+    return {n: s for n, s in stores.items() if len(s)}
 
 
 def _prepare_model(cfg: FinetuneConfig, head: int, config_path: Path | str) -> tuple[Any, dict[str, Any]]:
@@ -349,9 +386,18 @@ def _finetune(
         if int(key) != head:
             module.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    base_val = _base_stores(cfg, config_path, dtype, head)
+    base_val = _base_stores(cfg, config_path, dtype, cfg.base_split)
+    train_stores, weights, epoch_size = [splits["train"]], None, None
+    if cfg.replay:  # rehearsal: a share of every epoch from the pre-training data, each dataset by its size
+        replay = [s for _, s in sorted(_base_stores(cfg, config_path, dtype, "train").items())]
+        total = sum(len(s) for s in replay)
+        if total:
+            train_stores += replay
+            weights = [1.0 - cfg.replay] + [cfg.replay * len(s) / total for s in replay]
+            epoch_size = math.ceil(len(splits["train"]) / (1.0 - cfg.replay))
 
-    loader = MultiDatasetLoader([splits["train"]], cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed)
+    loader = MultiDatasetLoader(train_stores, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
+                                weights=weights, epoch_size=epoch_size)
     sync = GradSync(model)
     sync.broadcast_all(0)
     opt = torch.optim.AdamW(
@@ -441,6 +487,7 @@ def _finetune(
         "from_scratch": cfg.from_scratch,
         "freeze_encoder": cfg.freeze_encoder,
         "trainable_parameters": sum(p.numel() for p in trainable),
+        "replayed_graphs_per_epoch": (int(loader.counts[1:].sum()) * world) if weights is not None else 0,
         "checkpoint": {"path": str(path), "sha256": digest},
         "wall_time_s": time.perf_counter() - t0,
     }

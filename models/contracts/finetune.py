@@ -22,8 +22,21 @@ GENERATED_KINDS: tuple[str, ...] = ("xtb-molecules", "emt-alloys")
 TARGET_UNITS: dict[str, str] = {"energy": "eV", "gap": "eV", "dipole": "D"}
 
 
+class ReferenceStore(Strict):
+    """A preprocessed store whose fitted element reference energies a new dataset reuses (a dataset that feeds an
+    existing head must share its references: the head predicts energies relative to them)."""
+
+    root: str
+    dataset: str
+
+
 class DownstreamData(Strict):
-    """A small downstream dataset the app builds (see :mod:`models.finetune`)."""
+    """A small downstream dataset the app builds (see :mod:`models.finetune`).
+
+    ``test_files``: labelled files whose structures all go to the test split (a fixed held-out set; ``split``
+    then spreads ``files`` over train and val only). ``reference_from``: take the element references from that
+    store instead of fitting them.
+    """
 
     kind: Literal["xtb-molecules", "emt-alloys", "files"]
     target: Literal["energy", "gap", "dipole"] = "energy"
@@ -31,6 +44,8 @@ class DownstreamData(Strict):
     seed: int = 0
     elements: list[str] = Field(default_factory=lambda: ["Ni", "Al", "Cu"])
     files: list[str] = Field(default_factory=list)
+    test_files: list[str] = Field(default_factory=list)
+    reference_from: ReferenceStore | None = None
     cutoff: float = Field(5.0, gt=0)
     max_neighbours: int | None = Field(None, ge=1)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
@@ -40,8 +55,9 @@ class FinetuneConfig(Strict):
     """``python -m models.finetune`` config (see :mod:`models.finetune`).
 
     ``base_data_root`` / ``base_datasets`` / ``base_dataset_heads``: the pre-training data of the base model (as
-    its training config names it); when given, the base heads are evaluated on those datasets' validation
-    splits before and after fine-tuning (``base_heads`` in the result).
+    its training config names it); when given, the base heads are evaluated on those datasets' ``base_split``
+    (validation by default) before and after fine-tuning (``base_heads`` in the result). ``replay``: the share of
+    each epoch's graphs drawn from those datasets' train splits (rehearsal against forgetting; 0: none).
     """
 
     prepare: DownstreamData | None = None
@@ -68,6 +84,8 @@ class FinetuneConfig(Strict):
     base_data_root: str | dict[str, str] | None = None
     base_datasets: list[str] = Field(default_factory=list)
     base_dataset_heads: dict[str, int] | None = None
+    base_split: Literal["val", "test"] = "val"
+    replay: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def parse_config(raw: dict[str, Any], path: Path | str) -> FinetuneConfig:
@@ -81,6 +99,8 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> FinetuneConfig:
         return cfg
     if cfg.checkpoint is None and not (cfg.from_scratch and cfg.model is not None):
         raise BadInput(f"{path}: field 'checkpoint': required (or from_scratch with 'model')")
+    if cfg.replay and (not cfg.base_datasets or cfg.base_data_root is None):
+        raise BadInput(f"{path}: field 'replay': needs base_data_root and base_datasets (the data to replay)")
     if cfg.from_scratch and cfg.freeze_encoder:
         raise BadInput(f"{path}: field 'freeze_encoder': a from-scratch baseline cannot freeze its encoder")
     return cfg
@@ -132,9 +152,10 @@ class FinetuneResult(Result):
         test_target_mae: Mean absolute error of the target per structure on the test split, in its unit.
         history: Every per-epoch figure (train, val; test at the best epoch), by value.
         trainable_parameters: Parameters the optimizer updated (fewer with ``freeze_encoder``).
+        replayed_graphs_per_epoch: Graphs of each epoch drawn from the base datasets (``replay``; 0: none).
         checkpoint: The fine-tuned model (``best.pt``).
         prepared: The downstream store, when this run built it.
-        base_heads: ``{head_id: {"before": {...}, "after": {...}}}``: the base heads' validation figures
+        base_heads: ``{head_id: {"before": {...}, "after": {...}}}``: the base heads' figures on ``base_split``
             (energy MAE per atom eV/atom, force MAE eV/Å, loss) on the pre-training data before and after
             fine-tuning, when the config names that data.
     """
@@ -154,6 +175,7 @@ class FinetuneResult(Result):
     from_scratch: bool
     freeze_encoder: bool
     trainable_parameters: int
+    replayed_graphs_per_epoch: int = 0
     checkpoint: CheckpointRef
     wall_time_s: float
     base_heads: dict[str, dict[str, dict[str, float]]] | None = None

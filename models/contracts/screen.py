@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from models.acquisition import Criterion
 from models.contracts import OutputFile, Result, Strict, validate
+
+#: What a screening shard ranks its top-k by (lower first; see :mod:`models.acquisition`).
+Criterion = Literal["energy", "uncertainty", "lcb", "random"]
 
 
 class ModelRef(Strict):

@@ -81,6 +81,8 @@ class MultiDatasetLoader:
         world_size: Number of ranks.
         seed: Base seed of every random choice.
         epoch_size: Graphs per epoch over all ranks (default: the total number of graphs).
+        weights: [D] explicit sampling probabilities (replaces ``sampling``'s; normalised here): a fine-tuning
+            that replays a share of the pre-training data sets them.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class MultiDatasetLoader:
         world_size: int = 1,
         seed: int = 0,
         epoch_size: int | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -113,13 +116,19 @@ class MultiDatasetLoader:
         self.world_size = world_size
         self.seed = seed
         self.sizes = np.array([len(s) for s in self.stores], dtype=np.int64)
-        self.weights = dataset_weights(self.sizes, sampling, temperature)
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != self.sizes.shape or (w < 0).any() or w.sum() <= 0 or (w[self.sizes == 0] > 0).any():
+                raise ValueError(f"weights must be one non-negative number per non-empty dataset, got {list(w)}")
+            self.weights = w / w.sum()
+        else:
+            self.weights = dataset_weights(self.sizes, sampling, temperature)
         # this rank's shard of each dataset: ceil(n/W) indices starting at rank*ceil(n/W), wrapping
         self.shard_sizes = np.array([math.ceil(n / world_size) for n in self.sizes], dtype=np.int64)
         total = int(self.sizes.sum()) if epoch_size is None else int(epoch_size)
         self.epoch_size = total
         per_rank = math.ceil(total / world_size)
-        if sampling == "proportional" and epoch_size is None:
+        if sampling == "proportional" and epoch_size is None and weights is None:
             self.counts = self.shard_sizes.copy()  # every graph of the shard exactly once
         else:
             self.counts = _allocate(per_rank, self.weights)

@@ -71,3 +71,12 @@ def test_unshuffled_is_ordered_and_drop_last(stores):
     sids = np.concatenate([b.sid.numpy() for b in loader])
     assert len(loader) == 4 and sids.size == 64
     assert (np.diff(sids[:60]) > 0).all()
+
+
+def test_explicit_weights_set_each_datasets_share(stores):
+    """A replaying fine-tune: the small (new) set every epoch in full, the big one at a quarter of the epoch."""
+    loader = MultiDatasetLoader(stores, 5, weights=[0.25, 0.75], epoch_size=40, seed=2)
+    heads = np.concatenate([b.head.numpy() for b in loader])
+    assert heads.size == 40 and (heads == 1).sum() == 30 and (heads == 0).sum() == 10
+    with pytest.raises(ValueError, match="weights"):
+        MultiDatasetLoader(stores, 5, weights=[1.0], epoch_size=40)

@@ -138,3 +138,51 @@ def test_the_base_heads_are_checked_before_and_after(pretrained: dict[str, Any],
     assert base_heads_warning("nobles", grown) == ("fine-tuning on nobles made the base heads worse "
                                                    "(head 0 force mae 0.2 -> 0.3 eV/Å)")
     assert _ft(pretrained, tmp_path / "s", from_scratch=True, **base)["base_heads"] is None
+
+
+def test_replay_mixes_the_pretraining_data_into_every_epoch(pretrained: dict[str, Any], tmp_path: Path) -> None:
+    """``replay: 0.5``: half of each epoch from the base datasets' train splits (each head trains on its own
+    data), the new data in full."""
+    base = {"base_data_root": pretrained["base_root"], "base_datasets": ["metals", "molecules"]}
+    res = _ft(pretrained, tmp_path / "r", replay=0.5, epochs=1, **base)
+    new = res["train_graphs"]
+    assert res["replayed_graphs_per_epoch"] == new  # a 1:1 mix
+    trained_heads = {r["head"] for r in res["history"] if r["split"] == "train" and r["name"] == "loss"}
+    assert {"0", "1", "7"} <= {str(h) for h in trained_heads}
+    with pytest.raises(BadInput, match="replay"):
+        parse_config({"checkpoint": "x.pt", "data_root": ".", "dataset": "d", "output_dir": ".", "replay": 0.3},
+                     "ft.json")
+
+
+def test_a_dataset_version_holds_out_its_test_files_and_shares_references(tmp_path: Path) -> None:
+    """A store built from labelled files: ``test_files`` all in test, the rest over train/val; with
+    ``reference_from`` the element references are the given store's, not refitted."""
+    import ase.io
+    from ase.calculators.emt import EMT
+
+    from models.contracts.finetune import DownstreamData
+    from models.finetune import build_downstream
+
+    def labelled(seed: int, n: int) -> list:
+        frames = _nobles(n, seed)
+        for a in frames:
+            a.calc = EMT()
+            a.get_potential_energy()
+        return frames
+
+    ase.io.write(tmp_path / "a.extxyz", labelled(1, 12))
+    ase.io.write(tmp_path / "held.extxyz", labelled(2, 5))
+    first = build_downstream(DownstreamData(kind="files", files=[str(tmp_path / "a.extxyz")], count=100,
+                                            split={"train": 0.4, "val": 0.3, "test": 0.3}),
+                             tmp_path / "v1", "nobles", 7)
+    second = build_downstream(DownstreamData(kind="files", files=[str(tmp_path / "a.extxyz")], count=100,
+                                             test_files=[str(tmp_path / "held.extxyz")],
+                                             split={"train": 0.8, "val": 0.2},
+                                             reference_from={"root": str(tmp_path / "v1"), "dataset": "nobles"}),
+                              tmp_path / "v2", "nobles", 7)
+    assert second["counts"]["test"] == 5 and second["counts"]["train"] + second["counts"]["val"] == 12
+    assert second["reference_energies"] == first["reference_energies"]
+    assert second["content_hash"] != first["content_hash"]
+    with pytest.raises(BadInput, match="test_files"):
+        build_downstream(DownstreamData(kind="files", files=[str(tmp_path / "a.extxyz")],
+                                        test_files=[str(tmp_path / "held.extxyz")]), tmp_path / "v3", "n", 7)
