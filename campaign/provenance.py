@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
-from campaign.records import ArtifactRow, AttemptRow, Checkpoint, DatasetRow, ModelRow, TrialRow
+from campaign.records import ArtifactRow, AttemptRow, Checkpoint, DatasetRow, LabelRow, ModelRow, TrialRow
 from campaign.tasks import utcnow
 from db import models as m
 from db.engine import transaction
@@ -347,6 +347,31 @@ class Provenance:
         with self.Session() as s:
             return [int(i) for i in s.scalars(select(m.ScreeningHit.id).where(
                 m.ScreeningHit.task_id.in_(list(task_ids))).order_by(m.ScreeningHit.rank))]
+
+    def hits(self, hit_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """``{hit id: {structure_id, rank, score, data…}}`` of the given screening hits."""
+        with self.Session() as s:
+            rows = s.scalars(select(m.ScreeningHit).where(m.ScreeningHit.id.in_(list(hit_ids))))
+            return {int(r.id): {"structure_id": r.structure_id, "rank": r.rank, "score": r.score,
+                                "task_id": r.task_id, "data": dict(r.data or {})} for r in rows}
+
+    # ---------------------------------------------------------------------------------------- labels
+    def add_labels(self, campaign_id: int, task_id: str, labels: Sequence[Mapping[str, Any]]) -> int:
+        """Record a labelling task's outcomes (``labels`` rows' values; each row names its task and the hit it
+        labels), in one transaction. Idempotent per task (a second call adds nothing). Returns the rows added."""
+        with transaction(self.Session) as s:
+            if s.scalar(select(func.count()).select_from(m.Label).where(m.Label.task_id == task_id)):
+                return 0
+            s.add_all([m.Label(campaign_id=campaign_id, task_id=task_id, **row) for row in labels])
+            return len(labels)
+
+    def labels(self, campaign_id: int, task_ids: Sequence[str] | None = None) -> list[LabelRow]:
+        """The campaign's labels (of ``task_ids`` when given), by round and id."""
+        with self.Session() as s:
+            q = select(m.Label).where(m.Label.campaign_id == campaign_id)
+            if task_ids is not None:
+                q = q.where(m.Label.task_id.in_(list(task_ids)))
+            return [_row(LabelRow, r) for r in s.scalars(q.order_by(m.Label.round, m.Label.id))]
 
     def add_hits(self, campaign_id: int, hits: Sequence[Mapping[str, Any]]) -> list[int]:
         """Record screening hits (each a ``screening_hits`` row's values, with its ``task_id``) and their

@@ -585,6 +585,102 @@ class EvaluateSpec(_Strict):
         return v
 
 
+class ActivePool(_Strict):
+    """The candidates an active-learning loop chooses from: ``structures`` of the seeded generator (indices
+    ``0 … structures-1``), and the held-out set labelled once to judge every round (the next ``heldout``
+    indices: the same distribution, never selected)."""
+
+    structures: int = Field(512, ge=2, le=100_000_000, description="Candidates screened every round.")
+    heldout: int = Field(32, ge=2, le=100_000, description="Held-out structures, labelled once before round 1.")
+    shards: int = Field(2, ge=1, le=100_000, description="Screening tasks per round.")
+    min_atoms: int = Field(2, ge=1)
+    max_atoms: int = Field(32, ge=1, le=100_000)
+    max_species: int = Field(3, ge=1)
+    periodic: bool = True
+    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], min_length=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _atoms(self) -> ActivePool:
+        from ase.data import atomic_numbers
+
+        bad = [e for e in self.elements if e not in atomic_numbers or e == "X"]
+        if bad:
+            raise ValueError(f"elements: not chemical symbols: {bad}")
+        if self.min_atoms > self.max_atoms:
+            raise ValueError(f"min_atoms ({self.min_atoms}) exceeds max_atoms ({self.max_atoms})")
+        return self
+
+
+class ActiveSelect(_Strict):
+    """How a round picks what to label (:mod:`models.acquisition`)."""
+
+    rule: Literal["uncertainty", "energy", "lcb", "random"] = Field(
+        "uncertainty", description="uncertainty: the ensemble's largest force disagreement; energy: lowest energy "
+        "per atom; lcb: energy - kappa * spread; random: the baseline.")
+    batch: int = Field(16, ge=1, le=1_000_000, description="Structures labelled per round (the label budget is "
+                       "batch x rounds).")
+    kappa: float = Field(1.0, ge=0, description="lcb: weight of the spread.")
+    diversity: bool = Field(False, description="Pick the batch from the best 4 x batch by the rule, greedily "
+                            "spreading compositions (farthest point in element-fraction space).")
+
+
+class ActiveFinetune(_Strict):
+    """How each round's models are fine-tuned from the previous round's."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(10, ge=0)
+    replay: float = Field(0.5, ge=0, lt=1, description="Share of every epoch drawn from the pre-training data's "
+                          "train splits (keeps the base heads from degrading; 0: none).")
+    freeze_encoder: bool = Field(False, description="Train the head only (the other way to protect the base).")
+
+
+class ActiveStop(_Strict):
+    """When the loop stops: after ``rounds``, or earlier once the held-out force error reaches a target or stops
+    improving (figures: the ensemble members' mean held-out force MAE, meV/Å)."""
+
+    rounds: int = Field(3, ge=1, le=1000)
+    force_mae_mev_per_a: float | None = Field(None, gt=0, description="Stop once the held-out force MAE is at "
+                                              "or below this, meV/Å.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many rounds without a new best "
+                                 "held-out force MAE.")
+
+
+class ActiveSpec(_Strict):
+    """Closed-loop discovery: screen a pool with the ensemble, pick by an acquisition rule, label with the
+    dataset's physics code, add the labels to a new dataset version, fine-tune every member, evaluate, repeat."""
+
+    model: Literal["ensemble"] | list[int] = Field("ensemble", description="'ensemble': the promoted ensemble; "
+                                                   "or model ids (two or more for the uncertainty rules).")
+    from_campaign: str | None = Field(None, description="Take the ensemble from this earlier campaign.")
+    ensemble: str | None = Field(None, description="Ensemble name (default: the newest).")
+    dataset: str = Field("demo-emt", description="The pre-training dataset the labels extend: its head is "
+                         "fine-tuned and its element references are kept.")
+    method: Literal["emt", "gfn2-xtb", "gfn1-xtb", "dft"] = Field("emt", description="The labelling method.")
+    pool: ActivePool = Field(default_factory=ActivePool)
+    select: ActiveSelect = Field(default_factory=ActiveSelect)
+    finetune: ActiveFinetune = Field(default_factory=ActiveFinetune)
+    stop: ActiveStop = Field(default_factory=ActiveStop)
+    precision: Precision = "fp32"
+    max_force: float = Field(50.0, gt=0, description="A label with an atomic force above this (eV/Å) is recorded "
+                             "as failed (unphysical) and not trained on.")
+    top_k: int = Field(20, ge=0, description="Discovery: after the last round, screen the pool by energy per atom "
+                       "with the final models and record this many hits (0: none).")
+
+    @model_validator(mode="after")
+    def _models(self) -> ActiveSpec:
+        if isinstance(self.model, list) and len(self.model) < (2 if self.select.rule in ("uncertainty", "lcb")
+                                                                else 1):
+            raise ValueError(f"select.rule {self.select.rule!r} needs two or more models (an ensemble)")
+        if self.from_campaign is not None and isinstance(self.model, list):
+            raise ValueError("from_campaign picks the ensemble; explicit model ids need no campaign")
+        if self.select.batch > self.pool.structures:
+            raise ValueError(f"select.batch ({self.select.batch}) exceeds pool.structures ({self.pool.structures})")
+        return self
+
+
 class StagesSpec(_Strict):
     """The stages of a campaign, run in this order when present."""
 
@@ -595,6 +691,7 @@ class StagesSpec(_Strict):
     evaluate: EvaluateSpec | None = None
     screen: ScreenSpec | None = None
     finetune: FinetuneSpec | None = None
+    active: ActiveSpec | None = None
 
     @field_validator("hpo")
     @classmethod

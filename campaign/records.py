@@ -61,6 +61,20 @@ class DatasetRow:
 
 
 @dataclass(frozen=True)
+class LabelRow:
+    """A recorded reference calculation of an active-learning round (energy eV, force eV/Å)."""
+
+    id: int
+    task_id: str
+    hit_id: int | None
+    round: int
+    structure_id: str
+    status: str
+    cause: str | None
+    energy_ev: float | None
+
+
+@dataclass(frozen=True)
 class TrialRow:
     """An HPO trial: its configuration, its ask/tell log positions and, once told, its outcome."""
 

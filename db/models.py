@@ -219,6 +219,7 @@ class Dataset(Base):
     store_path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     content_hash: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # active learning: one per round
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -319,6 +320,32 @@ class ScreeningHit(Base):
     uncertainty: Mapped[float | None] = mapped_column(Float)
     head: Mapped[str | None] = mapped_column(String(100))
     data: Mapped[dict[str, Any] | None]
+
+
+class Label(Base):
+    """A reference calculation an active-learning round asked for: one structure, its method, and its outcome
+    (a failure kept with its cause). ``hit_id`` is the selected candidate it labels; energies in eV, forces eV/Å."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("task_id", "structure_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    hit_id: Mapped[int | None] = mapped_column(ForeignKey("screening_hits.id", ondelete="SET NULL"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    structure_id: Mapped[str] = mapped_column(String(100))
+    sid: Mapped[int] = mapped_column(BigInteger)
+    formula: Mapped[str] = mapped_column(String(200))
+    natoms: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(30))
+    status: Mapped[str] = mapped_column(String(10))
+    cause: Mapped[str | None] = mapped_column(String(50))
+    message: Mapped[str | None] = mapped_column(Text)
+    energy_ev: Mapped[float | None] = mapped_column(Float)
+    max_force_ev_per_a: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Lineage(Base):

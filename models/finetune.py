@@ -168,12 +168,14 @@ def downstream_hash(data: DownstreamData, name: str, head: int) -> str:
     files = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in [*data.files, *data.test_files]
              if Path(f).is_file()}
     payload = json.dumps({"data": data.model_dump(mode="json"), "name": name, "head": head, "files": files,
-                          "references": _given_references(data), "schema": SCHEMA_VERSION}, sort_keys=True)
+                          "reference_store": _reference_store(data), "schema": SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _given_references(data: DownstreamData) -> dict[int, float] | None:
-    """The element references of ``data.reference_from`` (``{Z: eV}``), or None to fit them."""
+def _reference_store(data: DownstreamData) -> dict[str, Any] | None:
+    """What a dataset feeding an existing head takes from that head's store (``data.reference_from``): the
+    element references (``{Z: eV}``) and the graph construction (``cutoff`` Å, ``max_neighbours``); None when
+    the dataset fits its own references and uses its own graph settings."""
     if data.reference_from is None:
         return None
     from models.data.store import open_split
@@ -184,7 +186,9 @@ def _given_references(data: DownstreamData) -> dict[int, float] | None:
     except (FileNotFoundError, KeyError, OSError) as exc:
         raise BadInput(f"field 'prepare.reference_from': {ref.root}: dataset {ref.dataset!r} cannot be opened "
                        f"({exc})") from exc
-    return {int(z): float(e) for z, e in (store.reference_energies or {}).items()}
+    return {"refs": {int(z): float(e) for z, e in (store.reference_energies or {}).items()},
+            "cutoff": float(store.attrs.get("cutoff", data.cutoff)),
+            "max_neighbours": store.attrs.get("max_neighbours", data.max_neighbours)}
 
 
 def build_downstream(data: DownstreamData, root: str | Path, name: str, head: int) -> dict[str, Any]:
@@ -216,6 +220,9 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
         raise BadInput(f"field 'prepare.split': {exc}") from exc
     if data.test_files and fractions["test"] > 0:
         raise BadInput("field 'prepare.split': with test_files the test split is theirs; give train and val only")
+    given = _reference_store(data)
+    cutoff = given["cutoff"] if given else data.cutoff
+    max_neighbours = given["max_neighbours"] if given else data.max_neighbours
     held_out = _read_labelled(data, data.test_files, 10**12) if data.test_files else []
     labelled = _labelled(data)
     n_own = len(labelled)
@@ -225,7 +232,7 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
         cell = np.asarray(atoms.cell[:], dtype=np.float64) if pbc.any() else np.zeros((3, 3))
         pos = np.asarray(atoms.positions, dtype=np.float64)
         z = np.asarray(atoms.numbers, dtype=np.int64)
-        ei, shift, _ = radius_graph_pbc(pos, cell, pbc, data.cutoff, data.max_neighbours)
+        ei, shift, _ = radius_graph_pbc(pos, cell, pbc, cutoff, max_neighbours)
         sid = structure_id(z, pos, cell, pbc)
         records.append({"z": z, "pos": pos, "forces": forces, "cell": cell, "pbc": pbc, "energy": value,
                         "stress": None, "sid": sid, "edge_index": ei, "shift": shift,
@@ -235,7 +242,7 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
     own = [r for r in records if r["split"] != "test"] if held_out else records
     if held_out and own and not any(r["split"] == "val" for r in own) and len(own) > 1:
         min(own, key=lambda r: r["sid"])["split"] = "val"  # a few labels: the hash split may leave val empty
-    refs = _given_references(data)
+    refs = given["refs"] if given else None
     if refs is None:  # fitted on the data trained on (the held-out labels stay unseen)
         refs = fit_reference_energies([r["z"] for r in own], np.array([r["energy"] for r in own]))
     missing = sorted({int(x) for r in records for x in r["z"]} - set(refs))
@@ -247,14 +254,15 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
     meta = {"dataset": name, "head_id": head, "target": data.target, "target_unit": unit,
             "units": {"energy": unit, "forces": "eV/Å", "length": "Å"},
             "reference_energies": {str(z): e for z, e in sorted(refs.items())},
-            "cutoff": data.cutoff, "max_neighbours": data.max_neighbours, "seed": data.seed,
+            "cutoff": cutoff, "max_neighbours": max_neighbours, "seed": data.seed,
             "level_of_theory": {"xtb-molecules": "GFN2-xTB (tblite)", "emt-alloys": "EMT (ASE)"}.get(data.kind, "")}
     counts = {}
     for split in ("train", "val", "test"):
         part = [r for r in records if r["split"] == split]
         write_split(out_dir / split, pack_graphs(part), {**meta, "split": split})
         counts[split] = len(part)
-    if counts["train"] == 0 or counts["val"] == 0 or counts["test"] == 0:
+    needed = ("train", "val", "test") if n_own else ("test",)  # held-out files only: a test-only store
+    if any(counts[split] == 0 for split in needed):
         raise BadInput(f"field 'prepare.count': {data.count} structures leave an empty split ({counts})")
     files = [{"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
              for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != "summary.json"

@@ -23,8 +23,9 @@ TARGET_UNITS: dict[str, str] = {"energy": "eV", "gap": "eV", "dipole": "D"}
 
 
 class ReferenceStore(Strict):
-    """A preprocessed store whose fitted element reference energies a new dataset reuses (a dataset that feeds an
-    existing head must share its references: the head predicts energies relative to them)."""
+    """A preprocessed store whose element reference energies and graph construction (cutoff, neighbour cap) a new
+    dataset reuses: a dataset that feeds an existing head must share them (the head predicts energies relative
+    to those references, on graphs built that way)."""
 
     root: str
     dataset: str
@@ -34,8 +35,8 @@ class DownstreamData(Strict):
     """A small downstream dataset the app builds (see :mod:`models.finetune`).
 
     ``test_files``: labelled files whose structures all go to the test split (a fixed held-out set; ``split``
-    then spreads ``files`` over train and val only). ``reference_from``: take the element references from that
-    store instead of fitting them.
+    then spreads ``files`` over train and val only). ``reference_from``: take the element references, cutoff and
+    neighbour cap from that store instead of fitting and using ``cutoff``/``max_neighbours``.
     """
 
     kind: Literal["xtb-molecules", "emt-alloys", "files"]

@@ -65,7 +65,7 @@ def reader_url(owner_url: str) -> str:
     role = f"reader_{make_url(owner_url).username[-8:]}"
     res = runner.invoke(app, ["db", "grant-reader", role, "--db", owner_url])
     assert res.exit_code == 0, res.output
-    assert "may read 12 campaign tables and nothing else" in res.output.replace("\n", " ")
+    assert "may read 13 campaign tables and nothing else" in res.output.replace("\n", " ")
     return make_url(owner_url).set(username=role).render_as_string(hide_password=False)
 
 
