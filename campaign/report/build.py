@@ -164,6 +164,31 @@ def _finetune(data: ReportData, w: _Writer) -> Section:
     return s
 
 
+def _active(data: ReportData, w: _Writer) -> Section:
+    s = Section("active", "Active learning", "Each round screens the pool with the current ensemble, labels the "
+                "structures the acquisition rule picks, fine-tunes every member on the new dataset version and "
+                "evaluates it on a held-out labelled set and on the base datasets' test splits.")
+    if not w.add(s, figures.active_rounds(data.active_rounds), "active.png", "error per round"):
+        s.empty = "no active-learning round has been evaluated."
+    if data.active_rounds:
+        s.tables.append(table(["round", "models", "held-out force MAE (meV/Å)", "best member (meV/Å)",
+                               "held-out energy MAE (meV/atom)", "base test force MAE (meV/Å)", "labelled",
+                               "failed", "dataset version"],
+                              [[r.round, r.models, r.heldout_force_mae_mev_per_a, r.best_heldout_force_mae_mev_per_a,
+                                r.heldout_energy_mae_mev_per_atom, r.base_test_force_mae_mev_per_a, r.labelled,
+                                r.failed_labels, r.dataset_version or "–"] for r in data.active_rounds]))
+        s.notes.append("round 0: the starting models, and the held-out set's labels; "
+                       "campaign sql --query active_rounds")
+    if data.selections:
+        s.tables.append(table(["round", "rank", "structure", "formula", "atoms", "rule", "score",
+                               "force disagreement (eV/Å)", "label", "energy (eV)"],
+                              [[x.round, x.rank, x.structure_id, x.formula, x.natoms, x.criterion, x.score,
+                                x.force_uncertainty, x.label, x.energy_ev] for x in data.selections[:60]]))
+        if len(data.selections) > 60:
+            s.notes.append(f"{len(data.selections)} selections in all: campaign sql \"SELECT * FROM labels\"")
+    return s
+
+
 def _resources(data: ReportData, w: _Writer) -> Section:
     s = Section("resources", "Resources", "CPU-, GPU- and node-hours of every attempt (failed ones included) per "
                 "stage and site, and a timeline of the attempts coloured by how they ended.")
@@ -214,7 +239,7 @@ def build_report(campaign: str, out: str | Path, *, db: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     w = _Writer(out)
     sections = [*_hpo_sections(data, w), _promotion(data), _curves(data, w), _parity(data, w),
-                _screening(data, w), _finetune(data, w), _resources(data, w)]
+                _screening(data, w), _finetune(data, w), _active(data, w), _resources(data, w)]
     index = out / INDEX
     write_bytes_atomic(index, render(data, sections).encode())
     return ReportOutcome(index, w.images, [s.title for s in sections if s.empty is not None])

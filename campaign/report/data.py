@@ -168,6 +168,38 @@ class FinetunePair:
 
 
 @dataclass
+class ActiveRound:
+    """One active-learning round: the members' held-out errors after it (round 0: the starting models) and its
+    labels (round 0: the held-out set). Errors in meV/Å and meV/atom."""
+
+    round: int
+    models: int
+    heldout_force_mae_mev_per_a: float | None
+    best_heldout_force_mae_mev_per_a: float | None
+    heldout_energy_mae_mev_per_atom: float | None
+    base_test_force_mae_mev_per_a: float | None
+    labelled: int
+    failed_labels: int
+    dataset_version: str | None
+
+
+@dataclass
+class Selection:
+    """A structure a round chose to label, with what the label run said."""
+
+    round: int
+    rank: int
+    structure_id: str
+    formula: str
+    natoms: int
+    criterion: str
+    score: float
+    force_uncertainty: float | None
+    label: str  # "ok", or the failure's cause
+    energy_ev: float | None
+
+
+@dataclass
 class ResourceRow:
     """Hours spent by one stage on one site (all attempts, failed ones included)."""
 
@@ -207,6 +239,8 @@ class ReportData:
     test_metrics: list[TestMetrics]
     screening: Screening
     finetune: list[FinetunePair]
+    active_rounds: list[ActiveRound]
+    selections: list[Selection]
     resources: list[ResourceRow]
     timeline: list[AttemptSpan]
     timeline_total: int
@@ -358,8 +392,9 @@ def _screening(conn: Connection, cid: int) -> Screening:
     h, t = m.ScreeningHit, m.Task
     names = {r.id: f"{r.role} model {r.id} ({r.family})"
              for r in conn.execute(select(m.Model.id, m.Model.role, m.Model.family).where(m.Model.campaign_id == cid))}
-    rows = conn.execute(select(h.__table__).join(t, t.id == h.task_id).where(t.campaign_id == cid)
-                        .order_by(h.score, h.rank)).all()
+    rows = [r for r in conn.execute(select(h.__table__).join(t, t.id == h.task_id).where(t.campaign_id == cid)
+                                    .order_by(h.score, h.rank)).all()
+            if (r.data or {}).get("purpose") != "selection"]  # what active learning chose to label: its section
     hits = [Hit(r.rank, r.structure_id, r.formula, r.natoms, r.score, r.energy_per_atom, r.uncertainty,
                 names.get(r.model_id, "ensemble" if r.model_id is None else str(r.model_id)),
                 ((r.data or {}).get("model_test_error") or {}).get("energy_mae_mev_per_atom")) for r in rows]
@@ -403,6 +438,8 @@ def _finetune(conn: Connection, cid: int) -> list[FinetunePair]:
     pairs: dict[str, dict[str, tuple[str, float | None]]] = defaultdict(dict)
     for mod in _models(conn, cid, ("finetuned", "scratch")):
         met = mod.metrics or {}
+        if "active_round" in met:  # an active-learning round's model: its own section
+            continue
         task = str(met.get("task") or (mod.hyperparameters or {}).get("task") or mod.name)
         pairs[task][mod.role] = _ft_metric(met)
     out = []
@@ -414,6 +451,33 @@ def _finetune(conn: Connection, cid: int) -> list[FinetunePair]:
             ft, sc = (metric, None), (metric, None)
         out.append(FinetunePair(task, metric, ft[1] if ft else None, sc[1] if sc else None))
     return out
+
+
+def _active_rounds(conn: Connection, name: str) -> list[ActiveRound]:
+    """The named query ``active_rounds`` (one owner for the per-round figures)."""
+    from db.queries import get_query
+
+    q = get_query("active_rounds", conn.dialect.name)
+    rows = conn.execute(text(q.for_dialect(conn.dialect.name)), {"campaign": name}).mappings().all()
+    return [ActiveRound(**{k: r[k] for k in ActiveRound.__dataclass_fields__}) for r in rows]
+
+
+def _selections(conn: Connection, cid: int) -> list[Selection]:
+    h, t, lb = m.ScreeningHit, m.Task, m.Label
+    rows = conn.execute(select(h.rank, h.structure_id, h.formula, h.natoms, h.score, h.data, lb.status, lb.cause,
+                               lb.energy_ev)
+                        .join(t, t.id == h.task_id).outerjoin(lb, lb.hit_id == h.id)
+                        .where(t.campaign_id == cid, t.key.like("active/r%/screen/%"))).all()
+    out = []
+    for r in rows:
+        data = r.data or {}
+        if data.get("purpose") != "selection":
+            continue
+        out.append(Selection(int(data.get("round", 0)), r.rank, r.structure_id, r.formula, r.natoms,
+                             str(data.get("criterion", "")), r.score, data.get("force_uncertainty"),
+                             "not labelled" if r.status is None else "ok" if r.status == "ok" else str(r.cause),
+                             r.energy_ev))
+    return sorted(out, key=lambda s: (s.round, s.rank))
 
 
 def _seconds(conn: Connection, start: Any, end: Any) -> Any:
@@ -497,5 +561,6 @@ def gather(engine: Engine, campaign: str, *, now: datetime | None = None) -> Rep
             curves=_curves(conn, c.id, heads), parity=parity, parity_missing=missing,
             test_metrics=_test_metrics(conn, c.id),
             screening=_screening(conn, c.id), finetune=_finetune(conn, c.id),
+            active_rounds=_active_rounds(conn, c.name), selections=_selections(conn, c.id),
             resources=_resources(conn, c.id, now), timeline=timeline, timeline_total=total, as_of=now,
         )

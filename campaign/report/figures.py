@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from campaign.report.data import (
+    ActiveRound,
     AttemptSpan,
     Curve,
     FinetunePair,
@@ -292,6 +293,34 @@ def finetune(pairs: Sequence[FinetunePair]) -> Figure | None:
     ax.set_title("fine-tuning vs from scratch (lower is better; label: scratch / fine-tuned)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def active_rounds(rounds: Sequence[ActiveRound]) -> Figure | None:
+    """Held-out force MAE after each active-learning round (members' mean and best) and the base datasets' test
+    force MAE beside it, meV/Å: is the loop learning, and is it forgetting?"""
+    rows = [r for r in rounds if r.heldout_force_mae_mev_per_a is not None]
+    if not rows:
+        return None
+    fig = new_figure(6.0, 3.6)
+    ax = fig.subplots()
+    x = [r.round for r in rows]
+
+    def values(name: str) -> np.ndarray:
+        return np.array([np.nan if getattr(r, name) is None else float(getattr(r, name)) for r in rows])
+
+    ax.plot(x, values("heldout_force_mae_mev_per_a"), "o-", color="tab:blue", label="held-out (members' mean)")
+    ax.plot(x, values("best_heldout_force_mae_mev_per_a"), "s--", color="tab:blue", alpha=0.5,
+            label="held-out (best member)")
+    base = values("base_test_force_mae_mev_per_a")
+    if np.isfinite(base).any():
+        ax.plot(x, base, "^-", color="tab:gray", label="base datasets' test")
+    ax.set_xticks(x)
+    ax.set_xlabel("round (0: before any label)")
+    ax.set_ylabel("force MAE (meV/Å)")
+    ax.set_title("active learning: error per round (lower is better)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     return fig
 
 
