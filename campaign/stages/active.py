@@ -4,7 +4,8 @@ fine-tune, evaluate, screen again.
 It starts from an ensemble (the promoted one, of this campaign or of ``from_campaign``, or model ids) trained on
 ``dataset`` among others, and runs rounds ``1 … stop.rounds`` unattended. Every step is a campaign task with a
 key, so nothing runs twice and a killed driver resumes where it stood (the plan is a pure function of the tasks
-already done and their recorded results):
+already done and their recorded results; the starting models are pinned in the stage's ``config.initial_models``
+on first start, since the newest ensemble is later the loop's own):
 
 * ``active/heldout/label``, ``active/heldout/data``: the held-out set (pool indices ``structures … structures +
   heldout - 1``: the pool's distribution, never selected), labelled once and built into a test-only store with
@@ -147,7 +148,10 @@ class ActiveStage:
     def start(self, ctx: StageContext) -> list[PlannedTask]:
         """Resolve the starting ensemble and what it was trained on; plan what is ready."""
         spec = self.spec
-        if isinstance(spec.model, list):
+        pinned = ctx.ledger.stage_config(ctx.stage_id).get("initial_models")
+        if pinned:  # a resumed loop starts from the models it started from (the newest ensemble is now its own)
+            self.initial = [model_checkpoint(ctx.ledger, int(i)) for i in pinned]
+        elif isinstance(spec.model, list):
             self.initial = [model_checkpoint(ctx.ledger, i) for i in spec.model]
         else:
             self.initial = resolve_models(ctx, "ensemble", from_campaign=spec.from_campaign, ensemble=spec.ensemble)
@@ -155,6 +159,8 @@ class ActiveStage:
             raise CampaignInputError(f"stages.active.select.rule {spec.select.rule!r}: the ensemble has one model; "
                                      "promote with ensemble_k >= 2 or list two or more model ids")
         self.base = self._base(ctx)
+        if not pinned:
+            ctx.ledger.update_stage_config(ctx.stage_id, initial_models=[m.model_id for m in self.initial])
         return self._advance(ctx)
 
     # ------------------------------------------------------------------------------------------ state
