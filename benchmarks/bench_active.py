@@ -60,7 +60,7 @@ stages:
 """
 
 ACTIVE = """\
-campaign: bench-active-{rule}-{rep}
+campaign: bench-active-{name}-{rep}
 seed: {rep}
 workdir: runs
 site: {{name: local, workers: {workers}}}
@@ -70,7 +70,7 @@ stages:
     dataset: demo-emt
     method: emt
     pool: {{structures: {pool}, heldout: {heldout}, shards: 2, min_atoms: 2, max_atoms: {max_atoms}, seed: {rep}}}
-    select: {{rule: {rule}, batch: {batch}}}
+    select: {{rule: {rule}, batch: {batch}{options}}}
     finetune: {{epochs: {epochs}, batch_size: 8, lr: 1.0e-3, replay: 0.5, patience: 10}}
     stop: {{rounds: {rounds}}}
     precision: fp32
@@ -108,6 +108,9 @@ def main() -> None:
     ap.add_argument("--pretrain-count", type=int, default=240)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--force-spread", choices=["max", "mean", "sum"], default="max",
+                    help="ours: a structure's force disagreement (worst atom, mean, or sum over atoms)")
+    ap.add_argument("--diversity", action="store_true", help="ours: spread each batch over compositions")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     args = ap.parse_args()
 
@@ -126,12 +129,15 @@ def main() -> None:
     labels: dict[str, int] = {"uncertainty": 0, "random": 0}
     for rep in range(args.reps):
         for rule in ("uncertainty", "random"):
-            recipe = work / f"active-{rule}-{rep}.yaml"
-            recipe.write_text(ACTIVE.format(rule=rule, rep=rep, workers=args.workers, pool=args.pool,
+            name = rule if rule == "random" else f"{rule}-{args.force_spread}" + ("-div" if args.diversity else "")
+            recipe = work / f"active-{name}-{rep}.yaml"
+            recipe.write_text(ACTIVE.format(rule=rule, name=name, rep=rep, workers=args.workers, pool=args.pool,
                                             heldout=args.heldout, max_atoms=args.max_atoms, batch=args.batch,
-                                            epochs=args.epochs, rounds=args.rounds))
-            wall[rule] += _run(recipe, url, work)
-            rounds = _rounds(url, f"bench-active-{rule}-{rep}")
+                                            epochs=args.epochs, rounds=args.rounds,
+                                            options="" if rule == "random" else
+                                            f", force_spread: {args.force_spread}, diversity: {str(args.diversity).lower()}"))
+            wall[rule] += _run(recipe, url, work)  # an existing campaign of that name resumes: done, nothing re-run
+            rounds = _rounds(url, f"bench-active-{name}-{rep}")
             errors = [float(r["heldout_force_mae_mev_per_a"]) for r in rounds]
             curves[rule].append(errors)
             final[rule].append(errors[-1])
@@ -148,7 +154,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "active_learning_heldout_force_mae", "ours": round(ours, 2), "peer": round(peer, 2),
         "unit": "meV/Å (held-out force MAE after the last round; lower is better)", "ratio": round(peer / ours, 3),
-        "rule": "uncertainty (ensemble force disagreement)", "peer_rule": "random",
+        "rule": f"uncertainty (ensemble force disagreement, {args.force_spread} over atoms"
+                + (", compositions spread)" if args.diversity else ")"), "peer_rule": "random",
         "rounds": args.rounds, "batch": args.batch, "label_budget": args.rounds * args.batch,
         "labels_computed": labels, "reps": args.reps, "per_round_mean": {k: [round(v, 2) for v in vs]
                                                                          for k, vs in per_round.items()},

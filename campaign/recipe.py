@@ -621,6 +621,9 @@ class ActiveSelect(_Strict):
     batch: int = Field(16, ge=1, le=1_000_000, description="Structures labelled per round (the label budget is "
                        "batch x rounds).")
     kappa: float = Field(1.0, ge=0, description="lcb: weight of the spread.")
+    force_spread: Literal["max", "mean", "sum"] = Field(
+        "max", description="uncertainty: a structure's force disagreement is its worst atom's (max), the mean or "
+        "the sum over its atoms.")
     diversity: bool = Field(False, description="Pick the batch from the best 4 x batch by the rule, greedily "
                             "spreading compositions (farthest point in element-fraction space).")
 

@@ -22,6 +22,7 @@ Config (JSON)::
       "top_k": 20, "max_uncertainty": null,
       "criterion": "energy",        # or uncertainty | lcb | random (models.acquisition): what top_k ranks by
       "kappa": 1.0, "criterion_seed": 0,
+      "force_spread": "max",        # a structure's force disagreement: its worst atom's, the mean or the sum
       "exclude": [],                # source indices never returned in top (already labelled ones)
       "output": "screen-000.bp", "shard": 0, "threads": null
     }
@@ -323,8 +324,8 @@ def screen(cfg: ScreenConfig) -> dict[str, Any]:
             forces = pred["forces"][:, 0].cpu().numpy() if cfg.forces else None
             f_unc = None
             if cfg.forces and len(members) > 1:
-                starts = np.concatenate([[0], np.cumsum(block.natoms)[:-1]])
-                f_unc = np.maximum.reduceat(pred["force_std"][:, 0].cpu().numpy(), starts)  # [G] eV/Å
+                f_unc = acquisition.structure_force_spread(pred["force_std"][:, 0].cpu().numpy(), block.natoms,
+                                                           cfg.force_spread)  # [G] eV/Å
             try:
                 score = acquisition.scores(cfg.criterion, index=block.index, energy_per_atom=e_atom,
                                            energy_std_per_atom=unc, force_std_max=f_unc, kappa=cfg.kappa,

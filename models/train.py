@@ -183,8 +183,9 @@ def _run(
     heads = sorted(int(h) for h in model.head_ids)
 
     # --- data: which head each dataset feeds, and which datasets this rank reads
-    train_stores = open_stores(cfg.data_root, cfg.datasets, cfg.train_split, dtype)
-    val_stores = open_stores(cfg.data_root, cfg.datasets, cfg.val_split, dtype)
+    cache = cfg.data_in_memory == "all"
+    train_stores = open_stores(cfg.data_root, cfg.datasets, cfg.train_split, dtype, cache=cache)
+    val_stores = open_stores(cfg.data_root, cfg.datasets, cfg.val_split, dtype, cache=cache)
     ds_head = {name: dataset_head(s, name, cfg.dataset_heads) for name, s in train_stores.items()}
     unknown = sorted({h for h in ds_head.values() if h not in heads})
     if unknown:
@@ -226,6 +227,12 @@ def _run(
         )
     except ValueError as exc:
         raise BadInput(f"{config_path}: field 'sampling' or 'batch_size': {exc}") from exc
+    if cfg.data_in_memory == "share":  # this rank's graphs only: its sampler's shard, its validation stride
+        for d, name in enumerate(my_datasets):
+            train_stores[name].retain(loader.shard_indices(d))
+        for store in val_stores.values():
+            store.retain(np.arange(rank, len(store), world))
+    data_bytes = sum(s.held_bytes() for s in [*train_stores.values(), *val_stores.values()])
 
     sync = GradSync(model, groups)
     if resume is None:
@@ -374,6 +381,7 @@ def _run(
         "wall_time_s": wall,
         "train_graphs_per_s": train_graphs / train_seconds if train_seconds > 0 else None,
         "peak_memory_bytes": mem,
+        "data_bytes": max(_gather(data_bytes)),
         "state_bytes": state,
         "checkpoints": ckpts,
         "metrics_path": str(out / "metrics.jsonl"),

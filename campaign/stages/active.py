@@ -331,7 +331,8 @@ class ActiveStage:
             cfg = app_config(ScreenConfig, {
                 "models": models, "source": self._source(start, n), "head": self.base.head if self.base is not None else None,
                 "precision": spec.precision, "forces": True, "top_k": top_k, "criterion": criterion,
-                "kappa": spec.select.kappa, "criterion_seed": spec.pool.seed * 1000 + (0 if final else int(r)),
+                "kappa": spec.select.kappa, "force_spread": spec.select.force_spread,
+                "criterion_seed": spec.pool.seed * 1000 + (0 if final else int(r)),
                 "exclude": exclude, "output": str(workdir / "screen.bp"), "shard": k, "threads": 1},
                 f"stages.active ({key(r, 'screen')})")
             out.append(PlannedTask(key(r, "screen", f"{k:03d}"),

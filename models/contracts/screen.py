@@ -86,6 +86,7 @@ class ScreenConfig(Strict):
     criterion: Criterion = "energy"
     kappa: float = Field(1.0, ge=0)
     criterion_seed: int = 0
+    force_spread: Literal["max", "mean", "sum"] = "max"
     exclude: list[int] = Field(default_factory=list)
     max_uncertainty: float | None = Field(None, gt=0)
     output: str
@@ -124,8 +125,8 @@ class ScreenHit(Result):
         sid: Stable structure hash.  score: The criterion's score (lower first, :mod:`models.acquisition`).
         energy_per_atom: eV/atom.
         uncertainty: The ensemble's standard deviation of the energy per atom, eV/atom (None for one model).
-        force_uncertainty: The largest per-atom force disagreement of the ensemble, eV/Å (None: one model or no
-            forces).
+        force_uncertainty: The ensemble's force disagreement of the structure (``force_spread`` of its atoms'),
+            eV/Å (None: one model or no forces).
         head: The criterion head.  energies: ``{head_id: total energy, eV}``.
         formula: Hill formula.  natoms: Atom count.  numbers: [N] atomic numbers.  positions: [N, 3] Å.
         cell: [3, 3] Å.  pbc: [3].  forces: [N, 3] eV/Å when computed.

@@ -47,6 +47,10 @@ class TrainConfig(Strict):
         batch_size: Graphs per batch per rank.
         sampling: Multi-dataset sampling rule passed to the loader.
         train_split / val_split: Split names.
+        data_in_memory: ``share`` (default): each rank holds in memory only the graphs its sampler and its share
+            of the validation pass read (read once from the stores at start; with head groups only its group's
+            datasets), so the data held per rank falls with the number of ranks; ``all``: every rank holds every
+            dataset's train and validation arrays; ``none``: nothing held, every batch read from the files.
         model: The model's hyperparameters (ignored when resuming: the checkpoint's are used).
         optimizer / scheduler: AdamW and schedule settings.
         epochs: Epochs to run in total (over all chunks of a resumed run).
@@ -87,6 +91,7 @@ class TrainConfig(Strict):
     sampling: str = "proportional"
     train_split: str = "train"
     val_split: str = "val"
+    data_in_memory: Literal["share", "all", "none"] = "share"
     model: ModelHyperparameters | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -157,6 +162,7 @@ class TrainResult(Result):
         wall_time_s: Wall time of this chunk, s.
         train_graphs_per_s: Training throughput over all ranks (None when no step ran).
         peak_memory_bytes: Peak device (or host) memory of the largest rank.
+        data_bytes: Bytes of atom and edge rows the rank holding the most kept in memory (``data_in_memory``).
         state_bytes: ``{"parameters", "optimizer", "total"}`` bytes held by the rank holding the most (with
             head groups a rank keeps optimizer state for its own heads only).
         checkpoints: ``{"best": ..., "last": ...}`` as far as written.
@@ -181,6 +187,7 @@ class TrainResult(Result):
     wall_time_s: float
     train_graphs_per_s: float | None
     peak_memory_bytes: int | None
+    data_bytes: int | None = None
     state_bytes: dict[str, int] | None = None
     checkpoints: dict[Literal["best", "last"], CheckpointRef]
     metrics_path: str

@@ -137,7 +137,8 @@ class MultiDatasetLoader:
         self._pos = 0  # batches of the current epoch already yielded
 
     # -- plan ---------------------------------------------------------------------------------------------
-    def _shard_indices(self, d: int) -> np.ndarray:
+    def shard_indices(self, d: int) -> np.ndarray:
+        """[m] the graphs of dataset ``d`` this rank's epochs draw from (every epoch, any sampling)."""
         n, m = int(self.sizes[d]), int(self.shard_sizes[d])
         if n == 0:
             return np.zeros(0, dtype=np.int64)
@@ -151,7 +152,7 @@ class MultiDatasetLoader:
             c = int(c)
             if c == 0:
                 continue
-            local = self._shard_indices(d)
+            local = self.shard_indices(d)
             reps = math.ceil(c / local.size)
             if self.shuffle:
                 picks = np.concatenate([rng.permutation(local) for _ in range(reps)])[:c]

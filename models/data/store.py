@@ -36,6 +36,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +319,22 @@ def _empty(name: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape, dtype=_DTYPES.get(name, np.float64))
 
 
+@dataclass(frozen=True)
+class _Held:
+    """The atom and edge rows of the graphs a store holds in memory (:meth:`GraphStore.retain`).
+
+    Attributes:
+        graphs: [H] sorted global graph indices held.  atom_start / edge_start: [H] each one's first row in
+        ``atoms`` / ``edges`` (the held rows, concatenated in graph order).
+    """
+
+    graphs: np.ndarray
+    atom_start: np.ndarray
+    edge_start: np.ndarray
+    atoms: dict[str, np.ndarray]
+    edges: dict[str, np.ndarray]
+
+
 class GraphStore:
     """Random and chunked access to one dataset split written by :func:`write_split`.
 
@@ -377,6 +394,7 @@ class GraphStore:
         self._n = int(counts.sum())
         self._atoms: dict[str, np.ndarray] | None = None
         self._edges: dict[str, np.ndarray] | None = None
+        self._held: _Held | None = None
         if cache:
             self._atoms = {n: _cat([s.read(n) for s in self._shards], n) for n in ATOM_VARS}
             self._edges = {n: _cat([s.read(n) for s in self._shards], n) for n in EDGE_VARS}
@@ -426,27 +444,65 @@ class GraphStore:
     def __repr__(self) -> str:
         return f"GraphStore({str(self.path)!r}, dataset={self.dataset!r}, graphs={self._n})"
 
+    # -- holding a share in memory ------------------------------------------------------------------------
+    def retain(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Hold in memory the atom and edge rows of the graphs ``indices`` only (a rank's share), read from the
+        files once (the store must be opened with ``cache=False``). Gathers of held graphs are served from
+        memory, others are read from the files. Per-graph arrays (energies, cells, counts: one row
+        per graph) always stay in memory.
+
+        The memory this holds is the share's: ``sum(natoms[indices])`` atom rows and ``sum(nedges[indices])``
+        edge rows (see :meth:`held_bytes`).
+        """
+        if self.cache:
+            raise ValueError(f"{self!r} holds every graph (cache=True): open it with cache=False to hold a share")
+        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        if idx.size and (idx[0] < 0 or idx[-1] >= self._n):
+            raise IndexError(f"graph index out of range for {self!r}")
+        self._held = None
+        atoms = self._gather_rows(ATOM_VARS, "atom", idx)
+        edges = self._gather_rows(EDGE_VARS, "edge", idx)
+        self._atoms = self._edges = None
+        na, ne = self._g["natoms"][idx], self._g["nedges"][idx]
+        self._held = _Held(idx, np.cumsum(na) - na, np.cumsum(ne) - ne, atoms, edges)
+
+    def held_bytes(self) -> int:
+        """Bytes of atom and edge rows this store holds in memory (all of them with ``cache=True``)."""
+        parts = ([self._held.atoms, self._held.edges] if self._held is not None
+                 else [d for d in (self._atoms, self._edges) if d is not None])
+        return int(sum(a.nbytes for d in parts for a in d.values()))
+
     # -- raw gathering ------------------------------------------------------------------------------------
     def _gather_rows(self, names: Sequence[str], kind: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Atom (kind='atom') or edge rows of the graphs ``idx``, concatenated in order."""
         count = self._g["natoms" if kind == "atom" else "nedges"][idx]
         start = self._g["atom_offset" if kind == "atom" else "edge_offset"][idx]
         cached = self._atoms if kind == "atom" else self._edges
+        held = self._held
+        if cached is None and held is not None and idx.size:
+            pos = np.searchsorted(held.graphs, idx)
+            if np.all(pos < held.graphs.size) and np.array_equal(held.graphs[np.minimum(pos, held.graphs.size - 1)],
+                                                                 idx):
+                cached = held.atoms if kind == "atom" else held.edges
+                start = (held.atom_start if kind == "atom" else held.edge_start)[pos]
         if cached is not None:
-            if idx.size and np.all(np.diff(idx) == 1):
+            if idx.size and np.all(np.diff(start) == count[:-1]):  # consecutive rows: one slice
                 lo, hi = int(start[0]), int(start[-1] + count[-1])
                 return {n: cached[n][lo:hi] for n in names}
             sel = _ranges(start, count)
             return {n: cached[n][sel] for n in names}
-        # uncached: read each shard's covering range (or per graph when sparse)
+        # from the files: one read per run of consecutive graphs within a shard
         shard_of = np.searchsorted(self._first, idx, side="right") - 1
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         key_off = "atom_offset" if kind == "atom" else "edge_offset"
-        for k in range(len(idx)):
-            sh = self._shards[shard_of[k]]
-            local = int(idx[k] - self._first[shard_of[k]])
+        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(shard_of) != 0)) + 1
+        for run in np.split(np.arange(idx.size), breaks):
+            if run.size == 0:
+                continue
+            sh = self._shards[shard_of[run[0]]]
+            local = int(idx[run[0]] - self._first[shard_of[run[0]]])
             lo = int(sh.graph[key_off][local])
-            hi = lo + int(count[k])
+            hi = lo + int(count[run].sum())
             for n in names:
                 parts[n].append(sh.read(n, lo, hi))
         return {n: _cat(parts[n], n) for n in names}

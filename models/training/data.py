@@ -15,10 +15,12 @@ from models.appio import BadInput
 
 
 def open_stores(
-    root: str | Path | Mapping[str, str], datasets: Sequence[str], split: str, dtype: torch.dtype = torch.float32
+    root: str | Path | Mapping[str, str], datasets: Sequence[str], split: str, dtype: torch.dtype = torch.float32,
+    cache: bool = True,
 ) -> dict[str, Any]:
     """Open ``split`` of every dataset under ``root`` (one directory, or ``{dataset: directory}``) with float
-    fields in ``dtype``; a missing store is a :class:`BadInput` naming it."""
+    fields in ``dtype`` (``cache``: every atom and edge row in memory, else read on access or held per rank with
+    ``GraphStore.retain``); a missing store is a :class:`BadInput` naming it."""
     from models.data.store import open_split
 
     stores: dict[str, Any] = {}
@@ -30,7 +32,7 @@ def open_stores(
         else:
             where = root
         try:
-            stores[name] = open_split(where, name, split, dtype=dtype)
+            stores[name] = open_split(where, name, split, dtype=dtype, cache=cache)
         except (FileNotFoundError, KeyError, OSError) as exc:
             raise BadInput(f"{where}: dataset '{name}' split '{split}' cannot be opened ({exc})") from exc
     return stores

@@ -173,3 +173,15 @@ def test_spread_compositions_keeps_the_first_and_spreads() -> None:
     assert spread_compositions(numbers, 3) == [0, 2, 4]
     assert spread_compositions(numbers, 10) == [0, 2, 4, 3, 1]
     assert spread_compositions([], 3) == []
+
+
+def test_a_dataset_the_models_never_saw_exits_2_naming_the_field(loop: dict[str, Any]) -> None:
+    recipe = loop["dir"] / "bad.yaml"
+    recipe.write_text("campaign: al-bad\nsite: {name: local, workers: 1}\nstages:\n  active:\n"
+                      "    from_campaign: al-tiny\n    dataset: demo-gfn2\n    method: gfn2-xtb\n")
+    before = rows(loop["url"], "SELECT COUNT(*) FROM tasks")
+    proc = subprocess.run([CAMPAIGN_EXE, "run", str(recipe), "--db", loop["url"], "--quiet"], cwd=loop["dir"],
+                          env={**os.environ, "CAMPAIGN_DB": ""}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "stages.active.dataset" in proc.stderr and "demo-gfn2" in proc.stderr
+    assert rows(loop["url"], "SELECT COUNT(*) FROM tasks") == before

@@ -85,3 +85,20 @@ def test_corrupt_index_and_missing_store(store_dir):
     (root / "demo" / "train" / "index.json").write_text("{broken")
     with pytest.raises(BadInput, match=r"index\.json"):
         GraphStore(root / "demo" / "train")
+
+
+def test_a_retained_share_serves_the_same_batches_and_holds_only_its_rows(store_dir):
+    """A rank's share (graphs 4..9 of 3 shards of 5) in memory: the same batches as the fully cached store, for
+    held graphs, for others (read from the files), and for runs crossing shards; only the share's rows held."""
+    root, recs = store_dir
+    full = open_split(root, "demo", "train", dtype=torch.float64, cache=True)
+    share = open_split(root, "demo", "train", dtype=torch.float64, cache=False)
+    share.retain(range(4, 10))
+    for idx in ([4, 5, 6, 7, 8, 9], [9, 4, 6], [0, 11, 5], [3, 4, 5, 6], list(range(len(recs)))):
+        a, b = full.get_batch(idx), share.get_batch(idx)
+        for key in a.keys():
+            assert _eq(getattr(a, key), getattr(b, key)), (idx, key)
+    rows = sum(len(r["z"]) for r in recs[4:10]) * (8 + 3 * 8 + 3 * 8)  # z int64, pos, forces float64
+    assert rows <= share.held_bytes() < full.held_bytes()
+    with pytest.raises(ValueError, match="cache=False"):
+        full.retain([0])

@@ -152,3 +152,15 @@ def test_acquisition_criteria_rank_what_the_members_say(tiny_checkpoints, tmp_pa
         assert h["score"] == pytest.approx(h["energy_per_atom"] - 2.0 * h["uncertainty"])
     with pytest.raises(ValueError, match="ensemble"):
         _config(tiny_checkpoints[:1], tmp_path / "y.bp", criterion="uncertainty")
+
+
+def test_structure_force_spread_reduces_per_structure() -> None:
+    from models.acquisition import structure_force_spread
+
+    per_atom = np.array([1.0, 3.0, 2.0, 0.5, 0.5])
+    natoms = np.array([3, 2])
+    np.testing.assert_allclose(structure_force_spread(per_atom, natoms, "max"), [3.0, 0.5])
+    np.testing.assert_allclose(structure_force_spread(per_atom, natoms, "mean"), [2.0, 0.5])
+    np.testing.assert_allclose(structure_force_spread(per_atom, natoms, "sum"), [6.0, 1.0])
+    with pytest.raises(ValueError, match="max, mean or sum"):
+        structure_force_spread(per_atom, natoms, "median")

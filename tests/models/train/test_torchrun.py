@@ -120,3 +120,22 @@ def test_two_ranks_under_mpiexec(train_config: dict[str, Any], tmp_path: Path) -
     assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"] and res["launcher"] == "mpi"
     assert res["head_groups"] == {"0": [0], "1": [1]}
     assert len(checkpoint.load(res["checkpoints"]["last"]["path"])["ranks"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_rank_holds_its_share_of_the_data(train_config: dict[str, Any], tmp_path: Path) -> None:
+    """Two ranks: ``data_in_memory: share`` holds about half the atom and edge rows ``all`` holds per rank, and
+    trains to the same figures (the same graphs are read, from memory or from the files)."""
+    runs = {}
+    for mode in ("all", "share", "none"):
+        cfg = {**train_config, "epochs": 2, "device": "cpu", "data_in_memory": mode,
+               "output_dir": str(tmp_path / mode)}
+        proc, result = _torchrun(cfg, tmp_path, mode)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[mode] = json.loads(result.read_text())
+    assert runs["none"]["data_bytes"] == 0
+    assert 0 < runs["share"]["data_bytes"] < 0.65 * runs["all"]["data_bytes"]
+    for mode in ("share", "none"):
+        assert [r for r in runs[mode]["history"] if r["split"] == "val"] == \
+            [r for r in runs["all"]["history"] if r["split"] == "val"], mode
