@@ -4,7 +4,9 @@
   HPO (``--trials`` trials of ``--pretrain-epochs`` epochs), promotion of the ``--members`` best trials as the
   ensemble;
 * then, for each repetition ``k`` (pool seed ``k``) and each rule (``uncertainty``: the ensemble's largest
-  force disagreement, ours; ``random``: the peer), ``campaign run`` of the active stage from that ensemble:
+  atomic force disagreement, the batch spread over compositions among the 4 x batch most uncertain, as
+  ``recipes/active.yaml`` does, ours; ``random``: the peer), ``campaign run`` of the active stage from that
+  ensemble:
   a pool of ``--pool`` generator candidates (2-``--max-atoms`` atoms, periodic cells of Cu Ag Au Ni Pd Pt Al),
   a held-out set of ``--heldout`` candidates labelled by EMT, ``--rounds`` rounds of ``--batch`` EMT labels
   each, every member fine-tuned (``--epochs``, replay 0.5) from its previous round;
@@ -110,7 +112,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--force-spread", choices=["max", "mean", "sum"], default="max",
                     help="ours: a structure's force disagreement (worst atom, mean, or sum over atoms)")
-    ap.add_argument("--diversity", action="store_true", help="ours: spread each batch over compositions")
+    ap.add_argument("--diversity", action=argparse.BooleanOptionalAction, default=True,
+                    help="ours: spread each batch over compositions (the shipped recipe's choice)")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     args = ap.parse_args()
 
