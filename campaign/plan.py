@@ -4,8 +4,9 @@ create, what each needs, and an upper bound on the node-hours it could use, plus
 Task counts follow the stages' own planning rules: a demo dataset's generation shards and every dataset's
 preprocessing parts (and their merge), ``max_trials`` per HPO study, the promoted models' training (at least
 one chunk each), screening shards, and per fine-tuning task its data task, its fine-tune and its from-scratch
-baseline. Where a count depends on results (how many models promotion selects, how many chunks training
-needs) the plan says "up to" or "at least". Node-hours are a bound only where a task's walltime is known: the
+baseline, and per active-learning round its screens, labels, dataset version, fine-tunes and evaluations. Where a
+count depends on results (how many models promotion selects, how many chunks training needs, when a loop
+stops) the plan says "up to" or "at least". Node-hours are a bound only where a task's walltime is known: the
 study's ``trial_timeout_s``, training's ``chunk_walltime_s``, else a batch job's walltime (no task outlives
 its block); a local site has no node-hours.
 """
@@ -84,4 +85,17 @@ def plan(recipe: Recipe) -> list[StagePlan]:
         n = sum(2 + (1 if t.scratch else 0) for t in st.finetune.tasks)
         out.append(StagePlan("finetune", n, "", 1, 1, block_s,
                              f"{len(st.finetune.tasks)} downstream tasks (data, fine-tune, scratch baseline)"))
+    if st.active is not None:
+        a = st.active
+        if isinstance(a.model, list):
+            members, said = len(a.model), str(len(a.model))
+        elif st.promote is not None and a.from_campaign is None:  # the ensemble this recipe's promotion records
+            members, said = st.promote.ensemble_k, str(st.promote.ensemble_k)
+        else:  # an earlier campaign's ensemble: its size is not in the recipe
+            members, said = 3, "assuming 3"
+        shards = a.pool.shards
+        n = 2 + members + a.stop.rounds * (shards + 2 + 2 * members) + (shards if a.top_k else 0)
+        out.append(StagePlan("active", n, "up to", 1, 1, block_s,
+                             f"{a.stop.rounds} rounds x {a.select.batch} {a.method} labels, "
+                             f"{said} members; held-out {a.pool.heldout}"))
     return out

@@ -84,6 +84,11 @@ def test_the_loop_runs_every_round_once(loop: dict[str, Any]) -> None:
         assert {f"active/{r}/label", f"active/{r}/data", f"active/{r}/finetune/m0", f"active/{r}/finetune/m1",
                 f"active/{r}/evaluate/m0", f"active/{r}/screen/000"} <= set(keys)
     assert "active/r03/label" not in keys and "active/final/screen/000" in keys
+    from campaign.plan import plan
+    from campaign.recipe import load_recipe
+
+    (dry,) = [p for p in plan(load_recipe(loop["dir"] / "active.yaml")) if p.stage == "active"]
+    assert dry.count == len(keys) == 22  # `campaign run --dry-run` counts what the loop creates
     (config,) = rows(url, "SELECT config FROM stages WHERE kind = 'active'")[0]
     assert json.loads(config)["stopped"] == "2 rounds done"
 
