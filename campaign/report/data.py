@@ -458,7 +458,7 @@ def _active_rounds(conn: Connection, name: str) -> list[ActiveRound]:
     from db.queries import get_query
 
     q = get_query("active_rounds", conn.dialect.name)
-    rows = conn.execute(text(q.for_dialect(conn.dialect.name)), {"campaign": name}).mappings().all()
+    rows = conn.execute(text(q.sql), {"campaign": name}).mappings().all()  # text() binds :name itself
     return [ActiveRound(**{k: r[k] for k in ActiveRound.__dataclass_fields__}) for r in rows]
 
 

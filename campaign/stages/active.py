@@ -1,7 +1,8 @@
 """The active stage: closed-loop discovery — screen, pick by an acquisition rule, label with real physics,
 fine-tune, evaluate, screen again.
 
-It starts from an ensemble (the promoted one, of this campaign or of ``from_campaign``, or model ids) trained on
+It starts from an ensemble (the newest of this campaign or of ``from_campaign`` — the promoted one, or an earlier
+loop's last round, whose pre-training data is found through the models' parents — or model ids) trained on
 ``dataset`` among others, and runs rounds ``1 … stop.rounds`` unattended. Every step is a campaign task with a
 key, so nothing runs twice and a killed driver resumes where it stood (the plan is a pure function of the tasks
 already done and their recorded results; the starting models are pinned in the stage's ``config.initial_models``
@@ -122,11 +123,15 @@ class ActiveStage:
     def _base(self, ctx: StageContext) -> Base:
         spec = self.spec
         row = ctx.ledger.model(self.initial[0].model_id)
-        try:
-            made_by = training_config(ctx.ledger, row)
-        except BadInput as exc:
-            raise CampaignInputError(f"stages.active: cannot tell what model {row.id if row else '?'} was trained "
-                                     f"on: {exc}") from None
+        while True:  # a fine-tuned model (an earlier loop's) was pre-trained on what its first ancestor was
+            try:
+                made_by = training_config(ctx.ledger, row)
+                break
+            except BadInput as exc:
+                if row is None or row.parent_id is None:
+                    raise CampaignInputError(f"stages.active: cannot tell what model {self.initial[0].model_id} "
+                                             f"was trained on: {exc}") from None
+                row = ctx.ledger.model(row.parent_id)
         if spec.dataset not in made_by.datasets:
             raise CampaignInputError(f"stages.active.dataset: the models were not trained on {spec.dataset!r} "
                                      f"(they were on {', '.join(made_by.datasets)})")

@@ -22,6 +22,6 @@ SELECT c.name AS campaign, mt.epoch AS round,
          WHERE tf.campaign_id = c.id AND tf.key LIKE 'active/r%/finetune/%' AND d.version = mt.epoch)
          AS dataset_version
 FROM metrics mt JOIN tasks t ON t.id = mt.task_id JOIN campaigns c ON c.id = t.campaign_id
-WHERE t.key LIKE 'active/r%/evaluate/%' AND (:campaign IS NULL OR c.name = :campaign)
+WHERE t.key LIKE 'active/r%/evaluate/%' AND (CAST(:campaign AS VARCHAR(200)) IS NULL OR c.name = :campaign)
 GROUP BY c.id, c.name, mt.epoch
 ORDER BY c.name, mt.epoch

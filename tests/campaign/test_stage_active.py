@@ -190,3 +190,20 @@ def test_a_dataset_the_models_never_saw_exits_2_naming_the_field(loop: dict[str,
     assert proc.returncode == 2
     assert "stages.active.dataset" in proc.stderr and "demo-gfn2" in proc.stderr
     assert rows(loop["url"], "SELECT COUNT(*) FROM tasks") == before
+
+
+@pytest.mark.parametrize(("stop", "errors", "want"), [
+    ("{rounds: 3}", [900.0, 500.0], None),
+    ("{rounds: 3}", [900.0, 500.0, 400.0, 300.0], "3 rounds done"),
+    ("{rounds: 9, force_mae_mev_per_a: 450}", [900.0, 500.0, 440.0], "reached the target 450"),
+    ("{rounds: 9, force_mae_mev_per_a: 1000}", [900.0], "reached the target 1000"),  # good enough at the start
+    ("{rounds: 9, patience: 2}", [900.0, 500.0, 510.0], None),
+    ("{rounds: 9, patience: 2}", [900.0, 500.0, 510.0, 505.0], "no better held-out force MAE for 2 rounds"),
+])
+def test_the_stop_rule(stop: str, errors: list[float], want: str | None) -> None:
+    from campaign.recipe import parse_recipe
+    from campaign.stages.active import ActiveStage
+
+    stage = ActiveStage(parse_recipe(f"campaign: s\nstages:\n  active:\n    stop: {stop}\n"))
+    reason = stage._stop_reason(errors, len(errors) - 1)
+    assert (reason is None) if want is None else (reason is not None and want in reason)

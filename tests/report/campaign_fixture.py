@@ -27,7 +27,7 @@ NOW = T0 + timedelta(hours=12)
 FAMILIES = {"painn": "painn", "schnet": "schnet", "egnn": "egnn", "dimenetpp": "dimenet++", "mace": "mace",
             "pna": "pna"}
 DATASETS = ("demo-emt", "demo-gfn2", "demo-gfn1")
-ALL_STAGES = ("preprocess", "hpo", "promote", "train", "screen", "finetune")
+ALL_STAGES = ("preprocess", "hpo", "promote", "train", "screen", "finetune", "active")
 
 
 class _Builder:
@@ -252,4 +252,35 @@ def build_campaign(engine: Engine, tmp: Path, *, name: str = "demo-hpo",
                site="frontier", gpus=8)
         facts["in_flight"] = facts["in_flight"] + 1
         facts["finetune"] = {"water": (0.012, 0.045), "qm9-gap": (0.08, 0.11)}
+        if "active" not in stages:
+            return facts
+
+        # two rounds of active learning, as the active stage records them (no attempts: the resources stay as
+        # the other stages left them): evaluations per round and member, a selection labelled per round
+        b.stage("active")
+        heldout = {0: (900.0, 950.0), 1: (600.0, 640.0), 2: (420.0, 470.0)}  # round: members' force MAE, meV/Å
+        for r, maes in heldout.items():
+            for j, mae in enumerate(maes):
+                t = b.task("active", f"active/r{r:02d}/evaluate/m{j}", "evaluate", attempts=())
+                s.add_all([m.Metric(task_id=t.id, epoch=r, head="demo-emt-heldout", split="heldout",
+                                    name="force_mae_mev_per_a", value=mae),
+                           m.Metric(task_id=t.id, epoch=r, head="demo-emt", split="test",
+                                    name="force_mae_mev_per_a", value=300.0 - 5 * r)])
+            if r == 0:
+                continue
+            scr = b.task("active", f"active/r{r:02d}/screen/000", "screen", attempts=())
+            lab = b.task("active", f"active/r{r:02d}/label", "label", attempts=())
+            for rank in (1, 2):
+                hit = m.ScreeningHit(task_id=scr.id, rank=rank, structure_id=f"gen-0-{10 * r + rank}",
+                                     formula="AlCu", natoms=2, score=-2.0 / rank, energy_per_atom=-3.5,
+                                     uncertainty=0.1, head="100",
+                                     data={"purpose": "selection", "round": r, "criterion": "uncertainty",
+                                           "force_uncertainty": 2.0 / rank})
+                s.add(hit)
+                s.flush()
+                s.add(m.Label(campaign_id=c.id, task_id=lab.id, hit_id=hit.id, round=r,
+                              structure_id=hit.structure_id, sid=rank, formula="AlCu", natoms=2, method="emt",
+                              status="ok" if rank == 1 else "failed", cause=None if rank == 1 else "unphysical",
+                              energy_ev=-7.0 if rank == 1 else None, seconds=0.01))
+        facts["active"] = {r: sum(v) / 2 for r, v in heldout.items()}
     return facts

@@ -29,7 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ALL_FIGURES = {"hpo_objectives.png", "hpo_parallel.png", "curves_1.png", "curves_2.png", "parity_1.png",
-               "parity_2.png", "screening.png", "finetune.png", "resources.png", "timeline.png"}
+               "parity_2.png", "screening.png", "finetune.png", "active.png", "resources.png", "timeline.png"}
 
 
 @pytest.fixture
@@ -62,6 +62,10 @@ def test_gather_reads_every_section(full: tuple[str, dict]) -> None:
     assert data.screening.screened > 0.95 * facts["screened"]  # summed over shards (tails outside the bins)
     assert {(p.task, p.finetuned, p.scratch) for p in data.finetune} == {
         (t, ft, sc) for t, (ft, sc) in facts["finetune"].items()}
+    assert [(r.round, r.heldout_force_mae_mev_per_a, r.labelled, r.failed_labels) for r in data.active_rounds] == [
+        (r, mae, 1 if r else 0, 1 if r else 0) for r, mae in facts["active"].items()]
+    assert [(x.round, x.rank, x.label) for x in data.selections] == [(1, 1, "ok"), (1, 2, "unphysical"),
+                                                                     (2, 1, "ok"), (2, 2, "unphysical")]
     train = [r for r in data.resources if r.stage == "train"]
     # two trained models, each a 90-min walltime attempt then a 90-min ok one, 2 nodes, 8 GPUs, on frontier
     assert len(train) == 1 and train[0].site == "frontier" and train[0].attempts == 4 and train[0].failed == 2
@@ -88,8 +92,9 @@ def test_report_writes_page_and_figures(full: tuple[str, dict], tmp_path: Path) 
 
 @pytest.mark.parametrize(("stages", "empty"), [
     (("preprocess",), {"HPO campaigns", "Hyperparameters", "Promotion", "Loss curves", "Parity on the test split",
-                       "Screening", "Fine-tuning"}),
-    (("preprocess", "hpo"), {"Promotion", "Parity on the test split", "Screening", "Fine-tuning"}),
+                       "Screening", "Fine-tuning", "Active learning"}),
+    (("preprocess", "hpo"), {"Promotion", "Parity on the test split", "Screening", "Fine-tuning",
+                             "Active learning"}),
 ])
 def test_sections_without_data_say_so(engine: object, tmp_path: Path, db_url: str, stages: tuple[str, ...],
                                       empty: set[str]) -> None:
