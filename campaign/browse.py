@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.errors import CampaignInputError
+from campaign.hits import is_selection
 from db.readonly import as_json, readonly_snapshot
 
 
@@ -110,18 +111,20 @@ def models(campaign: str | None = None, *, role: str | None = None, db: str | No
 
 
 def hits(campaign: str, *, top: int | None = None, db: str | None = None) -> list[Hit]:
-    """The screening hits of ``campaign``, best first (at most ``top``)."""
+    """The screening hits of ``campaign``, best first (at most ``top``; an active-learning loop's selections left
+    out)."""
     with readonly_snapshot(db) as snap:
         _require_campaign(snap, campaign)
         rows = snap.rows(
             "SELECT h.id, h.rank, h.structure_id, h.formula, h.natoms, h.score, h.energy_per_atom, h.uncertainty, "
             "h.head, h.model_id, h.task_id, h.data FROM screening_hits h JOIN tasks t ON t.id = h.task_id "
-            "JOIN campaigns c ON c.id = t.campaign_id WHERE c.name = :campaign ORDER BY h.rank, h.id"
-            + ("" if top is None else " LIMIT :top"), {"campaign": campaign, **({} if top is None else {"top": top})})
-    return [Hit(int(i), campaign, int(rank), sid, formula, int(n), float(score),
-                None if e is None else float(e), None if u is None else float(u), head,
-                None if mid is None else int(mid), tid, as_json(data) or {})
-            for i, rank, sid, formula, n, score, e, u, head, mid, tid, data in rows]
+            "JOIN campaigns c ON c.id = t.campaign_id WHERE c.name = :campaign ORDER BY h.rank, h.id",
+            {"campaign": campaign})
+    found = [Hit(int(i), campaign, int(rank), sid, formula, int(n), float(score),
+                 None if e is None else float(e), None if u is None else float(u), head,
+                 None if mid is None else int(mid), tid, as_json(data) or {})
+             for i, rank, sid, formula, n, score, e, u, head, mid, tid, data in rows]
+    return [h for h in found if not is_selection(h.data)][:top]
 
 
 def _require_campaign(snap: Any, campaign: str | None) -> None:

@@ -1,4 +1,5 @@
-"""Export the screening hits of a campaign as extxyz (ASE), best first.
+"""Export the screening hits of a campaign as extxyz (ASE), best first (an active-learning loop's selections, which
+are recorded as hits for their lineage, are not exported: :func:`is_selection`).
 
 Each frame is one :class:`db.models.ScreeningHit`: its numbers, positions, cell and pbc (as recorded by the
 screen stage), ``info`` with the rank, structure id, formula, score, energy per atom, uncertainty, criterion
@@ -14,6 +15,12 @@ from typing import Any
 
 from campaign.errors import CampaignInputError
 from models.atomic_files import atomic_path
+
+
+def is_selection(data: Any) -> bool:
+    """Whether a hit's ``data`` marks it as a structure an active-learning round chose to label (recorded as a
+    hit for its lineage) rather than a discovery; hit listings and exports leave those out."""
+    return isinstance(data, dict) and data.get("purpose") == "selection"
 
 
 def hit_atoms(hit: Any) -> Any:
@@ -77,9 +84,8 @@ def export_hits(engine: Any, campaign: str, path: str | os.PathLike[str], *, top
             raise CampaignInputError(f"no campaign named {campaign!r} in the database")
         q = (select(m.ScreeningHit).join(m.Task, m.ScreeningHit.task_id == m.Task.id)
              .where(m.Task.campaign_id == cid).order_by(m.ScreeningHit.rank, m.ScreeningHit.id))
-        if top is not None:
-            q = q.limit(top)
-        frames = [hit_atoms(h) for h in s.scalars(q)]
+        found = [h for h in s.scalars(q) if not is_selection(h.data)]
+        frames = [hit_atoms(h) for h in found[:top]]
     if not frames:
         raise CampaignInputError(f"campaign {campaign!r} has no screening hits")
     out = Path(path)

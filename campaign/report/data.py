@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, Engine, Float, case, cast, func, select, text
 
+from campaign.hits import is_selection
 from campaign.status import FAILURE_CAUSES, find_campaign
 from db import models as m
 from sites.facts import node_share
@@ -394,7 +395,7 @@ def _screening(conn: Connection, cid: int) -> Screening:
              for r in conn.execute(select(m.Model.id, m.Model.role, m.Model.family).where(m.Model.campaign_id == cid))}
     rows = [r for r in conn.execute(select(h.__table__).join(t, t.id == h.task_id).where(t.campaign_id == cid)
                                     .order_by(h.score, h.rank)).all()
-            if (r.data or {}).get("purpose") != "selection"]  # what active learning chose to label: its section
+            if not is_selection(r.data)]  # what active learning chose to label: its own section
     hits = [Hit(r.rank, r.structure_id, r.formula, r.natoms, r.score, r.energy_per_atom, r.uncertainty,
                 names.get(r.model_id, "ensemble" if r.model_id is None else str(r.model_id)),
                 ((r.data or {}).get("model_test_error") or {}).get("energy_mae_mev_per_atom")) for r in rows]
@@ -471,7 +472,7 @@ def _selections(conn: Connection, cid: int) -> list[Selection]:
     out = []
     for r in rows:
         data = r.data or {}
-        if data.get("purpose") != "selection":
+        if not is_selection(data):
             continue
         out.append(Selection(int(data.get("round", 0)), r.rank, r.structure_id, r.formula, r.natoms,
                              str(data.get("criterion", "")), r.score, data.get("force_uncertainty"),

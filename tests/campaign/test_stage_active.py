@@ -156,6 +156,10 @@ def test_the_named_queries_answer_the_two_questions(loop: dict[str, Any]) -> Non
     steps = {r["step"] for r in up}
     assert {"r02/finetune/m0", "r01/finetune/m0", "r02/label", "r01/label", "r01/data", "r02/data"} <= steps
     assert {"hpo/painn/trial-0000", "preprocess/demo-emt"} <= steps
+    # listings and exports of hits are the discoveries; the selections live in the labels' lineage
+    assert [h.structure_id for h in api.hits("al-tiny", db=url)] == [
+        s for (s,) in rows(url, "SELECT h.structure_id FROM screening_hits h JOIN tasks t ON t.id = h.task_id "
+                                "WHERE t.key LIKE 'active/final/%' ORDER BY h.rank")]
     made = {r["step"]: r for r in up}
     assert made["r01/label"]["labels_ok"] == 4 and made["r02/data"]["dataset_made"] == "demo-emt-active v2"
     assert made["r02/finetune/m0"]["model_made"] == "demo-emt-active-r02-m0"
