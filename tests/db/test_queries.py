@@ -50,7 +50,7 @@ def graph(engine, db_url):  # type: ignore[no-untyped-def]
     led.link("input_of", ("dataset", ds.id), ("task", tasks["trial0"]), cid)
     led.link("output_of", ("trial", ids["trial"]), ("task", tasks["trial0"]), cid)
     led.link("promoted_from", ("model", ids["model"]), ("trial", ids["trial"]), cid)
-    return {"url": db_url, **ids, "tasks": tasks}
+    return {"url": db_url, "engine": engine, **ids, "tasks": tasks}
 
 
 def test_every_query_has_a_description_on_both_dialects() -> None:
@@ -101,3 +101,49 @@ def test_parameter_errors_are_clear() -> None:
         q.bind({"model": "1", "bogus": "2"})
     with pytest.raises(UnknownQuery, match="top_trials"):
         get_query("nope")
+
+
+def test_active_learning_queries_on_both_backends(graph) -> None:  # type: ignore[no-untyped-def]
+    """A one-round loop, recorded as the active stage records it: the selection hit labelled, the dataset version
+    built from the labels, the model fine-tuned on it and evaluated, a discovery hit screened with it."""
+    led = Ledger(graph["engine"])
+    cid = led.campaign_id("c")
+    st = led.stage(cid, "active", "active")
+    t = {k: led.create_task(cid, st.id, f"active/{k}", TaskSpec(kind="x", app="models.x", workdir="/tmp/w")).id
+         for k in ("r01/screen/000", "r01/label", "r01/data", "r01/finetune/m0", "r01/evaluate/m0",
+                   "r00/evaluate/m0", "final/screen/000")}
+    sel, found = led.add_hits(cid, [
+        {"task_id": t["r01/screen/000"], "rank": 1, "structure_id": "gen-0-3", "formula": "Cu2", "natoms": 2,
+         "score": -1.0, "data": {"purpose": "selection", "round": 1}},
+        {"task_id": t["final/screen/000"], "rank": 1, "structure_id": "gen-0-5", "formula": "Cu2", "natoms": 2,
+         "score": -3.5}])
+    led.add_labels(cid, t["r01/label"], [
+        {"hit_id": sel, "round": 1, "structure_id": "gen-0-3", "sid": 3, "formula": "Cu2", "natoms": 2,
+         "method": "emt", "status": "ok", "energy_ev": -7.0, "seconds": 0.1},
+        {"hit_id": None, "round": 1, "structure_id": "gen-0-4", "sid": 4, "formula": "Cu2", "natoms": 2,
+         "method": "emt", "status": "failed", "cause": "unphysical", "seconds": 0.1}])
+    ds = led.add_dataset(name="demo-emt-active", head_id=100, store_path="/v1", content_hash="v1" * 32, version=1)
+    model = led.save_model({"task_id": t["r01/finetune/m0"], "role": "finetuned"},
+                           create={"campaign_id": cid, "name": "demo-emt-active-r01-m0", "family": "painn",
+                                   "hyperparameters": {}, "parent_id": graph["model"]})
+    for kind, src, dst in (("input_of", ("hit", sel), ("task", t["r01/label"])),
+                           ("input_of", ("task", t["r01/label"]), ("task", t["r01/data"])),
+                           ("output_of", ("dataset", ds.id), ("task", t["r01/data"])),
+                           ("input_of", ("dataset", ds.id), ("task", t["r01/finetune/m0"])),
+                           ("output_of", ("model", model), ("task", t["r01/finetune/m0"])),
+                           ("finetuned_from", ("model", model), ("model", graph["model"])),
+                           ("input_of", ("model", model), ("task", t["final/screen/000"]))):
+        led.link(kind, src, dst, cid)
+    for r, mae in ((0, 900.0), (1, 500.0)):
+        led.add_metrics(t[f"r{r:02d}/evaluate/m0"], [
+            {"epoch": r, "split": "heldout", "head": "demo-emt-heldout", "name": "force_mae_mev_per_a", "value": mae},
+            {"epoch": r, "split": "test", "head": "demo-emt", "name": "force_mae_mev_per_a", "value": 100.0}])
+    rounds = api.named_query("active_rounds", {"campaign": "c"}, db=graph["url"]).as_dicts()
+    assert [(r["round"], r["heldout_force_mae_mev_per_a"], r["labelled"], r["failed_labels"]) for r in rounds] == [
+        (0, 900.0, 0, 0), (1, 500.0, 1, 1)]
+    assert rounds[1]["dataset_version"] == "demo-emt-active v1 " + "v1" * 6
+    up = {r["step"]: r for r in api.named_query("active_hit_lineage", {"hit": found}, db=graph["url"]).as_dicts()}
+    assert up["r01/finetune/m0"]["model_made"] == "demo-emt-active-r01-m0" and up["r01/finetune/m0"]["round"] == 1
+    assert up["r01/data"]["dataset_made"] == "demo-emt-active v1"
+    assert (up["r01/label"]["labels_ok"], up["r01/label"]["labels_failed"]) == (1, 1)
+    assert "trial0" in up  # back to the pre-training trial through the parent model
