@@ -186,7 +186,7 @@ def test_report_renders_in_headless_chromium(full: tuple[str, dict], tmp_path: P
     m = re.search(r'<pre id="result">(.*?)</pre>', out.stdout, re.S)
     assert m is not None, out.stdout[-2000:]
     result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert result["title"] == "campaign demo-hpo: report" and result["sections"] == 8
+    assert result["title"] == "campaign demo-hpo: report" and result["sections"] == 9
     assert {i["src"] for i in result["images"]} == ALL_FIGURES
     for img in result["images"]:
         assert img["complete"] and img["w"] > 100 and img["h"] > 100, img
