@@ -45,7 +45,7 @@ import numpy as np
 from campaign.errors import CampaignInputError
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config, shard_ranges
 from campaign.stages.evaluate import FIGURES
-from campaign.stages.screen import ModelCheckpoint, model_checkpoint, resolve_models, training_config
+from campaign.stages.screen import ModelCheckpoint, hit_row, model_checkpoint, resolve_models, training_config
 from campaign.tasks import TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
 from models.contracts.evaluate import EvaluateConfig
@@ -226,40 +226,36 @@ class ActiveStage:
 
     # ------------------------------------------------------------------------------------------ planning
     def _advance(self, ctx: StageContext) -> list[PlannedTask]:
-        """Every task whose inputs are done (already-planned keys are ignored by the queue)."""
+        """The next tasks whose inputs are done, in the loop's order; only tasks not done yet are built (building
+        one records what it reads: the labels behind a dataset version, the version behind a fine-tune), and
+        ones already planned and running are ignored by the queue."""
         done = self._done(ctx)
         if self._failed(ctx):
             return []
-        plan = [self._label_task(ctx, "heldout", self._heldout_indices(), ())]
         if key("heldout", "label") not in done:
-            return plan
-        plan.append(self._data_task(ctx, "heldout", done))
+            return [self._label_task(ctx, "heldout", self._heldout_indices(), ())]
         if key("heldout", "data") not in done:
-            return plan
-        plan += self._evaluate_tasks(ctx, 0, self.initial)
+            return [self._data_task(ctx, "heldout", done)]
         _, last, reason = self._progress(ctx, done)
-        if reason is not None:  # the loop is over: discovery with the final models
-            return plan + self._screen_tasks(ctx, "final", self._members(ctx, done, last), done)
-        r = last + 1
         if last < 0:
-            return plan
+            return _pending(self._evaluate_tasks(ctx, 0, self.initial), done)
+        if reason is not None:  # the loop is over: discovery with the final models
+            return _pending(self._screen_tasks(ctx, "final", self._members(ctx, done, last), done), done)
+        r = last + 1
         members = self._members(ctx, done, last)
-        screens = self._screen_tasks(ctx, r, members, done)
-        plan += screens
-        if any(p.key not in done for p in screens):
-            return plan
-        hits = self._selection(ctx, r, done)
-        plan.append(self._label_task(ctx, r, [h[1] for h in hits], tuple(("hit", h[0]) for h in hits)))
+        screens = _pending(self._screen_tasks(ctx, r, members, done), done)
+        if screens:
+            return screens
         if key(r, "label") not in done:
-            return plan
-        plan.append(self._data_task(ctx, r, done))
+            hits = self._selection(ctx, r, done)
+            return [self._label_task(ctx, r, [h[1] for h in hits], tuple(("hit", h[0]) for h in hits))]
         if key(r, "data") not in done:
-            return plan
-        tuned = [self._finetune_task(ctx, r, j, m, done) for j, m in enumerate(members)]
-        plan += tuned
-        if any(p.key not in done for p in tuned):
-            return plan
-        return plan + self._evaluate_tasks(ctx, r, self._members(ctx, done, r))
+            return [self._data_task(ctx, r, done)]
+        tuned = [self._finetune_task(ctx, r, j, m, done) for j, m in enumerate(members)
+                 if key(r, "finetune", f"m{j}") not in done]
+        if tuned:
+            return tuned
+        return _pending(self._evaluate_tasks(ctx, r, self._members(ctx, done, r)), done)
 
     def _failed(self, ctx: StageContext) -> bool:
         return bool(ctx.ledger.tasks(ctx.campaign_id, stage_id=ctx.stage_id, states=[TaskState.FAILED], limit=1))
@@ -374,17 +370,11 @@ class ActiveStage:
 
     def _record_hits(self, ctx: StageContext, r: int | str, tasks: list[Any], chosen: list[tuple[Any, ScreenHit]],
                      purpose: str) -> list[int]:
-        model_ids = read_screen(tasks[0].result, _where(tasks[0])).models
-        rows = []
-        for rank, (task, h) in enumerate(chosen, start=1):
-            data = h.model_dump(mode="json", include={"numbers", "positions", "cell", "pbc", "forces", "energies",
-                                                     "index", "force_uncertainty"})
-            rows.append({"task_id": task.id, "model_id": model_ids[0], "rank": rank, "structure_id": h.structure_id,
-                         "formula": h.formula, "natoms": h.natoms, "score": h.score,
-                         "energy_per_atom": h.energy_per_atom, "uncertainty": h.uncertainty, "head": str(h.head),
-                         "data": {**data, "purpose": purpose, "round": r, "criterion": tasks[0].spec["config"].get(
-                             "criterion", "energy")}})
-        return ctx.ledger.add_hits(ctx.campaign_id, rows)
+        model_ids = [i for i in read_screen(tasks[0].result, _where(tasks[0])).models if i is not None]
+        criterion = tasks[0].spec["config"].get("criterion", "energy")
+        return ctx.ledger.add_hits(ctx.campaign_id, [
+            hit_row(task, h, rank, model_ids, criterion=criterion, extra={"purpose": purpose, "round": r})
+            for rank, (task, h) in enumerate(chosen, start=1)])
 
     def _finetune_task(self, ctx: StageContext, r: int, j: int, parent: ModelCheckpoint,
                        done: Mapping[str, Any]) -> PlannedTask:
@@ -579,6 +569,11 @@ class ActiveStage:
                                 "models": [m.model_id for m in self._members(ctx, done, last)]}
         self.note = f"stopped after round {last}: {reason}"
         return "done"
+
+
+def _pending(planned: list[PlannedTask], done: Mapping[str, Any]) -> list[PlannedTask]:
+    """The planned tasks not done yet."""
+    return [p for p in planned if p.key not in done]
 
 
 def _where(task: Any) -> str:

@@ -284,20 +284,28 @@ class ScreenStage:
         pool = [(h, t, res) for t, res in shards for h in res.top]
         pool.sort(key=lambda p: (p[0].score, p[0].structure_id))
         chosen = pool[: self.spec.top_k]
-        head_names = _head_names()
         errors = model_test_errors(ctx.ledger, model_ids)
-        hits = []
-        for rank, (h, t, res) in enumerate(chosen, start=1):
-            data = h.model_dump(mode="json", include={"numbers", "positions", "cell", "pbc", "energies", "index",
-                                                      "sid", "forces"}, exclude_none=True)
-            data.update({"shard": res.shard, "models": model_ids, "head_id": h.head,
-                         "criterion": self.spec.criterion, "source": t.spec["config"]["source"]["kind"],
-                         "model_test_error": errors.get(h.head)})
-            hits.append(dict(task_id=t.id, model_id=model_ids[0] if len(model_ids) == 1 else None, rank=rank,
-                             structure_id=h.structure_id, formula=h.formula, natoms=h.natoms, score=h.score,
-                             energy_per_atom=h.energy_per_atom, uncertainty=h.uncertainty,
-                             head=head_names.get(h.head, str(h.head)), data=data))
+        hits = [hit_row(t, h, rank, model_ids, criterion=self.spec.criterion,
+                        extra={"model_test_error": errors.get(h.head)})
+                for rank, (h, t, _) in enumerate(chosen, start=1)]
         return ctx.ledger.add_hits(ctx.campaign_id, hits)
+
+
+def hit_row(task: Any, hit: Any, rank: int, model_ids: list[int], *, criterion: str,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``screening_hits`` values of ``hit`` (a :class:`~models.contracts.screen.ScreenHit`) found by screening
+    task ``task``: its structure, every head's energy and the criterion head's forces in ``data`` (what
+    :mod:`campaign.hits` exports), the criterion, the shard and source, the models (``model_id`` when one model
+    screened), and ``extra`` entries of ``data``."""
+    data = hit.model_dump(mode="json", include={"numbers", "positions", "cell", "pbc", "energies", "index", "sid",
+                                                "forces", "force_uncertainty"}, exclude_none=True)
+    config = task.spec["config"]
+    data.update({"shard": config.get("shard", 0), "models": model_ids, "head_id": hit.head, "criterion": criterion,
+                 "source": config["source"]["kind"], **(extra or {})})
+    return dict(task_id=task.id, model_id=model_ids[0] if len(model_ids) == 1 else None, rank=rank,
+                structure_id=hit.structure_id, formula=hit.formula, natoms=hit.natoms, score=hit.score,
+                energy_per_atom=hit.energy_per_atom, uncertainty=hit.uncertainty,
+                head=_head_names().get(hit.head, str(hit.head)), data=data)
 
 
 def model_test_errors(ledger: Any, model_ids: list[int]) -> dict[int, dict[str, Any]]:

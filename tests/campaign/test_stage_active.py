@@ -160,6 +160,8 @@ def test_the_named_queries_answer_the_two_questions(loop: dict[str, Any]) -> Non
     assert [h.structure_id for h in api.hits("al-tiny", db=url)] == [
         s for (s,) in rows(url, "SELECT h.structure_id FROM screening_hits h JOIN tasks t ON t.id = h.task_id "
                                 "WHERE t.key LIKE 'active/final/%' ORDER BY h.rank")]
+    best = api.hits("al-tiny", db=url)[0].atoms()  # exported as the screen stage's hits: energy and forces too
+    assert best.get_potential_energy() == pytest.approx(best.info["energy_100"]) and best.get_forces().shape[1] == 3
     made = {r["step"]: r for r in up}
     assert made["r01/label"]["labels_ok"] == 4 and made["r02/data"]["dataset_made"] == "demo-emt-active v2"
     assert made["r02/finetune/m0"]["model_made"] == "demo-emt-active-r02-m0"
