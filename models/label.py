@@ -3,7 +3,8 @@
 Computes reference labels (total energy, forces; stress for periodic cells under EMT) for chosen candidates of
 the seeded generator (:mod:`models.candidates`), with a real physics code:
 
-* ``emt``: ASE's effective-medium theory (Cu, Ag, Au, Ni, Pd, Pt, Al; others are ``unsupported-element``);
+* ``emt``: ASE's effective-medium theory (the elements it has parameters for: Cu, Ag, Au, Ni, Pd, Pt, Al and H, C,
+  N, O; others are ``unsupported-element``);
 * ``gfn2-xtb`` / ``gfn1-xtb``: tblite's extended tight binding (an SCF that does not converge is
   ``not-converged``);
 * ``dft``: restricted Kohn-Sham B3LYP/6-31G* through PySCF (the ``[dft]`` extra), molecules only.
@@ -30,9 +31,6 @@ from models.candidates import CandidateSpec, candidate
 from models.contracts.label import LEVEL_OF_THEORY, LabelConfig, LabelResult, parse_config
 from models.data.split import structure_id
 
-#: Elements ASE's EMT has parameters for.
-EMT_ELEMENTS = frozenset({"Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al", "H", "C", "N", "O"})
-
 
 class LabelFailed(Exception):
     """A structure the method could not label; ``cause`` is the recorded reason."""
@@ -45,9 +43,9 @@ class LabelFailed(Exception):
 def _calculate(atoms: Any, method: str) -> dict[str, Any]:
     """Energy (eV), forces (eV/Å) and, for periodic EMT cells, stress (eV/Å³, Voigt) of ``atoms``."""
     if method == "emt":
-        from ase.calculators.emt import EMT
+        from ase.calculators.emt import EMT, parameters
 
-        odd = sorted(set(atoms.get_chemical_symbols()) - EMT_ELEMENTS)
+        odd = sorted(set(atoms.get_chemical_symbols()) - set(parameters))  # the elements EMT has parameters for
         if odd:
             raise LabelFailed("unsupported-element", f"EMT has no parameters for {', '.join(odd)}")
         atoms.calc = EMT()
