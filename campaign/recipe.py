@@ -50,6 +50,19 @@ def _known_precision(v: str) -> str:
 Precision = Annotated[str, AfterValidator(_known_precision)]
 
 
+def _chemical_symbols(v: list[str]) -> list[str]:
+    from ase.data import atomic_numbers
+
+    bad = [e for e in v if e not in atomic_numbers or e == "X"]
+    if bad:
+        raise ValueError(f"not chemical symbols: {bad}")
+    return v
+
+
+#: Elements to draw candidate structures from (chemical symbols, at least one).
+ChemicalSymbols = Annotated[list[str], AfterValidator(_chemical_symbols), Field(min_length=1)]
+
+
 class RecipeError(ValueError):
     """A recipe is unreadable or invalid. ``errors`` holds one ``(location, line, message)`` per problem."""
 
@@ -445,7 +458,7 @@ class ScreenSpec(_Strict):
     max_atoms: int = Field(64, ge=1, le=100_000)
     max_species: int = Field(4, ge=1, description="Generator: most distinct elements per candidate.")
     periodic: bool = Field(True, description="Generator: periodic cells (true) or clusters (false).")
-    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], min_length=1)
+    elements: ChemicalSymbols = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"])
     head: str | int | None = Field(None, description="Criterion head: a dataset name or head id (default: the "
                                    "model's first head).")
     precision: Precision = "fp32"
@@ -469,16 +482,6 @@ class ScreenSpec(_Strict):
                 raise ValueError(f"unknown dataset {v!r} for the criterion head")
         elif isinstance(v, int) and v < 0:
             raise ValueError("a head id is >= 0")
-        return v
-
-    @field_validator("elements")
-    @classmethod
-    def _elements(cls, v: list[str]) -> list[str]:
-        from ase.data import atomic_numbers
-
-        bad = [e for e in v if e not in atomic_numbers or e == "X"]
-        if bad:
-            raise ValueError(f"not chemical symbols: {bad}")
         return v
 
     @model_validator(mode="after")
@@ -597,16 +600,11 @@ class ActivePool(_Strict):
     max_atoms: int = Field(32, ge=1, le=100_000)
     max_species: int = Field(3, ge=1)
     periodic: bool = True
-    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], min_length=1)
+    elements: ChemicalSymbols = Field(default_factory=lambda: ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"])
     seed: int = 0
 
     @model_validator(mode="after")
     def _atoms(self) -> ActivePool:
-        from ase.data import atomic_numbers
-
-        bad = [e for e in self.elements if e not in atomic_numbers or e == "X"]
-        if bad:
-            raise ValueError(f"elements: not chemical symbols: {bad}")
         if self.min_atoms > self.max_atoms:
             raise ValueError(f"min_atoms ({self.min_atoms}) exceeds max_atoms ({self.max_atoms})")
         return self
