@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,15 +34,7 @@ def run(root: Path, ranks: int, mode: str, out: Path) -> dict[str, Any]:
            "epochs": 1, "precision": "fp32", "device": "cpu", "threads": 1, "data_in_memory": mode,
            "model": {"family": "painn", "hidden": 32, "layers": 2, "cutoff": bench_train.CUTOFF, "heads": [0]},
            "output_dir": str(out / "run"), "seed": 0}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-           "-m", "models.train", "--config", str(out / "cfg.json"), "--result", str(out / "result.json")]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    res = json.loads((out / "result.json").read_text())
+    res = bench_train.torchrun_train(cfg, ranks, out)
     return {"data_bytes": res["data_bytes"], "peak_memory_bytes": res["peak_memory_bytes"],
             "wall_time_s": res["wall_time_s"], "train_graphs_per_s": res["train_graphs_per_s"]}
 

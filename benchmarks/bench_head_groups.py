@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -45,15 +43,7 @@ def run(root: Path, names: list[str], grouped: bool, head_hidden: int, out: Path
                      "heads": list(range(len(names))),
                      "head_hidden": head_hidden},
            "output_dir": str(out / "run"), "seed": 0}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(names)}",
-           "-m", "models.train", "--config", str(out / "cfg.json"), "--result", str(out / "result.json")]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    res = json.loads((out / "result.json").read_text())
+    res = bench_train.torchrun_train(cfg, len(names), out)
     return {**res["state_bytes"], "n_params": res["n_params"]}
 
 

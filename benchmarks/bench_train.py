@@ -57,11 +57,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import keys
 
+REPO = Path(__file__).resolve().parents[1]
+
 HIDDEN, LAYERS, RBF, CUTOFF = 128, 4, 20, 5.0
 BATCH_GRAPHS = 8
 
 
 # ------------------------------------------------------------------------------------------------ data
+def torchrun_train(cfg: dict[str, Any], ranks: int, out: Path) -> dict[str, Any]:
+    """``models.train`` with ``cfg`` on ``ranks`` CPU ranks (torchrun, gloo, one thread each) writing under
+    ``out``; returns its result.
+
+    Raises:
+        RuntimeError: the run failed (with the end of its stderr).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+           "-m", "models.train", "--config", str(out / "cfg.json"), "--result", str(out / "result.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
+    return result
+
+
 def write_demo_store(root: Path, n_graphs: int, seed: int = 0, name: str = "bench", head_id: int = 0,
                      split: str = "train") -> Path:
     """EMT-labelled cells and molecules as a ``<name>/<split>`` store under ``root`` (feeding head ``head_id``)."""
