@@ -1,7 +1,8 @@
-"""End to end on a real one-node Slurm (``.ci/slurm.sh start``): the same factory Frontier/Perlmutter use.
+"""End to end on the real Slurm cluster ``.ci/slurm.sh start`` runs: the same factory Frontier/Perlmutter use.
 
-Parsl submits the MPI executor's block through ``sbatch``; its worker pool starts inside the allocation; a
-2-rank app runs through ``srun`` (``$PARSL_MPI_PREFIX``); the TaskResult carries the Slurm job id and host.
+Every node of the CI cluster is a network namespace with its own hostname and address, so workers reach the
+interchange on the cluster's bridge address, not on 127.0.0.1. Parsl submits the MPI executor's block through
+``sbatch``; its worker pool starts inside the allocation; a 2-rank app runs through ``srun`` (``$PARSL_MPI_PREFIX``); the TaskResult carries the Slurm job id and host.
 Then a campaign stage runs through the steering loop into the campaign database: single-node tasks on the
 ``htex`` block's workers, a 2-rank training run (``models.train``, DDP over gloo) through ``srun`` in the ``mpi``
 block, and every attempt recorded with the Slurm job id Parsl got back from ``sbatch``.
@@ -10,7 +11,6 @@ block, and every attempt recorded with the Slurm job id Parsl got back from ``sb
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,13 @@ def _slurm_up() -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_two_rank_app_through_sbatch_and_srun(tmp_path: Path, make_spec) -> None:  # type: ignore[no-untyped-def]
+def test_two_rank_app_through_sbatch_and_srun(tmp_path: Path, make_spec, slurm_cluster) -> None:  # type: ignore[no-untyped-def]
     if not _slurm_up():
         pytest.skip("no running Slurm (run .ci/slurm.sh start)")
     params = {
         "partition": "debug",
         "walltime": "00:05:00",
-        "address": "127.0.0.1",
+        "address": slurm_cluster.address,
         "max_blocks": 0,  # no single-node block: this test holds the only node for the MPI block
         "heartbeat_period": 2,
         "heartbeat_threshold": 10,
@@ -61,7 +61,8 @@ def test_two_rank_app_through_sbatch_and_srun(tmp_path: Path, make_spec) -> None
     assert sorted(r["rank"] for r in res.result["ranks"]) == [0, 1]
     assert {r["launcher"] for r in res.result["ranks"]} == {"slurm"}
     assert res.batch_job_id and res.batch_job_id == res.result["job_id"]
-    assert res.host == socket.gethostname()
+    assert res.host in slurm_cluster.nodes  # the node the block's batch script ran on, by its own name
+    assert {r["host"] for r in res.result["ranks"]} == {res.host}  # one node: both ranks on it
     scripts = list((tmp_path / "parsl").rglob("parsl.mpi.block-0*"))
     batch = [p for p in scripts if p.is_file() and not p.name.endswith((".stdout", ".stderr"))]
     assert any("#SBATCH --partition=debug" in p.read_text() for p in batch)
@@ -109,7 +110,7 @@ class SlurmStage:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_campaign_stage_through_slurm_into_the_database(tmp_path: Path) -> None:
+def test_campaign_stage_through_slurm_into_the_database(tmp_path: Path, slurm_cluster) -> None:  # type: ignore[no-untyped-def]
     if not _slurm_up():
         pytest.skip("no running Slurm (run .ci/slurm.sh start)")
     from tests.models.train.emt_data import demo_root
@@ -126,11 +127,9 @@ def test_campaign_stage_through_slurm_into_the_database(tmp_path: Path) -> None:
     params = {
         "partition": "debug",
         "walltime": "00:10:00",
-        "address": "127.0.0.1",
-        # both blocks share the one CI node: no --exclusive, and the 2-rank step may exceed the MPI block's
-        # single allocated CPU (srun --overcommit through its input variable)
-        "exclusive": False,
-        "worker_init": "export SLURM_OVERCOMMIT=1",
+        "address": slurm_cluster.address,
+        # each block holds a whole node of the CI cluster (--exclusive): the htex block one, the mpi block another
+        "exclusive": True,
         "max_blocks": 1,
         "heartbeat_period": 2,
         "heartbeat_threshold": 30,
@@ -156,11 +155,12 @@ def test_campaign_stage_through_slurm_into_the_database(tmp_path: Path) -> None:
     for key in ("shard/0", "shard/1"):
         att = attempts[key][0]
         assert att.batch_job_id in jobs["htex"], (key, att.batch_job_id, jobs)  # started by sbatch, recorded
-        assert att.site == "slurm" and att.host == socket.gethostname()
+        assert att.site == "slurm" and att.host in slurm_cluster.nodes
         assert tasks[key].result["payload"] == int(key[-1])
     train = attempts["train/ddp"][0]
     assert train.batch_job_id in jobs["mpi"], (train.batch_job_id, jobs)
     assert train.executor == "parsl:mpi" and train.ranks == 2 and train.nodes == 1
+    assert train.node_list in slurm_cluster.nodes and train.node_list != attempts["shard/0"][0].host
     res = tasks["train/ddp"].result
     assert res["status"] == "ok" and res["world_size"] == 2 and res["completed"], res
     assert Path(res["metrics_path"]).is_file()
