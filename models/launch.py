@@ -73,6 +73,28 @@ def _int(environ: Mapping[str, str], *names: str) -> int | None:
     return None
 
 
+def tasks_per_node(spec: str, name: str = "SLURM_TASKS_PER_NODE") -> list[int]:
+    """Tasks on each node of a Slurm step or job, in node order.
+
+    Args:
+        spec: Slurm's compressed form, e.g. ``"2(x2),1"`` (two nodes with 2 tasks, then one with 1).
+        name: The variable ``spec`` came from (error messages).
+
+    Raises:
+        ValueError: ``spec`` is not in that form, or expands past 100,000 nodes.
+    """
+    counts: list[int] = []
+    for part in spec.strip().split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if m is None:
+            raise ValueError(f"environment variable {name}={spec!r} is not a tasks-per-node list such as '2(x3),1'")
+        repeat = int(m.group(2) or 1)
+        if len(counts) + repeat > 100_000:
+            raise ValueError(f"environment variable {name}={spec!r} names more than 100,000 nodes")
+        counts += [int(m.group(1))] * repeat
+    return counts
+
+
 def expand_hostlist(expr: str) -> list[str]:
     """Expand a Slurm hostlist expression into host names.
 
@@ -203,11 +225,15 @@ def parse_slurm(environ: Mapping[str, str]) -> DistEnv | None:
     world = _int(environ, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
     if rank is None or world is None:
         return None
-    local_size = _int(environ, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+    local_size = None
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):  # the step's own layout first
+        if environ.get(name, "").strip():
+            counts = tasks_per_node(environ[name], name)
+            node = _int(environ, "SLURM_NODEID") or 0
+            local_size = counts[node] if node < len(counts) else counts[-1]
+            break
     if local_size is None:
-        spec = environ.get("SLURM_TASKS_PER_NODE", "")  # e.g. "4(x2),3"
-        m = re.match(r"(\d+)", spec)
-        local_size = int(m.group(1)) if m else 1
+        local_size = _int(environ, "SLURM_NTASKS_PER_NODE") or 1
     return DistEnv(
         rank=rank,
         world_size=world,

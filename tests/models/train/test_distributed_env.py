@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.distributed import assign_head_groups
-from models.launch import DistEnv, detect, expand_hostlist
+from models.launch import DistEnv, detect, expand_hostlist, tasks_per_node
 
 
 def test_single_process_when_no_launcher() -> None:
@@ -44,6 +44,28 @@ def test_slurm_srun_master_from_nodelist_and_port_from_job() -> None:
     assert d.launcher == "slurm"
     assert d.master_port == 29500 + 4567 + 1
     assert detect({**env, "MASTER_ADDR": "x", "MASTER_PORT": "1"}).master_addr == "x"
+
+
+def test_slurm_step_tasks_per_node_in_slurms_compressed_form() -> None:
+    """What ``srun --ntasks 5 --nodes 3`` sets on its third node (seen on the CI cluster: ``2(x2)``)."""
+    env = {
+        "SLURM_PROCID": "4",
+        "SLURM_STEP_NUM_TASKS": "5",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "2",
+        "SLURM_STEP_NODELIST": "cn[1-3]",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2),1",
+        "SLURM_TASKS_PER_NODE": "2(x3)",
+        "SLURM_NTASKS_PER_NODE": "2",
+    }
+    d = detect(env)
+    assert (d.rank, d.world_size, d.local_rank, d.local_world_size) == (4, 5, 0, 1)
+    assert detect({**env, "SLURM_NODEID": "1"}).local_world_size == 2
+    assert tasks_per_node("4(x2),3") == [4, 4, 3]
+    with pytest.raises(ValueError, match="SLURM_STEP_TASKS_PER_NODE='2x2'"):
+        detect({**env, "SLURM_STEP_TASKS_PER_NODE": "2x2"})
+    with pytest.raises(ValueError, match="more than 100,000 nodes"):
+        tasks_per_node("1(x999999999)")
 
 
 def test_open_mpi_wins_over_inherited_slurm_variables() -> None:
