@@ -514,7 +514,7 @@ class Ledger(Provenance):
         executor and start time stay as submitted where the worker did not report them."""
         row = dict(b_task=result.task_id, b_number=result.attempt, exit_cause=m.ExitCause(result.exit_cause.value),
                    returncode=result.returncode, error=result.error, host=result.host,
-                   batch_job_id=result.batch_job_id, ended_at=result.ended_at or now,
+                   batch_job_id=result.batch_job_id, node_list=result.node_list, ended_at=result.ended_at or now,
                    stdout_path=result.stdout_path, stderr_path=result.stderr_path,
                    cpu_seconds=result.cpu_seconds)
         row["b_executor"], row["b_started"] = result.executor or None, result.started_at

@@ -120,6 +120,8 @@ class TaskResult(BaseModel):
     error: str | None = Field(None, description="Last lines of stderr or the exception text on failure.")
     host: str | None = None
     batch_job_id: str | None = None
+    node_list: str | None = Field(None, description="The nodes the attempt ran on, as its scheduler names them "
+                                                    "(Slurm's compact list, e.g. 'cn[1-2]', or comma-separated).")
     executor: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None

@@ -39,6 +39,18 @@ BATCH_JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID", "
 #: Exit status an app uses for "bad input" (mirrors the CLI's convention).
 BAD_INPUT_EXIT = 2
 
+#: What a parallel launcher prints on stderr when a node of its job step was lost: Slurm's srun and slurmstepd,
+#: Open MPI's runtime (ORTE up to 4.x, PRRTE from 5.0). An attempt whose launcher failed with one of these is a
+#: lost node (retried without charge), not an app error.
+NODE_FAILURE_MARKERS = (
+    "srun: error: Node failure on",
+    "DUE TO NODE FAILURE",
+    "has lost communication with a remote daemon",
+)
+
+#: Bytes of a PBS node file read at most (one host name per rank: bounded against a malformed file).
+_MAX_NODEFILE_BYTES = 1 << 20
+
 
 def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
     """The id of the batch job this process runs in, if any."""
@@ -47,6 +59,36 @@ def batch_job_id(environ: dict[str, str] | None = None) -> str | None:
         if env.get(var):
             return env[var]
     return None
+
+
+def attempt_node_list(spec: TaskSpec, environ: dict[str, str] | None = None) -> str | None:
+    """The nodes a multi-rank attempt runs on, as its scheduler names them; ``None`` for a single-node task
+    (its ``host`` says where it ran) or outside a batch job.
+
+    Parsl's MPI mode hands each task its share of the block (``PARSL_MPI_NODELIST``, comma-separated); otherwise
+    the batch job's allocation: ``SLURM_JOB_NODELIST`` (Slurm's compact form, e.g. ``cn[1-2]``) or the distinct
+    hosts of ``PBS_NODEFILE`` (Aurora, Polaris), comma-separated.
+    """
+    if not spec.resources.is_mpi:
+        return None
+    env = os.environ if environ is None else environ
+    for var in ("PARSL_MPI_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        if env.get(var):
+            return env[var][:2000]
+    nodefile = env.get("PBS_NODEFILE")
+    if nodefile:
+        try:
+            with open(nodefile, encoding="utf-8", errors="replace") as fh:
+                hosts = fh.read(_MAX_NODEFILE_BYTES).split()
+        except OSError:
+            return None
+        return ",".join(dict.fromkeys(hosts))[:2000] or None
+    return None
+
+
+def launcher_lost_a_node(stderr_text: str) -> bool:
+    """True when the launcher's stderr says a node of the job step was lost (:data:`NODE_FAILURE_MARKERS`)."""
+    return any(marker in stderr_text for marker in NODE_FAILURE_MARKERS)
 
 
 def _tail(path: Path, max_chars: int = 4000) -> str:
@@ -161,7 +203,8 @@ def _in_process_attempt(task_id: str, attempt: int, app: str, config: dict[str, 
     # written out rather than built and dumped through the model: the steering process validates what comes
     # back (the trust boundary)
     return {"task_id": task_id, "attempt": attempt, "exit_cause": cause.value, "returncode": rc,
-            "result": payload, "error": err, "host": host, "batch_job_id": job, "executor": "in-process",
+            "result": payload, "error": err, "host": host, "batch_job_id": job, "node_list": None,
+            "executor": "in-process",
             "started_at": started, "ended_at": time.time(), "stdout_path": None, "stderr_path": None,
             "cpu_seconds": cpu}
 
@@ -438,7 +481,8 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
     ``returncode`` is None when the app's exit status is unknown (an attempt adopted by a new driver after its
     worker died): then the app's own result file decides. ``oom_killed``: the app died by SIGKILL while the
     memory cgroup counted an OOM kill (:mod:`campaign.oom`); that, or an app failure with the reason ``oom``,
-    makes the cause ``oom``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
+    makes the cause ``oom``; a launcher that failed saying a node of its step was lost (:func:`launcher_lost_a_node`)
+    makes it ``node_lost``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
     """
     result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
@@ -454,6 +498,8 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
     if cause is ExitCause.OK:
         if oom_killed or (failure is not None and failure.reason == OOM_REASON):
             cause = ExitCause.OOM
+        elif returncode is not None and returncode != 0 and launcher_lost_a_node(_tail(stderr_path, 16000)):
+            cause = ExitCause.NODE_LOST
         elif returncode is not None and returncode < 0:
             cause = ExitCause.KILLED
         elif (returncode is not None and returncode != 0) or result is None or failure is not None:
@@ -473,6 +519,7 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
         error=err_text,
         host=socket.gethostname(),
         batch_job_id=batch_job_id(),
+        node_list=attempt_node_list(spec),
         started_at=started,
         ended_at=ended,
         stdout_path=str(stdout_path),

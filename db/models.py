@@ -185,6 +185,7 @@ class Attempt(Base):
     executor: Mapped[str | None] = mapped_column(String(100))
     batch_job_id: Mapped[str | None] = mapped_column(String(100))
     host: Mapped[str | None] = mapped_column(String(200))
+    node_list: Mapped[str | None] = mapped_column(String(2000))  # the scheduler's node list of the attempt
     nodes: Mapped[int] = mapped_column(Integer, default=1)
     ranks: Mapped[int] = mapped_column(Integer, default=1)
     gpus: Mapped[int] = mapped_column(Integer, default=0)

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from parsl.config import Config
 from parsl.executors.base import ParslExecutor
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.jobs.error_handlers import windowed_error_handler
+from parsl.jobs.states import JobStatus
 from parsl.logconfigs.file import FileLogging
 
 #: Level of ``parsl.log`` a campaign writes unless its site sets ``parsl_log_level``. Parsl's own default is DEBUG:
@@ -17,6 +20,18 @@ from parsl.logconfigs.file import FileLogging
 
 LogLevel = Literal["debug", "info", "warning"]
 DEFAULT_LOG_LEVEL: LogLevel = "info"
+
+
+#: Consecutive failed blocks (batch jobs) after which an executor gives up and fails every task it holds. Parsl's
+#: default gives up when every block so far failed, which for an executor whose blocks start on demand is its first
+#: failure: one node lost mid-run (the job ends NODE_FAIL) would fail every later task of the campaign. A lost
+#: node fails one block and the next must be allowed to start; a broken ``worker_init`` fails every block.
+FAILED_BLOCKS_TO_GIVE_UP = 3
+
+
+def give_up_after_failed_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Parsl block error handler: fail the executor once its last :data:`FAILED_BLOCKS_TO_GIVE_UP` blocks failed."""
+    windowed_error_handler(executor, status, FAILED_BLOCKS_TO_GIVE_UP)
 
 
 def parsl_logging(level: LogLevel | bool) -> FileLogging | bool:
@@ -38,7 +53,8 @@ def assemble_config(
     initialize_logging: bool = True,
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
 ) -> Config:
-    """A fresh ``Config`` around ``executors``.
+    """A fresh ``Config`` around ``executors``, each of which gives up only after repeated failed blocks
+    (:func:`give_up_after_failed_blocks`).
 
     Args:
         executors: The site's executors (labels ``htex`` for single-node tasks, ``mpi`` for MPI apps).
@@ -51,6 +67,9 @@ def assemble_config(
         initialize_logging: Whether Parsl writes ``parsl.log`` under ``run_dir``.
         log_level: Level of ``parsl.log`` (see :data:`DEFAULT_LOG_LEVEL`).
     """
+    for ex in executors:
+        if isinstance(ex, BlockProviderExecutor):
+            ex.block_error_handler = give_up_after_failed_blocks
     hub = None
     if monitoring:
         from parsl.monitoring import MonitoringHub

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from campaign.tasks import DriverRef, ExitCause, TaskResult
-from campaign.worker import run_attempt, run_task, wants_in_process
+from campaign.worker import attempt_node_list, run_attempt, run_task, settle, wants_in_process
 
 
 def test_noop_runs_in_process(make_spec) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +69,45 @@ def test_subprocess_causes(make_spec, config, resources, cause) -> None:  # type
     assert not wants_in_process(spec) or not resources
     res = TaskResult.model_validate(run_task(spec.model_dump(), in_process=False))
     assert res.exit_cause is cause
+
+
+#: What srun (Slurm 22.05) printed when the CI cluster lost the second node of a 2-node step (``.ci/slurm.sh
+#: kill-node cn2``); its exit status was 143.
+SRUN_NODE_FAILURE = """srun: error: Node failure on cn2
+srun: error: Node failure on cn2
+slurmstepd-cn1: error: *** STEP 3.0 ON cn1 CANCELLED AT 2026-12-05T01:20:21 DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***
+srun: Job step aborted: Waiting up to 7 seconds for job step to finish.
+srun: error: cn1: task 0: Terminated
+"""
+
+
+@pytest.mark.parametrize(("stderr", "returncode", "cause"), [
+    (SRUN_NODE_FAILURE, 143, ExitCause.NODE_LOST),
+    ("Traceback (most recent call last):\nValueError: bad\nsrun: error: cn1: task 0: Exited with exit code 1\n",
+     1, ExitCause.ERROR),
+    (SRUN_NODE_FAILURE, 0, ExitCause.ERROR),  # exit 0 without a result file: not a node failure
+])
+def test_a_launcher_that_lost_a_node_is_node_lost(make_spec, tmp_path: Path, stderr: str, returncode: int,
+                                                  cause: ExitCause) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec(resources={"nodes": 2, "ranks_per_node": 1})
+    Path(spec.workdir).mkdir(parents=True)
+    out, err = tmp_path / "a.out", tmp_path / "a.err"
+    out.write_text("")
+    err.write_text(stderr)
+    res = TaskResult.model_validate(settle(spec, returncode, ExitCause.OK, None, None, out, err))
+    assert res.exit_cause is cause
+
+
+def test_a_multi_node_attempt_records_its_nodes(make_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mpi, single = make_spec(resources={"nodes": 2, "ranks_per_node": 2}), make_spec()
+    parsl_env = {"PARSL_MPI_NODELIST": "cn1,cn3", "SLURM_JOB_NODELIST": "cn[1-3]"}
+    assert attempt_node_list(mpi, parsl_env) == "cn1,cn3"  # the task's share of the block, not the whole block
+    assert attempt_node_list(mpi, {"SLURM_JOB_NODELIST": "cn[1-3]"}) == "cn[1-3]"
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x1000c0s0b0n0\nx1000c0s0b0n0\nx1000c0s1b0n0\n")  # PBS: one line per rank
+    assert attempt_node_list(mpi, {"PBS_NODEFILE": str(nodefile)}) == "x1000c0s0b0n0,x1000c0s1b0n0"
+    assert attempt_node_list(mpi, {}) is None
+    assert attempt_node_list(single, parsl_env) is None  # a single-node task: its host says where it ran
 
 
 def test_run_attempt_returns_the_result_as_json_text(make_spec) -> None:  # type: ignore[no-untyped-def]

@@ -74,3 +74,21 @@ def test_bad_parameters_are_named() -> None:
     with pytest.raises(KeyError, match="globus"):
         make_config("globus")
     assert "mpi_nodes_per_block" in accepted_params("frontier")
+
+
+@pytest.mark.parametrize("site", ["local", "slurm", "frontier", "perlmutter", "aurora"])
+def test_one_failed_block_does_not_fail_the_executor(site: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A lost node ends its batch job NODE_FAIL; the next block must start. Three failed in a row give up."""
+    from parsl.jobs.states import JobState, JobStatus
+
+    params = {"run_dir": str(tmp_path)} | ({"address": "10.0.0.1", "account": "abc123"} if site != "local" else {})
+    cfg = make_config(site, **params)
+    for ex in cfg.executors:
+        if not hasattr(ex, "block_error_handler"):
+            continue
+        failed, ok = JobStatus(JobState.FAILED, message="NODE_FAIL"), JobStatus(JobState.COMPLETED)
+        ex.block_error_handler(ex, {"0": failed})
+        ex.block_error_handler(ex, {"0": failed, "1": failed, "2": ok, "3": failed})
+        assert not ex.bad_state_is_set, ex.label
+        ex.block_error_handler(ex, {"0": ok, "1": failed, "2": failed, "3": failed})
+        assert ex.bad_state_is_set and "NODE_FAIL" in str(ex.executor_exception), ex.label
