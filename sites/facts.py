@@ -110,7 +110,7 @@ _SITES: dict[str, SiteFacts] = {
     "slurm": SiteFacts(
         name="slurm",
         kind="parsl",
-        description="Any Slurm cluster (the same factory as Frontier/Perlmutter), e.g. the one-node CI cluster",
+        description="Any Slurm cluster (the same factory as Frontier/Perlmutter), e.g. the three-node CI cluster",
         scheduler="slurm",
         launcher="srun",
         cores_per_node=0,
