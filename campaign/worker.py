@@ -29,7 +29,7 @@ from campaign.attempt_files import IN_PROCESS_PACKAGE, attempt_result_file, proc
 from campaign.oom import memory_cgroup_dir, oom_kills
 from campaign.processes import pid_exists, process_alive, process_start_ticks
 from campaign.tasks import DriverRef, ExitCause, TaskResult, TaskSpec, utcnow
-from models.appio import OOM_EXCEPTIONS, OOM_REASON
+from models.appio import OOM_EXCEPTIONS, OOM_REASON, PREEMPTED_STOP
 from models.atomic_files import write_json_atomic
 from models.contracts import AppFailure, app_failure
 
@@ -482,7 +482,8 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
     worker died): then the app's own result file decides. ``oom_killed``: the app died by SIGKILL while the
     memory cgroup counted an OOM kill (:mod:`campaign.oom`); that, or an app failure with the reason ``oom``,
     makes the cause ``oom``; a launcher that failed saying a node of its step was lost (:func:`launcher_lost_a_node`)
-    makes it ``node_lost``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
+    makes it ``node_lost``; an app that checkpointed and stopped on the scheduler's warning signal (its result's
+    ``stop_reason`` is ``preempted``) makes it ``walltime``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
     """
     result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
@@ -504,6 +505,12 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
             cause = ExitCause.KILLED
         elif (returncode is not None and returncode != 0) or result is None or failure is not None:
             cause = ExitCause.ERROR
+        elif result.get("stop_reason") == PREEMPTED_STOP:
+            cause = ExitCause.WALLTIME
+    if (cause is ExitCause.WALLTIME and err_text is None and result is not None and failure is None
+            and result.get("stop_reason") == PREEMPTED_STOP):
+        err_text = (f"preempted: the app checkpointed at step {result.get('steps')} and stopped on the scheduler's "
+                    "warning signal (time limit, preemption or requeue); the next attempt resumes there")
     if cause is ExitCause.OOM and err_text is None and oom_killed:
         err_text = "killed by the kernel's OOM killer (the memory cgroup counted an OOM kill)\n" + _tail(stderr_path)
     if cause is not ExitCause.OK and err_text is None:

@@ -26,6 +26,9 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 #: The :class:`models.contracts.AppFailure` reason of an app that ran out of host or device memory.
 OOM_REASON = "oom"
+#: The ``stop_reason`` of an app that checkpointed and stopped on the scheduler's warning signal
+#: (:mod:`models.training.preemption`); the worker records such an attempt as ``walltime``.
+PREEMPTED_STOP = "preempted"
 #: Exception class names that mean "out of memory": ``MemoryError`` (host) and the ``OutOfMemoryError`` of
 #: torch's device allocators (CUDA, XPU, MPS), matched by name so that this module needs no torch.
 OOM_EXCEPTIONS = frozenset({"MemoryError", "OutOfMemoryError"})

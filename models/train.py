@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from models import checkpoint
-from models.appio import BadInput, RunFailed, main_for
+from models.appio import PREEMPTED_STOP, BadInput, RunFailed, main_for
 from models.contracts.train import TrainConfig, TrainResult, parse_config
 from models.distributed import (
     GradSync,
@@ -49,8 +49,9 @@ from models.launch import detect
 from models.nn.precision import param_dtype
 from models.training.data import dataset_head, eval_batches, open_stores
 from models.training.early_stopping import EarlyStopping
-from models.training.loop import Trainer
+from models.training.loop import PartialEpoch, Trainer
 from models.training.metrics import MetricsWriter, read_metrics
+from models.training.preemption import PreemptionWatch
 from models.training.schedule import Schedule
 
 
@@ -102,6 +103,14 @@ def _agree_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
+def _agree_any(flag: bool) -> bool:
+    """True on every rank when any rank says so."""
+    if not is_initialized():
+        return flag
+    t = all_reduce_(torch.tensor([1 if flag else 0], dtype=torch.int64), op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any]:
     """Train as configured on this rank; returns the result (identical on every rank but ``history``: rank 0's).
 
@@ -121,9 +130,10 @@ def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any
     except ValueError as exc:
         raise BadInput(f"{config_path}: field 'device': {exc}") from exc
     try:
-        result = _run(
-            cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss
-        )
+        with PreemptionWatch() as watch:  # the scheduler's warning: checkpoint at the next step and stop
+            result = _run(
+                cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss, watch
+            )
         # validated against the contract the campaign reads it with, so a drift fails here, named, not there
         return TrainResult.model_validate({**result, "launcher": denv.launcher}).model_dump(mode="json")
     finally:
@@ -139,6 +149,7 @@ def _run(
     t_start: float,
     build_model: Any,
     loss_fn: Any,
+    watch: PreemptionWatch | None = None,
 ) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -270,6 +281,7 @@ def _run(
     )
 
     start_epoch = 0
+    partial: PartialEpoch | None = None
     best: dict[str, Any] = {"epoch": -1, "loss": math.inf, "per_head": {}}
     ckpts: dict[str, dict[str, str]] = {}
     if resume is not None:
@@ -282,7 +294,10 @@ def _run(
         loader.load_state_dict(mine["loader"])
         checkpoint.set_rng_state(mine["rng"])
         trainer.step = int(resume["step"])
-        start_epoch = int(resume["epoch"]) + 1
+        start_epoch = int(resume["epoch"]) + 1  # the last epoch completed, + 1 (an interrupted one: its own)
+        cut = resume.get("partial_epoch")
+        if cut is not None:  # checkpointed mid-epoch on the scheduler's signal: finish that epoch first
+            partial = PartialEpoch(int(cut["epoch"]), int(cut["steps_done"]), mine["partial_acc"], float(cut["seconds"]))
         best = resume["best"]
         ckpts = dict(resume.get("checkpoints", {}))
 
@@ -298,7 +313,14 @@ def _run(
     stop_reason = "epochs"
     completed = True
     epoch = start_epoch
+
+    def preempted() -> bool:
+        return watch is not None and _agree_any(watch.requested)
+
     while epoch < cfg.epochs:
+        if preempted():  # between epochs (e.g. during validation): the last checkpoint is this chunk's end
+            stop_reason, completed = PREEMPTED_STOP, False
+            break
         if stopper.should_stop:  # e.g. resumed from a run that had already stopped early
             stop_reason = "early_stopping"
             break
@@ -319,10 +341,19 @@ def _run(
                 break
         t_epoch = time.perf_counter()
         loader.set_epoch(epoch)
+        resumed = partial if partial is not None and partial.epoch == epoch else None
+        partial = None
         steps = steps_per_epoch
         if cfg.max_steps:
-            steps = min(steps, cfg.max_steps - trainer.step)
-        tr = trainer.train_epoch(loader, steps, epoch=epoch)
+            steps = min(steps, (resumed.steps_done if resumed else 0) + cfg.max_steps - trainer.step)
+        tr = trainer.train_epoch(loader, steps, epoch=epoch, stop=preempted if watch is not None else None,
+                                 resume=resumed)
+        if tr.partial is not None:  # the scheduler's signal mid-epoch: checkpoint this step, continue it later
+            ckpts["last"] = _save_last(ckpt_dir / "last.pt", rank, model, model_cfg, head_refs, opt, schedule,
+                                       stopper, loader, trainer.step, last_epoch, best, ckpts, cfg,
+                                       grouped=groups is not None, meta=ckpt_meta, partial=tr.partial)
+            stop_reason, completed = PREEMPTED_STOP, False
+            break
         train_graphs += tr.graphs
         train_seconds += tr.seconds
         va = trainer.evaluate(eval_batches(val_stores, cfg.batch_size, rank=rank, world_size=world))
@@ -456,11 +487,18 @@ def _save_last(
     *,
     grouped: bool,
     meta: dict[str, Any],
+    partial: PartialEpoch | None = None,
 ) -> dict[str, str]:
-    """Full resumable state; per-rank parts (RNG, sampler, and the optimizer in grouped mode) are gathered."""
+    """Full resumable state; per-rank parts (RNG, sampler, and the optimizer in grouped mode) are gathered.
+
+    ``epoch`` is the last epoch completed; ``partial``, an epoch interrupted after it at a step boundary (the
+    loader's position and each rank's metric accumulator let a resumed run finish it exactly).
+    """
     mine: dict[str, Any] = {"rng": checkpoint.rng_state(), "loader": loader.state_dict()}
     if grouped:
         mine["optimizer"] = opt.state_dict()
+    if partial is not None:
+        mine["partial_acc"] = partial.acc
     per_rank = _gather(mine)
     digest = ""
     if rank == 0:
@@ -474,6 +512,8 @@ def _save_last(
                 "scheduler": schedule.state_dict(),
                 "early_stopping": stopper.state_dict(),
                 "epoch": epoch,
+                "partial_epoch": None if partial is None else
+                {"epoch": partial.epoch, "steps_done": partial.steps_done, "seconds": partial.seconds},
                 "step": step,
                 "best": best,
                 "ranks": per_rank,

@@ -144,7 +144,7 @@ class MetricRow(Result):
     value: float
 
 
-StopReason = Literal["epochs", "early_stopping", "stopped", "max_steps", "chunk_epochs", "time_limit"]
+StopReason = Literal["epochs", "early_stopping", "stopped", "max_steps", "chunk_epochs", "time_limit", "preempted"]
 
 
 class TrainResult(Result):
@@ -152,7 +152,8 @@ class TrainResult(Result):
 
     Attributes:
         completed: False when the chunk stopped early (``chunk_epochs`` or ``time_limit``): continue it.
-        stop_reason: Why the run stopped; ``stopped`` = asked to through ``stop_file``.
+        stop_reason: Why the run stopped; ``stopped`` = asked to through ``stop_file``; ``preempted`` = by the
+            scheduler's warning signal (SIGTERM/SIGUSR1), checkpointed at a step boundary, possibly mid-epoch.
         objective: The best epoch's validation loss (None when no epoch ran); the HPO objective.
         best_val_loss: Same as ``objective``.
         best_epoch: Epoch of the best validation loss (-1 when none ran).

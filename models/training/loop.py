@@ -30,6 +30,24 @@ LossFn = Callable[..., tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]]
 
 
 @dataclass
+class PartialEpoch:
+    """A training pass interrupted at a step boundary, as a mid-epoch checkpoint keeps it.
+
+    Attributes:
+        epoch: The epoch of the pass.
+        steps_done: Optimizer steps of the pass done (the same on every rank).
+        acc: This rank's metric accumulator so far, shape ``(n_heads, 5)``, float64, on the CPU (columns as in
+            :meth:`Trainer._accumulate`).
+        seconds: Wall time of the pass so far, s.
+    """
+
+    epoch: int
+    steps_done: int
+    acc: torch.Tensor
+    seconds: float
+
+
+@dataclass
 class EpochResult:
     """Figures of one pass over a split, identical on every rank.
 
@@ -39,6 +57,8 @@ class EpochResult:
         graphs: Graphs processed by all ranks.
         steps: Optimizer steps (training) or batches (evaluation) on this rank.
         seconds: Wall time of the pass, s.
+        partial: Set when a training pass was interrupted (``stop``) before its last step: the figures are then
+            not reduced (``loss`` is NaN) and this is what a mid-epoch checkpoint keeps to finish the pass later.
     """
 
     loss: float
@@ -46,6 +66,7 @@ class EpochResult:
     graphs: int = 0
     steps: int = 0
     seconds: float = 0.0
+    partial: PartialEpoch | None = None
 
     def as_rows(self) -> dict[int | None, dict[str, float]]:
         """``{None: {"loss": total}, head: {...}}`` for :class:`~models.training.metrics.MetricsWriter`."""
@@ -149,16 +170,28 @@ class Trainer:
             seconds=time.perf_counter() - t0,
         )
 
-    def train_epoch(self, batches: Iterable[Batch], steps: int, *, epoch: int = 0) -> EpochResult:
+    def train_epoch(self, batches: Iterable[Batch], steps: int, *, epoch: int = 0,
+                    stop: Callable[[], bool] | None = None, resume: PartialEpoch | None = None) -> EpochResult:
         """One training pass of exactly ``steps`` optimizer steps (the same number on every rank).
+
+        Args:
+            batches: The pass's batches (a resumed pass: those after ``resume.steps_done``).
+            steps: Optimizer steps of the whole pass.
+            epoch: The epoch (messages).
+            stop: Asked after every step but the last; True (it must agree on every rank) interrupts the pass:
+                the result then carries :class:`PartialEpoch` instead of reduced figures.
+            resume: An interrupted pass to finish: its steps count as done and its figures are carried on.
 
         Raises:
             RunFailed: ``reason="nan"`` when a loss or gradient norm is not finite on any rank.
         """
         self.model.train()
-        acc = torch.zeros(len(self.heads), 5, dtype=torch.float64, device=self.device)
-        t0 = time.perf_counter()
-        done = 0
+        if resume is not None:
+            acc = resume.acc.to(device=self.device, dtype=torch.float64).clone()
+            done, t0 = resume.steps_done, time.perf_counter() - resume.seconds
+        else:
+            acc = torch.zeros(len(self.heads), 5, dtype=torch.float64, device=self.device)
+            done, t0 = 0, time.perf_counter()
         it = iter(batches)
         while done < steps:
             try:
@@ -184,6 +217,10 @@ class Trainer:
             self._accumulate(acc, {h: {k: v.detach() for k, v in s.items()} for h, s in per_head.items()})
             self.step += 1
             done += 1
+            if stop is not None and done < steps and stop():
+                seconds = time.perf_counter() - t0
+                return EpochResult(loss=math.nan, steps=done, seconds=seconds,
+                                   partial=PartialEpoch(epoch, done, acc.detach().cpu(), seconds))
         return self._finish(acc, done, t0)
 
     def evaluate(self, batches: Iterable[Batch]) -> EpochResult:
