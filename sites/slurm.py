@@ -61,6 +61,7 @@ def slurm_config(
     mpi_max_blocks: int = 1,
     mpi_tasks_per_block: int = 1,
     mpi_walltime: str | None = None,
+    mpi_signal_s: int = 120,
     heartbeat_period: int = 30,
     heartbeat_threshold: int = 120,
     cmd_timeout: int = 60,
@@ -99,6 +100,12 @@ def slurm_config(
         mpi_max_blocks: Concurrent batch jobs of the MPI executor.
         mpi_tasks_per_block: MPI apps run at once inside one MPI block.
         mpi_walltime: Walltime of an MPI block (default ``walltime``).
+        mpi_signal_s: Seconds before an MPI block's time limit at which Slurm sends SIGUSR1 to its job steps
+            (``#SBATCH --signal=USR1@N``): the apps ``srun`` launched checkpoint at their next step and stop, and
+            the attempt is recorded ``walltime`` and continues in the next block. SIGUSR1, not SIGTERM:
+            slurmstepd treats a SIGTERM to a step as its cancellation (SIGKILL after ``KillWait``). Slurm may
+            send it up to 60 s earlier than asked. 0: no signal. Not set on the ``htex`` blocks, whose worker
+            pools are job steps themselves.
         heartbeat_period: Seconds between heartbeats.
         heartbeat_threshold: Seconds without heartbeat before a node counts as lost.
         cmd_timeout: Seconds allowed for ``sbatch``/``squeue``/``scancel``.
@@ -109,7 +116,8 @@ def slurm_config(
     """
     addr = resolve_address(site, interface, address)
 
-    def provider(nodes: int, launcher: Any, init: int, lo: int, hi: int, wall: str) -> SlurmProvider:
+    def provider(nodes: int, launcher: Any, init: int, lo: int, hi: int, wall: str,
+                 options: str = scheduler_options) -> SlurmProvider:
         return SlurmProvider(
             partition=partition,
             account=account,
@@ -122,7 +130,7 @@ def slurm_config(
             min_blocks=lo,
             max_blocks=hi,
             walltime=wall,
-            scheduler_options=scheduler_options,
+            scheduler_options=options,
             worker_init=worker_init,
             exclusive=exclusive,
             cmd_timeout=cmd_timeout,
@@ -158,6 +166,8 @@ def slurm_config(
                 provider=provider(
                     mpi_nodes_per_block or nodes_per_block, SimpleLauncher(), 0, 0, mpi_max_blocks,
                     mpi_walltime or walltime,
+                    "\n".join(filter(None, [scheduler_options,
+                                            f"#SBATCH --signal=USR1@{mpi_signal_s}" if mpi_signal_s else ""])),
                 ),
             )
         )

@@ -6,18 +6,24 @@ Through the steering loop, into the campaign database, with the factory Frontier
   block), recorded with its batch job id and node list;
 * a node lost mid-run (its slurmd and every process on it SIGKILLed, as when hardware dies): the attempt is
   recorded as ``node_lost``, retried without charge on the nodes left, and continues from its last checkpoint,
-  both in a new block and in the same batch job requeued by Slurm.
+  both in a new block and in the same batch job requeued by Slurm;
+* a batch job reaching its time limit: warned by Slurm (``--signal``), the app checkpoints even mid-epoch, the
+  attempt is recorded ``walltime`` and the next block continues exactly.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from sqlalchemy import select
 
 from campaign.dispatch import RetryPolicy, make_dispatcher
@@ -30,11 +36,21 @@ from campaign.tasks import TaskResult, TaskSpec, TaskState
 from db import models as m
 from db.engine import make_engine
 from db.migrate import ensure_schema
+from models import checkpoint
+from models.training.metrics import read_metrics
+from tests.conftest import REPO
 from tests.dispatch.conftest import SlurmCluster
 from tests.models.train.conftest import TINY_PAINN
 from tests.models.train.emt_data import demo_root
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def train_config(data_root: Path, output_dir: Path, epochs: int) -> dict[str, Any]:
+    """Tiny PaiNN on the two EMT datasets, fp64 on the CPU, no early stopping, resuming its own checkpoint."""
+    return {"data_root": str(data_root), "datasets": ["metals", "molecules"], "batch_size": 2,
+            "model": dict(TINY_PAINN), "epochs": epochs, "patience": 0, "precision": "fp64", "device": "cpu",
+            "optimizer": {"lr": 0.005}, "output_dir": str(output_dir), "seed": 3, "threads": 1, "auto_resume": True}
 
 
 class TrainStage:
@@ -46,17 +62,14 @@ class TrainStage:
     def __init__(self, workdir: Path, data_root: Path, *, nodes: int, ranks_per_node: int, epochs: int) -> None:
         self.workdir = workdir
         self.data_root = data_root
-        self.nodes, self.ranks_per_node, self.epochs = nodes, ranks_per_node, epochs
+        self.nodes, self.ranks_per_node = nodes, ranks_per_node
+        self.config = train_config(data_root, workdir / "train" / "out", epochs)
         self.told: dict[str, TaskResult] = {}
 
     def start(self, ctx: StageContext) -> list[PlannedTask]:
         out = self.workdir / "train"
         spec = TaskSpec(
-            kind="train", app="models.train", workdir=str(out),
-            config={"data_root": str(self.data_root), "datasets": ["metals", "molecules"], "batch_size": 2,
-                    "model": dict(TINY_PAINN), "epochs": self.epochs, "precision": "fp64", "device": "cpu",
-                    "optimizer": {"lr": 0.005}, "output_dir": str(out / "out"), "seed": 3, "threads": 1,
-                    "auto_resume": True},
+            kind="train", app="models.train", workdir=str(out), config=self.config,
             resources={"nodes": self.nodes, "ranks_per_node": self.ranks_per_node, "walltime_s": 400},
             env={"OMP_NUM_THREADS": "1"},
         )
@@ -77,8 +90,9 @@ class TrainStage:
 
 
 def _run(tmp_path: Path, cluster: SlurmCluster, stage: TrainStage, *, mpi_nodes: int,
-         scheduler_options: str = "") -> tuple[Ledger, int]:
-    """Run ``stage`` through a Slurm dispatcher whose MPI blocks hold ``mpi_nodes`` nodes; no retry is charged."""
+         policy: RetryPolicy | None = None, **site: Any) -> tuple[Ledger, int]:
+    """Run ``stage`` through a Slurm dispatcher whose MPI blocks hold ``mpi_nodes`` nodes (``site``: more of the
+    site's parameters); by default no retry is charged (only a free one lets a failed attempt run again)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'campaign.db'}")
     ensure_schema(engine)
     ledger = Ledger(engine)
@@ -93,15 +107,15 @@ def _run(tmp_path: Path, cluster: SlurmCluster, stage: TrainStage, *, mpi_nodes:
         "address": cluster.address,  # the bridge: compute nodes cannot reach this host's 127.0.0.1
         "max_blocks": 0,  # no single-node block: the MPI block needs the nodes
         "mpi_nodes_per_block": mpi_nodes,
-        "scheduler_options": scheduler_options,
         "heartbeat_period": 2,
         "heartbeat_threshold": 12,
         "retries": 0,
+        **site,
     }
     dispatcher = make_dispatcher("slurm", params, tmp_path / "dispatch")
     try:
-        # no charged retry: only a free one (a lost node) lets a failed attempt run again
-        tasks = TaskQueue(ledger, cid, site="slurm", executor=dispatcher.name, policy=RetryPolicy(max_retries=0))
+        tasks = TaskQueue(ledger, cid, site="slurm", executor=dispatcher.name,
+                          policy=policy or RetryPolicy(max_retries=0))
         assert Steerer(tasks, dispatcher, max_in_flight=2).run_stage(stage, ctx) == "done"
     finally:
         dispatcher.shutdown(wait=False)
@@ -205,3 +219,52 @@ def test_lost_node_is_retried_free_and_resumes_from_its_checkpoint(
     res = task.result
     assert res["completed"] and res["resumed_from_epoch"] is not None and res["resumed_from_epoch"] >= 1, res
     assert _epochs(res["history"]) == list(range(epochs))  # no epoch lost, none recorded twice
+
+
+@pytest.mark.timeout(600)
+def test_a_block_at_its_time_limit_checkpoints_on_the_warning_and_the_next_block_continues_exactly(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """MPI blocks of one minute, warned 30 s before their limit (``--signal=USR1@30``): each attempt checkpoints on
+    the warning, mid-epoch or not, is recorded ``walltime`` and continues in the next block, and the run ends with
+    the weights and figures of the same run done in one go (``torchrun`` on this host, bitwise in fp64)."""
+    data_root = demo_root(tmp_path / "stores", n_train=16, n_val=4, n_test=4)
+    epochs = 300  # ~45 s of training on 2 ranks here: more than a block holds after start-up (~20 s)
+    stage = TrainStage(tmp_path / "tasks", data_root, nodes=1, ranks_per_node=2, epochs=epochs)
+    ledger, cid = _run(tmp_path, slurm_cluster, stage, mpi_nodes=1, mpi_walltime="00:01:00", mpi_signal_s=30,
+                       policy=RetryPolicy(max_retries=0, max_free_retries=10))
+
+    task, attempts = _attempts(ledger, cid)
+    causes = [a.exit_cause for a in attempts]
+    assert task.state == TaskState.DONE, [(a.exit_cause, (a.error or "")[-800:]) for a in attempts]
+    assert len(attempts) >= 2 and causes[-1] == m.ExitCause.OK, causes
+    assert causes[0] == m.ExitCause.WALLTIME, [(a.exit_cause, (a.error or "")[-400:]) for a in attempts]
+    assert "preempted: the app checkpointed at step" in (attempts[0].error or "")
+    # a retry may start in the warned block's last seconds: the time limit then ends it (SIGTERM: checkpoint, or
+    # the block's pool lost with it), free as well
+    assert set(causes[:-1]) <= {m.ExitCause.WALLTIME, m.ExitCause.NODE_LOST}, causes
+    assert task.charged_failures == 0
+    assert attempts[0].batch_job_id and attempts[-1].batch_job_id
+    res = task.result
+    assert res["completed"] and res["resumed_from_epoch"] is not None
+    assert _epochs(res["history"]) == list(range(epochs))
+
+    reference = _torchrun(train_config(data_root, tmp_path / "reference", epochs), ranks=2, out=tmp_path)
+    ours = checkpoint.load(res["checkpoints"]["last"]["path"])["model_state"]
+    straight = checkpoint.load(reference["checkpoints"]["last"]["path"])["model_state"]
+    for name, value in straight.items():
+        assert torch.equal(value, ours[name]), name
+    assert res["steps"] == reference["steps"] and res["objective"] == reference["objective"]
+    assert read_metrics(res["metrics_path"]) == read_metrics(reference["metrics_path"])
+
+
+def _torchrun(cfg: dict[str, Any], *, ranks: int, out: Path) -> dict[str, Any]:
+    """``models.train`` with ``cfg`` on ``ranks`` CPU ranks under ``torchrun`` on this host; its result."""
+    (out / "reference.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m",
+           "models.train", "--config", str(out / "reference.json"), "--result", str(out / "reference.result.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads((out / "reference.result.json").read_text())
+    return result

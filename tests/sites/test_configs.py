@@ -42,6 +42,13 @@ def test_frontier(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(mpi, MPIExecutor) and mpi.mpi_launcher == "srun"
     assert isinstance(mpi.provider.launcher, SimpleLauncher) and mpi.provider.init_blocks == 0
     assert cfg.retries == 3
+    # the scheduler's warning reaches the MPI apps (srun steps) 120 s before the block's time limit; the htex
+    # block's worker pools are steps themselves and are not signalled
+    assert "#SBATCH --signal=USR1@120" in mpi.provider.scheduler_options
+    assert "--partition=batch" in mpi.provider.scheduler_options
+    assert "--signal" not in htex.provider.scheduler_options
+    quiet = _by_label(make_config("frontier", account="ABC123", address="10.0.0.1", mpi_signal_s=0))["mpi"]
+    assert "--signal" not in quiet.provider.scheduler_options
 
 
 def test_frontier_needs_its_interface_or_an_address() -> None:
