@@ -2,7 +2,8 @@
 create, what each needs, and an upper bound on the node-hours it could use, plus the batch scripts of the site.
 
 Task counts follow the stages' own planning rules: a demo dataset's generation shards and every dataset's
-preprocessing parts (and their merge), ``max_trials`` per HPO study, the promoted models' training (at least
+preprocessing parts (and their merge), ``max_trials`` per HPO study, a scaling study's points (each bounded
+here by the largest one), the promoted models' training (at least
 one chunk each), screening shards, and per fine-tuning task its data task, its fine-tune and its from-scratch
 baseline, and per active-learning round its screens, labels, dataset version, fine-tunes and evaluations. Where a
 count depends on results (how many models promotion selects, how many chunks training needs, when a loop
@@ -65,6 +66,14 @@ def plan(recipe: Recipe) -> list[StagePlan]:
         families = len({h.family for h in st.hpo or []})
         promoted = st.promote.top_overall + (families if st.promote.best_per_family else 0)
         out.append(StagePlan("promote", 0, "", 0, 0, None, f"up to {promoted} models promoted (no task)"))
+    if st.scaling is not None:
+        sc = st.scaling
+        per_sweep = len(sc.modes) * len(sc.precision)
+        nodes = -(-max(sc.ranks) // sc.ranks_per_node)
+        out.append(StagePlan("scaling", per_sweep * len(sc.ranks), "", nodes, max(sc.ranks), block_s,
+                             f"{sc.steps} steps at {', '.join(map(str, sc.ranks))} ranks, "
+                             f"{' and '.join(sc.modes)} scaling, {', '.join(sc.precision)} "
+                             f"(nodes and ranks: the largest point)"))
     if st.train is not None:
         models = len(st.train.models) if isinstance(st.train.models, list) else (st.train.top or promoted or 1)
         qualifier = "" if isinstance(st.train.models, list) and st.train.chunk_walltime_s is None else "at least"

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -439,6 +439,58 @@ class TrainSpec(_Strict):
         return self
 
 
+ScalingMode = Literal["strong", "weak"]
+
+
+class ScalingSpec(_Strict):
+    """A strong- and weak-scaling study of the training app on one model, before its long training."""
+
+    model: Literal["best"] | int = Field(
+        "best", description="'best': the promoted model with the best objective (of this campaign, or of "
+        "from_campaign); an integer: that models.id. Its training config gives the data and the architecture.")
+    from_campaign: str | None = Field(None, description="With model 'best': take it from this earlier campaign.")
+    ranks: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Total ranks of each point.")
+    ranks_per_node: int = Field(2, ge=1, description="Ranks per node: a point holds ceil(ranks / ranks_per_node) "
+                                "nodes.")
+    gpus_per_rank: int = Field(0, ge=0)
+    modes: list[ScalingMode] = Field(
+        default_factory=lambda: list(get_args(ScalingMode)),
+        description="strong: the global batch (batch_size) is split over the ranks; weak: every rank takes "
+        "batch_size graphs per step.")
+    precision: list[Precision] = Field(default_factory=lambda: ["fp32"], description="One sweep per precision.")
+    batch_size: int = Field(8, ge=1, description="Graphs per step: the global batch (strong), per rank (weak).")
+    steps: int = Field(30, ge=2, le=1_000_000, description="Optimizer steps timed at each point.")
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks(cls, v: list[int]) -> list[int]:
+        if not v or any(r < 1 for r in v):
+            raise ValueError("give one or more rank counts >= 1")
+        if len(set(v)) != len(v):
+            raise ValueError("rank counts must be distinct")
+        if max(v) > 1_000_000:
+            raise ValueError("at most 1,000,000 ranks")
+        return sorted(v)
+
+    @field_validator("modes", "precision")
+    @classmethod
+    def _distinct(cls, v: list[Any]) -> list[Any]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("give one or more distinct values")
+        return v
+
+    @model_validator(mode="after")
+    def _divisible(self) -> ScalingSpec:
+        if self.from_campaign is not None and self.model != "best":
+            raise ValueError("from_campaign goes with model: best (a model id needs no campaign)")
+        if "strong" in self.modes:
+            bad = [r for r in self.ranks if self.batch_size % r]
+            if bad:
+                raise ValueError(f"strong scaling splits batch_size {self.batch_size} over the ranks: it must be "
+                                 f"divisible by every rank count (not by {bad[0]})")
+        return self
+
+
 class ScreenSpec(_Strict):
     """Screening of candidate structures with a trained model or the promoted ensemble."""
 
@@ -688,6 +740,7 @@ class StagesSpec(_Strict):
     preprocess: PreprocessSpec | None = None
     hpo: list[HPOSpec] | None = None
     promote: PromoteSpec | None = None
+    scaling: ScalingSpec | None = None
     train: TrainSpec | None = None
     evaluate: EvaluateSpec | None = None
     screen: ScreenSpec | None = None

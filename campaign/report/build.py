@@ -164,6 +164,23 @@ def _finetune(data: ReportData, w: _Writer) -> Section:
     return s
 
 
+def _scaling(data: ReportData, w: _Writer) -> Section:
+    s = Section("scaling", "Scaling", "The training app timed on one model at each point of a strong-scaling "
+                "sweep (a fixed global batch split over the ranks) and a weak-scaling one (a fixed batch per rank): "
+                "throughput over all ranks, and efficiency against the sweep's smallest point.")
+    if not w.add(s, figures.scaling(data.scaling), "scaling.png", "throughput and efficiency"):
+        s.empty = "no scaling study has run."
+        return s
+    s.tables.append(table(["mode", "precision", "ranks", "throughput (graphs/s)", "efficiency",
+                           "step time (s)", "peak memory per rank (MiB)"],
+                          [[r.mode, r.precision, r.ranks, r.graphs_per_s, r.efficiency, r.step_time_s,
+                            None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20]
+                           for r in data.scaling]))
+    s.notes.append("efficiency = throughput(n) / ((n / n0) x throughput(n0)), n0 the smallest rank count of the "
+                   "sweep; throughput counts training steps only (start-up and validation excluded)")
+    return s
+
+
 def _active(data: ReportData, w: _Writer) -> Section:
     s = Section("active", "Active learning", "Each round screens the pool with the current ensemble, labels the "
                 "structures the acquisition rule picks, fine-tunes every member on the new dataset version and "
@@ -238,7 +255,7 @@ def build_report(campaign: str, out: str | Path, *, db: str | None = None,
         engine.dispose()
     out.mkdir(parents=True, exist_ok=True)
     w = _Writer(out)
-    sections = [*_hpo_sections(data, w), _promotion(data), _curves(data, w), _parity(data, w),
+    sections = [*_hpo_sections(data, w), _promotion(data), _scaling(data, w), _curves(data, w), _parity(data, w),
                 _screening(data, w), _finetune(data, w), _active(data, w), _resources(data, w)]
     index = out / INDEX
     write_bytes_atomic(index, render(data, sections).encode())

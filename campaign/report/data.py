@@ -201,6 +201,19 @@ class Selection:
 
 
 @dataclass
+class ScalingRow:
+    """One point of a scaling sweep (the scaling stage's figures)."""
+
+    mode: str
+    precision: str
+    ranks: int
+    graphs_per_s: float | None
+    efficiency: float | None
+    step_time_s: float | None
+    peak_memory_bytes: float | None
+
+
+@dataclass
 class ResourceRow:
     """Hours spent by one stage on one site (all attempts, failed ones included)."""
 
@@ -242,6 +255,7 @@ class ReportData:
     finetune: list[FinetunePair]
     active_rounds: list[ActiveRound]
     selections: list[Selection]
+    scaling: list[ScalingRow]
     resources: list[ResourceRow]
     timeline: list[AttemptSpan]
     timeline_total: int
@@ -463,6 +477,23 @@ def _active_rounds(conn: Connection, name: str) -> list[ActiveRound]:
     return [ActiveRound(**{k: r[k] for k in ActiveRound.__dataclass_fields__}) for r in rows]
 
 
+def _scaling(conn: Connection, cid: int) -> list[ScalingRow]:
+    """The scaling stage's points, from its tasks' rows of the ``metrics`` table."""
+    from campaign.stages.scaling import parse_point_key
+
+    t, mt = m.Task, m.Metric
+    rows = conn.execute(select(t.key, mt.name, mt.value).join(mt, mt.task_id == t.id)
+                        .where(t.campaign_id == cid, t.key.like("scaling/%"), mt.split == "train")).all()
+    figures: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
+    for key, name, value in rows:
+        point = parse_point_key(key)
+        if point is not None:
+            figures[point][name] = float(value)
+    return [ScalingRow(mode, prec, n, f.get("graphs_per_s"), f.get("efficiency"), f.get("step_time_s"),
+                       f.get("peak_memory_bytes"))
+            for (mode, prec, n), f in sorted(figures.items())]
+
+
 def _selections(conn: Connection, cid: int) -> list[Selection]:
     h, t, lb = m.ScreeningHit, m.Task, m.Label
     rows = conn.execute(select(h.rank, h.structure_id, h.formula, h.natoms, h.score, h.data, lb.status, lb.cause,
@@ -563,5 +594,5 @@ def gather(engine: Engine, campaign: str, *, now: datetime | None = None) -> Rep
             test_metrics=_test_metrics(conn, c.id),
             screening=_screening(conn, c.id), finetune=_finetune(conn, c.id),
             active_rounds=_active_rounds(conn, c.name), selections=_selections(conn, c.id),
-            resources=_resources(conn, c.id, now), timeline=timeline, timeline_total=total, as_of=now,
+            scaling=_scaling(conn, c.id), resources=_resources(conn, c.id, now), timeline=timeline, timeline_total=total, as_of=now,
         )

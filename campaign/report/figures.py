@@ -24,6 +24,7 @@ from campaign.report.data import (
     FinetunePair,
     ParitySet,
     ResourceRow,
+    ScalingRow,
     Screening,
     TrialPoint,
 )
@@ -321,6 +322,36 @@ def active_rounds(rounds: Sequence[ActiveRound]) -> Figure | None:
     ax.set_title("active learning: error per round (lower is better)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def scaling(rows: Sequence[ScalingRow]) -> Figure | None:
+    """Training throughput (graphs/s, all ranks) and scaling efficiency against the number of ranks, one line per
+    mode and precision (efficiency 1: perfect scaling from the sweep's smallest point)."""
+    rows = [r for r in rows if r.graphs_per_s is not None]
+    if not rows:
+        return None
+    fig = new_figure(9.0, 3.6)
+    ax_thr, ax_eff = fig.subplots(1, 2)
+    for (mode, prec), style in zip(sorted({(r.mode, r.precision) for r in rows}),
+                                   ["o-", "s--", "^-", "v--", "D-", "x--"] * 4, strict=False):
+        line = sorted((r for r in rows if (r.mode, r.precision) == (mode, prec)), key=lambda r: r.ranks)
+        x = [r.ranks for r in line]
+        label = f"{mode}, {prec}"
+        ax_thr.plot(x, [r.graphs_per_s for r in line], style, label=label)
+        ax_eff.plot(x, [np.nan if r.efficiency is None else r.efficiency for r in line], style, label=label)
+    for ax in (ax_thr, ax_eff):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ranks")
+        ax.grid(alpha=0.3)
+    ax_thr.set_yscale("log")
+    ax_thr.set_ylabel("throughput (graphs/s)")
+    ax_thr.set_title("training throughput (higher is better)", fontsize=10)
+    ax_eff.axhline(1.0, color="tab:gray", lw=0.8)
+    ax_eff.set_ylim(bottom=0)
+    ax_eff.set_ylabel("efficiency (1 = perfect)")
+    ax_eff.set_title("scaling efficiency", fontsize=10)
+    ax_eff.legend(fontsize=8)
     return fig
 
 

@@ -1,4 +1,4 @@
-"""Campaign stages: preprocess, hpo, promote, train, evaluate, screen, finetune, active.
+"""Campaign stages: preprocess, hpo, promote, scaling, train, evaluate, screen, finetune, active.
 
 :func:`build_stages` turns a recipe's ``stages`` section into stage objects, in the workflow's order. A stage
 kind this version cannot run yet is reported as such (and recorded as ``skipped``), never silently dropped.
@@ -15,7 +15,8 @@ from campaign.stages.base import PlannedTask, Stage, StageContext
 if TYPE_CHECKING:
     from campaign.recipe import Recipe
 
-STAGE_ORDER: tuple[str, ...] = ("preprocess", "hpo", "promote", "train", "evaluate", "screen", "finetune", "active")
+STAGE_ORDER: tuple[str, ...] = ("preprocess", "hpo", "promote", "scaling", "train", "evaluate", "screen", "finetune",
+                                "active")
 
 
 #: Stage kind -> (module, class). A module that does not exist yet makes its stage "not available" (recorded as
@@ -24,6 +25,7 @@ STAGE_CLASSES: dict[str, tuple[str, str]] = {
     "preprocess": ("campaign.stages.preprocess", "PreprocessStage"),
     "hpo": ("campaign.stages.hpo", "HPOStage"),
     "promote": ("campaign.stages.promote", "PromoteStage"),
+    "scaling": ("campaign.stages.scaling", "ScalingStage"),
     "train": ("campaign.stages.train", "TrainStage"),
     "evaluate": ("campaign.stages.evaluate", "EvaluateStage"),
     "screen": ("campaign.stages.screen", "ScreenStage"),

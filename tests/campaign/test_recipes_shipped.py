@@ -118,3 +118,16 @@ def test_sites_show_renders_a_recipe_with_its_profile_both_executors() -> None:
     other = runner.invoke(app, ["sites", "show", "aurora", "--recipe", str(RECIPES / "hpo.yaml"), "--profile",
                                 "frontier"])
     assert other.exit_code == 2 and "runs on site 'frontier'" in other.output
+
+
+def test_scaling_times_the_best_model_the_main_job_promoted() -> None:
+    from campaign.plan import plan
+
+    main = load_recipe(RECIPES / "hpo.yaml")
+    r = load_recipe(RECIPES / "scaling.yaml")
+    sc = r.stages.scaling
+    assert sc is not None and sc.model == "best" and sc.from_campaign == main.campaign
+    (p,) = plan(r)
+    assert (p.stage, p.count, p.ranks) == ("scaling", len(sc.ranks) * len(sc.modes) * len(sc.precision), 2)
+    frontier = load_recipe(RECIPES / "scaling.yaml", profile="frontier").stages.scaling
+    assert frontier is not None and max(frontier.ranks) // frontier.ranks_per_node == 512

@@ -27,7 +27,7 @@ NOW = T0 + timedelta(hours=12)
 FAMILIES = {"painn": "painn", "schnet": "schnet", "egnn": "egnn", "dimenetpp": "dimenet++", "mace": "mace",
             "pna": "pna"}
 DATASETS = ("demo-emt", "demo-gfn2", "demo-gfn1")
-ALL_STAGES = ("preprocess", "hpo", "promote", "train", "screen", "finetune", "active")
+ALL_STAGES = ("preprocess", "hpo", "promote", "scaling", "train", "screen", "finetune", "active")
 
 
 class _Builder:
@@ -178,6 +178,21 @@ def build_campaign(engine: Engine, tmp: Path, *, name: str = "demo-hpo",
         s.add(m.Ensemble(campaign_id=c.id, name=f"{name}-top3", model_ids=[p.id for p in promoted[:3]],
                          rule={"top_overall": 2, "best_per_family": True, "ensemble_k": 3}))
         facts["promoted"] = [p.id for p in promoted]
+        if "scaling" in stages:
+            # a strong- and weak-scaling sweep on 1-8 ranks, as the scaling stage records it (no attempts: the
+            # resources stay as the other sections' tests count them)
+            b.stage("scaling")
+            for mode, falloff in (("strong", 0.15), ("weak", 0.05)):
+                base = 400.0
+                for n in (1, 2, 4, 8):
+                    eff = 1.0 / (1.0 + falloff * math.log2(n))
+                    thr = base * n * eff
+                    t = b.task("scaling", f"scaling/{mode}/fp32/ranks-{n}", "train", attempts=())
+                    per_rank = 8 // n if mode == "strong" else 8
+                    s.add_all(m.Metric(task_id=t.id, epoch=0, head="None", split="train", name=name, value=v)
+                              for name, v in (("graphs_per_s", thr), ("graphs_per_s_per_rank", thr / n),
+                                              ("efficiency", eff), ("step_time_s", per_rank * n / thr),
+                                              ("peak_memory_bytes", 3e8 + 1e7 * per_rank)))
         if "train" not in stages:
             return facts
 

@@ -29,7 +29,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ALL_FIGURES = {"hpo_objectives.png", "hpo_parallel.png", "curves_1.png", "curves_2.png", "parity_1.png",
-               "parity_2.png", "screening.png", "finetune.png", "active.png", "resources.png", "timeline.png"}
+               "parity_2.png", "screening.png", "finetune.png", "active.png", "scaling.png", "resources.png",
+               "timeline.png"}
 
 
 @pytest.fixture
@@ -91,9 +92,9 @@ def test_report_writes_page_and_figures(full: tuple[str, dict], tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("stages", "empty"), [
-    (("preprocess",), {"HPO campaigns", "Hyperparameters", "Promotion", "Loss curves", "Parity on the test split",
-                       "Screening", "Fine-tuning", "Active learning"}),
-    (("preprocess", "hpo"), {"Promotion", "Parity on the test split", "Screening", "Fine-tuning",
+    (("preprocess",), {"HPO campaigns", "Hyperparameters", "Promotion", "Scaling", "Loss curves",
+                       "Parity on the test split", "Screening", "Fine-tuning", "Active learning"}),
+    (("preprocess", "hpo"), {"Promotion", "Scaling", "Parity on the test split", "Screening", "Fine-tuning",
                              "Active learning"}),
 ])
 def test_sections_without_data_say_so(engine: object, tmp_path: Path, db_url: str, stages: tuple[str, ...],
@@ -186,7 +187,7 @@ def test_report_renders_in_headless_chromium(full: tuple[str, dict], tmp_path: P
     m = re.search(r'<pre id="result">(.*?)</pre>', out.stdout, re.S)
     assert m is not None, out.stdout[-2000:]
     result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert result["title"] == "campaign demo-hpo: report" and result["sections"] == 9
+    assert result["title"] == "campaign demo-hpo: report" and result["sections"] == 10
     assert {i["src"] for i in result["images"]} == ALL_FIGURES
     for img in result["images"]:
         assert img["complete"] and img["w"] > 100 and img["h"] > 100, img
