@@ -45,6 +45,7 @@ from models.distributed import (
     is_initialized,
     shutdown,
 )
+from models.energy import EnergyMeter, combine
 from models.launch import detect
 from models.nn.precision import param_dtype
 from models.training.data import dataset_head, eval_batches, open_stores
@@ -132,7 +133,8 @@ def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any
     try:
         with PreemptionWatch() as watch:  # the scheduler's warning: checkpoint at the next step and stop
             result = _run(
-                cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss, watch
+                cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss, watch,
+                EnergyMeter(device, denv.local_rank),
             )
         # validated against the contract the campaign reads it with, so a drift fails here, named, not there
         return TrainResult.model_validate({**result, "launcher": denv.launcher}).model_dump(mode="json")
@@ -150,6 +152,7 @@ def _run(
     build_model: Any,
     loss_fn: Any,
     watch: PreemptionWatch | None = None,
+    meter: EnergyMeter | None = None,
 ) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -317,6 +320,8 @@ def _run(
     def preempted() -> bool:
         return watch is not None and _agree_any(watch.requested)
 
+    if meter is not None:
+        meter.start()
     while epoch < cfg.epochs:
         if preempted():  # between epochs (e.g. during validation): the last checkpoint is this chunk's end
             stop_reason, completed = PREEMPTED_STOP, False
@@ -394,6 +399,7 @@ def _run(
         if cfg.max_steps and trainer.step >= cfg.max_steps:
             stop_reason = "max_steps"
 
+    energy = combine(_gather(meter.stop())) if meter is not None else None
     if "last" not in ckpts and cfg.resume_from:  # stopped before any epoch of this chunk
         ckpts["last"] = {"path": cfg.resume_from, "sha256": checkpoint.sha256_file(cfg.resume_from)}
     wall = time.perf_counter() - t_start
@@ -423,6 +429,10 @@ def _run(
         "initialised_from": cfg.init_from if init is not None else None,
         "precision": cfg.precision,
         "head_groups": {str(h): r for h, r in groups.items()} if groups else None,
+        "energy_gpu_j": energy.gpu_j if energy else None,
+        "energy_cpu_j": energy.cpu_j if energy else None,
+        "energy_dram_j": energy.dram_j if energy else None,
+        "gpu_utilisation_percent": energy.gpu_utilisation_percent if energy else None,
     }
 
 

@@ -172,12 +172,13 @@ def _scaling(data: ReportData, w: _Writer) -> Section:
         s.empty = "no scaling study has run."
         return s
     s.tables.append(table(["mode", "precision", "ranks", "throughput (graphs/s)", "efficiency",
-                           "step time (s)", "peak memory per rank (MiB)"],
+                           "step time (s)", "peak memory per rank (MiB)", "energy per step (J)"],
                           [[r.mode, r.precision, r.ranks, r.graphs_per_s, r.efficiency, r.step_time_s,
-                            None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20]
-                           for r in data.scaling]))
+                            None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20,
+                            r.energy_j_per_step] for r in data.scaling]))
     s.notes.append("efficiency = throughput(n) / ((n / n0) x throughput(n0)), n0 the smallest rank count of the "
-                   "sweep; throughput counts training steps only (start-up and validation excluded)")
+                   "sweep; throughput counts training steps only (start-up and validation excluded); energy: GPUs, "
+                   "CPU packages and DRAM where the hardware exposes them, else empty")
     return s
 
 

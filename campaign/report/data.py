@@ -211,6 +211,7 @@ class ScalingRow:
     efficiency: float | None
     step_time_s: float | None
     peak_memory_bytes: float | None
+    energy_j_per_step: float | None = None
 
 
 @dataclass
@@ -490,7 +491,7 @@ def _scaling(conn: Connection, cid: int) -> list[ScalingRow]:
         if point is not None:
             figures[point][name] = float(value)
     return [ScalingRow(mode, prec, n, f.get("graphs_per_s"), f.get("efficiency"), f.get("step_time_s"),
-                       f.get("peak_memory_bytes"))
+                       f.get("peak_memory_bytes"), f.get("energy_j_per_step"))
             for (mode, prec, n), f in sorted(figures.items())]
 
 

@@ -18,7 +18,8 @@ with ``T`` the time of one step, for weak scaling ``T(n0) / T(n)``. 1 is perfect
 
 Recorded per point (idempotent, also on re-entry), as rows of the ``metrics`` table (task = the point's task,
 split ``train``, head ``None``, epoch 0): ``graphs_per_s``, ``graphs_per_s_per_rank``, ``efficiency``,
-``step_time_s`` and ``peak_memory_bytes``. ``ctx.shared["scaling"]`` = the points as dicts.
+``step_time_s``, ``peak_memory_bytes`` and, where the hardware exposes it (NVML, amdsmi, RAPL: :mod:`models.energy`),
+``energy_j_per_step``. ``ctx.shared["scaling"]`` = the points as dicts.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class ScalingPoint:
         step_time_s: Seconds per optimizer step (global batch / throughput).
         efficiency: Throughput against the sweep's smallest point of the same mode and precision (1 = perfect).
         peak_memory_bytes: The largest peak memory of a rank, bytes.
+        energy_j_per_step: GPU + CPU package + DRAM energy per optimizer step, J (validation included), where the
+            hardware exposes it (:mod:`models.energy`); ``None`` elsewhere.
     """
 
     mode: str
@@ -81,6 +84,7 @@ class ScalingPoint:
     step_time_s: float
     efficiency: float
     peak_memory_bytes: int
+    energy_j_per_step: float | None = None
 
     @property
     def graphs_per_s_per_rank(self) -> float:
@@ -199,7 +203,8 @@ class ScalingStage:
             measured = ScalingPoint(
                 mode=mode, precision=prec, ranks=n, nodes=math.ceil(n / self.spec.ranks_per_node),
                 batch_per_rank=per_rank, graphs_per_s=thr, step_time_s=per_rank * n / thr if thr > 0 else math.nan,
-                efficiency=eff[(mode, prec, n)], peak_memory_bytes=int(res.peak_memory_bytes or 0))
+                efficiency=eff[(mode, prec, n)], peak_memory_bytes=int(res.peak_memory_bytes or 0),
+                energy_j_per_step=_energy_per_step(res))
             self._record(ctx, t, measured)
             points.append(measured)
         ctx.shared["scaling"] = [asdict(p) | {"graphs_per_s_per_rank": p.graphs_per_s_per_rank} for p in points]
@@ -212,9 +217,15 @@ class ScalingStage:
     def _record(ctx: StageContext, task: Any, p: ScalingPoint) -> None:
         figures = {"graphs_per_s": p.graphs_per_s, "graphs_per_s_per_rank": p.graphs_per_s_per_rank,
                    "efficiency": p.efficiency, "step_time_s": p.step_time_s,
-                   "peak_memory_bytes": float(p.peak_memory_bytes)}
+                   "peak_memory_bytes": float(p.peak_memory_bytes),
+                   "energy_j_per_step": math.nan if p.energy_j_per_step is None else p.energy_j_per_step}
         ctx.ledger.add_metrics(task.id, [{"epoch": 0, "split": "train", "head": None, "name": name, "value": v}
                                          for name, v in figures.items() if math.isfinite(v)], replace=True)
+
+
+def _energy_per_step(res: TrainResult) -> float | None:
+    parts = [e for e in (res.energy_gpu_j, res.energy_cpu_j, res.energy_dram_j) if e is not None]
+    return sum(parts) / res.steps if parts and res.steps > 0 else None
 
 
 def _objective(row: Any) -> float:

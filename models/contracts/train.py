@@ -173,6 +173,10 @@ class TrainResult(Result):
         resumed_from_epoch: First epoch of this chunk when it continued a checkpoint.
         initialised_from: The ``init_from`` checkpoint whose weights started a fresh run.
         head_groups: ``{head_id: [ranks]}`` with multi-task parallelism.
+        energy_gpu_j / energy_cpu_j / energy_dram_j: Energy of the run's epochs (training and validation) over
+            all ranks' GPUs and all nodes' CPU packages and DRAM, J; ``None`` where the hardware does not expose
+            it (:mod:`models.energy`).
+        gpu_utilisation_percent: Mean GPU utilisation over the ranks' epochs, % (``None``: no GPU measured).
     """
 
     status: Literal["ok"] = "ok"
@@ -190,6 +194,10 @@ class TrainResult(Result):
     peak_memory_bytes: int | None
     data_bytes: int | None = None
     state_bytes: dict[str, int] | None = None
+    energy_gpu_j: float | None = None
+    energy_cpu_j: float | None = None
+    energy_dram_j: float | None = None
+    gpu_utilisation_percent: float | None = None
     checkpoints: dict[Literal["best", "last"], CheckpointRef]
     metrics_path: str
     history: list[MetricRow] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from campaign.errors import CampaignInputError
 from campaign.recipe import RecipeError, parse_recipe
 from campaign.stages.scaling import efficiencies, point_key
 from db import models as m
+from models.energy import rapl_readable
 from tests.campaign.test_stage_promote import TrialRun, run_stage, trial_runs  # noqa: F401
 from tests.campaign.test_stage_train import _promoted, _snapshot
 
@@ -56,6 +57,10 @@ def test_a_sweep_times_each_point_and_records_throughput_and_efficiency(
         assert rows["graphs_per_s"] == pytest.approx(p["graphs_per_s"])
         assert rows["efficiency"] == pytest.approx(p["efficiency"])
         assert rows["peak_memory_bytes"] > 0
+        if rapl_readable():  # energy where the hardware exposes it; nothing recorded (not 0) where it does not
+            assert rows["energy_j_per_step"] > 0 and p["energy_j_per_step"] == pytest.approx(rows["energy_j_per_step"])
+        else:
+            assert "energy_j_per_step" not in rows and p["energy_j_per_step"] is None
     for mode in ("strong", "weak"):
         one, two = points[(mode, "fp64", 1)], points[(mode, "fp64", 2)]
         assert one["efficiency"] == 1.0
