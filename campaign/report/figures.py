@@ -340,8 +340,11 @@ def scaling(rows: Sequence[ScalingRow]) -> Figure | None:
         label = f"{mode}, {prec}"
         ax_thr.plot(x, [r.graphs_per_s for r in line], style, label=label)
         ax_eff.plot(x, [np.nan if r.efficiency is None else r.efficiency for r in line], style, label=label)
+    ranks = sorted({r.ranks for r in rows})
     for ax in (ax_thr, ax_eff):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(n) for n in ranks])
+        ax.minorticks_off()
         ax.set_xlabel("ranks")
         ax.grid(alpha=0.3)
     ax_thr.set_yscale("log")
