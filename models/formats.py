@@ -12,9 +12,10 @@ import struct
 from pathlib import Path
 
 #: The readers of :mod:`models.data.readers`.
-READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json", "spice-hdf5")
+READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json", "spice-hdf5", "qm7x-hdf5")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 _HDF5_OFFSETS = (0, 512, 1024, 2048)  # a user block may precede the superblock
 _LMDB_MAGIC = 0xBEEFC0DE  # MDB_meta.mm_magic, after the 16-byte page header of the first meta page
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -41,7 +42,9 @@ def sniff(path: Path, reader: str) -> str | None:
         head = fh.read(4096)
     if not head:
         return "the file is empty"
-    if reader in ("ani-hdf5", "spice-hdf5"):
+    if reader in ("ani-hdf5", "spice-hdf5", "qm7x-hdf5"):
+        if head.startswith(_XZ_MAGIC):
+            return f"xz-compressed (as QM7-X is published): decompress it once with `xz -dk {path}` and use the .hdf5"
         if not any(head[o:o + len(_HDF5_MAGIC)] == _HDF5_MAGIC for o in _HDF5_OFFSETS):
             return "not an HDF5 file (no HDF5 signature)"
         return None

@@ -59,9 +59,9 @@ def test_wrong_files_and_wrong_units_are_named(tmp_path: Path) -> None:
 
 
 def test_a_dataset_without_a_reader_says_why(tmp_path: Path) -> None:
-    path = tmp_path / "qm7x.hdf5"
-    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    code, out = _check("qm7x", str(path))
-    assert code == 2 and "qm7x: no reader for its published format (qm7x-hdf5)" in out.replace("\n", "")
+    path = tmp_path / "qcml.tfrecord"
+    path.write_bytes(b"\0" * 100)
+    code, out = _check("qcml", str(path))
+    assert code == 2 and "qcml: no reader for its published format (tfds)" in out.replace("\n", "")
     code, out = _check("no-such-dataset", str(path))
     assert code == 2 and "unknown dataset" in out

@@ -15,6 +15,8 @@ name            formats
                 ``force``, ``stress`` in kBar), streamed; option ``energy: uncorrected | corrected``
 ``spice-hdf5``  SPICE as published (one group per molecule: ``conformations`` bohr, ``dft_total_energy``
                 hartree, ``dft_total_gradient`` hartree/bohr, mapped ``smiles`` for the charge)
+``qm7x-hdf5``   QM7-X as published, once decompressed (molecule -> ``Geom-…`` group: ``atNUM``, ``atXYZ`` Å,
+                ``ePBE0+MBD`` eV, ``totFOR`` eV/Å); options ``energy``, ``forces`` name other fields
 ==============  ====================================================================================
 """
 
@@ -54,6 +56,10 @@ def get_reader(name: str) -> Reader:
         from models.data.readers.spice_hdf5 import read_spice_hdf5
 
         return read_spice_hdf5
+    if name == "qm7x-hdf5":
+        from models.data.readers.qm7x_hdf5 import read_qm7x_hdf5
+
+        return read_qm7x_hdf5
     if name == "mptrj-json":
         from models.data.readers.mptrj_json import read_mptrj_json
 
