@@ -12,7 +12,8 @@ import struct
 from pathlib import Path
 
 #: The readers of :mod:`models.data.readers`.
-READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json", "spice-hdf5", "qm7x-hdf5")
+READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json", "alexandria-json", "spice-hdf5",
+                                 "qm7x-hdf5")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -54,11 +55,12 @@ def sniff(path: Path, reader: str) -> str | None:
         return None
     if reader == "ase":
         return _sniff_ase(path, head)
-    if reader == "mptrj-json":
-        if head.startswith(b"\x1f\x8b"):
-            return None  # gzip: the reader decides
+    if reader in ("mptrj-json", "alexandria-json"):
+        if head.startswith((b"\x1f\x8b", b"BZh")):
+            return None  # gzip / bzip2 (as published): the reader decides
         if not head.lstrip().startswith(b"{"):
-            return "not a JSON object (MPtrj JSON starts with '{')"
+            name = "MPtrj" if reader == "mptrj-json" else "Alexandria"
+            return f"not a JSON object ({name} JSON starts with '{{')"
     return None
 
 

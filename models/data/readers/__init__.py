@@ -13,6 +13,9 @@ name            formats
 ``ase-lmdb``    the ASE-LMDB layout of OMat24 / OMol25 / OC20 (``*.aselmdb``, package ``ase-db-backends``)
 ``mptrj-json``  MPtrj as published (``MPtrj_2022.9_full.json[.gz]``: material -> frame -> structure, energies,
                 ``force``, ``stress`` in kBar), streamed; option ``energy: uncorrected | corrected``
+``alexandria-json``  Alexandria's geometry-optimisation paths as published (``*.json.bz2``: id -> calculations ->
+                ``steps`` with ``structure``, ``energy`` eV, ``forces`` eV/Å, ``stress`` kBar), streamed;
+                option ``energy: uncorrected``
 ``spice-hdf5``  SPICE as published (one group per molecule: ``conformations`` bohr, ``dft_total_energy``
                 hartree, ``dft_total_gradient`` hartree/bohr, mapped ``smiles`` for the charge)
 ``qm7x-hdf5``   QM7-X as published, once decompressed (molecule -> ``Geom-…`` group: ``atNUM``, ``atXYZ`` Å,
@@ -56,6 +59,10 @@ def get_reader(name: str) -> Reader:
         from models.data.readers.spice_hdf5 import read_spice_hdf5
 
         return read_spice_hdf5
+    if name == "alexandria-json":
+        from models.data.readers.alexandria_json import read_alexandria_json
+
+        return read_alexandria_json
     if name == "qm7x-hdf5":
         from models.data.readers.qm7x_hdf5 import read_qm7x_hdf5
 

@@ -22,77 +22,37 @@ by the largest material's frames whatever the file's size.
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-from ase.data import atomic_numbers
 
 from models.appio import BadInput
+from models.data.readers.pymatgen_json import KBAR_VASP_TO_ASE, array, open_stream, structure_arrays
 from models.data.structure import Structure
-
-#: eV/Å^3 per GPa (1 eV/Å^3 = 160.21766 GPa).
-EV_PER_A3_PER_GPA = 1.0 / 160.21766208
-#: MPtrj stress (kBar, VASP: positive = compressive) -> eV/Å^3 in ASE's convention (positive = tensile).
-KBAR_VASP_TO_ASE = -0.1 * EV_PER_A3_PER_GPA
 
 ENERGY_KEYS = {"uncorrected": "uncorrected_total_energy", "corrected": "corrected_total_energy"}
 
 
-def _open(path: Path) -> IO[bytes]:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
-def _array(value: Any, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadInput(f"{where}: field '{field}' is not numeric") from None
-    if arr.shape != shape:
-        raise BadInput(f"{where}: field '{field}' has shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise BadInput(f"{where}: field '{field}' holds a non-finite value")
-    return arr
-
-
-def frame_structure(frame: Mapping[str, Any], where: str, energy_key: str, with_stress: bool = True) -> Structure:
-    """One MPtrj frame as a :class:`Structure` (eV, eV/Å, Å, eV/Å^3, ASE stress sign).
+def frame_structure(frame: Mapping[str, Any], where: str, energy_key: str, with_stress: bool = True, *,
+                    forces_key: str = "force") -> Structure:
+    """One MPtrj (or Alexandria trajectory) frame as a :class:`Structure` (eV, eV/Å, Å, eV/Å^3, ASE stress sign).
 
     Raises:
         BadInput: naming ``where`` (file and frame id) and the field.
     """
-    struct = frame.get("structure")
-    if not isinstance(struct, Mapping) or "sites" not in struct or "lattice" not in struct:
-        raise BadInput(f"{where}: field 'structure' is missing or has no lattice/sites")
-    sites = struct["sites"]
-    if not isinstance(sites, list) or not sites:
-        raise BadInput(f"{where}: field 'structure.sites' is empty")
-    z = []
-    for k, site in enumerate(sites):
-        try:
-            element = site["species"][0]["element"]
-            z.append(atomic_numbers[element])
-        except (KeyError, IndexError, TypeError):
-            raise BadInput(f"{where}: field 'structure.sites[{k}].species' names no known element") from None
-    n = len(z)
-    pos = _array([site.get("xyz") for site in sites], (n, 3), where, "structure.sites[].xyz")
-    cell = _array(struct["lattice"].get("matrix") if isinstance(struct["lattice"], Mapping) else None, (3, 3),
-                  where, "structure.lattice.matrix")
+    z, pos, cell = structure_arrays(frame.get("structure"), where)
+    n = z.shape[0]
     if energy_key not in frame or frame[energy_key] is None:
         raise BadInput(f"{where}: field '{energy_key}' is missing")
-    energy = float(_array(frame[energy_key], (), where, energy_key))
-    forces = _array(frame["force"], (n, 3), where, "force") if frame.get("force") is not None else None
+    energy = float(array(frame[energy_key], (), where, energy_key))
+    forces = array(frame[forces_key], (n, 3), where, forces_key) if frame.get(forces_key) is not None else None
     stress = None
     if with_stress and frame.get("stress") is not None:
-        stress = _array(frame["stress"], (3, 3), where, "stress") * KBAR_VASP_TO_ASE
-    return Structure(z=np.asarray(z, dtype=np.int64), pos=pos, cell=cell, pbc=np.ones(3, dtype=bool),
-                     energy=energy, forces=forces, stress=stress, origin=where)
+        stress = array(frame["stress"], (3, 3), where, "stress") * KBAR_VASP_TO_ASE
+    return Structure(z=z, pos=pos, cell=cell, pbc=np.ones(3, dtype=bool), energy=energy, forces=forces,
+                     stress=stress, origin=where)
 
 
 def read_mptrj_json(path: str | Path, *, energy: str, units: Mapping[str, str] | None = None,
@@ -119,7 +79,7 @@ def read_mptrj_json(path: str | Path, *, energy: str, units: Mapping[str, str] |
     path = Path(path)
     key = ENERGY_KEYS[energy]
     n = 0
-    with _open(path) as fh:
+    with open_stream(path) as fh:
         try:
             for material, frames in ijson.kvitems(fh, "", use_float=True):
                 if not isinstance(frames, dict):
