@@ -56,7 +56,7 @@ class DataCheck:
 
 
 def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
-                  reader: str | None = None) -> DataCheck:
+                  reader: str | None = None, reader_options: dict[str, Any] | None = None) -> DataCheck:
     """Check ``paths`` as the files of registry dataset ``name`` (see the module docstring).
 
     Args:
@@ -64,6 +64,7 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
         paths: The downloaded files.
         sample: Structures read per file at most (None: all).
         reader: Reader override (as a recipe's ``reader:``); its options are then not the registry's.
+        reader_options: Options of the reader (as a recipe's ``reader_options:``), over the registry's.
 
     Raises:
         KeyError: ``name`` is not in the registry (the message lists the known names).
@@ -85,7 +86,7 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
     if chosen not in READER_NAMES:
         out.problems.append(f"{name}: unknown reader {chosen!r} (readers: {', '.join(READER_NAMES)})")
         return out
-    options = dict(info.reader_options) if chosen == info.reader else {}
+    options = {**(dict(info.reader_options) if chosen == info.reader else {}), **(reader_options or {})}
     e_lo, e_hi, f_max = math.inf, -math.inf, 0.0
     for path in paths:
         why = file_problem(path, chosen)

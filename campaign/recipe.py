@@ -181,6 +181,10 @@ class DatasetSpec(_Strict):
     name: str = Field(description="Dataset name from the registry (models/datasets.yaml).")
     files: list[str] = Field(default_factory=list, description="Raw input files (extxyz, ASE db, HDF5, LMDB).")
     reader: str | None = Field(None, description="Reader override; default from the registry's source format.")
+    reader_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, max_length=16,
+        description="Options of the reader (e.g. energy: total for ocp-lmdb); the registry's own options apply "
+        "only with its reader.")
     count: int | None = Field(None, ge=1, description="Demo datasets: structures to generate.")
     shards: int = Field(1, ge=1, le=10_000, description="Demo datasets: parallel generation tasks.")
     preprocess_shards: int = Field(

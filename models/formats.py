@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 
 #: The readers of :mod:`models.data.readers`.
-READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "mptrj-json", "alexandria-json", "spice-hdf5",
-                                 "qm7x-hdf5")
+READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "ocp-lmdb", "mptrj-json", "alexandria-json",
+                                 "spice-hdf5", "qm7x-hdf5")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -49,7 +49,7 @@ def sniff(path: Path, reader: str) -> str | None:
         if not any(head[o:o + len(_HDF5_MAGIC)] == _HDF5_MAGIC for o in _HDF5_OFFSETS):
             return "not an HDF5 file (no HDF5 signature)"
         return None
-    if reader == "ase-lmdb":
+    if reader in ("ase-lmdb", "ocp-lmdb"):
         if len(head) < 20 or struct.unpack_from("<I", head, 16)[0] != _LMDB_MAGIC:
             return "not an LMDB file (no LMDB signature)"
         return None

@@ -696,6 +696,8 @@ def data_check(
     paths: Annotated[list[Path], typer.Argument(help="The downloaded files.")],
     sample: Annotated[int, typer.Option(help="Structures read per file (0: all of them).", min=0)] = 1000,
     reader: Annotated[str | None, typer.Option(help="Reader override (as a recipe's reader:).")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        help="A reader option KEY=VALUE (as a recipe's reader_options:), e.g. --option energy=total.")] = None,
 ) -> None:
     """Check downloaded files before a long preprocess: readable by the registry's reader, labels plausible in
     its units, and (when every structure was read) about as many as published; exit 2 naming the file and the
@@ -704,8 +706,15 @@ def data_check(
 
     from campaign.data_check import check_dataset
 
+    options: dict[str, str] = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            err_console.print(f"error: --option {item!r}: expected KEY=VALUE", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT)
+        options[key.strip()] = value.strip()
     try:
-        res = check_dataset(name, paths, sample=sample or None, reader=reader)
+        res = check_dataset(name, paths, sample=sample or None, reader=reader, reader_options=options)
     except KeyError as exc:
         err_console.print(f"error: {exc.args[0]}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -57,7 +57,8 @@ class PreprocessStage:
         p = self.spec
         return app_config(PreprocessConfig, {
             "output_dir": str(output_dir),
-            "datasets": [{"name": ds.name, "inputs": inputs, "reader": ds.reader}],
+            "datasets": [{"name": ds.name, "inputs": inputs, "reader": ds.reader,
+                          "reader_options": dict(ds.reader_options)}],
             "cutoff": p.cutoff, "max_neighbours": p.max_neighbours, "seed": p.seed,
             "split": dict(zip(("train", "val", "test"), p.split, strict=True)),
             "filters": {"max_force": p.max_force, "min_distance": p.min_distance}, "part": part,

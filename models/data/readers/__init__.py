@@ -11,6 +11,9 @@ name            formats
 ``ani-hdf5``    ANI-1x / Transition1x HDF5 (groups with ``atomic_numbers``, ``coordinates``/``positions``,
                 ``<method>.energy``, ``<method>.forces``)
 ``ase-lmdb``    the ASE-LMDB layout of OMat24 / OMol25 / OC20 (``*.aselmdb``, package ``ase-db-backends``)
+``ocp-lmdb``    the Open Catalyst LMDBs as first published (OC20/OC22 S2EF, ODAC23: pickled PyG ``Data`` records
+                with ``pos``, ``cell``, ``atomic_numbers``, ``y``, ``force``), loaded by an allow-list unpickler;
+                option ``energy: adsorption | total`` says what ``y`` is
 ``mptrj-json``  MPtrj as published (``MPtrj_2022.9_full.json[.gz]``: material -> frame -> structure, energies,
                 ``force``, ``stress`` in kBar), streamed; option ``energy: uncorrected | corrected``
 ``alexandria-json``  Alexandria's geometry-optimisation paths as published (``*.json.bz2``: id -> calculations ->
@@ -55,6 +58,10 @@ def get_reader(name: str) -> Reader:
         from models.data.readers.ase_lmdb import read_ase_lmdb
 
         return read_ase_lmdb
+    if name == "ocp-lmdb":
+        from models.data.readers.ocp_lmdb import read_ocp_lmdb
+
+        return read_ocp_lmdb
     if name == "spice-hdf5":
         from models.data.readers.spice_hdf5 import read_spice_hdf5
 

@@ -34,7 +34,7 @@ from models.data.structure import Structure
 ENERGY_CHOICES = ("uncorrected",)
 
 
-def read_alexandria_json(path: str | Path, *, energy: str, units: Mapping[str, str] | None = None,
+def read_alexandria_json(path: str | Path, *, energy: str | None = None, units: Mapping[str, str] | None = None,
                          with_stress: bool = True) -> Iterator[Structure]:
     """Yield every ionic step of every calculation of every material of an Alexandria trajectory file.
 

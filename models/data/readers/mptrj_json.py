@@ -55,7 +55,7 @@ def frame_structure(frame: Mapping[str, Any], where: str, energy_key: str, with_
                      stress=stress, origin=where)
 
 
-def read_mptrj_json(path: str | Path, *, energy: str, units: Mapping[str, str] | None = None,
+def read_mptrj_json(path: str | Path, *, energy: str | None = None, units: Mapping[str, str] | None = None,
                     with_stress: bool = True) -> Iterator[Structure]:
     """Yield every frame of an MPtrj JSON file (plain or gzip), material by material, frame by frame.
 

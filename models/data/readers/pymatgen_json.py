@@ -33,7 +33,7 @@ def open_stream(path: Path) -> IO[bytes]:
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
     if magic == b"BZh":
-        return bz2.BZ2File(path, "rb")  # type: ignore[return-value]
+        return bz2.BZ2File(path, "rb")
     return open(path, "rb")
 
 

@@ -39,7 +39,7 @@ def test_frames_as_published_read_in_ase_units(tmp_path: Path, compress: bool) -
 def test_the_energy_choice_is_explicit_and_bad_frames_are_named(tmp_path: Path) -> None:
     path = tmp_path / "mptrj.json"
     write_mptrj(path)
-    with pytest.raises(TypeError):
+    with pytest.raises(BadInput, match="option 'energy' must be one of uncorrected, corrected, got None"):
         list(read_structures("mptrj-json", path))  # no silent default: the registry or recipe says which
     with pytest.raises(BadInput, match="option 'energy' must be one of uncorrected, corrected"):
         list(read_structures("mptrj-json", path, energy="raw"))
