@@ -55,7 +55,7 @@ def test_default_is_the_latest_campaign_and_json(two: tuple[str, dict, dict]) ->
     assert res.exit_code == 0, res.output
     snap = json.loads(res.stdout)
     assert snap["campaign"] == "demo-hpo" and [s["name"] for s in snap["stages"]] == [
-        "preprocess", "hpo", "promote", "train", "screen", "finetune", "active"]
+        "preprocess", "hpo", "promote", "scaling", "train", "screen", "finetune", "active"]
     assert snap["tasks"]["SUBMITTED"] == 1 and snap["running_total"] == full["in_flight"]
     assert snap["running"][0]["site"] == "frontier" and snap["failures"]["walltime"] == 2  # the train chunks
     assert snap["failures_detail"][0]["cause"] == "node_lost"
