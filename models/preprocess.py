@@ -56,9 +56,14 @@ from models.data.merge import (
     part_output_files,
 )
 from models.data.readers import READER_NAMES, get_reader
-from models.data.reference import composition_factor, energy_stats, fit_reference_energies, reference_sum
+from models.data.reference import (
+    combine_factors,
+    composition_factor,
+    energy_stats,
+    fit_reference_energies_from_factors,
+)
 from models.data.split import SPLITS, assign_split, check_fractions, structure_id
-from models.data.store import INDEX_NAME, SCHEMA_VERSION, pack_graphs, write_split
+from models.data.store import INDEX_NAME, SCHEMA_VERSION, GraphStore, pack_graphs, write_index, write_shard
 from models.registry import load_registry
 
 SUMMARY_NAME = "summary.json"
@@ -128,16 +133,78 @@ def content_hash(cfg: dict[str, Any], input_hashes: dict[str, str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+#: Structures per least-squares summary of the reference-energy fit (:func:`composition_factor`): the fit's
+#: memory is one chunk's compositions, whatever the dataset's size.
+FIT_CHUNK = 4096
+
+
+class _SplitWriter:
+    """One split of one dataset written as it fills: a shard each ``shard_size`` graphs, the index at the end.
+
+    At most ``shard_size`` graphs are held; shard files are named as :func:`models.data.store.write_split`
+    names them (``shard-00000.bp`` …) inside the run's staging directory.
+    """
+
+    def __init__(self, split_dir: Path, shard_meta: dict[str, Any], shard_size: int) -> None:
+        self.dir, self.meta, self.size = split_dir, shard_meta, shard_size
+        self.buffer: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.buffer.append(record)
+        self.count += 1
+        if len(self.buffer) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shard = self.dir / f"shard-{len(self.entries):05d}.bp"
+            self.entries.append(write_shard(shard, pack_graphs(self.buffer), self.meta))
+            self.buffer = []
+
+    def close(self, index_meta: dict[str, Any]) -> None:
+        self.flush()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_index(self.dir, self.entries, index_meta)
+
+
 def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Read, filter, graph, split, normalise and write one dataset; return its summary."""
+    """Read, filter, graph, split, normalise and write one dataset; return its summary.
+
+    Streams: each kept structure goes to its split's writer at once (at most ``shard_size`` graphs held per
+    split), the reference-energy fit keeps one least-squares summary per :data:`FIT_CHUNK` structures, and the
+    shards store ``eref`` deferred: the index carries the fitted references, from which the store sums it
+    (as for the parts of a sharded run). What grows with the dataset is one stable id per structure
+    (deduplication) and the summary's per-split figures, read back from the written stores.
+    """
     info = load_registry().get(d["name"])
     fcfg = Filters.model_validate(cfg["filters"])
     reader = get_reader(d["reader"])
+    part = cfg.get("part")
+    meta = {
+        "dataset": info.name,
+        "head_id": info.head_id,
+        "level_of_theory": info.level_of_theory,
+        "fidelity": info.fidelity,
+        "kind": info.kind,
+        "units": {"energy": "eV", "forces": "eV/Å", "length": "Å", "stress": "eV/Å^3"},
+        "source_units": dict(info.units),
+        "cutoff": float(cfg["cutoff"]),
+        "max_neighbours": cfg["max_neighbours"],
+        "seed": cfg["seed"],
+        **({"part": part} if part is not None else {}),
+    }
+    writers = {split: _SplitWriter(out_dir / info.name / split, {**meta, "split": split, "eref_deferred": True},
+                                   cfg["shard_size"]) for split in SPLITS}
     filtered: Counter[str] = Counter()
     seen: set[int] = set()
-    records: list[dict[str, Any]] = []
-    n_read = 0
-    part = cfg.get("part")
+    factors: list[dict[str, object]] = []
+    chunk_z: list[np.ndarray] = []
+    chunk_e: list[float] = []
+    elements: set[int] = set()
+    n_read = kept = atoms = edges = with_forces = with_stress = 0
     for path in d["inputs"]:
         for s in reader(Path(path), units=info.units, **d["reader_options"]):
             sid = structure_id(s.z, s.pos, s.cell, s.pbc)
@@ -157,77 +224,68 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
                 filtered["duplicate"] += 1
                 continue
             seen.add(sid)
-            records.append(
-                {
-                    "z": s.z,
-                    "pos": s.pos,
-                    "forces": s.forces,
-                    "cell": s.cell,
-                    "pbc": s.pbc,
-                    "energy": s.energy,
-                    "stress": s.stress,
-                    "sid": sid,
-                    "edge_index": ei,
-                    "shift": shift,
-                    "charge": s.charge,
-                    "spin": s.spin,
-                    "split": assign_split(sid, cfg["seed"], cfg["split"]),
-                }
-            )
-    if not records and part is None:
+            split = assign_split(sid, cfg["seed"], cfg["split"])
+            writers[split].add({"z": s.z, "pos": s.pos, "forces": s.forces, "cell": s.cell, "pbc": s.pbc,
+                                "energy": s.energy, "stress": s.stress, "sid": sid, "edge_index": ei,
+                                "shift": shift, "charge": s.charge, "spin": s.spin, "split": split,
+                                "eref": float("nan")})
+            kept += 1
+            atoms += len(s.z)
+            edges += int(ei.shape[1])
+            with_forces += s.forces is not None
+            with_stress += s.stress is not None
+            elements.update(int(z) for z in np.unique(s.z))
+            chunk_z.append(s.z)
+            chunk_e.append(float(s.energy))  # type: ignore[arg-type]  # label_reason kept only labelled ones
+            if len(chunk_z) >= FIT_CHUNK:
+                factors.append(composition_factor(chunk_z, np.asarray(chunk_e)))
+                chunk_z, chunk_e = [], []
+    if chunk_z:
+        factors.append(composition_factor(chunk_z, np.asarray(chunk_e)))
+    if not kept and part is None:
         raise BadInput(
             f"{d['inputs'][0]}: dataset {d['name']!r}: no structure left after filtering ({dict(filtered)})"
         )
-    zs, energy = [r["z"] for r in records], np.array([r["energy"] for r in records], dtype=np.float64)
     if part is None:
         # fitted on every kept structure (all splits): one number per element leaks nothing useful, and an
         # element seen only in val/test still gets a reference
-        refs = fit_reference_energies(zs, energy, cfg["ridge"])
+        refs = fit_reference_energies_from_factors(factors, cfg["ridge"])
+        index_meta = {**meta, "reference_energies": {str(z): e for z, e in sorted(refs.items())},
+                      "eref_from_index": True}
     else:
         refs = {}  # fitted over all parts by the merge; until then eref is NaN and marked deferred
-    for r in records:
-        r["eref"] = reference_sum(r["z"], refs) if part is None else float("nan")
-    meta = {
-        "dataset": info.name,
-        "head_id": info.head_id,
-        "level_of_theory": info.level_of_theory,
-        "fidelity": info.fidelity,
-        "kind": info.kind,
-        "units": {"energy": "eV", "forces": "eV/Å", "length": "Å", "stress": "eV/Å^3"},
-        "source_units": dict(info.units),
-        "reference_energies": {str(z): e for z, e in sorted(refs.items())},
-        "cutoff": float(cfg["cutoff"]),
-        "max_neighbours": cfg["max_neighbours"],
-        "seed": cfg["seed"],
-        **({"part": part, "eref_deferred": True} if part is not None else {}),
-    }
-    counts = {}
-    for split in SPLITS:
-        chosen = [r for r in records if r["split"] == split]
-        write_split(
-            out_dir / info.name / split, pack_graphs(chosen), {**meta, "split": split}, cfg["shard_size"]
-        )
-        counts[split] = len(chosen)
-    natoms = np.array([len(r["z"]) for r in records], dtype=np.int64)
-    resid = (energy - np.array([r["eref"] for r in records])) / np.maximum(natoms, 1)
+        index_meta = {**meta, "reference_energies": {}, "eref_deferred": True}
+    energy: list[np.ndarray] = []
+    resid: list[np.ndarray] = []
+    for split, writer in writers.items():
+        writer.close({**index_meta, "split": split})
+        if part is None and writer.count:
+            store = GraphStore(writer.dir, cache=False)
+            e = store.graph_values("energy")
+            energy.append(e)
+            resid.append((e - store.graph_values("eref")) / np.maximum(store.natoms, 1))
     out = {
         "head_id": info.head_id,
         "read": n_read,
-        "kept": len(records),
-        "counts": counts,
+        "kept": kept,
+        "counts": {split: w.count for split, w in writers.items()},
         "filtered": {reason: filtered.get(reason, 0) for reason in REASONS},
-        "elements": sorted({int(z) for r in records for z in np.unique(r["z"])}),
-        "atoms": int(natoms.sum()),
-        "edges": int(sum(r["edge_index"].shape[1] for r in records)),
-        "energy": energy_stats(energy),
-        "energy_per_atom_after_reference": energy_stats(resid),
-        "reference_energies": meta["reference_energies"],
-        "with_forces": int(sum(r["forces"] is not None for r in records)),
-        "with_stress": int(sum(r["stress"] is not None for r in records)),
+        "elements": sorted(elements),
+        "atoms": atoms,
+        "edges": edges,
+        "energy": energy_stats(np.concatenate(energy)) if energy else None,
+        "energy_per_atom_after_reference": energy_stats(np.concatenate(resid)) if resid else None,
+        "reference_energies": index_meta["reference_energies"],
+        "with_forces": with_forces,
+        "with_stress": with_stress,
     }
     if part is not None:
         del out["energy_per_atom_after_reference"], out["reference_energies"]
-        out["reference_factor"] = composition_factor(zs, energy)
+        out["reference_factor"] = combine_factors(factors)
+        # a part's energy statistics: from the energies its shards hold
+        part_energy = [GraphStore(w.dir, cache=False, reference_energies={}).graph_values("energy")
+                       for w in writers.values() if w.count]
+        out["energy"] = energy_stats(np.concatenate(part_energy)) if part_energy else None
     return out
 
 

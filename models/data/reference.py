@@ -84,6 +84,35 @@ def composition_factor(zs: Sequence[np.ndarray], energies: np.ndarray) -> dict[s
     }
 
 
+def _stacked(factors: Sequence[dict[str, object]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(elements [K], R rows [M, K], Qᵀ E [M], G)`` of the non-empty factors, on the union of their elements."""
+    parts = [f for f in factors if int(f["num_graphs"]) > 0]  # type: ignore[call-overload]
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), np.zeros(0), 0
+    elements = np.unique(np.concatenate([np.asarray(f["elements"], dtype=np.int64) for f in parts]))
+    col = {int(e): k for k, e in enumerate(elements)}
+    rows, rhs = [], []
+    for f in parts:
+        r = np.asarray(f["r"], dtype=np.float64).reshape(-1, len(f["elements"]))  # type: ignore[arg-type]
+        full = np.zeros((r.shape[0], len(elements)))
+        full[:, [col[int(e)] for e in f["elements"]]] = r  # type: ignore[attr-defined]
+        rows.append(full)
+        rhs.append(np.asarray(f["qty"], dtype=np.float64))
+    total = sum(int(f["num_graphs"]) for f in parts)  # type: ignore[call-overload]
+    return elements, np.vstack(rows), np.concatenate(rhs), total
+
+
+def combine_factors(factors: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One :func:`composition_factor` of the union of the factors' structures (TSQR: a QR of their stacked
+    ``R`` s, ``K × K`` numbers whatever the number of structures)."""
+    elements, a, y, total = _stacked(factors)
+    if total == 0:
+        return {"elements": [], "r": [], "qty": [], "num_graphs": 0}
+    q, r = np.linalg.qr(a, mode="reduced")
+    return {"elements": [int(e) for e in elements], "r": r.tolist(), "qty": (q.T @ y).tolist(),
+            "num_graphs": total}
+
+
 def fit_reference_energies_from_factors(
     factors: Sequence[dict[str, object]], ridge: float = 1e-8
 ) -> dict[int, float]:
@@ -95,21 +124,9 @@ def fit_reference_energies_from_factors(
     Returns:
         ``{Z: e_Z}`` in eV for every element present in any part.
     """
-    parts = [f for f in factors if int(f["num_graphs"]) > 0]  # type: ignore[call-overload]
-    if not parts:
+    elements, a, y, total = _stacked(factors)
+    if total == 0:
         return {}
-    elements = np.unique(np.concatenate([np.asarray(f["elements"], dtype=np.int64) for f in parts]))
-    col = {int(e): k for k, e in enumerate(elements)}
-    rows, rhs = [], []
-    for f in parts:
-        r = np.asarray(f["r"], dtype=np.float64).reshape(-1, len(f["elements"]))  # type: ignore[arg-type]
-        full = np.zeros((r.shape[0], len(elements)))
-        full[:, [col[int(e)] for e in f["elements"]]] = r  # type: ignore[attr-defined]
-        rows.append(full)
-        rhs.append(np.asarray(f["qty"], dtype=np.float64))
-    a = np.vstack(rows)
-    y = np.concatenate(rhs)
-    total = sum(int(f["num_graphs"]) for f in parts)  # type: ignore[call-overload]
     lam = np.sqrt(max(ridge, 0.0) * total)
     if lam > 0:
         a = np.vstack([a, lam * np.eye(len(elements))])
