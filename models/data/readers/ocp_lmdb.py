@@ -63,8 +63,7 @@ class _AllowListUnpickler(pickle.Unpickler):
             return _Record
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return _storage_from_bytes
-        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
-                              ("torch._tensor", "_rebuild_from_type_v2"), ("torch", "Tensor")):
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
             import importlib
 
             return getattr(importlib.import_module(module), name)

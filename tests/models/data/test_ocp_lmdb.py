@@ -54,6 +54,13 @@ class _Payload:
         return (os.system, ("touch pwned",))
 
 
+class _MemoryBomb:
+    """Twelve bytes of pickle that would ask torch for 80 GB."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (torch.Tensor, (10_000_000_000,))
+
+
 class _NestedPayload:
     """A 'tensor storage' whose bytes are a torch.save of the payload: torch's own loader would run it."""
 
@@ -84,6 +91,13 @@ def test_a_record_that_would_run_code_is_refused_unrun(tmp_path: Path, monkeypat
     env.close()
     with pytest.raises(BadInput, match=r"nested.lmdb:0: not an OCP graph record \(Weights only load failed"):
         list(read_structures("ocp-lmdb", nested, energy="total"))
+    bomb = tmp_path / "bomb.lmdb"
+    env = lmdb.open(str(bomb), subdir=False, map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        txn.put(b"0", pickle.dumps(_MemoryBomb()))
+    env.close()
+    with pytest.raises(BadInput, match=r"bomb.lmdb:0: not an OCP graph record \(refusing to load torch.Tensor"):
+        list(read_structures("ocp-lmdb", bomb, energy="total"))
     assert not (tmp_path / "pwned").exists()
     (tmp_path / "text.lmdb").write_text("not an lmdb" * 10)
     assert file_problem(tmp_path / "text.lmdb", "ocp-lmdb") == "not an LMDB file (no LMDB signature)"
