@@ -31,7 +31,7 @@ from typing import Any
 
 from campaign.errors import CampaignInputError
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
-from campaign.stages.screen import is_selected, training_config
+from campaign.stages.screen import is_selected, model_objective, training_config
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
 from models.contracts.train import TrainConfig, TrainResult, read_result
@@ -134,7 +134,7 @@ class ScalingStage:
             where = spec.from_campaign or self.recipe.campaign
             raise CampaignInputError(f"stages.scaling: campaign {where!r} has no promoted model to time (run a "
                                      "promote stage first, or give stages.scaling.model an id)")
-        return min(found, key=lambda r: (_objective(r), r.id))
+        return min(found, key=lambda r: (model_objective(r), r.id))
 
     def _task(self, ctx: StageContext, row: Any, base: TrainConfig, mode: str, precision: str,
               ranks: int) -> PlannedTask:
@@ -226,8 +226,3 @@ class ScalingStage:
 def _energy_per_step(res: TrainResult) -> float | None:
     parts = [e for e in (res.energy_gpu_j, res.energy_cpu_j, res.energy_dram_j) if e is not None]
     return sum(parts) / res.steps if parts and res.steps > 0 else None
-
-
-def _objective(row: Any) -> float:
-    value = (row.metrics or {}).get("objective")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf

@@ -51,7 +51,8 @@ class ModelCheckpoint:
     config: dict[str, Any]
 
 
-def _objective(row: Any) -> float:
+def model_objective(row: Any) -> float:
+    """A model row's objective (its validation loss), ``inf`` when it has none: the key that ranks models."""
     value = (row.metrics or {}).get("objective")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf
 
@@ -91,7 +92,7 @@ def best_model_id(ledger: Any, campaign_id: int) -> int | None:
             rows = [r for r in rows if is_selected(r)]
         rows = [r for r in rows if r.checkpoint_id is not None]
         if rows:
-            return int(min(rows, key=lambda r: (_objective(r), r.id)).id)
+            return int(min(rows, key=lambda r: (model_objective(r), r.id)).id)
     return None
 
 

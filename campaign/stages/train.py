@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign.stages.base import PlannedTask, StageContext, app_config, app_task_config
-from campaign.stages.screen import is_selected, training_config
+from campaign.stages.screen import is_selected, model_objective, training_config
 from campaign.tasks import ResourceRequest, TaskResult, TaskSpec, TaskState
 from models.appio import BadInput
 from models.contracts import app_failure
@@ -132,12 +132,12 @@ class TrainStage:
                                "(run a promote stage first, or list model ids in stages.train.models)")
                 return []
         if spec.top is not None:
-            models = sorted(models, key=lambda r: (_objective(r), r.id))[: spec.top]
+            models = sorted(models, key=lambda r: (model_objective(r), r.id))[: spec.top]
         out = []
         for r in models:
             ckpt = led.artifact(r.checkpoint_id) if r.checkpoint_id else None
             src = Source(model_id=r.id, name=r.name, family=r.family, trial_id=r.trial_id,
-                         objective=_objective(r), hyperparameters=dict(r.hyperparameters or {}),
+                         objective=model_objective(r), hyperparameters=dict(r.hyperparameters or {}),
                          base_config=None, checkpoint_id=r.checkpoint_id,
                          checkpoint_path=ckpt.path if ckpt is not None else None)
             try:
@@ -350,8 +350,3 @@ class TrainStage:
 def _result(task: Any) -> TrainResult:
     """A DONE chunk's result, read through the training app's contract."""
     return read_result(task.result, f"result of task {task.id} ({task.key})")
-
-
-def _objective(row: Any) -> float:
-    value = (row.metrics or {}).get("objective")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf
