@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from models.appio import BadInput
+from models.data.readers.fields import require_units
 from models.data.readers.mptrj_json import frame_structure
 from models.data.readers.pymatgen_json import open_stream
 from models.data.structure import Structure
@@ -53,10 +54,7 @@ def read_alexandria_json(path: str | Path, *, energy: str | None = None, units: 
     if energy not in ENERGY_CHOICES:
         raise BadInput(f"reader alexandria-json: option 'energy' must be 'uncorrected' (the steps carry VASP's "
                        f"total energy only), got {energy!r}")
-    for name, expected in (("energy", "eV"), ("forces", "eV/Å"), ("length", "Å")):
-        if units and units.get(name, expected) != expected:
-            raise BadInput(f"reader alexandria-json: Alexandria stores {name} in {expected}, the registry says "
-                           f"{units[name]}")
+    require_units("alexandria-json", "Alexandria", units)
     path = Path(path)
     n = 0
     with open_stream(path) as fh:

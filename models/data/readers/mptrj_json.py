@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from models.appio import BadInput
-from models.data.readers.pymatgen_json import KBAR_VASP_TO_ASE, array, open_stream, structure_arrays
+from models.data.readers.fields import numeric, require_units
+from models.data.readers.pymatgen_json import KBAR_VASP_TO_ASE, open_stream, structure_arrays
 from models.data.structure import Structure
 
 ENERGY_KEYS = {"uncorrected": "uncorrected_total_energy", "corrected": "corrected_total_energy"}
@@ -46,11 +47,11 @@ def frame_structure(frame: Mapping[str, Any], where: str, energy_key: str, with_
     n = z.shape[0]
     if energy_key not in frame or frame[energy_key] is None:
         raise BadInput(f"{where}: field '{energy_key}' is missing")
-    energy = float(array(frame[energy_key], (), where, energy_key))
-    forces = array(frame[forces_key], (n, 3), where, forces_key) if frame.get(forces_key) is not None else None
+    energy = float(numeric(frame[energy_key], (), where, energy_key))
+    forces = numeric(frame[forces_key], (n, 3), where, forces_key) if frame.get(forces_key) is not None else None
     stress = None
     if with_stress and frame.get("stress") is not None:
-        stress = array(frame["stress"], (3, 3), where, "stress") * KBAR_VASP_TO_ASE
+        stress = numeric(frame["stress"], (3, 3), where, "stress") * KBAR_VASP_TO_ASE
     return Structure(z=z, pos=pos, cell=cell, pbc=np.ones(3, dtype=bool), energy=energy, forces=forces,
                      stress=stress, origin=where)
 
@@ -72,10 +73,7 @@ def read_mptrj_json(path: str | Path, *, energy: str | None = None, units: Mappi
 
     if energy not in ENERGY_KEYS:
         raise BadInput(f"reader mptrj-json: option 'energy' must be one of {', '.join(ENERGY_KEYS)}, got {energy!r}")
-    for name, expected in (("energy", "eV"), ("forces", "eV/Å"), ("length", "Å")):
-        if units and units.get(name, expected) != expected:
-            raise BadInput(f"reader mptrj-json: MPtrj stores {name} in {expected}, the registry says "
-                           f"{units[name]}")
+    require_units("mptrj-json", "MPtrj", units)
     path = Path(path)
     key = ENERGY_KEYS[energy]
     n = 0

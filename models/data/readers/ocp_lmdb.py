@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from models.appio import BadInput
+from models.data.readers.fields import numeric, require_units
 from models.data.structure import Structure
 
 ENERGY_CHOICES = ("adsorption", "total")
@@ -87,19 +88,6 @@ def _fields(raw: bytes, where: str) -> dict[str, Any]:
     return state
 
 
-def _array(value: Any, shape: tuple[int, ...] | None, where: str, field: str) -> np.ndarray:
-    """``value`` (a tensor, number or list) as a finite float64 array of ``shape`` (``None``: any shape)."""
-    try:
-        arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise BadInput(f"{where}: field '{field}' is not numeric") from None
-    if shape is not None and arr.shape != shape:
-        raise BadInput(f"{where}: field '{field}' has shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise BadInput(f"{where}: field '{field}' holds a non-finite value")
-    return arr
-
-
 def read_ocp_lmdb(path: str | Path, *, energy: str | None = None, units: Mapping[str, str] | None = None,
                   with_forces: bool = True) -> Iterator[Structure]:
     """Yield every record of an OCP LMDB file in key order.
@@ -118,10 +106,7 @@ def read_ocp_lmdb(path: str | Path, *, energy: str | None = None, units: Mapping
     if energy not in ENERGY_CHOICES:
         raise BadInput(f"reader ocp-lmdb: option 'energy' must say what the file's y is: 'adsorption' (OC20 "
                        f"S2EF) or 'total' (OC22, ODAC23), got {energy!r}")
-    for name, expected in (("energy", "eV"), ("forces", "eV/Å"), ("length", "Å")):
-        if units and units.get(name, expected) != expected:
-            raise BadInput(f"reader ocp-lmdb: the OCP LMDBs store {name} in {expected}, the registry says "
-                           f"{units[name]}")
+    require_units("ocp-lmdb", "the OCP LMDBs", units)
     path = Path(path)
     try:
         env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False,
@@ -148,15 +133,15 @@ def _structure(raw: bytes, where: str, with_forces: bool) -> Structure:
     for field in ("pos", "atomic_numbers", "cell", "y"):
         if f.get(field) is None:
             raise BadInput(f"{where}: field '{field}' is missing")
-    z = _array(f["atomic_numbers"], None, where, "atomic_numbers")
+    z = numeric(f["atomic_numbers"], None, where, "atomic_numbers")
     if z.ndim != 1 or not z.size:
         raise BadInput(f"{where}: field 'atomic_numbers' has shape {z.shape}, expected (N,)")
     n = z.shape[0]
-    pos = _array(f["pos"], (n, 3), where, "pos")
-    cell = _array(f["cell"], (1, 3, 3), where, "cell").reshape(3, 3)
-    e = float(_array(f["y"], (), where, "y")) if np.ndim(f["y"]) == 0 else \
-        float(_array(f["y"], (1,), where, "y")[0])
-    forces = _array(f["force"], (n, 3), where, "force") if with_forces and f.get("force") is not None \
+    pos = numeric(f["pos"], (n, 3), where, "pos")
+    cell = numeric(f["cell"], (1, 3, 3), where, "cell").reshape(3, 3)
+    e = float(numeric(f["y"], (), where, "y")) if np.ndim(f["y"]) == 0 else \
+        float(numeric(f["y"], (1,), where, "y")[0])
+    forces = numeric(f["force"], (n, 3), where, "force") if with_forces and f.get("force") is not None \
         else None
     return Structure(z=np.rint(z).astype(np.int64), pos=pos, cell=cell, pbc=np.ones(3, dtype=bool),
                      energy=e, forces=forces, origin=where)

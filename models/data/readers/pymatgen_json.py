@@ -19,6 +19,7 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from models.appio import BadInput
+from models.data.readers.fields import numeric
 
 #: eV/Å^3 per GPa (1 eV/Å^3 = 160.21766 GPa).
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208
@@ -35,23 +36,6 @@ def open_stream(path: Path) -> IO[bytes]:
     if magic == b"BZh":
         return bz2.BZ2File(path, "rb")
     return open(path, "rb")
-
-
-def array(value: Any, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
-    """``value`` as a finite float64 array of ``shape``.
-
-    Raises:
-        BadInput: naming ``where`` and ``field`` when it is not numeric, has another shape or a non-finite value.
-    """
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadInput(f"{where}: field '{field}' is not numeric") from None
-    if arr.shape != shape:
-        raise BadInput(f"{where}: field '{field}' has shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise BadInput(f"{where}: field '{field}' holds a non-finite value")
-    return arr
 
 
 def structure_arrays(struct: Any, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,8 +56,8 @@ def structure_arrays(struct: Any, where: str) -> tuple[np.ndarray, np.ndarray, n
         except (KeyError, IndexError, TypeError):
             raise BadInput(f"{where}: field 'structure.sites[{k}].species' names no known element") from None
     n = len(z)
-    pos = array([site.get("xyz") for site in sites], (n, 3), where, "structure.sites[].xyz")
+    pos = numeric([site.get("xyz") for site in sites], (n, 3), where, "structure.sites[].xyz")
     lattice = struct["lattice"]
-    cell = array(lattice.get("matrix") if isinstance(lattice, Mapping) else None, (3, 3), where,
+    cell = numeric(lattice.get("matrix") if isinstance(lattice, Mapping) else None, (3, 3), where,
                  "structure.lattice.matrix")
     return np.asarray(z, dtype=np.int64), pos, cell
