@@ -8,6 +8,9 @@ Checked, in order (the first failing check of a file is its problem; every file 
 * the labels are plausible in the units the registry declares: finite, energies per atom between
   -100,000 and +1,000 eV (a Hartree file read as eV, or a per-atom field read as a total, lands outside), force
   components below :data:`MAX_FORCE` eV/Å (a Hartree/Bohr file read as eV/Å is 51x too large);
+* the lengths are plausible in the units the registry declares: over the molecules that hold hydrogen, the
+  median of each one's shortest H–X distance lies in [:data:`MIN_XH`, :data:`MAX_XH`] Å (X–H bonds are 0.74-1.5 Å;
+  positions in Bohr read as Å put them near 2 Å);
 * when every structure was read, the count is within a factor :data:`COUNT_FACTOR` of the registry's
   published size (a partial download or the wrong file).
 
@@ -23,10 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Force components above this (eV/Å) mean the units are wrong.
 MAX_FORCE = 1000.0
 #: Energy per atom outside [MIN_E, MAX_E] eV means the units (or the field) are wrong.
 MIN_E, MAX_E = -1.0e5, 1.0e3
+#: The median shortest H–X distance of the molecules read (Å) must lie in [MIN_XH, MAX_XH].
+MIN_XH, MAX_XH = 0.6, 1.6
 #: A complete file set must hold between 1/COUNT_FACTOR and COUNT_FACTOR times the registry's size.
 COUNT_FACTOR = 10.0
 
@@ -45,6 +52,7 @@ class DataCheck:
     elements: set[int] = field(default_factory=set)
     energy_per_atom: tuple[float, float] | None = None  # (min, max) eV/atom
     max_force: float | None = None  # eV/Å
+    median_xh: float | None = None  # Å: median over the molecules with hydrogen of their shortest H–X distance
     with_forces: int = 0
     with_stress: int = 0
     published: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +61,20 @@ class DataCheck:
     def ok(self) -> bool:
         """No problem found."""
         return not self.problems
+
+
+def shortest_xh(z: np.ndarray, pos: np.ndarray) -> float | None:
+    """The shortest distance (Å) between a hydrogen atom and any other atom of a molecule, or None without one.
+
+    Args:
+        z: [N] atomic numbers.  pos: [N, 3] positions, Å.
+    """
+    h = np.flatnonzero(z == 1)
+    if h.size == 0 or z.size < 2 or z.size > 2000:  # O(N·H) pairs: molecules only
+        return None
+    d = np.linalg.norm(pos[h, None, :] - pos[None, :, :], axis=-1)
+    d[np.arange(h.size), h] = np.inf
+    return float(d.min())
 
 
 def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
@@ -88,6 +110,7 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
         return out
     options = {**(dict(info.reader_options) if chosen == info.reader else {}), **(reader_options or {})}
     e_lo, e_hi, f_max = math.inf, -math.inf, 0.0
+    xh: list[float] = []
     for path in paths:
         why = file_problem(path, chosen)
         if why is not None:
@@ -121,6 +144,9 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
                     f_max = max(f_max, fm)
                     out.with_forces += 1
                 out.with_stress += int(s.stress is not None)
+                d = shortest_xh(s.z, s.pos) if not s.pbc.any() else None
+                if d is not None:
+                    xh.append(d)
         except BadInput as exc:  # names the file and the record
             problem = str(exc)
         except Exception as exc:  # any other failure of a reader on this file is reported, not raised
@@ -133,6 +159,13 @@ def check_dataset(name: str, paths: list[Path], *, sample: int | None = 1000,
     if e_lo <= e_hi:
         out.energy_per_atom = (e_lo, e_hi)
     out.max_force = f_max if out.with_forces else None
+    if xh:
+        out.median_xh = float(np.median(xh))
+        if not MIN_XH <= out.median_xh <= MAX_XH:
+            out.problems.append(
+                f"{name}: the molecules' shortest H–X distances have a median of {out.median_xh:.3g} Å, X–H bonds "
+                f"are 0.74-1.5 Å: the positions are not in {info.units.get('length', 'Å')} as the registry says "
+                f"(Bohr read as Å gives ~2 Å)")
     expected = info.n_structures or (info.generator or {}).get("default_count")
     if out.complete and not out.problems and expected and out.structures:
         if not expected / COUNT_FACTOR <= out.structures <= expected * COUNT_FACTOR:

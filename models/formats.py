@@ -13,7 +13,7 @@ from pathlib import Path
 
 #: The readers of :mod:`models.data.readers`.
 READER_NAMES: tuple[str, ...] = ("ase", "ani-hdf5", "ase-lmdb", "ocp-lmdb", "mptrj-json", "alexandria-json",
-                                 "spice-hdf5", "qm7x-hdf5")
+                                 "spice-hdf5", "qm7x-hdf5", "qcml-tfds")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -55,6 +55,10 @@ def sniff(path: Path, reader: str) -> str | None:
         return None
     if reader == "ase":
         return _sniff_ase(path, head)
+    if reader == "qcml-tfds":
+        if len(head) < 12 or _masked_crc32c(head[:8]) != struct.unpack_from("<I", head, 8)[0]:
+            return "not a TFRecord file (the first record's length checksum does not match)"
+        return None
     if reader in ("mptrj-json", "alexandria-json"):
         if head.startswith((b"\x1f\x8b", b"BZh")):
             return None  # gzip / bzip2 (as published): the reader decides
@@ -62,6 +66,22 @@ def sniff(path: Path, reader: str) -> str | None:
             name = "MPtrj" if reader == "mptrj-json" else "Alexandria"
             return f"not a JSON object ({name} JSON starts with '{{')"
     return None
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), bitwise: only ever run on a record header's 8 bytes here."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked checksum (the readers' own is :func:`models.data.readers.qcml_tfds.masked_crc32c`)."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _sniff_ase(path: Path, head: bytes) -> str | None:

@@ -727,6 +727,7 @@ def data_check(
             ("energy per atom (eV)", f"{epa[0]:.4g} … {epa[1]:.4g}" if epa else "–"),
             ("largest force component (eV/Å)", f"{res.max_force:.4g}" if res.max_force is not None else "–"),
             ("with forces / stress", f"{res.with_forces:,} / {res.with_stress:,}"),
+            ("median shortest H–X distance (Å)", f"{res.median_xh:.3f}" if res.median_xh is not None else "–"),
             ("published", f"{res.published.get('n_structures') or '?'} structures, "
                           f"{res.published.get('elements') or '?'} elements, {res.published.get('source_format')} "
                           f"at {res.published.get('url') or '–'}")]

@@ -105,8 +105,6 @@ DATASET_FILES: list[tuple[str, str, Callable[[Path], None] | None, str, tuple[st
      ("datasets[0]", "not an ASE database")),
     ("unknown-reader", "x.extxyz", lambda p: p.write_text("1\n\nH 0 0 0\n"),
      "{{name: demo-emt, files: [{f}], reader: csv}}", ("datasets[0]", "'csv' is not a reader")),
-    ("dataset-without-reader", "q.extxyz", lambda p: p.write_text("1\n\nH 0 0 0\n"),
-     "{{name: qcml, files: [{f}]}}", ("datasets[0]", "no reader reads dataset 'qcml'")),
     ("published-dataset-without-files", "", None, "{{name: omat24}}", ("datasets[0]", "list its files")),
 ]
 

@@ -23,6 +23,9 @@ name            formats
                 hartree, ``dft_total_gradient`` hartree/bohr, mapped ``smiles`` for the charge)
 ``qm7x-hdf5``   QM7-X as published, once decompressed (molecule -> ``Geom-…`` group: ``atNUM``, ``atXYZ`` Å,
                 ``ePBE0+MBD`` eV, ``totFOR`` eV/Å); options ``energy``, ``forces`` name other fields
+``qcml-tfds``   QCML as published (TFDS record shards ``qcml-full.tfrecord-*-of-*`` of feature group
+                ``dft_force_field``: ``positions`` Å, ``pbe0_energy`` / ``pbe0_formation_energy`` Hartree,
+                ``pbe0_forces`` Hartree/Bohr); options ``energy: formation | total``, ``outliers: skip | keep``
 ==============  ====================================================================================
 """
 
@@ -74,6 +77,10 @@ def get_reader(name: str) -> Reader:
         from models.data.readers.qm7x_hdf5 import read_qm7x_hdf5
 
         return read_qm7x_hdf5
+    if name == "qcml-tfds":
+        from models.data.readers.qcml_tfds import read_qcml_tfds
+
+        return read_qcml_tfds
     if name == "mptrj-json":
         from models.data.readers.mptrj_json import read_mptrj_json
 
