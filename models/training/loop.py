@@ -193,34 +193,39 @@ class Trainer:
             acc = torch.zeros(len(self.heads), 5, dtype=torch.float64, device=self.device)
             done, t0 = 0, time.perf_counter()
         it = iter(batches)
-        while done < steps:
-            try:
-                batch = next(it)
-            except StopIteration:
-                raise RunFailed(
-                    f"the loader ran out after {done} of {steps} steps at epoch {epoch}", reason="loader"
-                ) from None
-            batch = self._prepare(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, per_head = self._loss(batch)
-            loss.backward()
-            self.sync.reduce()
-            norm, bad = self.sync.clip_and_check(loss, self.grad_clip)
-            if bad:
-                raise RunFailed(
-                    f"non-finite loss or gradient at epoch {epoch}, step {self.step} "
-                    f"(loss {float(loss.detach()):.4g}, grad norm {float(norm):.4g} on this rank)",
-                    reason="nan",
-                )
-            self.optimizer.step()
-            self.schedule.after_step()
-            self._accumulate(acc, {h: {k: v.detach() for k, v in s.items()} for h, s in per_head.items()})
-            self.step += 1
-            done += 1
-            if stop is not None and done < steps and stop():
-                seconds = time.perf_counter() - t0
-                return EpochResult(loss=math.nan, steps=done, seconds=seconds,
-                                   partial=PartialEpoch(epoch, done, acc.detach().cpu(), seconds))
+        try:
+            while done < steps:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise RunFailed(
+                        f"the loader ran out after {done} of {steps} steps at epoch {epoch}", reason="loader"
+                    ) from None
+                batch = self._prepare(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, per_head = self._loss(batch)
+                loss.backward()
+                self.sync.reduce()
+                norm, bad = self.sync.clip_and_check(loss, self.grad_clip)
+                if bad:
+                    raise RunFailed(
+                        f"non-finite loss or gradient at epoch {epoch}, step {self.step} "
+                        f"(loss {float(loss.detach()):.4g}, grad norm {float(norm):.4g} on this rank)",
+                        reason="nan",
+                    )
+                self.optimizer.step()
+                self.schedule.after_step()
+                self._accumulate(acc, {h: {k: v.detach() for k, v in s.items()} for h, s in per_head.items()})
+                self.step += 1
+                done += 1
+                if stop is not None and done < steps and stop():
+                    seconds = time.perf_counter() - t0
+                    return EpochResult(loss=math.nan, steps=done, seconds=seconds,
+                                       partial=PartialEpoch(epoch, done, acc.detach().cpu(), seconds))
+        finally:  # a loader building batches ahead (models.data.prefetch) stops now, not when collected
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
         return self._finish(acc, done, t0)
 
     def evaluate(self, batches: Iterable[Batch]) -> EpochResult:
