@@ -11,7 +11,8 @@ validation loss improves) written atomically with a sha256 sidecar.
 
 The result JSON holds ``objective`` (= the BEST epoch's validation loss), ``best_epoch``, ``best_val_metrics``
 per head, ``last_epoch``, ``completed`` (false when ``time_limit_s`` stopped the chunk early: continue it with
-``resume_from``), ``stop_reason``, ``wall_time_s``, ``train_graphs_per_s``, ``peak_memory_bytes``,
+``resume_from``), ``stop_reason``, ``wall_time_s``, ``train_graphs_per_s``, ``data_wait_fraction`` (the share of
+the training steps' time spent waiting for batches), ``peak_memory_bytes``,
 ``resumed_from_epoch``, ``initialised_from`` (the ``init_from`` checkpoint whose weights started a fresh run) and
 the checkpoint paths with their sha256, and ``history``: every per-epoch figure of ``metrics.jsonl`` by value
 (:class:`models.contracts.train.TrainResult`).
@@ -310,7 +311,7 @@ def _run(
         else None
     )
 
-    train_graphs, train_seconds = 0, 0.0
+    train_graphs, train_seconds, train_wait = 0, 0.0, 0.0
     epoch_seconds = 0.0
     last_epoch = start_epoch - 1
     stop_reason = "epochs"
@@ -361,6 +362,7 @@ def _run(
             break
         train_graphs += tr.graphs
         train_seconds += tr.seconds
+        train_wait += tr.data_wait_s
         va = trainer.evaluate(eval_batches(val_stores, cfg.batch_size, rank=rank, world_size=world))
         if not math.isfinite(va.loss):
             raise RunFailed(f"validation loss is {va.loss} at epoch {epoch}", reason="nan")
@@ -417,6 +419,7 @@ def _run(
         "steps": trainer.step,
         "wall_time_s": wall,
         "train_graphs_per_s": train_graphs / train_seconds if train_seconds > 0 else None,
+        "data_wait_fraction": max(_gather(train_wait / train_seconds)) if train_seconds > 0 else None,
         "peak_memory_bytes": mem,
         "data_bytes": max(_gather(data_bytes)),
         "state_bytes": state,

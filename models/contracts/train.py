@@ -162,6 +162,8 @@ class TrainResult(Result):
         last_epoch / epochs_this_chunk / steps: Progress after this chunk (epochs count from 0).
         wall_time_s: Wall time of this chunk, s.
         train_graphs_per_s: Training throughput over all ranks (None when no step ran).
+        data_wait_fraction: Of the training passes' time, the share the steps waited for their batch, on the rank
+            that waited most (None when no step ran): above a few percent the data path starves the model.
         peak_memory_bytes: Peak device (or host) memory of the largest rank.
         data_bytes: Bytes of atom and edge rows the rank holding the most kept in memory (``data_in_memory``).
         state_bytes: ``{"parameters", "optimizer", "total"}`` bytes held by the rank holding the most (with
@@ -191,6 +193,7 @@ class TrainResult(Result):
     steps: int
     wall_time_s: float
     train_graphs_per_s: float | None
+    data_wait_fraction: float | None = None
     peak_memory_bytes: int | None
     data_bytes: int | None = None
     state_bytes: dict[str, int] | None = None

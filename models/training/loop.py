@@ -57,6 +57,7 @@ class EpochResult:
         graphs: Graphs processed by all ranks.
         steps: Optimizer steps (training) or batches (evaluation) on this rank.
         seconds: Wall time of the pass, s.
+        data_wait_s: Of ``seconds``, the time this rank's training steps waited for their batch, s.
         partial: Set when a training pass was interrupted (``stop``) before its last step: the figures are then
             not reduced (``loss`` is NaN) and this is what a mid-epoch checkpoint keeps to finish the pass later.
     """
@@ -66,6 +67,7 @@ class EpochResult:
     graphs: int = 0
     steps: int = 0
     seconds: float = 0.0
+    data_wait_s: float = 0.0
     partial: PartialEpoch | None = None
 
     def as_rows(self) -> dict[int | None, dict[str, float]]:
@@ -193,10 +195,13 @@ class Trainer:
             acc = torch.zeros(len(self.heads), 5, dtype=torch.float64, device=self.device)
             done, t0 = 0, time.perf_counter()
         it = iter(batches)
+        wait = 0.0
         try:
             while done < steps:
+                t_wait = time.perf_counter()
                 try:
                     batch = next(it)
+                    wait += time.perf_counter() - t_wait
                 except StopIteration:
                     raise RunFailed(
                         f"the loader ran out after {done} of {steps} steps at epoch {epoch}", reason="loader"
@@ -220,13 +225,15 @@ class Trainer:
                 done += 1
                 if stop is not None and done < steps and stop():
                     seconds = time.perf_counter() - t0
-                    return EpochResult(loss=math.nan, steps=done, seconds=seconds,
+                    return EpochResult(loss=math.nan, steps=done, seconds=seconds, data_wait_s=wait,
                                        partial=PartialEpoch(epoch, done, acc.detach().cpu(), seconds))
         finally:  # a loader building batches ahead (models.data.prefetch) stops now, not when collected
             close = getattr(it, "close", None)
             if close is not None:
                 close()
-        return self._finish(acc, done, t0)
+        result = self._finish(acc, done, t0)
+        result.data_wait_s = wait
+        return result
 
     def evaluate(self, batches: Iterable[Batch]) -> EpochResult:
         """One pass over a validation/test split (forces need autograd, so no ``no_grad``)."""
