@@ -38,6 +38,7 @@ import torch.distributed as dist
 from models import checkpoint
 from models.appio import PREEMPTED_STOP, BadInput, RunFailed, main_for
 from models.contracts.train import TrainConfig, TrainResult, parse_config
+from models.data.memory_budget import rank_room_bytes
 from models.distributed import (
     GradSync,
     all_reduce_,
@@ -55,6 +56,10 @@ from models.training.loop import PartialEpoch, Trainer
 from models.training.metrics import MetricsWriter, read_metrics
 from models.training.preemption import PreemptionWatch
 from models.training.schedule import Schedule
+
+#: ``data_in_memory: share`` holds a rank's share only while it takes at most this fraction of the memory the rank
+#: may still fill (:func:`models.data.memory_budget.rank_room_bytes`); a larger share is read from the files.
+HOLD_SHARE_OF_ROOM = 0.5
 
 
 def seed_everything(seed: int) -> None:
@@ -135,7 +140,7 @@ def run(cfg: TrainConfig, config_path: Path | str = "<config>") -> dict[str, Any
         with PreemptionWatch() as watch:  # the scheduler's warning: checkpoint at the next step and stop
             result = _run(
                 cfg, config_path, denv.rank, denv.world_size, device, t_start, build_model, multitask_loss, watch,
-                EnergyMeter(device, denv.local_rank),
+                EnergyMeter(device, denv.local_rank), denv.local_world_size,
             )
         # validated against the contract the campaign reads it with, so a drift fails here, named, not there
         return TrainResult.model_validate({**result, "launcher": denv.launcher}).model_dump(mode="json")
@@ -154,6 +159,7 @@ def _run(
     loss_fn: Any,
     watch: PreemptionWatch | None = None,
     meter: EnergyMeter | None = None,
+    local_ranks: int = 1,
 ) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -243,10 +249,17 @@ def _run(
     except ValueError as exc:
         raise BadInput(f"{config_path}: field 'sampling' or 'batch_size': {exc}") from exc
     if cfg.data_in_memory == "share":  # this rank's graphs only: its sampler's shard, its validation stride
-        for d, name in enumerate(my_datasets):
-            train_stores[name].retain(loader.shard_indices(d))
-        for store in val_stores.values():
-            store.retain(np.arange(rank, len(store), world))
+        shares = [(train_stores[name], loader.shard_indices(d)) for d, name in enumerate(my_datasets)]
+        shares += [(store, np.arange(rank, len(store), world)) for store in val_stores.values()]
+        need = sum(store.share_bytes(ix) for store, ix in shares)
+        room = rank_room_bytes(local_ranks)
+        if room is None or need <= HOLD_SHARE_OF_ROOM * room:
+            for store, ix in shares:
+                store.retain(ix)
+        else:  # held, it would crowd out the model or get the rank killed: every batch is read from the files
+            print(f"data_in_memory share: rank {rank}'s share of the data ({need / 2**30:.2f} GiB) is more than "
+                  f"{HOLD_SHARE_OF_ROOM:.0%} of the {room / 2**30:.2f} GiB it may still use: its batches are read "
+                  "from the stores' files", file=sys.stderr, flush=True)
     data_bytes = sum(s.held_bytes() for s in [*train_stores.values(), *val_stores.values()])
 
     sync = GradSync(model, groups)

@@ -49,8 +49,10 @@ class TrainConfig(Strict):
         train_split / val_split: Split names.
         data_in_memory: ``share`` (default): each rank holds in memory only the graphs its sampler and its share
             of the validation pass read (read once from the stores at start; with head groups only its group's
-            datasets), so the data held per rank falls with the number of ranks; ``all``: every rank holds every
-            dataset's train and validation arrays; ``none``: nothing held, every batch read from the files.
+            datasets), so the data held per rank falls with the number of ranks; a share larger than half the
+            memory the rank may still fill (the machine's available memory and its memory cgroup's room, split
+            over the node's ranks) is not held but read from the files, as ``none``. ``all``: every rank holds
+            every dataset's train and validation arrays; ``none``: nothing held, every batch read from the files.
         model: The model's hyperparameters (ignored when resuming: the checkpoint's are used).
         optimizer / scheduler: AdamW and schedule settings.
         epochs: Epochs to run in total (over all chunks of a resumed run).

@@ -466,6 +466,17 @@ class GraphStore:
         na, ne = self._g["natoms"][idx], self._g["nedges"][idx]
         self._held = _Held(idx, np.cumsum(na) - na, np.cumsum(ne) - ne, atoms, edges)
 
+    def share_bytes(self, indices: Sequence[int] | np.ndarray) -> int:
+        """Bytes :meth:`retain` of ``indices`` would hold (their atom and edge rows), known without reading them."""
+        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        shapes = self._shards[0].shapes
+
+        def row_bytes(name: str) -> int:
+            return int(np.prod(shapes[name][1:], dtype=np.int64)) * np.dtype(_DTYPES.get(name, np.float64)).itemsize
+
+        atoms, edges = int(self._g["natoms"][idx].sum()), int(self._g["nedges"][idx].sum())
+        return atoms * sum(row_bytes(n) for n in ATOM_VARS) + edges * sum(row_bytes(n) for n in EDGE_VARS)
+
     def held_bytes(self) -> int:
         """Bytes of atom and edge rows this store holds in memory (all of them with ``cache=True``)."""
         parts = ([self._held.atoms, self._held.edges] if self._held is not None
