@@ -48,6 +48,10 @@ NODE_FAILURE_MARKERS = (
     "has lost communication with a remote daemon",
 )
 
+#: What srun prints when the ranks of a step died of the block's warning signal (``--signal=USR1@N``) before they
+#: installed their handler (a rank still starting up near the end of a short block): the block ran out.
+WARNING_SIGNAL_MARKERS = ("User defined signal 1",)
+
 #: Bytes of a PBS node file read at most (one host name per rank: bounded against a malformed file).
 _MAX_NODEFILE_BYTES = 1 << 20
 
@@ -483,7 +487,8 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
     memory cgroup counted an OOM kill (:mod:`campaign.oom`); that, or an app failure with the reason ``oom``,
     makes the cause ``oom``; a launcher that failed saying a node of its step was lost (:func:`launcher_lost_a_node`)
     makes it ``node_lost``; an app that checkpointed and stopped on the scheduler's warning signal (its result's
-    ``stop_reason`` is ``preempted``) makes it ``walltime``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
+    ``stop_reason`` is ``preempted``), or MPI ranks that died of that signal before they could (srun says
+    :data:`WARNING_SIGNAL_MARKERS`), make it ``walltime``. ``usage``: the CPU seconds the app's processes used (:func:`_wait_with_usage`), when known.
     """
     result_path = Path(spec.workdir) / "result.json"
     result: dict[str, Any] | None = None
@@ -501,6 +506,12 @@ def settle(spec: TaskSpec, returncode: int | None, cause: ExitCause, started: An
             cause = ExitCause.OOM
         elif returncode is not None and returncode != 0 and launcher_lost_a_node(_tail(stderr_path, 16000)):
             cause = ExitCause.NODE_LOST
+        elif (returncode is not None and returncode != 0 and spec.resources.is_mpi
+              and any(m in _tail(stderr_path, 16000) for m in WARNING_SIGNAL_MARKERS)):
+            cause = ExitCause.WALLTIME
+            err_text = ("walltime: ranks died of the block's warning signal before they could checkpoint (still "
+                        "starting up near the block's end); the next attempt resumes from the last checkpoint\n"
+                        + _tail(stderr_path))
         elif returncode is not None and returncode < 0:
             cause = ExitCause.KILLED
         elif (returncode is not None and returncode != 0) or result is None or failure is not None:

@@ -81,8 +81,14 @@ srun: error: cn1: task 0: Terminated
 """
 
 
+#: What srun printed in CI when a one-minute block's warning (``--signal=USR1@30``) reached two ranks still
+#: starting up on a loaded host, before they installed their handler.
+SRUN_WARNED_DURING_STARTUP = "srun: error: cn1: tasks 0-1: User defined signal 1\n"
+
+
 @pytest.mark.parametrize(("stderr", "returncode", "cause"), [
     (SRUN_NODE_FAILURE, 143, ExitCause.NODE_LOST),
+    (SRUN_WARNED_DURING_STARTUP, 138, ExitCause.WALLTIME),  # the block ran out: resumed in the next, free
     ("Traceback (most recent call last):\nValueError: bad\nsrun: error: cn1: task 0: Exited with exit code 1\n",
      1, ExitCause.ERROR),
     (SRUN_NODE_FAILURE, 0, ExitCause.ERROR),  # exit 0 without a result file: not a node failure
