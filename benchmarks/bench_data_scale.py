@@ -4,7 +4,7 @@ against every rank holding every graph (``all``, the cache-everything path it re
 One store of ``--graphs`` EMT-labelled cells and molecules (``bench_train``'s: 2x2x2 fcc cells of 32 atoms and
 small molecules, graphs within 5 Å) with a validation split of a quarter that size; ``models.train`` for one
 epoch on 1, 2, 4 and 8 ranks (``--ranks``; torchrun, gloo, CPU, one thread each, PaiNN 32 x 2). The figures,
-per run: ``data_bytes`` (the atom and edge rows the rank holding the most keeps in memory: the data part of its
+per run: ``data_bytes`` (the atom, edge and per-graph rows the rank holding the most keeps in memory: the data part of its
 memory), the rank's peak resident memory (``peak_memory_bytes``, whole process) and the training throughput.
 (The data wait of reading from the stores is ``bench_data_wait.py``'s.)
 

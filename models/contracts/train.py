@@ -167,7 +167,8 @@ class TrainResult(Result):
         data_wait_fraction: Of the training passes' time, the share the steps waited for their batch, on the rank
             that waited most (None when no step ran): above a few percent the data path starves the model.
         peak_memory_bytes: Peak device (or host) memory of the largest rank.
-        data_bytes: Bytes of atom and edge rows the rank holding the most kept in memory (``data_in_memory``).
+        data_bytes: Bytes of data the rank holding the most kept in memory (``data_in_memory``): atom, edge and
+            per-graph rows.
         state_bytes: ``{"parameters", "optimizer", "total"}`` bytes held by the rank holding the most (with
             head groups a rank keeps optimizer state for its own heads only).
         checkpoints: ``{"best": ..., "last": ...}`` as far as written.

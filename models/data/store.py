@@ -58,6 +58,11 @@ GRAPH_VARS = (
     "has_forces", "has_stress", "charge", "spin",
 )  # fmt: skip
 ALL_VARS = ATOM_VARS + EDGE_VARS + GRAPH_VARS
+#: Per-graph variables a store keeps for every graph (the layout that locates any graph's rows in the files, and
+#: ``eref``, which is computed for deferred shards); the others (:data:`LABEL_VARS`) only for the graphs it holds
+#: once :meth:`GraphStore.retain` gave it a share.
+LAYOUT_VARS = ("natoms", "nedges", "atom_offset", "edge_offset", "eref")
+LABEL_VARS = tuple(n for n in GRAPH_VARS if n not in LAYOUT_VARS)
 _FLOAT_KEYS = (K.POS, K.CELL, K.SHIFT, K.ENERGY, K.EREF, K.FORCES, K.STRESS)
 
 
@@ -321,11 +326,12 @@ def _empty(name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Held:
-    """The atom and edge rows of the graphs a store holds in memory (:meth:`GraphStore.retain`).
+    """The rows of the graphs a store holds in memory (:meth:`GraphStore.retain`).
 
     Attributes:
         graphs: [H] sorted global graph indices held.  atom_start / edge_start: [H] each one's first row in
-        ``atoms`` / ``edges`` (the held rows, concatenated in graph order).
+        ``atoms`` / ``edges`` (the held rows, concatenated in graph order).  labels: the held graphs' rows of
+        :data:`LABEL_VARS`, in ``graphs`` order.
     """
 
     graphs: np.ndarray
@@ -333,6 +339,7 @@ class _Held:
     edge_start: np.ndarray
     atoms: dict[str, np.ndarray]
     edges: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
 
 
 class GraphStore:
@@ -391,6 +398,12 @@ class GraphStore:
         g["atom_offset"] = np.cumsum(g["natoms"]) - g["natoms"]
         g["edge_offset"] = np.cumsum(g["nedges"]) - g["nedges"]
         self._g = g
+        # the first global atom / edge row of each shard; the shards' own copies of the per-graph arrays go
+        atoms_per = np.array([s.shapes["z"][0] for s in self._shards], dtype=np.int64)
+        edges_per = np.array([s.shapes["edges"][0] for s in self._shards], dtype=np.int64)
+        self._base = {"atom": np.cumsum(atoms_per) - atoms_per, "edge": np.cumsum(edges_per) - edges_per}
+        for shard in self._shards:
+            shard.graph = {}
         self._n = int(counts.sum())
         self._atoms: dict[str, np.ndarray] | None = None
         self._edges: dict[str, np.ndarray] | None = None
@@ -433,10 +446,13 @@ class GraphStore:
         return self._g["natoms"]
 
     def graph_values(self, name: str) -> np.ndarray:
-        """Per-graph array ``name`` (one of ``GRAPH_VARS``, e.g. ``energy`` [G] eV, ``sid`` [G]) in store order."""
+        """Per-graph array ``name`` (one of ``GRAPH_VARS``, e.g. ``energy`` [G] eV, ``sid`` [G]) in store order
+        (read from the files when the store holds a share)."""
         if name not in GRAPH_VARS:
             raise KeyError(f"{name!r} is not a per-graph variable ({', '.join(GRAPH_VARS)})")
-        return self._g[name]
+        if name in self._g:
+            return self._g[name]
+        return self._labels(np.arange(self._n))[name]
 
     def __len__(self) -> int:
         return self._n
@@ -446,25 +462,28 @@ class GraphStore:
 
     # -- holding a share in memory ------------------------------------------------------------------------
     def retain(self, indices: Sequence[int] | np.ndarray) -> None:
-        """Hold in memory the atom and edge rows of the graphs ``indices`` only (a rank's share), read from the
-        files once (the store must be opened with ``cache=False``). Gathers of held graphs are served from
-        memory, others are read from the files. Per-graph arrays (energies, cells, counts: one row
-        per graph) always stay in memory.
+        """Hold in memory the rows of the graphs ``indices`` only (a rank's share), read from the files once (the
+        store must be opened with ``cache=False``). Gathers of held graphs are served from memory, others are read
+        from the files. Of the per-graph arrays only :data:`LAYOUT_VARS` (40 bytes a graph: what locates any
+        graph in the files) stay for every graph; the labels (:data:`LABEL_VARS`: energies, cells, stresses,
+        ids, …) are kept for the share only.
 
-        The memory this holds is the share's: ``sum(natoms[indices])`` atom rows and ``sum(nedges[indices])``
-        edge rows (see :meth:`held_bytes`).
+        The memory this holds is the share's: ``sum(natoms[indices])`` atom rows, ``sum(nedges[indices])`` edge
+        rows and ``len(indices)`` label rows (see :meth:`share_bytes`, :meth:`held_bytes`).
         """
         if self.cache:
             raise ValueError(f"{self!r} holds every graph (cache=True): open it with cache=False to hold a share")
         idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
         if idx.size and (idx[0] < 0 or idx[-1] >= self._n):
             raise IndexError(f"graph index out of range for {self!r}")
+        labels = self._labels(idx)
         self._held = None
         atoms = self._gather_rows(ATOM_VARS, "atom", idx)
         edges = self._gather_rows(EDGE_VARS, "edge", idx)
         self._atoms = self._edges = None
+        self._g = {n: self._g[n] for n in LAYOUT_VARS}
         na, ne = self._g["natoms"][idx], self._g["nedges"][idx]
-        self._held = _Held(idx, np.cumsum(na) - na, np.cumsum(ne) - ne, atoms, edges)
+        self._held = _Held(idx, np.cumsum(na) - na, np.cumsum(ne) - ne, atoms, edges, labels)
 
     def share_bytes(self, indices: Sequence[int] | np.ndarray) -> int:
         """Bytes :meth:`retain` of ``indices`` would hold (their atom and edge rows), known without reading them."""
@@ -475,13 +494,45 @@ class GraphStore:
             return int(np.prod(shapes[name][1:], dtype=np.int64)) * np.dtype(_DTYPES.get(name, np.float64)).itemsize
 
         atoms, edges = int(self._g["natoms"][idx].sum()), int(self._g["nedges"][idx].sum())
-        return atoms * sum(row_bytes(n) for n in ATOM_VARS) + edges * sum(row_bytes(n) for n in EDGE_VARS)
+        return (atoms * sum(row_bytes(n) for n in ATOM_VARS) + edges * sum(row_bytes(n) for n in EDGE_VARS)
+                + idx.size * sum(row_bytes(n) for n in LABEL_VARS))
 
     def held_bytes(self) -> int:
-        """Bytes of atom and edge rows this store holds in memory (all of them with ``cache=True``)."""
-        parts = ([self._held.atoms, self._held.edges] if self._held is not None
+        """Bytes of data this store holds in memory: atom and edge rows (all of them with ``cache=True``, the
+        share's after :meth:`retain`) and per-graph rows."""
+        parts = ([self._held.atoms, self._held.edges, self._held.labels] if self._held is not None
                  else [d for d in (self._atoms, self._edges) if d is not None])
-        return int(sum(a.nbytes for d in parts for a in d.values()))
+        return int(sum(a.nbytes for d in [*parts, self._g] for a in d.values()))
+
+    def _held_positions(self, idx: np.ndarray) -> np.ndarray | None:
+        """[I] where the graphs ``idx`` are among the held ones, or None unless all of them are held."""
+        held = self._held
+        if held is None or not idx.size:
+            return None
+        pos = np.searchsorted(held.graphs, idx)
+        inside = np.minimum(pos, held.graphs.size - 1)
+        return pos if np.all(pos < held.graphs.size) and np.array_equal(held.graphs[inside], idx) else None
+
+    def _labels(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The :data:`LABEL_VARS` rows of the graphs ``idx`` [I], in that order: from memory when held, else
+        read from the files (one read per variable and run of consecutive graphs within a shard)."""
+        if LABEL_VARS[0] in self._g:
+            return {n: self._g[n][idx] for n in LABEL_VARS}
+        pos = self._held_positions(idx)
+        if pos is not None:
+            assert self._held is not None
+            return {n: a[pos] for n, a in self._held.labels.items()}
+        shard_of = np.searchsorted(self._first, idx, side="right") - 1
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in LABEL_VARS}
+        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(shard_of) != 0)) + 1
+        for run in np.split(np.arange(idx.size), breaks):
+            if run.size == 0:
+                continue
+            k = int(shard_of[run[0]])
+            lo = int(idx[run[0]] - self._first[k])
+            for n in LABEL_VARS:
+                parts[n].append(self._shards[k].read(n, lo, lo + run.size))
+        return {n: _cat(parts[n], n) for n in LABEL_VARS}
 
     # -- raw gathering ------------------------------------------------------------------------------------
     def _gather_rows(self, names: Sequence[str], kind: str, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -489,13 +540,11 @@ class GraphStore:
         count = self._g["natoms" if kind == "atom" else "nedges"][idx]
         start = self._g["atom_offset" if kind == "atom" else "edge_offset"][idx]
         cached = self._atoms if kind == "atom" else self._edges
-        held = self._held
-        if cached is None and held is not None and idx.size:
-            pos = np.searchsorted(held.graphs, idx)
-            if np.all(pos < held.graphs.size) and np.array_equal(held.graphs[np.minimum(pos, held.graphs.size - 1)],
-                                                                 idx):
-                cached = held.atoms if kind == "atom" else held.edges
-                start = (held.atom_start if kind == "atom" else held.edge_start)[pos]
+        pos = self._held_positions(idx) if cached is None else None
+        if pos is not None:
+            assert self._held is not None
+            cached = self._held.atoms if kind == "atom" else self._held.edges
+            start = (self._held.atom_start if kind == "atom" else self._held.edge_start)[pos]
         if cached is not None:
             if idx.size and np.all(np.diff(start) == count[:-1]):  # consecutive rows: one slice
                 lo, hi = int(start[0]), int(start[-1] + count[-1])
@@ -505,14 +554,13 @@ class GraphStore:
         # from the files: one read per run of consecutive graphs within a shard
         shard_of = np.searchsorted(self._first, idx, side="right") - 1
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        key_off = "atom_offset" if kind == "atom" else "edge_offset"
         breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(shard_of) != 0)) + 1
         for run in np.split(np.arange(idx.size), breaks):
             if run.size == 0:
                 continue
-            sh = self._shards[shard_of[run[0]]]
-            local = int(idx[run[0]] - self._first[shard_of[run[0]]])
-            lo = int(sh.graph[key_off][local])
+            k = int(shard_of[run[0]])
+            sh = self._shards[k]
+            lo = int(start[run[0]] - self._base[kind][k])
             hi = lo + int(count[run].sum())
             for n in names:
                 parts[n].append(sh.read(n, lo, hi))
@@ -527,9 +575,9 @@ class GraphStore:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self._n):
             raise IndexError(f"graph index out of range for {self!r}")
-        g = self._g
-        natoms = g["natoms"][idx]
-        nedges = g["nedges"][idx]
+        natoms = self._g["natoms"][idx]
+        nedges = self._g["nedges"][idx]
+        g = self._labels(idx)
         atoms = self._gather_rows(ATOM_VARS, "atom", idx)
         edges = self._gather_rows(EDGE_VARS, "edge", idx)
         new_off = np.cumsum(natoms) - natoms
@@ -540,16 +588,16 @@ class GraphStore:
             K.FORCES: atoms["forces"],
             K.EDGE_INDEX: ei,
             K.SHIFT: edges["shift"],
-            K.CELL: g["cell"][idx],
-            K.PBC: g["pbc"][idx].astype(bool),
-            K.ENERGY: g["energy"][idx],
-            K.EREF: g["eref"][idx],
-            K.STRESS: g["stress"][idx],
-            K.SID: g["sid"][idx],
-            K.HAS_FORCES: g["has_forces"][idx].astype(bool),
-            K.HAS_STRESS: g["has_stress"][idx].astype(bool),
-            K.CHARGE: g["charge"][idx],
-            K.SPIN: g["spin"][idx],
+            K.CELL: g["cell"],
+            K.PBC: g["pbc"].astype(bool),
+            K.ENERGY: g["energy"],
+            K.EREF: self._g["eref"][idx],
+            K.STRESS: g["stress"],
+            K.SID: g["sid"],
+            K.HAS_FORCES: g["has_forces"].astype(bool),
+            K.HAS_STRESS: g["has_stress"].astype(bool),
+            K.CHARGE: g["charge"],
+            K.SPIN: g["spin"],
             K.NATOMS: natoms,
             K.HEAD: np.full(idx.size, self.head_id, dtype=np.int64),
             K.BATCH: np.repeat(np.arange(idx.size, dtype=np.int64), natoms),

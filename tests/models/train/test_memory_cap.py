@@ -124,7 +124,8 @@ def test_a_store_several_times_the_cap_trains_from_the_files(big_store: Path, tm
         assert codes == [0, 0], "".join(e[-2000:] for e in errs)
         assert all(f"rank {r}'s share of the data" in errs[r] and "read from the stores' files" in errs[r]
                    for r in range(2))
-        assert result is not None and result["steps"] == 4 and result["data_bytes"] == 0
+        # held: the per-graph layout and labels only (~200 bytes a graph), no atom or edge row
+        assert result is not None and result["steps"] == 4 and result["data_bytes"] < (1 << 20)
         assert np.isfinite(result["best_val_loss"])
         assert all(c.oom_kills == 0 for c in caps)
         print(f"store {store_bytes / 2**30:.2f} GiB, cap {CAP_BYTES >> 20} MiB per rank; rank peaks "

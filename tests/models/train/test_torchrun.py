@@ -125,7 +125,7 @@ def test_two_ranks_under_mpiexec(train_config: dict[str, Any], tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_each_rank_holds_its_share_of_the_data(train_config: dict[str, Any], tmp_path: Path) -> None:
-    """Two ranks: ``data_in_memory: share`` holds about half the atom and edge rows ``all`` holds per rank, and
+    """Two ranks: ``data_in_memory: share`` holds about half the rows ``all`` holds per rank, and
     trains to the same figures (the same graphs are read, from memory or from the files)."""
     runs = {}
     for mode in ("all", "share", "none"):
@@ -134,8 +134,8 @@ def test_each_rank_holds_its_share_of_the_data(train_config: dict[str, Any], tmp
         proc, result = _torchrun(cfg, tmp_path, mode)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[mode] = json.loads(result.read_text())
-    assert runs["none"]["data_bytes"] == 0
-    assert 0 < runs["share"]["data_bytes"] < 0.65 * runs["all"]["data_bytes"]
+    assert 0 < runs["none"]["data_bytes"] < runs["share"]["data_bytes"]  # per-graph rows only
+    assert runs["share"]["data_bytes"] < 0.65 * runs["all"]["data_bytes"]
     for mode in ("share", "none"):
         assert [r for r in runs[mode]["history"] if r["split"] == "val"] == \
             [r for r in runs["all"]["history"] if r["split"] == "val"], mode
