@@ -1,7 +1,9 @@
 """Reader of the ANI-1x / Transition1x HDF5 layout.
 
 Every HDF5 group holding an ``atomic_numbers`` dataset is one chemical formula (ANI-1x: top-level groups;
-Transition1x: ``data/<formula>/<reaction>``) with, for ``C`` conformers of ``N`` atoms:
+Transition1x: ``data/<formula>/<reaction>`` and its ``reactant``, ``product`` and ``transition_state`` subgroups —
+only ``data`` is read: the ``train``/``val``/``test`` groups name the same reactions again) with, for ``C``
+conformers of ``N`` atoms:
 
 * ``atomic_numbers`` [N] int,
 * ``coordinates`` (ANI-1x) or ``positions`` (Transition1x) [C, N, 3] float, Å,
@@ -29,13 +31,16 @@ _POS_KEYS = ("coordinates", "positions")
 
 
 def _formula_groups(h5: h5py.File) -> list[h5py.Group]:
+    """Every group holding ``atomic_numbers``, under ``data`` when the file has one (Transition1x: its ``train``,
+    ``val`` and ``test`` groups name the same reactions again), else anywhere."""
     groups: list[h5py.Group] = []
 
     def visit(name: str, obj: object) -> None:
         if isinstance(obj, h5py.Group) and "atomic_numbers" in obj:
             groups.append(obj)
 
-    h5.visititems(visit)
+    root = h5["data"] if isinstance(h5.get("data"), h5py.Group) else h5
+    root.visititems(visit)
     return groups
 
 

@@ -6,7 +6,7 @@ import pytest
 from ase.units import Hartree
 
 from models.appio import BadInput
-from models.data.readers import get_reader, read_structures
+from models.data.readers import read_structures
 from models.registry import load_registry
 
 
@@ -67,32 +67,6 @@ def _ani_file(path, pos_key="coordinates", nested=False):
         g["wb97x_dz.energy"] = np.array([-40.1, -40.2, -40.3])
         g["wb97x_dz.forces"] = np.full((3, 5, 3), 0.02)
         g["ccsd(t)_cbs.energy"] = np.array([-40.5, np.nan, -40.7])
-
-
-def test_ani_hdf5_two_fidelities_in_hartree(tmp_path):
-    path = tmp_path / "ani1x.h5"
-    _ani_file(path)
-    reg = load_registry()
-    read = get_reader("ani-hdf5")
-    dft = list(read(path, units=reg.get("ani1x").units, **reg.get("ani1x").reader_options))
-    cc = list(read(path, units=reg.get("ani1x-ccsdt").units, **reg.get("ani1x-ccsdt").reader_options))
-    assert [s.energy for s in dft] == pytest.approx([-40.1 * Hartree, -40.2 * Hartree, -40.3 * Hartree])
-    np.testing.assert_allclose(dft[0].forces, 0.02 * Hartree)
-    assert cc[1].energy is None and cc[0].energy == pytest.approx(-40.5 * Hartree)
-    assert cc[0].forces is None
-
-
-def test_transition1x_layout(tmp_path):
-    path = tmp_path / "t1x.h5"
-    with h5py.File(path, "w") as f:
-        g = f.create_group("data/CH4/rxn0")
-        g["atomic_numbers"] = np.array([6, 1, 1, 1, 1])
-        g["positions"] = np.zeros((2, 5, 3)) + np.arange(5)[None, :, None]
-        g["wB97x_6-31G(d).energy"] = np.array([-1000.0, -1001.0])
-        g["wB97x_6-31G(d).forces"] = np.zeros((2, 5, 3))
-    info = load_registry().get("transition1x")
-    got = list(read_structures("ani-hdf5", path, units=info.units, **info.reader_options))
-    assert [s.energy for s in got] == [-1000.0, -1001.0]
 
 
 def test_ani_bad_inputs(tmp_path):
