@@ -61,7 +61,7 @@ def main() -> None:
     one = figures[min(figures, key=int)]
     ours, peer = most["share"]["data_bytes"], most["all"]["data_bytes"]
     print(json.dumps({"benchmark": "training_data_bytes_per_rank", "ours": ours, "peer": peer,
-                      "unit": "bytes of atom and edge rows held by the largest rank", "ratio": peer / ours,
+                      "unit": "bytes of atom, edge and per-graph rows held by the largest rank", "ratio": peer / ours,
                       "share_vs_one_rank": ours / one["share"]["data_bytes"], "graphs": args.graphs,
                       "runs": figures, "goal": "share at 8 ranks <= 1/5 of the 1-rank figure"}))
 
