@@ -127,8 +127,9 @@ def read_qcml_tfds(path: str | Path, *, units: Mapping[str, str] | None = None, 
             except DecodeError as exc:
                 raise BadInput(f"{where}: not a tf.train.Example ({exc})") from exc
             features = example.features.feature
-            key = bytes(features["key_hash"].bytes_list.value[0]).decode(errors="replace") \
-                if "key_hash" in features and features["key_hash"].bytes_list.value else ""
+            keys = features["key_hash"].bytes_list.value if "key_hash" in features else []
+            key = "".join(c if c.isprintable() else "?" for c in bytes(keys[0])[:64].decode(errors="replace")) \
+                if keys else ""
             where = f"{path}:{k}" + (f" (key_hash {key})" if key else "")
             if outliers == "skip" and "is_outlier" in features and any(features["is_outlier"].int64_list.value):
                 continue
@@ -141,9 +142,8 @@ def read_qcml_tfds(path: str | Path, *, units: Mapping[str, str] | None = None, 
             forces = None
             if with_forces and "pbe0_forces" in features:
                 forces = _values(features, "pbe0_forces", "float_list", where, 3 * n).reshape(n, 3) * ff
-            charge = int(_values(features, "charge", "int64_list", where, 1)[0]) if "charge" in features else 0
-            spin = int(_values(features, "multiplicity", "int64_list", where, 1)[0]) \
-                if "multiplicity" in features else 0
+            charge, spin = (int(_values(features, name, "int64_list", where, 1)[0]) if name in features else 0
+                            for name in ("charge", "multiplicity"))
             yield Structure(z=z, pos=pos, cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool),
                             energy=float(e[0] * ef), forces=forces, charge=charge, spin=spin, origin=where)
     if n_records == 0:
