@@ -57,13 +57,20 @@ from models.data.merge import (
 )
 from models.data.readers import READER_NAMES, get_reader
 from models.data.reference import (
+    RunningStats,
     combine_factors,
     composition_factor,
-    energy_stats,
     fit_reference_energies_from_factors,
 )
 from models.data.split import SPLITS, assign_split, check_fractions, structure_id
-from models.data.store import INDEX_NAME, SCHEMA_VERSION, GraphStore, pack_graphs, write_index, write_shard
+from models.data.store import (
+    INDEX_NAME,
+    SCHEMA_VERSION,
+    pack_graphs,
+    split_energies,
+    write_index,
+    write_shard,
+)
 from models.registry import load_registry
 
 SUMMARY_NAME = "summary.json"
@@ -255,15 +262,13 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
     else:
         refs = {}  # fitted over all parts by the merge; until then eref is NaN and marked deferred
         index_meta = {**meta, "reference_energies": {}, "eref_deferred": True}
-    energy: list[np.ndarray] = []
-    resid: list[np.ndarray] = []
+    energy, resid = RunningStats(), RunningStats()  # over the written shards, one at a time
     for split, writer in writers.items():
         writer.close({**index_meta, "split": split})
-        if part is None and writer.count:
-            store = GraphStore(writer.dir, cache=False)
-            e = store.graph_values("energy")
-            energy.append(e)
-            resid.append((e - store.graph_values("eref")) / np.maximum(store.natoms, 1))
+        if writer.count:
+            for e, r in split_energies(writer.dir, refs):
+                energy.add(e)
+                resid.add(r)
     out = {
         "head_id": info.head_id,
         "read": n_read,
@@ -273,19 +278,15 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
         "elements": sorted(elements),
         "atoms": atoms,
         "edges": edges,
-        "energy": energy_stats(np.concatenate(energy)) if energy else None,
-        "energy_per_atom_after_reference": energy_stats(np.concatenate(resid)) if resid else None,
+        "energy": energy.result(),
+        "energy_per_atom_after_reference": resid.result(),
         "reference_energies": index_meta["reference_energies"],
         "with_forces": with_forces,
         "with_stress": with_stress,
     }
     if part is not None:
         del out["energy_per_atom_after_reference"], out["reference_energies"]
-        out["reference_factor"] = combine_factors(factors)
-        # a part's energy statistics: from the energies its shards hold
-        part_energy = [GraphStore(w.dir, cache=False, reference_energies={}).graph_values("energy")
-                       for w in writers.values() if w.count]
-        out["energy"] = energy_stats(np.concatenate(part_energy)) if part_energy else None
+        out["reference_factor"] = combine_factors(factors)  # a part's "energy": from the energies it holds
     return out
 
 

@@ -26,14 +26,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models.appio import BadInput, write_json_atomic
 from models.atomic_files import sha256_file
 from models.data.filters import REASONS
-from models.data.reference import energy_stats, fit_reference_energies_from_factors
+from models.data.reference import RunningStats, fit_reference_energies_from_factors
 from models.data.split import SPLITS
-from models.data.store import INDEX_NAME, SCHEMA_VERSION, GraphStore
+from models.data.store import INDEX_NAME, SCHEMA_VERSION, split_energies
 
 SUMMARY_NAME = "summary.json"
 #: Config fields that may differ between the parts of one run.
@@ -166,16 +164,14 @@ def merge_dataset(
         raise BadInput(f"{parts[0]['dir'] / SUMMARY_NAME}: dataset {dataset!r}: no structure left after filtering"
                        f" in any part ({filtered})")  # fmt: skip
     refs = fit_reference_energies_from_factors([d["reference_factor"] for d in per_part], ridge)
-    energy, resid = [], []
+    energy, resid = RunningStats(), RunningStats()  # over the parts' shards, one at a time
     for split in SPLITS:
         index = merged_split_index(parts, dataset, split, out_dir / dataset / split, refs)
         write_json_atomic(staging / dataset / split / INDEX_NAME, index)
         for p in parts:
-            store = GraphStore(Path(p["dir"]) / dataset / split, cache=False, reference_energies=refs)
-            e = store.graph_values("energy")
-            energy.append(e)
-            resid.append((e - store.graph_values("eref")) / np.maximum(store.natoms, 1))
-    all_energy, all_resid = np.concatenate(energy), np.concatenate(resid)
+            for e, r in split_energies(Path(p["dir"]) / dataset / split, refs):
+                energy.add(e)
+                resid.add(r)
     return {
         "head_id": per_part[0]["head_id"],
         "read": sum(int(d["read"]) for d in per_part),
@@ -185,8 +181,8 @@ def merge_dataset(
         "elements": sorted({int(z) for d in per_part for z in d["elements"]}),
         "atoms": sum(int(d["atoms"]) for d in per_part),
         "edges": sum(int(d["edges"]) for d in per_part),
-        "energy": energy_stats(all_energy),
-        "energy_per_atom_after_reference": energy_stats(all_resid),
+        "energy": energy.result(),
+        "energy_per_atom_after_reference": resid.result(),
         "reference_energies": {str(z): e for z, e in sorted(refs.items())},
         "with_forces": sum(int(d["with_forces"]) for d in per_part),
         "with_stress": sum(int(d["with_stress"]) for d in per_part),

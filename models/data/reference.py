@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -147,9 +148,32 @@ def reference_sums(z: np.ndarray, natoms: np.ndarray, references: dict[int, floa
     return np.bincount(graph, weights=table[np.asarray(z, dtype=np.int64)], minlength=natoms.size)
 
 
-def energy_stats(values: np.ndarray) -> dict[str, float] | None:
-    """Mean, standard deviation, minimum and maximum of ``values`` [n] (eV or eV/atom); None when empty."""
-    if values.size == 0:
-        return None
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max())}
+class RunningStats:
+    """Mean, standard deviation, minimum and maximum of values seen in batches, in constant memory (batches merged
+    with Chan et al.'s pairwise update of the mean and the sum of squared deviations)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        """Take the batch ``values`` [n]."""
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not v.size:
+            return
+        mean_b = float(v.mean())
+        m2_b = float(((v - mean_b) ** 2).sum())
+        n = self.n + v.size
+        delta = mean_b - self.mean
+        self.mean += delta * v.size / n
+        self.m2 += m2_b + delta * delta * self.n * v.size / n
+        self.n = n
+        self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
+
+    def result(self) -> dict[str, float] | None:
+        """``{"mean", "std", "min", "max"}`` of every value taken (population std, as ``numpy.std``); None when
+        none was."""
+        if not self.n:
+            return None
+        return {"mean": self.mean, "std": math.sqrt(self.m2 / self.n), "min": self.lo, "max": self.hi}
+

@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,30 @@ def write_split(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return json.loads((split_dir / INDEX_NAME).read_text())
+
+
+def split_energies(split_dir: str | Path, references: Mapping[int, float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per shard of a split written by :func:`write_split` (index order): its graphs' energies [G] (eV) and
+    energies per atom less the ``references`` (``{Z: eV}``) [G] (eV/atom), read one shard at a time — what the
+    end-of-run statistics need, in memory bounded by the shard size whatever the split's.
+
+    Raises:
+        BadInput: Missing, truncated or corrupt store (the message names the file).
+    """
+    split_dir = Path(split_dir)
+    index_path = split_dir / INDEX_NAME
+    try:
+        entries = json.loads(index_path.read_text())["shards"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{index_path}: unreadable store index ({exc})") from exc
+    for entry in entries:
+        shard = _Shard(split_dir / entry["file"], entry)
+        try:
+            natoms, energy = shard.graph["natoms"], shard.graph["energy"]
+            eref = reference_sums(shard.read("z"), natoms, dict(references))
+        finally:
+            shard.close()
+        yield energy, (energy - eref) / np.maximum(natoms, 1)
 
 
 def slice_arrays(arrays: Mapping[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from ase.build import molecule
 
 from models.data.reference import fit_reference_energies, reference_sum
@@ -36,3 +37,20 @@ def test_reference_energies_recover_the_truth():
     refs = fit_reference_energies(zs, e)
     for z, v in truth.items():
         assert abs(refs[z] - v) < 1e-2
+
+
+def test_running_stats_merge_batches_as_one_array():
+    from models.data.reference import RunningStats
+
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(-1000.0, 0.5, size=n) for n in (1, 7, 0, 4096, 33)]  # big offset, small spread
+    acc = RunningStats()
+    assert acc.result() is None
+    for b in batches:
+        acc.add(b)
+    every = np.concatenate(batches)
+    got = acc.result()
+    assert got is not None
+    assert got["mean"] == pytest.approx(every.mean(), rel=1e-13)
+    assert got["std"] == pytest.approx(every.std(), rel=1e-9)
+    assert (got["min"], got["max"]) == (every.min(), every.max())
