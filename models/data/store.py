@@ -546,17 +546,21 @@ class GraphStore:
         if pos is not None:
             assert self._held is not None
             return {n: a[pos] for n, a in self._held.labels.items()}
-        shard_of = np.searchsorted(self._first, idx, side="right") - 1
         parts: dict[str, list[np.ndarray]] = {n: [] for n in LABEL_VARS}
-        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(shard_of) != 0)) + 1
-        for run in np.split(np.arange(idx.size), breaks):
-            if run.size == 0:
-                continue
-            k = int(shard_of[run[0]])
+        for k, run in self._file_runs(idx):
             lo = int(idx[run[0]] - self._first[k])
             for n in LABEL_VARS:
                 parts[n].append(self._shards[k].read(n, lo, lo + run.size))
         return {n: _cat(parts[n], n) for n in LABEL_VARS}
+
+    def _file_runs(self, idx: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """``(shard, positions in idx)`` per run of consecutive graphs of ``idx`` within one shard: what one read
+        from the files serves."""
+        shard_of = np.searchsorted(self._first, idx, side="right") - 1
+        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(shard_of) != 0)) + 1
+        for run in np.split(np.arange(idx.size), breaks):
+            if run.size:
+                yield int(shard_of[run[0]]), run
 
     # -- raw gathering ------------------------------------------------------------------------------------
     def _gather_rows(self, names: Sequence[str], kind: str, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -576,18 +580,12 @@ class GraphStore:
             sel = _ranges(start, count)
             return {n: cached[n][sel] for n in names}
         # from the files: one read per run of consecutive graphs within a shard
-        shard_of = np.searchsorted(self._first, idx, side="right") - 1
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(shard_of) != 0)) + 1
-        for run in np.split(np.arange(idx.size), breaks):
-            if run.size == 0:
-                continue
-            k = int(shard_of[run[0]])
-            sh = self._shards[k]
+        for k, run in self._file_runs(idx):
             lo = int(start[run[0]] - self._base[kind][k])
             hi = lo + int(count[run].sum())
             for n in names:
-                parts[n].append(sh.read(n, lo, hi))
+                parts[n].append(self._shards[k].read(n, lo, hi))
         return {n: _cat(parts[n], n) for n in names}
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
