@@ -64,48 +64,102 @@ def atoms_to_structure(
     Raises:
         BadInput: Non-finite positions or cell, a missing energy, or a forces array of the wrong shape.
     """
-    u = {**DEFAULT_UNITS, **(units or {})}
-    n = len(atoms)
-    if n == 0:
-        raise BadInput(f"{origin}: structure has no atoms")
-    lf = length_factor(u["length"])
-    pos = np.asarray(atoms.get_positions(), dtype=np.float64) * lf
-    if not np.isfinite(pos).all():
-        raise BadInput(f"{origin}: field 'positions' holds NaN/Inf")
-    cell = np.asarray(atoms.get_cell().array, dtype=np.float64) * lf
-    if not np.isfinite(cell).all():
-        raise BadInput(f"{origin}: field 'cell' holds NaN/Inf")
-    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
-
     energy = _lookup(atoms, energy_key) if energy_key else None
     if energy is None:
         energy = _calc_result(atoms, "energy")
     if energy is None and not energy_key:
         energy = _lookup(atoms, "energy")
-    if energy is None:
-        if require_energy:
-            raise BadInput(
-                f"{origin}: no energy (looked for {energy_key or 'calculator energy / info[energy]'})"
-            )
-    else:
-        energy = float(np.asarray(energy, dtype=np.float64).reshape(-1)[0]) * energy_factor(u["energy"])
 
     forces = _lookup(atoms, forces_key) if forces_key else None
     if forces is None:
         forces = _calc_result(atoms, "forces")
     if forces is None and not forces_key:
         forces = atoms.arrays.get("forces")
-    if forces is not None:
-        forces = np.asarray(forces, dtype=np.float64)
-        if forces.shape != (n, 3):
-            raise BadInput(f"{origin}: field 'forces' has shape {forces.shape}, expected ({n}, 3)")
-        forces = forces * force_factor(u["forces"])
 
     stress = _lookup(atoms, stress_key) if stress_key else None
     if stress is None:
         stress = _calc_result(atoms, "stress")
     if stress is None and not stress_key:
         stress = atoms.info.get("stress")
+
+    charge = _lookup(atoms, "charge")
+    spin = _lookup(atoms, "spin")
+    return labelled_structure(
+        atoms.numbers,
+        atoms.get_positions(),
+        atoms.get_cell().array,
+        atoms.get_pbc(),
+        origin,
+        energy=energy,
+        forces=forces,
+        stress=stress,
+        charge=int(charge) if charge is not None and np.ndim(charge) == 0 else 0,
+        spin=int(spin) if spin is not None and np.ndim(spin) == 0 else 0,
+        units=units,
+        require_energy=require_energy,
+        energy_source=energy_key or "calculator energy / info[energy]",
+    )
+
+
+def labelled_structure(
+    numbers: Any,
+    positions: Any,
+    cell: Any,
+    pbc: Any,
+    origin: str,
+    *,
+    energy: Any,
+    forces: Any = None,
+    stress: Any = None,
+    charge: int = 0,
+    spin: int = 0,
+    units: Mapping[str, str] | None = None,
+    require_energy: bool = True,
+    energy_source: str = "energy",
+) -> Structure:
+    """A :class:`Structure` from labels as a file holds them: the one place units are converted and checked.
+
+    Args:
+        numbers: [N] atomic numbers.
+        positions: [N, 3] positions in ``units['length']``.
+        cell: [3, 3] lattice vectors as rows in ``units['length']`` (zeros for a molecule).
+        pbc: [3] periodic directions.
+        origin: ``"<file>:<record>"`` used in error messages.
+        energy: Total energy in ``units['energy']`` (a scalar or a one-element array), or ``None``.
+        forces: [N, 3] forces in ``units['forces']``, or ``None``.
+        stress: Stress in ``units['stress']`` as Voigt [6] (xx, yy, zz, yz, xz, xy), [9] or [3, 3], or ``None``.
+        charge: Total charge, e.
+        spin: Spin multiplicity (2S+1); 0 when unknown.
+        units: Source units (registry ``units``); eV/Å units when ``None``.
+        require_energy: Raise when ``energy`` is ``None`` (else return ``energy=None``).
+        energy_source: Where the energy was looked for (named in the missing-energy message).
+
+    Raises:
+        BadInput: No atoms, non-finite positions or cell, a missing energy, or a forces / stress array of the
+            wrong shape.
+    """
+    u = {**DEFAULT_UNITS, **(units or {})}
+    z = np.asarray(numbers, dtype=np.int64)
+    n = int(z.shape[0])
+    if n == 0:
+        raise BadInput(f"{origin}: structure has no atoms")
+    lf = length_factor(u["length"])
+    pos = np.asarray(positions, dtype=np.float64) * lf
+    if not np.isfinite(pos).all():
+        raise BadInput(f"{origin}: field 'positions' holds NaN/Inf")
+    cell = np.asarray(cell, dtype=np.float64) * lf
+    if not np.isfinite(cell).all():
+        raise BadInput(f"{origin}: field 'cell' holds NaN/Inf")
+    if energy is None:
+        if require_energy:
+            raise BadInput(f"{origin}: no energy (looked for {energy_source})")
+    else:
+        energy = float(np.asarray(energy, dtype=np.float64).reshape(-1)[0]) * energy_factor(u["energy"])
+    if forces is not None:
+        forces = np.asarray(forces, dtype=np.float64)
+        if forces.shape != (n, 3):
+            raise BadInput(f"{origin}: field 'forces' has shape {forces.shape}, expected ({n}, 3)")
+        forces = forces * force_factor(u["forces"])
     if stress is not None:
         stress = np.asarray(stress, dtype=np.float64)
         if stress.shape == (6,):
@@ -115,18 +169,15 @@ def atoms_to_structure(
         if stress.shape != (3, 3):
             raise BadInput(f"{origin}: field 'stress' has shape {stress.shape}, expected (6,) or (3, 3)")
         stress = stress * stress_factor(u["stress"])
-
-    charge = _lookup(atoms, "charge")
-    spin = _lookup(atoms, "spin")
     return Structure(
-        z=np.asarray(atoms.numbers, dtype=np.int64),
+        z=z,
         pos=pos,
         cell=cell,
-        pbc=pbc,
+        pbc=np.asarray(pbc, dtype=bool),
         energy=energy,
         forces=forces,
         stress=stress,
-        charge=int(charge) if charge is not None and np.ndim(charge) == 0 else 0,
-        spin=int(spin) if spin is not None and np.ndim(spin) == 0 else 0,
+        charge=charge,
+        spin=spin,
         origin=origin,
     )
