@@ -8,6 +8,7 @@ from typing import Any
 
 from models.appio import BadInput
 from models.data.readers.atoms import atoms_to_structure
+from models.data.readers.extxyz import is_extxyz_name, read_extxyz
 from models.data.structure import Structure
 
 
@@ -21,6 +22,10 @@ def read_ase(
     stress_key: str | None = None,
 ) -> Iterator[Structure]:
     """Yield every structure of an ASE-readable file.
+
+    Extended XYZ (by name or ``format='extxyz'``, without label keys) is streamed by
+    :func:`models.data.readers.extxyz.read_extxyz`, which gives ASE's result frame by frame without building
+    an ``Atoms`` for the frames the common writers produce.
 
     Args:
         path: The file (``.extxyz``/``.xyz``, ``.db``, ``.traj``, …).
@@ -49,6 +54,9 @@ def read_ase(
         for row in rows:
             atoms = row.toatoms(add_additional_information=True)
             yield atoms_to_structure(atoms, f"{path}:id={row.id}", **opts)
+        return
+    if fmt in (None, "extxyz") and (fmt or is_extxyz_name(path)) and not (energy_key or forces_key or stress_key):
+        yield from read_extxyz(path, units=units)
         return
     import ase.io
 
