@@ -56,3 +56,26 @@ def test_max_neighbours_keeps_the_nearest():
         mine = np.sort(d[ei[1] == i])
         assert len(mine) == 6
         np.testing.assert_allclose(mine, np.sort(full_d[full_ei[1] == i])[:6])
+
+
+@pytest.mark.parametrize("natoms", [1, 2, 12, 32, 33, 60])
+@pytest.mark.parametrize("max_neighbours", [None, 4])
+def test_small_molecules_get_vesins_graph(monkeypatch, natoms, max_neighbours):
+    """The all-pairs search of small molecules gives the graph vesin gives: same edges, same order, same shifts
+    (zeros), distances to rounding. Positions include two atoms on one spot and a pair at the cutoff's edge."""
+    import models.data.graphs as graphs
+
+    rng = np.random.default_rng(natoms)
+    pos = rng.uniform(0.0, 1.6 * natoms ** (1 / 3), size=(natoms, 3))
+    if natoms > 2:
+        pos[1] = pos[0]
+        pos[2] = pos[0] + np.array([4.0 - 1e-9, 0.0, 0.0])
+    args = (pos, np.zeros((3, 3)), np.zeros(3, dtype=bool), 4.0, max_neighbours)
+    ours = radius_graph_pbc(*args)
+    monkeypatch.setattr(graphs, "ALL_PAIRS_MAX_ATOMS", 0)
+    reference = radius_graph_pbc(*args)
+    assert ours[0].dtype == reference[0].dtype and ours[1].dtype == reference[1].dtype
+    np.testing.assert_array_equal(ours[0], reference[0])
+    np.testing.assert_array_equal(ours[1], reference[1])
+    np.testing.assert_allclose(ours[2], reference[2], rtol=0, atol=1e-12)
+    assert natoms == 1 or ours[0].shape[1] > 0
