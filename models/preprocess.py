@@ -210,7 +210,6 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
     factors: list[dict[str, object]] = []
     chunk_z: list[np.ndarray] = []
     chunk_e: list[float] = []
-    elements: set[int] = set()
     n_read = kept = atoms = edges = with_forces = with_stress = 0
     for path in d["inputs"]:
         for s in reader(Path(path), units=info.units, **d["reader_options"]):
@@ -241,7 +240,6 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
             edges += int(ei.shape[1])
             with_forces += s.forces is not None
             with_stress += s.stress is not None
-            elements.update(int(z) for z in np.unique(s.z))
             chunk_z.append(s.z)
             chunk_e.append(float(s.energy))  # type: ignore[arg-type]  # label_reason kept only labelled ones
             if len(chunk_z) >= FIT_CHUNK:
@@ -275,7 +273,7 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
         "kept": kept,
         "counts": {split: w.count for split, w in writers.items()},
         "filtered": {reason: filtered.get(reason, 0) for reason in REASONS},
-        "elements": sorted(elements),
+        "elements": sorted({int(e) for f in factors for e in f["elements"]}),  # type: ignore[attr-defined]
         "atoms": atoms,
         "edges": edges,
         "energy": energy.result(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from models.contracts.preprocess import Filters
@@ -14,7 +16,7 @@ def label_reason(s: Structure) -> str | None:
     """Reason to reject ``s`` from its labels alone (``unlabelled``, ``nonfinite``, ``max_force``), or None."""
     if s.energy is None:
         return "unlabelled"
-    if not np.isfinite(s.energy):
+    if not math.isfinite(s.energy):
         return "nonfinite"
     if s.forces is not None and not np.isfinite(s.forces).all():
         return "nonfinite"
@@ -26,7 +28,7 @@ def label_reason(s: Structure) -> str | None:
 def force_reason(s: Structure, cfg: Filters) -> str | None:
     """``max_force`` when any atom's force norm exceeds the threshold, else None."""
     if cfg.max_force is not None and s.forces is not None:
-        if float(np.max(np.linalg.norm(s.forces, axis=1), initial=0.0)) > cfg.max_force:
+        if float(np.max((s.forces * s.forces).sum(axis=1), initial=0.0)) > cfg.max_force**2:
             return "max_force"
     return None
 

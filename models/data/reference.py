@@ -13,13 +13,22 @@ import numpy as np
 
 
 def composition_matrix(zs: Sequence[np.ndarray], elements: np.ndarray) -> np.ndarray:
-    """[G, K] counts of each of the ``K`` ``elements`` in each of the ``G`` structures."""
-    col = {int(e): k for k, e in enumerate(elements)}
-    a = np.zeros((len(zs), len(elements)), dtype=np.float64)
-    for g, z in enumerate(zs):
-        uz, cnt = np.unique(z, return_counts=True)
-        a[g, [col[int(x)] for x in uz]] = cnt
-    return a
+    """[G, K] counts of each of the ``K`` ``elements`` (sorted, as ``np.unique`` gives them) in each of the ``G``
+    structures.
+
+    Raises:
+        KeyError: A structure holds an element not in ``elements``.
+    """
+    elements = np.asarray(elements, dtype=np.int64)
+    if len(zs) == 0:
+        return np.zeros((0, elements.shape[0]))
+    z = np.concatenate([np.asarray(x, dtype=np.int64) for x in zs])
+    col = np.searchsorted(elements, z).clip(max=max(elements.shape[0] - 1, 0))
+    if z.size and (elements.shape[0] == 0 or not np.array_equal(elements[col], z)):
+        raise KeyError(f"elements {sorted(set(z.tolist()) - set(elements.tolist()))} not in {elements.tolist()}")
+    graph = np.repeat(np.arange(len(zs)), [len(x) for x in zs])
+    k = elements.shape[0]
+    return np.bincount(graph * k + col, minlength=len(zs) * k).reshape(len(zs), k).astype(np.float64)
 
 
 def fit_reference_energies(

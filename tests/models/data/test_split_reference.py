@@ -54,3 +54,16 @@ def test_running_stats_merge_batches_as_one_array():
     assert got["mean"] == pytest.approx(every.mean(), rel=1e-13)
     assert got["std"] == pytest.approx(every.std(), rel=1e-9)
     assert (got["min"], got["max"]) == (every.min(), every.max())
+
+
+def test_composition_matrix_counts_each_element_of_each_structure():
+    from models.data.reference import composition_matrix
+
+    rng = np.random.default_rng(3)
+    zs = [rng.choice([1, 6, 8, 29], size=int(rng.integers(1, 12))) for _ in range(50)]
+    elements = np.array([1, 6, 7, 8, 29])
+    a = composition_matrix(zs, elements)
+    expected = np.array([[np.count_nonzero(z == e) for e in elements] for z in zs], dtype=float)
+    np.testing.assert_array_equal(a, expected)
+    with pytest.raises(KeyError, match=r"\[29\] not in"):
+        composition_matrix(zs, np.array([1, 6, 7, 8]))
