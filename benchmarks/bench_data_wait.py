@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.data.demo import metal_structure
 from models.data.graphs import radius_graph_pbc
 from models.data.loader import MultiDatasetLoader
-from models.data.store import GraphStore, pack_graphs, write_split
+from models.data.shards import pack_graphs, write_split
+from models.data.store import GraphStore
 
 HIDDEN, LAYERS, RBF, CUTOFF, MAX_NEIGHBOURS = 32, 3, 16, 5.0, 32
 BATCH_GRAPHS = 16

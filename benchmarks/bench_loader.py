@@ -22,7 +22,8 @@ from torch_geometric.data import Batch
 
 from models.data.demo import metal_structure
 from models.data.graphs import radius_graph_pbc
-from models.data.store import GraphStore, pack_graphs, write_split
+from models.data.shards import pack_graphs, write_split
+from models.data.store import GraphStore
 
 
 def build(root: Path, n: int) -> GraphStore:

@@ -60,7 +60,7 @@ def fit_references(atoms: list[Any]) -> dict[int, float]:
 
 def write_store(root: Path, split: str, atoms: list[Any], refs: dict[int, float]) -> None:
     from models.data.graphs import radius_graph_pbc
-    from models.data.store import pack_graphs, write_split
+    from models.data.shards import pack_graphs, write_split
 
     recs = []
     for k, a in enumerate(atoms):

@@ -90,7 +90,7 @@ def write_demo_store(root: Path, n_graphs: int, seed: int = 0, name: str = "benc
     from ase.calculators.emt import EMT
 
     from models.data.graphs import radius_graph_pbc
-    from models.data.store import pack_graphs, write_split
+    from models.data.shards import pack_graphs, write_split
 
     rng = np.random.default_rng(seed)
     recs = []

@@ -163,7 +163,7 @@ def _read_labelled(data: DownstreamData, files: list[str], count: int) -> list[t
 
 def downstream_hash(data: DownstreamData, name: str, head: int) -> str:
     """Content hash of a downstream store: its spec, the input files' bytes and the store schema."""
-    from models.data.store import SCHEMA_VERSION
+    from models.data.shards import SCHEMA_VERSION
 
     files = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in [*data.files, *data.test_files]
              if Path(f).is_file()}
@@ -200,8 +200,8 @@ def build_downstream(data: DownstreamData, root: str | Path, name: str, head: in
     """
     from models.data.graphs import radius_graph_pbc
     from models.data.reference import fit_reference_energies, reference_sum
+    from models.data.shards import pack_graphs, write_split
     from models.data.split import assign_split, check_fractions, structure_id
-    from models.data.store import pack_graphs, write_split
 
     out_dir = Path(root) / name
     chash = downstream_hash(data, name, head)

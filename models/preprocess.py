@@ -62,8 +62,7 @@ from models.data.reference import (
     composition_factor,
     fit_reference_energies_from_factors,
 )
-from models.data.split import SPLITS, assign_split, check_fractions, structure_id
-from models.data.store import (
+from models.data.shards import (
     INDEX_NAME,
     SCHEMA_VERSION,
     pack_graphs,
@@ -71,6 +70,7 @@ from models.data.store import (
     write_index,
     write_shard,
 )
+from models.data.split import SPLITS, assign_split, check_fractions, structure_id
 from models.registry import load_registry
 
 SUMMARY_NAME = "summary.json"
@@ -148,7 +148,7 @@ FIT_CHUNK = 4096
 class _SplitWriter:
     """One split of one dataset written as it fills: a shard each ``shard_size`` graphs, the index at the end.
 
-    At most ``shard_size`` graphs are held; shard files are named as :func:`models.data.store.write_split`
+    At most ``shard_size`` graphs are held; shard files are named as :func:`models.data.shards.write_split`
     names them (``shard-00000.bp`` …) inside the run's staging directory.
     """
 

@@ -1,7 +1,8 @@
 """The data pipeline: readers of published formats -> filtered, split radius graphs in ADIOS2 -> loaders.
 
-``readers/`` (ASE files, ANI-layout HDF5, ASE-LMDB), ``graphs`` (vesin radius graph with PBC and cap),
-``split`` (stable ids, hash splits), ``reference`` (element reference energies), ``filters``, ``store``
-(ADIOS2 writer and :class:`~models.data.store.GraphStore`), ``loader`` (multi-dataset sampler), ``demo``
+``readers/`` (the published formats), ``graphs`` (vesin radius graph with PBC and cap), ``split`` (stable ids,
+hash splits), ``reference`` (element reference energies), ``filters``, ``shards`` (the ADIOS2 store format and
+its writers), ``store`` (:class:`~models.data.store.GraphStore`: PyG batches from a store), ``loader``
+(multi-dataset sampler), ``prefetch``, ``memory_budget``, ``merge`` (parts of a sharded run), ``demo``
 (EMT / xTB demo generator). Apps: ``python -m models.preprocess`` and ``python -m models.demo``.
 """

@@ -30,8 +30,8 @@ from models.appio import BadInput, write_json_atomic
 from models.atomic_files import sha256_file
 from models.data.filters import REASONS
 from models.data.reference import RunningStats, fit_reference_energies_from_factors
+from models.data.shards import INDEX_NAME, SCHEMA_VERSION, split_energies
 from models.data.split import SPLITS
-from models.data.store import INDEX_NAME, SCHEMA_VERSION, split_energies
 
 SUMMARY_NAME = "summary.json"
 #: Config fields that may differ between the parts of one run.

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from models.data.loader import MultiDatasetLoader, dataset_weights
-from models.data.store import GraphStore, pack_graphs, write_split
+from models.data.shards import pack_graphs, write_split
+from models.data.store import GraphStore
 
 
 def _store(root, name, head, n):

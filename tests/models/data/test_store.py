@@ -6,8 +6,9 @@ from torch_geometric.data import Batch
 from models import keys as K
 from models.appio import BadInput
 from models.data.graphs import radius_graph_pbc
+from models.data.shards import pack_graphs, write_split
 from models.data.split import structure_id
-from models.data.store import GraphStore, open_split, pack_graphs, write_split
+from models.data.store import GraphStore, open_split
 
 
 def _records(structs):

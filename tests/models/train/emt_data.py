@@ -12,7 +12,7 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
 from models.data.graphs import radius_graph_pbc
-from models.data.store import pack_graphs, write_split
+from models.data.shards import pack_graphs, write_split
 
 METALS = [("Cu", 3.61), ("Ag", 4.09), ("Au", 4.08)]
 MOLECULES = ["H2O", "CH4", "NH3", "C2H4", "CH3OH", "HCN"]

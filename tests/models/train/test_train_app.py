@@ -112,7 +112,8 @@ def test_nan_label_fails_the_run(tmp_path: Path, train_config: dict[str, Any]) -
     root = tmp_path / "bad"
     write_dataset(root, "metals", 0, {"train": metal_atoms(4, 7), "val": metal_atoms(2, 8)})
     train = root / "metals" / "train"
-    from models.data.store import GraphStore, pack_graphs, write_split
+    from models.data.shards import pack_graphs, write_split
+    from models.data.store import GraphStore
 
     store = GraphStore(train, dtype=torch.float64)
     arrays = store.gather(np.arange(len(store)))
