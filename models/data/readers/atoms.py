@@ -154,7 +154,8 @@ def labelled_structure(
         if require_energy:
             raise BadInput(f"{origin}: no energy (looked for {energy_source})")
     else:
-        energy = float(np.asarray(energy, dtype=np.float64).reshape(-1)[0]) * energy_factor(u["energy"])
+        value = energy if isinstance(energy, float) else float(np.asarray(energy, dtype=np.float64).reshape(-1)[0])
+        energy = value * energy_factor(u["energy"])
     if forces is not None:
         forces = np.asarray(forces, dtype=np.float64)
         if forces.shape != (n, 3):

@@ -198,7 +198,9 @@ def parse_frame(comment: str, atom_lines: list[str], origin: str,
             if len(flags) not in (1, 3):
                 return None
             pbc = flags * 3 if len(flags) == 1 else flags
-        energy = _numbers(info["energy"], 1)[0] if "energy" in info else None
+        energy = None
+        if "energy" in info:
+            energy = float(info["energy"]) if _NUMBER_RE.fullmatch(info["energy"]) else _numbers(info["energy"], 1)[0]
         stress = None
         if "stress" in info:
             m = np.array(_numbers(info["stress"], 9)).reshape((3, 3), order="F")
