@@ -243,7 +243,7 @@ def split_energies(split_dir: str | Path, references: Mapping[int, float]) -> It
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadInput(f"{index_path}: unreadable store index ({exc})") from exc
     for entry in entries:
-        shard = ShardReader(split_dir / entry["file"], entry)
+        shard = ShardReader(split_dir / entry["file"], entry, ("energy",))
         try:
             natoms, energy = shard.graph["natoms"], shard.graph["energy"]
             eref = reference_sums(shard.read("z"), natoms, dict(references))
@@ -278,10 +278,12 @@ def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 class ShardReader:
-    """One open shard (BP file), checked against its index entry: per-graph arrays in memory (``graph``),
-    atom/edge arrays read on demand (:meth:`read`)."""
+    """One open shard (BP file), checked against its index entry: the per-graph arrays ``graph_vars`` (and
+    ``natoms``, ``nedges``) in memory (``graph``), everything else read on demand (:meth:`read`)."""
 
-    def __init__(self, path: Path, entry: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, path: Path, entry: Mapping[str, Any] | None, graph_vars: Sequence[str] = GRAPH_VARS
+    ) -> None:
         self.path = path
         if not path.is_dir():
             raise BadInput(f"{path}: shard missing")
@@ -304,7 +306,7 @@ class ShardReader:
                 f"{path}: corrupt or unreadable ADIOS2 store ({type(exc).__name__}: {exc})"
             ) from exc
         self.shapes = {k: tuple(v) for k, v in self.meta["shapes"].items()}
-        self.graph = {n: self.read(n) for n in GRAPH_VARS}
+        self.graph = {n: self.read(n) for n in dict.fromkeys(("natoms", "nedges", *graph_vars))}
         g = self.shapes["natoms"][0]
         if self.shapes["z"][0] != int(self.graph["natoms"].sum()) or len(self.graph["natoms"]) != g:
             raise BadInput(f"{path}: inconsistent store: natoms do not add up to the atom count")

@@ -63,7 +63,8 @@ class GraphStore:
         path: A split directory holding ``index.json`` (or a single shard ``*.bp`` directory).
         dtype: Floating dtype of the returned tensors (float64 is stored).
         cache: Load all arrays into memory once (fast; a store of the demo size takes a few MB). When False,
-            per-atom/per-edge arrays are read from the files on each access.
+            only the layout (:data:`LAYOUT_VARS`, 40 bytes a graph) is read at open; atom, edge and label rows
+            are read from the files on each access, or held for a share (:meth:`retain`).
         reference_energies: ``{Z: eV}`` used for shards whose ``eref`` is deferred (parts of a sharded
             preprocessing run); by default the merged index's fitted references. The index of a merged store
             may list shards of several part directories (relative paths): it is read as one store.
@@ -88,6 +89,7 @@ class GraphStore:
         self.dtype = dtype
         self.cache = cache
         index_path = self.path / INDEX_NAME
+        graph_vars = GRAPH_VARS if cache else LAYOUT_VARS  # labels of a store read from its files: on demand
         if index_path.is_file():
             try:
                 index = json.loads(index_path.read_text())
@@ -95,9 +97,9 @@ class GraphStore:
                 meta = dict(index["meta"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise BadInput(f"{index_path}: unreadable store index ({exc})") from exc
-            self._shards = [ShardReader(self.path / e["file"], e) for e in entries]
+            self._shards = [ShardReader(self.path / e["file"], e, graph_vars) for e in entries]
         elif (self.path / "md.idx").is_file():
-            self._shards = [ShardReader(self.path, None)]
+            self._shards = [ShardReader(self.path, None, graph_vars)]
             meta = dict(self._shards[0].meta)
         else:
             raise BadInput(f"{self.path}: not a graph store (no {INDEX_NAME})")
@@ -108,7 +110,7 @@ class GraphStore:
         self._fill_deferred_eref(index_path, reference_energies)
         counts = np.array([len(s.graph["natoms"]) for s in self._shards], dtype=np.int64)
         self._first = np.cumsum(counts) - counts  # first global graph index of each shard
-        g = {n: _cat([s.graph[n] for s in self._shards], n) for n in GRAPH_VARS}
+        g = {n: _cat([s.graph[n] for s in self._shards], n) for n in graph_vars}
         g["atom_offset"] = np.cumsum(g["natoms"]) - g["natoms"]
         g["edge_offset"] = np.cumsum(g["nedges"]) - g["nedges"]
         self._g = g

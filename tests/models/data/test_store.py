@@ -94,6 +94,12 @@ def test_a_retained_share_serves_the_same_batches_and_holds_only_its_rows(store_
     root, recs = store_dir
     full = open_split(root, "demo", "train", dtype=torch.float64, cache=True)
     share = open_split(root, "demo", "train", dtype=torch.float64, cache=False)
+    from models.data.store import LABEL_VARS, LAYOUT_VARS
+
+    # opened from the files, a store reads only the layout (no label of any graph, no atom or edge row) ...
+    assert sorted(share._g) == sorted(LAYOUT_VARS) and share.held_bytes() == 5 * 8 * len(recs)
+    a, b = full.get_batch([3, 0, 7]), share.get_batch([3, 0, 7])  # ... and reads the rest on demand
+    assert all(_eq(getattr(a, key), getattr(b, key)) for key in a.keys())
     share.retain(range(4, 10))
     for idx in ([4, 5, 6, 7, 8, 9], [9, 4, 6], [0, 11, 5], [3, 4, 5, 6], list(range(len(recs)))):
         a, b = full.get_batch(idx), share.get_batch(idx)
@@ -102,8 +108,6 @@ def test_a_retained_share_serves_the_same_batches_and_holds_only_its_rows(store_
     rows = sum(len(r["z"]) for r in recs[4:10]) * (8 + 3 * 8 + 3 * 8)  # z int64, pos, forces float64
     assert rows <= share.held_bytes() < full.held_bytes()
     # per-graph rows: the layout (5 x 8 bytes) for every graph, the labels (cell, stress, energy, ...) for the share
-    from models.data.store import LABEL_VARS, LAYOUT_VARS
-
     assert sorted(share._g) == sorted(LAYOUT_VARS) and all(len(a) == len(recs) for a in share._g.values())
     assert share._held is not None and all(len(a) == 6 for a in share._held.labels.values())
     assert share.share_bytes(range(4, 10)) + 5 * 8 * len(recs) == share.held_bytes()
