@@ -1,7 +1,9 @@
 """Random and chunked access to a graph store (:mod:`models.data.shards`) as PyG batches: :class:`GraphStore`.
 
-A store holds every graph's layout (where its rows are in the shard files) and, once :meth:`GraphStore.retain`
-gave it a share, that share's rows in memory; the rest is read from the files on demand.
+Opened with ``cache=True`` a store holds every array of every graph. Opened from its files (``cache=False``) it
+holds nothing per graph: the shards' graph counts (from ``index.json``) locate any graph, and its layout, labels,
+atom and edge rows are read from the files on demand, or held for a share once :meth:`GraphStore.retain` gave
+it one — a rank's memory is its share's, whatever the size of the dataset.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from models.data.shards import (
     empty_array,
 )
 
-#: Per-graph variables a store keeps for every graph (the layout that locates any graph's rows in the files, and
-#: ``eref``, which is computed for deferred shards); the others (:data:`LABEL_VARS`) only for the graphs it holds
-#: once :meth:`GraphStore.retain` gave it a share.
+#: Per-graph variables that locate a graph's atom and edge rows (offsets are global rows of the store), and
+#: ``eref`` (summed from the references for deferred shards); the others are :data:`LABEL_VARS`.
 LAYOUT_VARS = ("natoms", "nedges", "atom_offset", "edge_offset", "eref")
 LABEL_VARS = tuple(n for n in GRAPH_VARS if n not in LAYOUT_VARS)
 _FLOAT_KEYS = (K.POS, K.CELL, K.SHIFT, K.ENERGY, K.EREF, K.FORCES, K.STRESS)
@@ -44,8 +45,8 @@ class _Held:
 
     Attributes:
         graphs: [H] sorted global graph indices held.  atom_start / edge_start: [H] each one's first row in
-        ``atoms`` / ``edges`` (the held rows, concatenated in graph order).  labels: the held graphs' rows of
-        :data:`LABEL_VARS`, in ``graphs`` order.
+        ``atoms`` / ``edges`` (the held rows, concatenated in graph order).  layout / labels: the held graphs'
+        rows of :data:`LAYOUT_VARS` / :data:`LABEL_VARS`, in ``graphs`` order.
     """
 
     graphs: np.ndarray
@@ -53,6 +54,7 @@ class _Held:
     edge_start: np.ndarray
     atoms: dict[str, np.ndarray]
     edges: dict[str, np.ndarray]
+    layout: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
 
 
@@ -89,7 +91,7 @@ class GraphStore:
         self.dtype = dtype
         self.cache = cache
         index_path = self.path / INDEX_NAME
-        graph_vars = GRAPH_VARS if cache else LAYOUT_VARS  # labels of a store read from its files: on demand
+        graph_vars = GRAPH_VARS if cache else ()  # opened from its files: nothing per graph is kept
         if index_path.is_file():
             try:
                 index = json.loads(index_path.read_text())
@@ -107,20 +109,25 @@ class GraphStore:
         self.attrs: dict[str, Any] = meta
         self.dataset: str = str(meta.get("dataset", ""))
         self.head_id: int = int(meta.get("head_id", -1))
-        self._fill_deferred_eref(index_path, reference_energies)
-        counts = np.array([len(s.graph["natoms"]) for s in self._shards], dtype=np.int64)
+        self._refs = self._deferred_references(index_path, reference_energies)
+        counts = np.array([s.shapes["natoms"][0] for s in self._shards], dtype=np.int64)
         self._first = np.cumsum(counts) - counts  # first global graph index of each shard
-        g = {n: _cat([s.graph[n] for s in self._shards], n) for n in graph_vars}
-        g["atom_offset"] = np.cumsum(g["natoms"]) - g["natoms"]
-        g["edge_offset"] = np.cumsum(g["nedges"]) - g["nedges"]
-        self._g = g
-        # the first global atom / edge row of each shard; the shards' own copies of the per-graph arrays go
+        # the first global atom / edge row of each shard
         atoms_per = np.array([s.shapes["z"][0] for s in self._shards], dtype=np.int64)
         edges_per = np.array([s.shapes["edges"][0] for s in self._shards], dtype=np.int64)
         self._base = {"atom": np.cumsum(atoms_per) - atoms_per, "edge": np.cumsum(edges_per) - edges_per}
-        for shard in self._shards:
-            shard.graph = {}
         self._n = int(counts.sum())
+        self._g: dict[str, np.ndarray] = {}  # every graph's per-graph rows (cache=True only)
+        if cache:
+            for k, shard in enumerate(self._shards):
+                if self._refs is not None:
+                    shard.graph["eref"] = self._shard_eref(k, 0, len(shard.graph["natoms"]), shard.graph["natoms"])
+            g = {n: _cat([s.graph[n] for s in self._shards], n) for n in GRAPH_VARS}
+            g["atom_offset"] = np.cumsum(g["natoms"]) - g["natoms"]
+            g["edge_offset"] = np.cumsum(g["nedges"]) - g["nedges"]
+            self._g = g
+        for shard in self._shards:  # the shards' own copies of the per-graph arrays go
+            shard.graph = {}
         self._atoms: dict[str, np.ndarray] | None = None
         self._edges: dict[str, np.ndarray] | None = None
         self._held: _Held | None = None
@@ -130,26 +137,33 @@ class GraphStore:
             for s in self._shards:
                 s.close()
 
-    def _fill_deferred_eref(self, index_path: Path, override: Mapping[int, float] | None) -> None:
-        """Per-graph ``eref`` of shards written by one part of a sharded preprocessing run.
+    def _deferred_references(
+        self, index_path: Path, override: Mapping[int, float] | None
+    ) -> dict[int, float] | None:
+        """The references ``{Z: eV}`` from which the ``eref`` of deferred shards is summed, or None when no shard
+        is deferred.
 
-        Such shards store NaN (the references are fitted over all parts only afterwards); the merged index
-        carries the fitted ``reference_energies``, from which ``eref`` [G] is summed per graph here.
+        Shards written by one part of a sharded preprocessing run (and by a streaming run) store NaN: the
+        references are fitted only afterwards; the (merged) index carries them.
         """
-        deferred = [s for s in self._shards if s.meta.get("eref_deferred")]
-        if not deferred:
-            return
+        if not any(s.meta.get("eref_deferred") for s in self._shards):
+            return None
         if override is not None:
-            refs = {int(k): float(v) for k, v in override.items()}
-        elif self.attrs.get("eref_from_index"):
-            refs = {int(k): float(v) for k, v in self.attrs.get("reference_energies", {}).items()}
-        else:
-            raise BadInput(
-                f"{index_path}: this is one part of a sharded preprocessing run; its reference energies are"
-                " fitted over all parts: open the merged store"
-            )
-        for s in deferred:
-            s.graph["eref"] = reference_sums(s.read("z"), s.graph["natoms"], refs)
+            return {int(k): float(v) for k, v in override.items()}
+        if self.attrs.get("eref_from_index"):
+            return {int(k): float(v) for k, v in self.attrs.get("reference_energies", {}).items()}
+        raise BadInput(
+            f"{index_path}: this is one part of a sharded preprocessing run; its reference energies are"
+            " fitted over all parts: open the merged store"
+        )
+
+    def _shard_eref(self, k: int, lo: int, hi: int, natoms: np.ndarray) -> np.ndarray:
+        """[hi - lo] ``eref`` (eV) of graphs ``lo:hi`` of shard ``k`` (whose atom counts are ``natoms``)."""
+        shard = self._shards[k]
+        if self._refs is None or not shard.meta.get("eref_deferred"):
+            return shard.read("eref", lo, hi)
+        a0 = int(shard.read("atom_offset", lo, lo + 1)[0]) if hi > lo else 0
+        return reference_sums(shard.read("z", a0, a0 + int(natoms.sum())), natoms, self._refs)
 
     @property
     def reference_energies(self) -> dict[int, float]:
@@ -158,17 +172,18 @@ class GraphStore:
 
     @property
     def natoms(self) -> np.ndarray:
-        """[G] atoms per graph (int64)."""
-        return self._g["natoms"]
+        """[G] atoms per graph (int64; read from the files when the store was opened from them)."""
+        return self.graph_values("natoms")
 
     def graph_values(self, name: str) -> np.ndarray:
         """Per-graph array ``name`` (one of ``GRAPH_VARS``, e.g. ``energy`` [G] eV, ``sid`` [G]) in store order
-        (read from the files when the store holds a share)."""
+        (read from the files when the store was opened from them)."""
         if name not in GRAPH_VARS:
             raise KeyError(f"{name!r} is not a per-graph variable ({', '.join(GRAPH_VARS)})")
         if name in self._g:
             return self._g[name]
-        return self._labels(np.arange(self._n))[name]
+        every = np.arange(self._n)
+        return (self._layout(every) if name in LAYOUT_VARS else self._labels(every))[name]
 
     def __len__(self) -> int:
         return self._n
@@ -180,26 +195,23 @@ class GraphStore:
     def retain(self, indices: Sequence[int] | np.ndarray) -> None:
         """Hold in memory the rows of the graphs ``indices`` only (a rank's share), read from the files once (the
         store must be opened with ``cache=False``). Gathers of held graphs are served from memory, others are read
-        from the files. Of the per-graph arrays only :data:`LAYOUT_VARS` (40 bytes a graph: what locates any
-        graph in the files) stay for every graph; the labels (:data:`LABEL_VARS`: energies, cells, stresses,
-        ids, …) are kept for the share only.
+        from the files (nothing is kept for them).
 
         The memory this holds is the share's: ``sum(natoms[indices])`` atom rows, ``sum(nedges[indices])`` edge
-        rows and ``len(indices)`` label rows (see :meth:`share_bytes`, :meth:`held_bytes`).
+        rows and ``len(indices)`` per-graph rows (see :meth:`share_bytes`, :meth:`held_bytes`).
         """
         if self.cache:
             raise ValueError(f"{self!r} holds every graph (cache=True): open it with cache=False to hold a share")
         idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
         if idx.size and (idx[0] < 0 or idx[-1] >= self._n):
             raise IndexError(f"graph index out of range for {self!r}")
-        labels = self._labels(idx)
         self._held = None
-        atoms = self._gather_rows(ATOM_VARS, "atom", idx)
-        edges = self._gather_rows(EDGE_VARS, "edge", idx)
-        self._atoms = self._edges = None
-        self._g = {n: self._g[n] for n in LAYOUT_VARS}
-        na, ne = self._g["natoms"][idx], self._g["nedges"][idx]
-        self._held = _Held(idx, np.cumsum(na) - na, np.cumsum(ne) - ne, atoms, edges, labels)
+        layout = self._layout(idx)
+        labels = self._labels(idx)
+        atoms = self._gather_rows(ATOM_VARS, "atom", idx, layout)
+        edges = self._gather_rows(EDGE_VARS, "edge", idx, layout)
+        na, ne = layout["natoms"], layout["nedges"]
+        self._held = _Held(idx, np.cumsum(na) - na, np.cumsum(ne) - ne, atoms, edges, layout, labels)
 
     def share_bytes(self, indices: Sequence[int] | np.ndarray) -> int:
         """Bytes :meth:`retain` of ``indices`` would hold (their atom and edge rows), known without reading them."""
@@ -209,15 +221,16 @@ class GraphStore:
         def row_bytes(name: str) -> int:
             return int(np.prod(shapes[name][1:], dtype=np.int64)) * np.dtype(DTYPES.get(name, np.float64)).itemsize
 
-        atoms, edges = int(self._g["natoms"][idx].sum()), int(self._g["nedges"][idx].sum())
+        layout = self._layout(idx)
+        atoms, edges = int(layout["natoms"].sum()), int(layout["nedges"].sum())
         return (atoms * sum(row_bytes(n) for n in ATOM_VARS) + edges * sum(row_bytes(n) for n in EDGE_VARS)
-                + idx.size * sum(row_bytes(n) for n in LABEL_VARS))
+                + idx.size * sum(row_bytes(n) for n in GRAPH_VARS))
 
     def held_bytes(self) -> int:
         """Bytes of data this store holds in memory: atom and edge rows (all of them with ``cache=True``, the
         share's after :meth:`retain`) and per-graph rows."""
-        parts = ([self._held.atoms, self._held.edges, self._held.labels] if self._held is not None
-                 else [d for d in (self._atoms, self._edges) if d is not None])
+        parts = ([self._held.atoms, self._held.edges, self._held.layout, self._held.labels]
+                 if self._held is not None else [d for d in (self._atoms, self._edges) if d is not None])
         return int(sum(a.nbytes for d in [*parts, self._g] for a in d.values()))
 
     def _held_positions(self, idx: np.ndarray) -> np.ndarray | None:
@@ -229,10 +242,32 @@ class GraphStore:
         inside = np.minimum(pos, held.graphs.size - 1)
         return pos if np.all(pos < held.graphs.size) and np.array_equal(held.graphs[inside], idx) else None
 
+    def _layout(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The :data:`LAYOUT_VARS` rows of the graphs ``idx`` [I], in that order (offsets as global rows): from
+        memory when held, else read from the files (one read per variable and run of consecutive graphs)."""
+        if self._g:
+            return {n: self._g[n][idx] for n in LAYOUT_VARS}
+        pos = self._held_positions(idx)
+        if pos is not None:
+            assert self._held is not None
+            return {n: a[pos] for n, a in self._held.layout.items()}
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in LAYOUT_VARS}
+        for k, run in self._file_runs(idx):
+            shard = self._shards[k]
+            lo = int(idx[run[0]] - self._first[k])
+            hi = lo + run.size
+            natoms = shard.read("natoms", lo, hi)
+            parts["natoms"].append(natoms)
+            parts["nedges"].append(shard.read("nedges", lo, hi))
+            parts["atom_offset"].append(shard.read("atom_offset", lo, hi) + self._base["atom"][k])
+            parts["edge_offset"].append(shard.read("edge_offset", lo, hi) + self._base["edge"][k])
+            parts["eref"].append(self._shard_eref(k, lo, hi, natoms))
+        return {n: _cat(parts[n], n) for n in LAYOUT_VARS}
+
     def _labels(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The :data:`LABEL_VARS` rows of the graphs ``idx`` [I], in that order: from memory when held, else
         read from the files (one read per variable and run of consecutive graphs within a shard)."""
-        if LABEL_VARS[0] in self._g:
+        if self._g:
             return {n: self._g[n][idx] for n in LABEL_VARS}
         pos = self._held_positions(idx)
         if pos is not None:
@@ -255,10 +290,13 @@ class GraphStore:
                 yield int(shard_of[run[0]]), run
 
     # -- raw gathering ------------------------------------------------------------------------------------
-    def _gather_rows(self, names: Sequence[str], kind: str, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Atom (kind='atom') or edge rows of the graphs ``idx``, concatenated in order."""
-        count = self._g["natoms" if kind == "atom" else "nedges"][idx]
-        start = self._g["atom_offset" if kind == "atom" else "edge_offset"][idx]
+    def _gather_rows(
+        self, names: Sequence[str], kind: str, idx: np.ndarray, layout: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Atom (kind='atom') or edge rows of the graphs ``idx`` (whose :meth:`_layout` is ``layout``),
+        concatenated in order."""
+        count = layout["natoms" if kind == "atom" else "nedges"]
+        start = layout["atom_offset" if kind == "atom" else "edge_offset"]
         cached = self._atoms if kind == "atom" else self._edges
         pos = self._held_positions(idx) if cached is None else None
         if pos is not None:
@@ -289,11 +327,11 @@ class GraphStore:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self._n):
             raise IndexError(f"graph index out of range for {self!r}")
-        natoms = self._g["natoms"][idx]
-        nedges = self._g["nedges"][idx]
+        layout = self._layout(idx)
+        natoms, nedges = layout["natoms"], layout["nedges"]
         g = self._labels(idx)
-        atoms = self._gather_rows(ATOM_VARS, "atom", idx)
-        edges = self._gather_rows(EDGE_VARS, "edge", idx)
+        atoms = self._gather_rows(ATOM_VARS, "atom", idx, layout)
+        edges = self._gather_rows(EDGE_VARS, "edge", idx, layout)
         new_off = np.cumsum(natoms) - natoms
         ei = edges["edges"].T.astype(np.int64) + np.repeat(new_off, nedges)
         return {
@@ -305,7 +343,7 @@ class GraphStore:
             K.CELL: g["cell"],
             K.PBC: g["pbc"].astype(bool),
             K.ENERGY: g["energy"],
-            K.EREF: self._g["eref"][idx],
+            K.EREF: layout["eref"],
             K.STRESS: g["stress"],
             K.SID: g["sid"],
             K.HAS_FORCES: g["has_forces"].astype(bool),

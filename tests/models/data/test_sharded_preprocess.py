@@ -159,6 +159,10 @@ def test_merged_store_crosses_part_boundaries(both: tuple[dict, dict, Path, Path
     idx = np.array([n - 1, 0, n // 2, 1])
     for key in ("pos", "energy", "eref", "edge_index"):
         assert torch.equal(cached.get_batch(idx)[key], lazy.get_batch(idx)[key])
+    lazy.retain(np.arange(1, n, 2))  # a share across the parts: held graphs from memory, others from the files
+    for key in ("pos", "energy", "eref", "edge_index", "natoms"):
+        assert torch.equal(cached.get_batch(idx)[key], lazy.get_batch(idx)[key])
+    assert np.array_equal(lazy.natoms, cached.natoms)
     # per-rank sharding over global indices: two ranks together see every graph once
     seen = []
     for rank in range(2):

@@ -96,8 +96,8 @@ def test_a_retained_share_serves_the_same_batches_and_holds_only_its_rows(store_
     share = open_split(root, "demo", "train", dtype=torch.float64, cache=False)
     from models.data.store import LABEL_VARS, LAYOUT_VARS
 
-    # opened from the files, a store reads only the layout (no label of any graph, no atom or edge row) ...
-    assert sorted(share._g) == sorted(LAYOUT_VARS) and share.held_bytes() == 5 * 8 * len(recs)
+    # opened from the files, a store holds nothing per graph (no layout, no label, no atom or edge row) ...
+    assert share._g == {} and share.held_bytes() == 0
     a, b = full.get_batch([3, 0, 7]), share.get_batch([3, 0, 7])  # ... and reads the rest on demand
     assert all(_eq(getattr(a, key), getattr(b, key)) for key in a.keys())
     share.retain(range(4, 10))
@@ -107,11 +107,12 @@ def test_a_retained_share_serves_the_same_batches_and_holds_only_its_rows(store_
             assert _eq(getattr(a, key), getattr(b, key)), (idx, key)
     rows = sum(len(r["z"]) for r in recs[4:10]) * (8 + 3 * 8 + 3 * 8)  # z int64, pos, forces float64
     assert rows <= share.held_bytes() < full.held_bytes()
-    # per-graph rows: the layout (5 x 8 bytes) for every graph, the labels (cell, stress, energy, ...) for the share
-    assert sorted(share._g) == sorted(LAYOUT_VARS) and all(len(a) == len(recs) for a in share._g.values())
-    assert share._held is not None and all(len(a) == 6 for a in share._held.labels.values())
-    assert share.share_bytes(range(4, 10)) + 5 * 8 * len(recs) == share.held_bytes()
-    for name in LABEL_VARS:  # read from the files for all graphs
+    # per-graph rows (layout and labels) for the share only
+    assert share._g == {} and share._held is not None
+    assert all(len(a) == 6 for a in [*share._held.layout.values(), *share._held.labels.values()])
+    assert sorted(share._held.layout) == sorted(LAYOUT_VARS)
+    assert share.share_bytes(range(4, 10)) == share.held_bytes()
+    for name in LABEL_VARS + LAYOUT_VARS:  # read from the files for all graphs
         assert np.array_equal(share.graph_values(name), full.graph_values(name), equal_nan=True), name
     with pytest.raises(ValueError, match="cache=False"):
         full.retain([0])
