@@ -39,6 +39,16 @@ def _calc_result(atoms: Atoms, name: str) -> Any:
     return results.get(name)
 
 
+def _scalar_int(value: Any, origin: str, name: str) -> int:
+    """``int(value)`` of a scalar label (0 when absent or not a scalar)."""
+    if value is None or np.ndim(value) != 0:
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"{origin}: field {name!r} is not a number: {str(value)[:40]!r}") from None
+
+
 def atoms_to_structure(
     atoms: Atoms,
     origin: str,
@@ -93,8 +103,8 @@ def atoms_to_structure(
         energy=energy,
         forces=forces,
         stress=stress,
-        charge=int(charge) if charge is not None and np.ndim(charge) == 0 else 0,
-        spin=int(spin) if spin is not None and np.ndim(spin) == 0 else 0,
+        charge=_scalar_int(charge, origin, "charge"),
+        spin=_scalar_int(spin, origin, "spin"),
         units=units,
         require_energy=require_energy,
         energy_source=energy_key or "calculator energy / info[energy]",

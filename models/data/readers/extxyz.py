@@ -50,7 +50,7 @@ _OPENERS: dict[str, Any] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open
 # backslashes, or a bare value without quotes, brackets, backslashes or '='.
 _PAIR = r'([A-Za-z_][A-Za-z0-9_\-]*)=(?:"([^"\\]*)"|([^\s"\'{}\[\]\\=]+))'
 _PAIR_RE = re.compile(_PAIR)
-_COMMENT_RE = re.compile(rf"\s*(?:{_PAIR}\s*)*")
+_COMMENT_RE = re.compile(rf"\s*(?:{_PAIR}(?:\s+|\Z))*")  # pairs apart: ASE glues `a="x"b=1` into one value
 # Numbers whose int / float reading is the same in Python and in NumPy (what ASE's info parser uses).
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INT_RE = re.compile(r"[+-]?\d+")

@@ -55,6 +55,7 @@ ASE_FRAMES = [
     ('Properties=species:S:1:pos:R:3 energy = -2.0', ["H 0 0 0", "H 0 0 0.74"]),
     ('Properties=species:S:1:pos:R:3 energy="-1.0 -2.0"', ["H 0 0 0", "H 0 0 0.74"]),
     ('Properties=species:S:1:pos:R:3 energy=-1.0 charge=T', ["H 0 0 0", "H 0 0 0.74"]),
+    ('Properties=species:S:1:pos:R:3 energy=-1.0 note="x"energy=-3.0', ["H 0 0 0", "H 0 0 0.74"]),
 ]
 
 
@@ -171,6 +172,7 @@ def test_the_ase_reader_streams_extxyz_through_it(tmp_path: Path) -> None:
     ("2\nProperties=species:S:1:pos:R:3 pbc=F\nH 0 0 0\nH 0 0 1\n", r"record 0: no energy"),
     ("2\nenergy=-1\nH 0 0 0\nQq 0 0 1\n", r"record 0: cannot read"),
     ("1\nenergy=-1\nH nan 0 0\n", r"record 0: field 'positions' holds NaN"),
+    ("1\nenergy=-1 spin=\"2\"charge=1\nH 0 0 0\n", r"record 0: field 'spin' is not a number: '2charge=1'"),
 ])  # fmt: skip
 def test_bad_files_name_the_file_and_the_line_or_record(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.extxyz"
