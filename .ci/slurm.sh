@@ -150,7 +150,9 @@ SlurmctldTimeout=30
 SlurmdTimeout=10
 MessageTimeout=5
 InactiveLimit=0
-MinJobAge=30
+# a finished job stays known for 5 min (Slurm's default): Parsl's SlurmProvider polls every 60 s and, once one
+# of its job ids is unknown, \`squeue --job ids\` fails for all of them and it never sees a block end again
+MinJobAge=300
 KillWait=5
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d/%n
