@@ -228,10 +228,9 @@ def process_dataset(d: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> di
             if reason:
                 filtered[reason] += 1
                 continue
-            if fcfg.deduplicate and sid in seen:
+            if fcfg.deduplicate and not seen.add(sid):  # ids are kept only when deduplicating
                 filtered["duplicate"] += 1
                 continue
-            seen.add(sid)
             split = assign_split(sid, cfg["seed"], cfg["split"])
             writers[split].add({"z": s.z, "pos": s.pos, "forces": s.forces, "cell": s.cell, "pbc": s.pbc,
                                 "energy": s.energy, "stress": s.stress, "sid": sid, "edge_index": ei,

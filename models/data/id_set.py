@@ -32,10 +32,10 @@ class IdSet:
         i = int(self._sorted.searchsorted(sid))
         return i < self._sorted.size and int(self._sorted[i]) == sid
 
-    def add(self, sid: int) -> None:
-        """Add ``sid`` (a no-op when present)."""
+    def add(self, sid: int) -> bool:
+        """Add ``sid``; whether it was new (one lookup for "seen before?" and "remember it")."""
         if sid in self:
-            return
+            return False
         self._recent.add(sid)
         if len(self._recent) >= max(self.MIN_RECENT, self._sorted.size // 8):
             recent = np.fromiter(self._recent, dtype=np.int64, count=len(self._recent))
@@ -43,3 +43,4 @@ class IdSet:
             merged = np.concatenate([self._sorted, recent])
             merged.sort(kind="stable")  # timsort: two sorted runs, merged in one linear pass
             self._sorted, self._recent = merged, set()
+        return True

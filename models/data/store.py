@@ -121,7 +121,8 @@ class GraphStore:
         if cache:
             for k, shard in enumerate(self._shards):
                 if self._refs is not None:
-                    shard.graph["eref"] = self._shard_eref(k, 0, len(shard.graph["natoms"]), shard.graph["natoms"])
+                    na, ao = shard.graph["natoms"], shard.graph["atom_offset"]
+                    shard.graph["eref"] = self._shard_eref(k, 0, len(na), na, ao)
             g = {n: _cat([s.graph[n] for s in self._shards], n) for n in GRAPH_VARS}
             g["atom_offset"] = np.cumsum(g["natoms"]) - g["natoms"]
             g["edge_offset"] = np.cumsum(g["nedges"]) - g["nedges"]
@@ -157,12 +158,13 @@ class GraphStore:
             " fitted over all parts: open the merged store"
         )
 
-    def _shard_eref(self, k: int, lo: int, hi: int, natoms: np.ndarray) -> np.ndarray:
-        """[hi - lo] ``eref`` (eV) of graphs ``lo:hi`` of shard ``k`` (whose atom counts are ``natoms``)."""
+    def _shard_eref(self, k: int, lo: int, hi: int, natoms: np.ndarray, atom_offset: np.ndarray) -> np.ndarray:
+        """[hi - lo] ``eref`` (eV) of graphs ``lo:hi`` of shard ``k`` (their atom counts and shard-local first
+        atom rows: ``natoms``, ``atom_offset``)."""
         shard = self._shards[k]
         if self._refs is None or not shard.meta.get("eref_deferred"):
             return shard.read("eref", lo, hi)
-        a0 = int(shard.read("atom_offset", lo, lo + 1)[0]) if hi > lo else 0
+        a0 = int(atom_offset[0]) if hi > lo else 0
         return reference_sums(shard.read("z", a0, a0 + int(natoms.sum())), natoms, self._refs)
 
     @property
@@ -256,12 +258,12 @@ class GraphStore:
             shard = self._shards[k]
             lo = int(idx[run[0]] - self._first[k])
             hi = lo + run.size
-            natoms = shard.read("natoms", lo, hi)
+            natoms, atom_offset = shard.read("natoms", lo, hi), shard.read("atom_offset", lo, hi)
             parts["natoms"].append(natoms)
             parts["nedges"].append(shard.read("nedges", lo, hi))
-            parts["atom_offset"].append(shard.read("atom_offset", lo, hi) + self._base["atom"][k])
+            parts["atom_offset"].append(atom_offset + self._base["atom"][k])
             parts["edge_offset"].append(shard.read("edge_offset", lo, hi) + self._base["edge"][k])
-            parts["eref"].append(self._shard_eref(k, lo, hi, natoms))
+            parts["eref"].append(self._shard_eref(k, lo, hi, natoms, atom_offset))
         return {n: _cat(parts[n], n) for n in LAYOUT_VARS}
 
     def _labels(self, idx: np.ndarray) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ def test_behaves_as_a_set_across_merges(monkeypatch: pytest.MonkeyPatch) -> None
     ids, reference = IdSet(), set()
     for sid in [*rng.integers(0, 300, size=3000).tolist(), 0, 2**63 - 1]:
         assert (sid in ids) == (sid in reference)
-        ids.add(sid)
+        assert ids.add(sid) == (sid not in reference)  # True only for a new id
         reference.add(sid)
         assert len(ids) == len(reference)
     assert all(s in ids for s in reference) and not any(s in ids for s in range(300, 400))
